@@ -1,0 +1,37 @@
+"""tenant_gateway: a drop-in ASGI middleware that makes an API multi-tenant."""
+
+from tenant_gateway.clock import Clock, Period
+from tenant_gateway.context import current_tenant, get_current_tenant
+from tenant_gateway.exceptions import (
+    ConfigurationError,
+    NoTenantContext,
+    Problem,
+    StoreUnavailable,
+    TenantGatewayError,
+)
+from tenant_gateway.middleware import TenantGateway
+from tenant_gateway.models import Role, Tenant, TenantStatus
+from tenant_gateway.plans import DEFAULT_PLANS, Plan, PlanCatalog, load_plans
+from tenant_gateway.postgres.database import isolate_table, tenant_transaction
+
+__all__ = [
+    "DEFAULT_PLANS",
+    "Clock",
+    "ConfigurationError",
+    "NoTenantContext",
+    "Period",
+    "Plan",
+    "PlanCatalog",
+    "Problem",
+    "Role",
+    "StoreUnavailable",
+    "Tenant",
+    "TenantGateway",
+    "TenantGatewayError",
+    "TenantStatus",
+    "current_tenant",
+    "get_current_tenant",
+    "isolate_table",
+    "load_plans",
+    "tenant_transaction",
+]

@@ -1,0 +1,130 @@
+"""Request bodies of the admin API, validated strictly (wrong types are errors, not coerced).
+
+Parsing rejects what Postgres or a log line would choke on later — NUL and other control
+characters, lone surrogates, absurd numbers — so bad input is a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+
+from tenant_gateway import problems
+from tenant_gateway.models import Role
+
+__all__ = [
+    "AddUserRequest",
+    "ChangePlanRequest",
+    "RegisterRequest",
+    "StrictBody",
+    "clean_text",
+    "parse_body",
+]
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$")
+MAX_USERS_LIMIT = 1_000_000
+
+
+def clean_text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from exc
+    if _CONTROL_RE.search(value):
+        raise ValueError("must not contain control characters")
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("must not be blank")
+    return stripped
+
+
+def _email(value: str) -> str:
+    value = clean_text(value)
+    if len(value) > 254 or _EMAIL_RE.match(value) is None:
+        raise ValueError("must be an email address like name@example.com")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(clean_text)]
+Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_email)]
+PlanName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(clean_text)]
+MaxUsers = Annotated[int, Field(ge=1, le=MAX_USERS_LIMIT)]
+
+
+class StrictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RegisterRequest(StrictBody):
+    name: Name
+    plan: PlanName = "free"
+    max_users: MaxUsers | None = None
+    admin_email: Email
+
+
+class AddUserRequest(StrictBody):
+    email: Email
+    role: Annotated[Role, Field(strict=False)] = Role.DEVELOPER  # JSON carries the value
+
+
+class ChangePlanRequest(StrictBody):
+    plan: PlanName
+
+
+Body = TypeVar("Body", bound=StrictBody)
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {
+            "field": ".".join(str(part) for part in error["loc"]) or "(body)",
+            "message": error["msg"],
+        }
+        for error in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise problems.payload_too_large(limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise problems.payload_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_body(request: Request, model: type[Body], limit: int) -> Body:
+    raw = await read_body(request, limit)
+    try:
+        document: Any = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8 too; RecursionError is absurdly deep nesting.
+        raise problems.validation_error(
+            "The body is not valid JSON.",
+            [{"field": "(body)", "message": "expected a JSON object"}],
+            status=400,
+        ) from exc
+    if not isinstance(document, dict):
+        raise problems.validation_error(
+            "The body must be a JSON object.",
+            [{"field": "(body)", "message": "expected a JSON object"}],
+        )
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise problems.validation_error("The request body is invalid.", field_errors(exc)) from exc
+    except RecursionError as exc:
+        raise problems.validation_error(
+            "The body is nested too deeply.", [{"field": "(body)", "message": "too deep"}]
+        ) from exc

@@ -1,0 +1,143 @@
+"""``tenant-gateway serve | migrate`` (SPEC §8). The only module that reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from tenant_gateway.demo import build_demo_app
+from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
+from tenant_gateway.middleware import TenantGateway
+from tenant_gateway.plans import load_plans
+from tenant_gateway.postgres.database import Database, redact_url
+from tenant_gateway.quota import RedisCounters
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenant-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the demo app behind the gateway")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL") or None)
+    serve.add_argument("--redis-url", default=os.environ.get("TG_REDIS_URL") or None)
+    serve.add_argument("--plans", metavar="FILE", default=None)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--redis-key-prefix", default="tg:")
+
+    migrate = commands.add_parser("migrate", help="apply the database schema (idempotent)")
+    migrate.add_argument(
+        "--database-url", default=os.environ.get("TG_DATABASE_URL"), required=False
+    )
+    return parser
+
+
+async def _preflight(database_url: str | None, redis_url: str | None) -> None:
+    """Connect to each configured store once, applying migrations, so a bad URL fails here."""
+    if database_url:
+        database = Database(database_url)
+        try:
+            await database.connect()
+        finally:
+            await database.close()
+    if redis_url:
+        counters = RedisCounters(redis_url)
+        try:
+            await counters.ping()
+        finally:
+            await counters.close()
+
+
+def _fail(message: str) -> int:
+    print(f"tenant-gateway: error: {message}", file=sys.stderr)
+    return 2
+
+
+def build_app() -> TenantGateway:
+    """The app ``serve`` runs, configured from the environment (for ``--workers`` > 1)."""
+    database_url = os.environ.get("TG_DATABASE_URL") or None
+    return TenantGateway(
+        build_demo_app(database_url),
+        database_url=database_url,
+        redis_url=os.environ.get("TG_REDIS_URL") or None,
+        plans=os.environ.get("TG_PLANS") or None,
+        admin_jwt_secret=os.environ.get("TG_ADMIN_JWT_SECRET") or None,
+        redis_key_prefix=os.environ.get("TG_REDIS_KEY_PREFIX", "tg:"),
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.plans:
+        load_plans(args.plans)  # fail fast with a clear message
+    try:
+        asyncio.run(_preflight(args.database_url, args.redis_url))
+    except StoreUnavailable as exc:
+        flag = "--database-url" if exc.store == "PostgreSQL" else "--redis-url"
+        return _fail(f"{exc}. Start the server, or fix {flag} (omit it to use memory).")
+    # Workers are separate processes: hand them the configuration through the environment.
+    for name, value in (
+        ("TG_DATABASE_URL", args.database_url),
+        ("TG_REDIS_URL", args.redis_url),
+        ("TG_PLANS", args.plans),
+        ("TG_REDIS_KEY_PREFIX", args.redis_key_prefix),
+    ):
+        if value:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
+    stores = "PostgreSQL + Redis" if args.database_url and args.redis_url else (
+        "memory" if not (args.database_url or args.redis_url) else "mixed"
+    )
+    base = f"http://{args.host}:{args.port}"
+    print(f"tenant-gateway: serving the demo app on {base} (stores: {stores})", flush=True)
+    print(
+        "register a tenant:\n"
+        f"  curl -s -X POST {base}/api/v1/tenants/register -H 'Content-Type: application/json' "
+        """-d '{"name": "Acme Corp", "plan": "free", "admin_email": "admin@acme.com"}'""",
+        flush=True,
+    )
+    if args.database_url and not args.redis_url or args.redis_url and not args.database_url:
+        print("note: only one of --database-url/--redis-url given; the other store is memory")
+    uvicorn.run(
+        "tenant_gateway.cli:build_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        lifespan="on",
+    )
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    if not args.database_url:
+        return _fail("migrate needs --database-url (or TG_DATABASE_URL)")
+    try:
+        asyncio.run(_preflight(args.database_url, None))
+    except StoreUnavailable as exc:
+        return _fail(f"{exc}. Is PostgreSQL running and the URL right?")
+    print(f"tenant-gateway: schema is up to date in {redact_url(args.database_url)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _migrate(args)
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Every exception tenant_gateway raises.
+
+    TenantGatewayError
+    ├── ConfigurationError        bad constructor argument or plans file
+    ├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
+    ├── NoTenantContext           a tenant query was attempted outside a resolved request
+    └── Problem                   an HTTP-facing refusal, rendered as RFC 9457 problem+json
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "ConfigurationError",
+    "NoTenantContext",
+    "Problem",
+    "StoreUnavailable",
+    "TenantGatewayError",
+]
+
+
+class TenantGatewayError(Exception):
+    """Root of every tenant_gateway exception."""
+
+
+class ConfigurationError(TenantGatewayError):
+    """A constructor argument, plans file or URL is not usable."""
+
+
+class StoreUnavailable(TenantGatewayError):
+    """A backing store (Postgres, Redis) did not answer."""
+
+    def __init__(self, store: str, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach {store} at {url}: {reason}")
+        self.store = store
+        self.url = url
+        self.reason = reason
+
+
+class NoTenantContext(TenantGatewayError):
+    """A tenant-scoped query was attempted without a tenant resolved by the gateway."""
+
+
+class Problem(TenantGatewayError):
+    """A refusal that the gateway answers with problem+json (see ``problems.py``)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        title: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        errors: Sequence[Mapping[str, str]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.errors = list(errors) if errors is not None else None

@@ -1,0 +1,87 @@
+"""API key format, generation and hashing (SPEC §3).
+
+A key is ``tk_`` + 32 URL-safe characters (192 random bits) + a 6-character base62 CRC-32
+checksum of what precedes it. The checksum lets the gateway reject a mistyped or invented key
+without touching any store, and gives secret scanners a pattern to recognise.
+Keys are stored only as SHA-256 digests: they are random, so a slow hash would add nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+
+from starlette.datastructures import Headers
+
+__all__ = [
+    "KEY_PREFIX",
+    "extract_api_key",
+    "generate_api_key",
+    "hash_api_key",
+    "is_well_formed",
+    "key_display_prefix",
+    "new_id",
+    "verify_api_key",
+]
+
+KEY_PREFIX = "tk_"
+_BODY_LENGTH = 32  # token_urlsafe(24) → 32 characters, 192 bits
+_CHECKSUM_LENGTH = 6
+_KEY_LENGTH = len(KEY_PREFIX) + _BODY_LENGTH + _CHECKSUM_LENGTH
+_KEY_RE = re.compile(r"tk_[A-Za-z0-9_-]{32}[A-Za-z0-9]{6}")
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _checksum(text: str) -> str:
+    value = zlib.crc32(text.encode("ascii"))
+    digits = []
+    for _ in range(_CHECKSUM_LENGTH):
+        value, digit = divmod(value, 62)
+        digits.append(_BASE62[digit])
+    return "".join(reversed(digits))
+
+
+def generate_api_key() -> str:
+    head = KEY_PREFIX + secrets.token_urlsafe(24)
+    return head + _checksum(head)
+
+
+def is_well_formed(key: str) -> bool:
+    """True when ``key`` has our shape and checksum; costs no store lookup."""
+    if len(key) != _KEY_LENGTH or _KEY_RE.fullmatch(key) is None:
+        return False
+    head = key[: -_CHECKSUM_LENGTH]
+    return hmac.compare_digest(_checksum(head), key[-_CHECKSUM_LENGTH:])
+
+
+def hash_api_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode("ascii")).digest()
+
+
+def verify_api_key(key: str, stored_hash: bytes) -> bool:
+    """Constant-time comparison of a presented key with a stored digest."""
+    return hmac.compare_digest(hash_api_key(key), stored_hash)
+
+
+def key_display_prefix(key: str) -> str:
+    """The part of a key that is safe to show in listings (``tk_`` + 8 characters)."""
+    return key[: len(KEY_PREFIX) + 8]
+
+
+def new_id(kind: str) -> str:
+    """An opaque unique identifier such as ``tenant_k3j…`` (80 random bits, base32)."""
+    return f"{kind}_{secrets.token_hex(10)}"
+
+
+def extract_api_key(headers: Headers) -> str | None:
+    """The credential from ``Authorization: Bearer …`` or ``X-API-Key``; None when absent."""
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    key = headers.get("x-api-key")
+    return key.strip() if key is not None and key.strip() else None

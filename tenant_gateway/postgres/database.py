@@ -1,0 +1,190 @@
+"""The asyncpg pool, schema migrations, and the tenant transaction.
+
+The tenant context is set per transaction only (``set_config(…, true)``), together with
+``SET LOCAL ROLE`` to the runtime role, so nothing of it survives the transaction — not on
+commit, rollback, exception or cancellation — and the connection goes back to the pool clean.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from tenant_gateway.context import current_database, current_tenant
+from tenant_gateway.exceptions import ConfigurationError, NoTenantContext, StoreUnavailable
+
+__all__ = [
+    "RUNTIME_ROLE",
+    "TENANT_SETTING",
+    "Database",
+    "isolate_table",
+    "redact_url",
+    "tenant_transaction",
+]
+
+RUNTIME_ROLE = "tenant_gateway_app"
+TENANT_SETTING = "tenant_gateway.tenant_id"
+_MIGRATION_LOCK = 0x7467_6D69  # an arbitrary advisory-lock id owned by tenant_gateway
+_MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+Connection = asyncpg.Connection
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("tenant_gateway.postgres") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_RE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class Database:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0):
+        if urlsplit(url).scheme not in ("postgres", "postgresql"):
+            raise ConfigurationError(f"database_url must be postgresql://…, got {redact_url(url)}")
+        self.url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+
+    def unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable("PostgreSQL", redact_url(self.url), str(exc) or type(exc).__name__)
+
+    async def connect(self) -> None:
+        """Open the pool and apply pending migrations (idempotent)."""
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self.url,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                timeout=self._timeout,
+                command_timeout=self._timeout,
+            )
+        except (*_CONNECTION_ERRORS, asyncpg.InvalidCatalogNameError) as exc:
+            raise self.unavailable(exc) from exc
+        self._pool = pool
+        async with self.connection() as conn:
+            await migrate(conn)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection; driver connection failures become ``StoreUnavailable``."""
+        if self._pool is None:
+            raise StoreUnavailable("PostgreSQL", redact_url(self.url), "the pool is not open")
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except _CONNECTION_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[Connection]:
+        """A transaction under the runtime role with the tenant context set; RLS filters all."""
+        if not tenant_id:
+            raise NoTenantContext("a tenant transaction needs a tenant id")
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT set_config('role', $1, true), set_config($2, $3, true)",
+                RUNTIME_ROLE,
+                TENANT_SETTING,
+                tenant_id,
+            )
+            yield conn
+
+
+async def migrate(conn: Connection) -> list[str]:
+    """Apply the migrations this database lacks; returns the names applied."""
+    applied_now = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS tg_schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await conn.fetch("SELECT version FROM tg_schema_migrations")}
+        for version, name, sql in _migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO tg_schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied_now.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+async def isolate_table(conn: Connection, table: str) -> None:
+    """Put an application table with a ``tenant_id text`` column under tenant isolation.
+
+    Enables and forces row-level security, installs a policy whose USING and WITH CHECK both
+    compare ``tenant_id`` with the tenant context (read once per statement), and grants the
+    runtime role plain DML on it. With no context set, no row is visible or writable.
+    Idempotent; call it from the application's own migration.
+    """
+    if _IDENTIFIER_RE.match(table) is None:
+        raise ConfigurationError(f"table name {table!r} must be a plain lower-case identifier")
+    condition = f"tenant_id = (SELECT current_setting('{TENANT_SETTING}', true))"
+    await conn.execute(
+        f"""
+        ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+        DROP POLICY IF EXISTS tenant_isolation ON {table};
+        CREATE POLICY tenant_isolation ON {table} USING ({condition}) WITH CHECK ({condition});
+        GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {RUNTIME_ROLE};
+        """
+    )
+
+
+@asynccontextmanager
+async def tenant_transaction() -> AsyncIterator[Connection]:
+    """The wrapped app's way into Postgres: a transaction scoped to the current request's tenant.
+
+    ``async with tenant_transaction() as conn: await conn.fetch("SELECT * FROM projects")``
+    Raises ``NoTenantContext`` outside a request the gateway admitted: it never runs unscoped.
+    """
+    tenant = current_tenant.get()
+    database = current_database.get()
+    if tenant is None:
+        raise NoTenantContext("tenant_transaction() used outside a gateway-admitted request")
+    if database is None:
+        raise NoTenantContext("tenant_transaction() needs a gateway configured with database_url")
+    async with database.tenant_transaction(tenant.id) as conn:
+        yield conn
+
+

@@ -1,0 +1,169 @@
+"""The catalogue of refusals (SPEC §4) and their RFC 9457 rendering.
+
+Each constructor returns a ``Problem``; raising it anywhere under the gateway or the
+admin app produces the same ``application/problem+json`` body with a stable ``code``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from starlette.responses import Response
+
+from tenant_gateway.exceptions import Problem
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "forbidden",
+    "invalid_api_key",
+    "missing_api_key",
+    "not_found",
+    "payload_too_large",
+    "problem_response",
+    "quota_exceeded",
+    "quota_unavailable",
+    "rate_limited",
+    "service_unavailable",
+    "tenant_suspended",
+    "too_many_users",
+    "unauthorized",
+    "user_exists",
+    "user_limit_reached",
+    "validation_error",
+]
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+_TYPE_BASE = "https://tenant-gateway.dev/problems/"
+
+
+def problem_response(problem: Problem) -> Response:
+    body: dict[str, object] = {
+        "type": _TYPE_BASE + problem.code.replace("_", "-"),
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "code": problem.code,
+    }
+    if problem.errors is not None:
+        body["errors"] = problem.errors
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+def missing_api_key() -> Problem:
+    return Problem(
+        401,
+        "missing_api_key",
+        "API key required",
+        "Send the tenant's key as 'Authorization: Bearer tk_…' or 'X-API-Key: tk_…'.",
+        headers={"WWW-Authenticate": 'Bearer realm="tenant-gateway"'},
+    )
+
+
+def invalid_api_key() -> Problem:
+    return Problem(
+        401,
+        "invalid_api_key",
+        "Invalid API key",
+        "The API key is malformed, unknown, revoked or expired.",
+        headers={"WWW-Authenticate": 'Bearer realm="tenant-gateway", error="invalid_token"'},
+    )
+
+
+def unauthorized(detail: str) -> Problem:
+    """Admin credentials that are present but not acceptable (a bad operator token)."""
+    return Problem(
+        401,
+        "invalid_api_key",
+        "Invalid credentials",
+        detail,
+        headers={"WWW-Authenticate": 'Bearer realm="tenant-gateway", error="invalid_token"'},
+    )
+
+
+def tenant_suspended() -> Problem:
+    return Problem(403, "tenant_suspended", "Tenant suspended", "This tenant is suspended.")
+
+
+def forbidden(detail: str) -> Problem:
+    return Problem(403, "forbidden", "Forbidden", detail)
+
+
+def not_found(detail: str = "No such resource.") -> Problem:
+    return Problem(404, "not_found", "Not found", detail)
+
+
+def quota_exceeded(limit: int, retry_after: int) -> Problem:
+    return Problem(
+        429,
+        "quota_exceeded",
+        "Monthly API call quota exceeded",
+        f"The plan allows {limit} calls per calendar month; the quota resets in {retry_after} s.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def rate_limited(per_second: int, retry_after: int) -> Problem:
+    return Problem(
+        429,
+        "rate_limited",
+        "Burst rate limit exceeded",
+        f"The plan allows {per_second} calls per second.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def user_limit_reached(limit: int) -> Problem:
+    return Problem(
+        403,
+        "user_limit_reached",
+        "User limit reached",
+        f"The tenant already has its maximum of {limit} users.",
+    )
+
+
+def user_exists(email: str) -> Problem:
+    return Problem(409, "user_exists", "User already exists", f"{email} is already a user.")
+
+
+def too_many_users(users: int, limit: int) -> Problem:
+    return Problem(
+        409,
+        "too_many_users",
+        "Too many users for that plan",
+        f"The tenant has {users} users; the new plan allows {limit}. Remove users first.",
+    )
+
+
+def validation_error(detail: str, errors: Sequence[Mapping[str, str]], status: int = 422) -> Problem:
+    return Problem(status, "validation_error", "Invalid request", detail, errors=errors)
+
+
+def payload_too_large(limit: int) -> Problem:
+    return Problem(
+        413,
+        "payload_too_large",
+        "Payload too large",
+        f"The request body is larger than the limit of {limit} bytes.",
+    )
+
+
+def quota_unavailable() -> Problem:
+    return Problem(
+        503,
+        "quota_unavailable",
+        "Quota service unavailable",
+        "The usage counters cannot be reached; try again shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+def service_unavailable(detail: str) -> Problem:
+    return Problem(
+        503, "service_unavailable", "Service unavailable", detail, headers={"Retry-After": "1"}
+    )

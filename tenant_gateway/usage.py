@@ -1,0 +1,99 @@
+"""Usage recording off the hot path, and the usage report (SPEC §6).
+
+Admitted and refused calls are counted exactly by the quota decision itself
+(``quota.py``). What is only known after the response — the route template and the
+status class — is tallied here in process memory with no I/O, then added to the
+counter store in one batch every ``interval`` seconds (and at shutdown), so the
+admin API is exact within about one interval of the calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, defaultdict
+
+from tenant_gateway.clock import Period, format_timestamp
+from tenant_gateway.exceptions import StoreUnavailable
+from tenant_gateway.quota import CounterStore, UsageKey
+
+__all__ = ["UsageRecorder", "usage_report"]
+
+logger = logging.getLogger("tenant_gateway.usage")
+
+
+class UsageRecorder:
+    def __init__(self, counters: CounterStore, *, interval: float = 1.0) -> None:
+        self._counters = counters
+        self._interval = interval
+        self._pending: defaultdict[UsageKey, Counter[str]] = defaultdict(Counter)
+        self._lock = asyncio.Lock()
+
+    def record(self, key: UsageKey, route: str, status: int) -> None:
+        """Tally one answered call; synchronous and allocation-light, safe on the hot path."""
+        self._pending[key][f"route|{status // 100}xx|{route}"] += 1
+
+    async def flush(self) -> None:
+        """Move the pending tallies to the counter store; on failure they stay pending."""
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, defaultdict(Counter)
+            try:
+                await self._counters.add(batch)
+            except StoreUnavailable:
+                for key, fields in batch.items():
+                    self._pending[key].update(fields)
+                raise
+
+    async def run(self) -> None:
+        """Flush forever, every ``interval`` seconds; cancel to stop."""
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.flush()
+            except StoreUnavailable as exc:
+                logger.warning("usage flush postponed: %s", exc)
+
+
+def usage_report(
+    *,
+    tenant_id: str,
+    period: Period,
+    tallies: dict[str, int],
+    limit: int | None,
+    users: int,
+    max_users: int | None,
+) -> dict[str, object]:
+    calls = tallies.get("calls", 0)
+    days: defaultdict[str, dict[str, int]] = defaultdict(
+        lambda: {"api_calls": 0, "rejected_calls": 0}
+    )
+    routes: dict[str, dict[str, int]] = {}
+    for field, value in tallies.items():
+        kind, _, rest = field.partition(":")
+        if kind == "day":
+            days[rest]["api_calls"] += value
+        elif kind == "rday":
+            days[rest]["rejected_calls"] += value
+        elif field.startswith("route|"):
+            _, status_class, route = field.split("|", 2)
+            routes.setdefault(route, {})[status_class] = value
+    return {
+        "tenant_id": tenant_id,
+        "period": str(period),
+        "api_calls": calls,
+        "rejected_calls": tallies.get("rejected", 0),
+        "limit": limit,
+        "remaining": None if limit is None else max(0, limit - calls),
+        "resets_at": format_timestamp(period.end),
+        "users": users,
+        "max_users": max_users,
+        "by_day": [
+            {"date": f"{period}-{day}", **counts} for day, counts in sorted(days.items())
+        ],
+        "by_route": [
+            {"route": route, "calls": sum(statuses.values()), "by_status": dict(sorted(statuses.items()))}
+            for route, statuses in sorted(routes.items())
+        ],
+    }
