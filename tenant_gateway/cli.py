@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import uvicorn
 
 from tenant_gateway.demo import build_demo_app
-from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
+from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable, redact_url
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.plans import load_plans
-from tenant_gateway.postgres.database import Database, redact_url
+from tenant_gateway.postgres.database import Database
 from tenant_gateway.quota import RedisCounters
 
 __all__ = ["main"]

@@ -100,7 +100,7 @@ class MemoryDirectory:
         users[user.id] = user
 
     async def list_users(self, tenant_id: str) -> list[User]:
-        return sorted(self._users.get(tenant_id, {}).values(), key=lambda u: (u.created_at, u.id))
+        return sorted(self._users.get(tenant_id, {}).values(), key=lambda u: u.created_at)
 
     async def count_users(self, tenant_id: str) -> int:
         return len(self._users.get(tenant_id, {}))

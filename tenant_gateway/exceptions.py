@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "ConfigurationError",
@@ -17,6 +18,7 @@ __all__ = [
     "Problem",
     "StoreUnavailable",
     "TenantGatewayError",
+    "redact_url",
 ]
 
 
@@ -62,3 +64,12 @@ class Problem(TenantGatewayError):
         self.detail = detail
         self.headers = dict(headers or {})
         self.errors = list(errors) if errors is not None else None
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

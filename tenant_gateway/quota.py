@@ -22,7 +22,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tenant_gateway.exceptions import StoreUnavailable
+from tenant_gateway.exceptions import StoreUnavailable, redact_url
 
 __all__ = [
     "Admission",
@@ -118,19 +118,33 @@ return {1, used}
 class RedisCounters:
     """Counters shared by every worker and host using one Redis."""
 
-    def __init__(self, url: str, *, key_prefix: str = "tg:", timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "tg:",
+        timeout: float = 1.0,
+        max_connections: int = 64,
+    ) -> None:
         self._url = url
         self._prefix = key_prefix
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        # A blocking pool: a burst of requests waits (up to ``timeout``) for a connection
+        # instead of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
 
     def _key(self, key: UsageKey) -> str:
         return f"{self._prefix}usage:{key[0]}:{key[1]}"
 
     def _unavailable(self, exc: RedisError) -> StoreUnavailable:
-        return StoreUnavailable("Redis", self._url, str(exc) or type(exc).__name__)
+        return StoreUnavailable("Redis", redact_url(self._url), str(exc) or type(exc).__name__)
 
     async def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool

@@ -82,7 +82,7 @@ class AdminAPI:
             require_operator(caller)
         body = await parse_body(request, RegisterRequest, self.s.max_body_bytes)
         self._plan(body.plan)
-        now = self._now().replace(microsecond=0)
+        now = self._now()
         tenant = Tenant(
             id=new_id("tenant"),
             name=body.name,
@@ -145,7 +145,7 @@ class AdminAPI:
         tenant = await self._tenant(request, Action.MANAGE_USERS)
         body = await parse_body(request, AddUserRequest, self.s.max_body_bytes)
         seat_limit = effective_seat_limit(self._plan(tenant.plan), tenant)
-        user = User(new_id("usr"), tenant.id, body.email, body.role, self._now().replace(microsecond=0))
+        user = User(new_id("usr"), tenant.id, body.email, body.role, self._now())
         await self.s.directory.add_user(user, seat_limit)
         return JSONResponse(user.to_json(), status_code=201)
 

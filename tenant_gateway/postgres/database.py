@@ -11,19 +11,23 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from tenant_gateway.context import current_database, current_tenant
-from tenant_gateway.exceptions import ConfigurationError, NoTenantContext, StoreUnavailable
+from tenant_gateway.exceptions import (
+    ConfigurationError,
+    NoTenantContext,
+    StoreUnavailable,
+    redact_url,
+)
 
 __all__ = [
     "RUNTIME_ROLE",
     "TENANT_SETTING",
     "Database",
     "isolate_table",
-    "redact_url",
     "tenant_transaction",
 ]
 
@@ -41,15 +45,6 @@ _CONNECTION_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
 )
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _migrations() -> list[tuple[int, str, str]]:

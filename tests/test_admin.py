@@ -1,0 +1,191 @@
+"""The admin sub-app: registration, users and seats, plan changes, usage, access rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tenant_gateway import TenantGateway
+
+from .apps import echo_app
+from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .test_middleware import assert_problem
+
+T = "/api/v1/tenants"
+
+
+def gateway(stores: Stores, **kwargs: Any) -> TenantGateway:
+    return TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, **stores.kwargs(), **kwargs)
+
+
+async def test_register_answers_the_tenant_and_a_key_once(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client, plan="enterprise", max_users=100)
+    assert tenant["id"].startswith("tenant_") and tenant["api_key"].startswith("tk_")
+    assert tenant["status"] == "active" and tenant["plan"] == "enterprise" and tenant["max_users"] == 100
+    assert tenant["created_at"].endswith("Z")
+    fetched = await client.get(f"{T}/{tenant['id']}", headers=auth(tenant))
+    assert fetched.status_code == 200
+    assert "api_key" not in fetched.json()
+    assert fetched.json() == {k: v for k, v in tenant.items() if k != "api_key"}
+
+
+async def test_users_and_seat_limit(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client, max_users=3)  # free allows 5; the tenant caps at 3
+    users = f"{T}/{tenant['id']}/users"
+    for n in range(2):
+        created = await client.post(users, json={"email": f"u{n}@acme.com", "role": "developer"}, headers=auth(tenant))
+        assert created.status_code == 201, created.text
+        assert set(created.json()) == {"id", "email", "role", "created_at"}
+    assert_problem(
+        await client.post(users, json={"email": "u9@acme.com", "role": "viewer"}, headers=auth(tenant)),
+        403,
+        "user_limit_reached",
+    )
+    listed = (await client.get(users, headers=auth(tenant))).json()
+    assert [u["email"] for u in listed] == ["admin@acme.com", "u0@acme.com", "u1@acme.com"]
+    usage = (await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))).json()
+    assert usage["users"] == 3 and usage["max_users"] == 3
+
+
+async def test_duplicate_email_is_409_case_insensitively(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    users = f"{T}/{tenant['id']}/users"
+    assert (await client.post(users, json={"email": "dev@acme.com"}, headers=auth(tenant))).status_code == 201
+    assert_problem(await client.post(users, json={"email": "DEV@acme.com"}, headers=auth(tenant)), 409, "user_exists")
+    assert_problem(await client.post(users, json={"email": "admin@acme.com"}, headers=auth(tenant)), 409, "user_exists")
+
+
+async def test_concurrent_user_additions_respect_the_seat_limit(stores: Stores, client_for: Any) -> None:
+    import asyncio
+
+    client = await client_for(gateway(stores))
+    tenant = await register(client)  # free: 5 seats, admin holds one
+    users = f"{T}/{tenant['id']}/users"
+    responses = await asyncio.gather(
+        *(client.post(users, json={"email": f"c{n}@acme.com"}, headers=auth(tenant)) for n in range(12))
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) == 4 and statuses.count(403) == 8
+    assert len((await client.get(users, headers=auth(tenant))).json()) == 5
+
+
+async def test_plan_change_keeps_the_months_count(stores: Stores, client_for: Any) -> None:
+    plans = {
+        "plans": {
+            "small": {"max_users": 5, "monthly_calls": 5, "burst_per_second": None, "price_cents": 0},
+            "big": {"max_users": 50, "monthly_calls": 8, "burst_per_second": None, "price_cents": 100},
+        }
+    }
+    client = await client_for(gateway(stores, plans=plans))
+    tenant = await register(client, plan="small")
+    statuses = [(await client.get("/whoami", headers=auth(tenant))).status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    changed = await client.put(f"{T}/{tenant['id']}/plan", json={"plan": "big"}, headers=auth(tenant))
+    assert changed.status_code == 200 and changed.json()["plan"] == "big"
+    after = [(await client.get("/whoami", headers=auth(tenant))) for _ in range(4)]
+    assert [r.status_code for r in after] == [200, 200, 200, 429]
+    assert after[0].headers["ratelimit"].startswith('"monthly";r=2;')
+    usage = (await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))).json()
+    assert usage["api_calls"] == 8 and usage["limit"] == 8 and usage["rejected_calls"] == 2
+
+
+async def test_downgrade_below_current_users_is_409(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client, plan="professional")
+    for n in range(5):  # admin + 5 = 6 users; free allows 5
+        await client.post(f"{T}/{tenant['id']}/users", json={"email": f"d{n}@acme.com"}, headers=auth(tenant))
+    refused = await client.put(f"{T}/{tenant['id']}/plan", json={"plan": "free"}, headers=auth(tenant))
+    assert_problem(refused, 409, "too_many_users")
+    assert (await client.get(f"{T}/{tenant['id']}", headers=auth(tenant))).json()["plan"] == "professional"
+    assert_problem(
+        await client.put(f"{T}/{tenant['id']}/plan", json={"plan": "platinum"}, headers=auth(tenant)),
+        422,
+        "validation_error",
+    )
+
+
+async def test_another_tenants_resources_are_404(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    a = await register(client)
+    b = await register(client)
+    for method, path, body in [
+        ("GET", "", None),
+        ("GET", "/users", None),
+        ("POST", "/users", {"email": "x@acme.com"}),
+        ("GET", "/usage", None),
+        ("PUT", "/plan", {"plan": "enterprise"}),
+        ("POST", "/suspend", None),
+    ]:
+        response = await client.request(method, f"{T}/{b['id']}{path}", json=body, headers=auth(a))
+        assert_problem(response, 404, "not_found")
+        missing = await client.request(method, f"{T}/tenant_missing{path}", json=body, headers=auth(a))
+        assert missing.json() == response.json()
+    assert (await client.get(f"{T}/{b['id']}", headers=auth(b))).json()["plan"] == "free"
+    assert len((await client.get(f"{T}/{b['id']}/users", headers=auth(b))).json()) == 1
+
+
+async def test_operator_token(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    a = await register(client)
+    assert (await client.get(f"{T}/{a['id']}", headers=operator_headers())).status_code == 200
+    listed = await client.get(f"{T}/", headers=operator_headers())
+    assert a["id"] in [t["id"] for t in listed.json()["items"]]
+    assert_problem(await client.get(f"{T}/", headers=auth(a)), 403, "forbidden")
+    assert_problem(await client.post(f"{T}/{a['id']}/suspend", headers=auth(a)), 403, "forbidden")
+    for bad in (
+        operator_headers(secret="wrong-secret-wrong-secret-wrong!!"),
+        operator_headers(role="tenant"),
+        operator_headers(exp=1_000_000_000),
+        {"Authorization": "Bearer not.a.jwt"},
+    ):
+        assert_problem(await client.get(f"{T}/{a['id']}", headers=bad), 401, "invalid_api_key")
+
+
+async def test_closed_signup_needs_an_operator(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores, allow_signup=False))
+    body = {"name": "X", "admin_email": "a@x.io"}
+    assert_problem(await client.post(f"{T}/register", json=body), 401, "missing_api_key")
+    assert (await client.post(f"{T}/register", json=body, headers=operator_headers())).status_code == 201
+
+
+async def test_usage_periods(stores: Stores, client_for: Any, clock: FakeClock) -> None:
+    client = await client_for(gateway(stores, clock=clock))
+    tenant = await register(client)
+    await client.get("/whoami", headers=auth(tenant))
+    usage = f"{T}/{tenant['id']}/usage"
+    current = (await client.get(usage, headers=auth(tenant))).json()
+    assert current["period"] == "2026-11" and current["api_calls"] == 1
+    assert current["resets_at"] == "2026-12-01T00:00:00Z" and current["limit"] == 1000
+    past = (await client.get(usage, params={"period": "2025-01"}, headers=auth(tenant))).json()
+    assert past["api_calls"] == 0 and past["by_day"] == [] and past["remaining"] == 1000
+    for bad in ("2026-12", "2026-13", "26-11", "2026-1", "x", ""):
+        assert_problem(await client.get(usage, params={"period": bad}, headers=auth(tenant)), 422, "validation_error")
+
+
+async def test_admin_calls_are_not_metered(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    for _ in range(15):  # beyond the burst of 10: admin is not limited
+        response = await client.get(f"{T}/{tenant['id']}", headers=auth(tenant))
+        assert response.status_code == 200 and "ratelimit" not in response.headers
+    assert (await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))).json()["api_calls"] == 0
+
+
+async def test_openapi_document(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    document = (await client.get(f"{T}/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    assert {"/register", "/{tenant_id}/users", "/{tenant_id}/usage", "/{tenant_id}/plan"} <= set(document["paths"])
+
+
+@pytest.mark.parametrize("path", ["/nope/a/b/c", "/"])
+async def test_unknown_admin_routes_are_problems(stores: Stores, client_for: Any, path: str) -> None:
+    client: httpx.AsyncClient = await client_for(gateway(stores))
+    response = await client.delete(f"{T}{path}")
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.status_code in (404, 405)

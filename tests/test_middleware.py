@@ -1,0 +1,191 @@
+"""TenantGateway over ASGI: authentication, refusals (SPEC §4), headers (SPEC §5), context."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from tenant_gateway import TenantGateway, current_tenant
+from tenant_gateway.keys import generate_api_key
+
+from .apps import echo_app
+from .conftest import JWT_SECRET
+from .conftest import FakeClock, Stores, auth, operator_headers, register
+
+PROBLEM = "application/problem+json"
+
+
+def gateway(stores: Stores, clock: FakeClock | None = None, **kwargs: Any) -> TenantGateway:
+    if clock is not None:
+        kwargs["clock"] = clock
+    return TenantGateway(echo_app(), **stores.kwargs(), **kwargs)
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code and body["status"] == status
+    assert body["type"].startswith("https://") and body["title"] and body["detail"]
+    return body
+
+
+async def test_missing_key(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    response = await client.get("/whoami")
+    assert_problem(response, 401, "missing_api_key")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert_problem(await client.get("/whoami", headers={"Authorization": "Bearer "}), 401, "missing_api_key")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"Authorization": "Bearer tk_nope"},
+        {"Authorization": "Bearer " + "x" * 5000},
+        {"X-API-Key": "tk_" + "A" * 38},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+    ],
+)
+async def test_malformed_keys(stores: Stores, client_for: Any, header: dict[str, str]) -> None:
+    client = await client_for(gateway(stores))
+    expected = "missing_api_key" if header.get("Authorization", "").startswith("Basic") else "invalid_api_key"
+    assert_problem(await client.get("/whoami", headers=header), 401, expected)
+
+
+async def test_unknown_well_formed_key(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    response = await client.get("/whoami", headers={"X-API-Key": generate_api_key()})
+    assert_problem(response, 401, "invalid_api_key")
+
+
+async def test_tenant_reaches_the_app_three_ways(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    for headers in (auth(tenant), {"X-API-Key": tenant["api_key"]}, {"authorization": "bearer " + tenant["api_key"]}):
+        response = await client.get("/whoami", headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == {
+            "scope_state": tenant["id"],
+            "context_var": tenant["id"],
+            "get_current_tenant": tenant["id"],
+        }
+    assert current_tenant.get() is None  # reset after the request
+
+
+async def test_suspended_tenant(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores, admin_jwt_secret=JWT_SECRET))
+    tenant = await register(client)
+    response = await client.post(f"/api/v1/tenants/{tenant['id']}/suspend", headers=operator_headers())
+    assert response.status_code == 200 and response.json()["status"] == "suspended"
+    assert_problem(await client.get("/whoami", headers=auth(tenant)), 403, "tenant_suspended")
+    await client.post(f"/api/v1/tenants/{tenant['id']}/resume", headers=operator_headers())
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+
+
+async def test_rate_limit_headers_and_monthly_quota(
+    stores: Stores, client_for: Any, clock: FakeClock
+) -> None:
+    plans = {"plans": {"tiny": {"max_users": 5, "monthly_calls": 3, "burst_per_second": None, "price_cents": 0}}}
+    client = await client_for(gateway(stores, clock, plans=plans))
+    tenant = await register(client, plan="tiny")
+    seconds_left = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() - clock())
+    for remaining in (2, 1, 0):
+        response = await client.get("/whoami", headers=auth(tenant))
+        assert response.status_code == 200
+        assert response.headers["ratelimit-policy"] == '"monthly";q=3'
+        assert response.headers["ratelimit"] == f'"monthly";r={remaining};t={seconds_left}'
+    refused = await client.get("/whoami", headers=auth(tenant))
+    assert_problem(refused, 429, "quota_exceeded")
+    assert refused.headers["retry-after"] == str(seconds_left)
+    assert refused.headers["ratelimit"] == f'"monthly";r=0;t={seconds_left}'
+    usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=auth(tenant))).json()
+    assert usage["api_calls"] == 3 and usage["rejected_calls"] == 1 and usage["remaining"] == 0
+    # the next calendar month starts a fresh quota
+    clock.set(datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC))
+    fresh = await client.get("/whoami", headers=auth(tenant))
+    assert fresh.status_code == 200 and fresh.headers["ratelimit"].startswith('"monthly";r=2;')
+
+
+async def test_first_call_on_free_plan_shows_999(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    response = await client.get("/whoami", headers=auth(tenant))
+    assert response.headers["ratelimit-policy"] == '"burst";q=10;w=1, "monthly";q=1000'
+    assert response.headers["ratelimit"].startswith('"monthly";r=999;t=')
+
+
+async def test_burst_limit(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)  # free: 10 per second
+    responses = [await client.get("/whoami", headers=auth(tenant)) for _ in range(11)]
+    assert [r.status_code for r in responses[:10]] == [200] * 10
+    refused = assert_problem(responses[10], 429, "rate_limited")
+    assert refused["detail"]
+    assert int(responses[10].headers["retry-after"]) >= 1
+    usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=auth(tenant))).json()
+    assert usage["api_calls"] == 10 and usage["rejected_calls"] == 1
+
+
+async def test_quota_exact_under_1100_concurrent_requests(stores: Stores, client_for: Any) -> None:
+    """In-process concurrency (the HTTP version, with >= 50 in flight, is in test_server.py)."""
+    plans = {"plans": {"free": {"max_users": 5, "monthly_calls": 1000, "burst_per_second": None, "price_cents": 0}}}
+    client = await client_for(gateway(stores, plans=plans))
+    tenant = await register(client)
+    responses = await asyncio.gather(*(client.get("/whoami", headers=auth(tenant)) for _ in range(1100)))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 1000 and statuses.count(429) == 100
+    remaining = sorted(int(r.headers["ratelimit"].split("r=")[1].split(";")[0]) for r in responses if r.status_code == 200)
+    assert remaining == list(range(1000))  # every admitted call saw a distinct count
+    usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=auth(tenant))).json()
+    assert usage["api_calls"] == 1000 and usage["rejected_calls"] == 100
+
+
+async def test_public_paths_are_neither_authenticated_nor_metered(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores, public_paths=["/public"]))
+    response = await client.get("/public")
+    assert response.status_code == 200 and response.json() == {"tenant": False}
+    assert "ratelimit-policy" not in response.headers
+
+
+async def test_body_limit(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores, max_body_bytes=100))
+    tenant = await register(client)
+    assert (await client.post("/echo", content=b"x" * 100, headers=auth(tenant))).json() == {"bytes": 100}
+    assert_problem(await client.post("/echo", content=b"x" * 101, headers=auth(tenant)), 413, "payload_too_large")
+
+    async def chunks() -> Any:  # no Content-Length: counted while streaming
+        for _ in range(5):
+            yield b"y" * 50
+
+    assert_problem(await client.post("/echo", content=chunks(), headers=auth(tenant)), 413, "payload_too_large")
+
+
+async def test_usage_by_route_template_and_status(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client, plan="enterprise")
+    for item in range(20):
+        assert (await client.get(f"/items/{item}", headers=auth(tenant))).status_code == 200
+    await client.get("/fail", headers=auth(tenant))
+    await client.get("/no/such/route", headers=auth(tenant))
+    usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=auth(tenant))).json()
+    routes = {entry["route"]: entry for entry in usage["by_route"]}
+    assert routes["GET /items/{item_id}"] == {"route": "GET /items/{item_id}", "calls": 20, "by_status": {"2xx": 20}}
+    assert routes["GET /fail"]["by_status"] == {"5xx": 1}
+    assert routes["GET (unmatched)"]["by_status"] == {"4xx": 1}
+    assert usage["api_calls"] == 22
+    assert usage["by_day"] == [{"date": "2026-11-" + usage["by_day"][0]["date"][-2:], "api_calls": 22, "rejected_calls": 0}]
+
+
+async def test_other_scopes_pass_through(stores: Stores) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    await TenantGateway(app, **stores.kwargs())({"type": "custom"}, None, None)  # type: ignore[arg-type]
+    assert seen == ["custom"]
