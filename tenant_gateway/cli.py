@@ -93,8 +93,10 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[name] = value
         else:
             os.environ.pop(name, None)
-    stores = "PostgreSQL + Redis" if args.database_url and args.redis_url else (
-        "memory" if not (args.database_url or args.redis_url) else "mixed"
+    stores = (
+        "PostgreSQL + Redis"
+        if args.database_url and args.redis_url
+        else ("memory" if not (args.database_url or args.redis_url) else "mixed")
     )
     base = f"http://{args.host}:{args.port}"
     print(f"tenant-gateway: serving the demo app on {base} (stores: {stores})", flush=True)

@@ -19,9 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["current_database", "current_tenant", "get_current_tenant"]
 
 current_tenant: ContextVar[Tenant | None] = ContextVar("tenant_gateway_tenant", default=None)
-current_database: ContextVar[Database | None] = ContextVar(
-    "tenant_gateway_database", default=None
-)
+current_database: ContextVar[Database | None] = ContextVar("tenant_gateway_database", default=None)
 
 
 def get_current_tenant() -> Tenant:

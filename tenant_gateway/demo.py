@@ -102,11 +102,15 @@ class PostgresProjects:
                 new_id("prj"),
                 name,
             )
+        if record is None:  # INSERT … RETURNING always answers a row
+            raise RuntimeError("INSERT returned no row")
         return _row(record)
 
     async def list(self) -> list[Project]:
         async with tenant_transaction() as conn:
-            records = await conn.fetch("SELECT id, name, created_at FROM projects ORDER BY created_at, id")
+            records = await conn.fetch(
+                "SELECT id, name, created_at FROM projects ORDER BY created_at, id"
+            )
         return [_row(record) for record in records]
 
     async def get(self, project_id: str) -> Project | None:
@@ -118,7 +122,9 @@ class PostgresProjects:
 
     async def delete(self, project_id: str) -> bool:
         async with tenant_transaction() as conn:
-            deleted = await conn.fetchval("DELETE FROM projects WHERE id = $1 RETURNING id", project_id)
+            deleted = await conn.fetchval(
+                "DELETE FROM projects WHERE id = $1 RETURNING id", project_id
+            )
         return deleted is not None
 
 

@@ -1,10 +1,10 @@
 """Every exception tenant_gateway raises.
 
-    TenantGatewayError
-    ├── ConfigurationError        bad constructor argument or plans file
-    ├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
-    ├── NoTenantContext           a tenant query was attempted outside a resolved request
-    └── Problem                   an HTTP-facing refusal, rendered as RFC 9457 problem+json
+TenantGatewayError
+├── ConfigurationError        bad constructor argument or plans file
+├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
+├── NoTenantContext           a tenant query was attempted outside a resolved request
+└── Problem                   an HTTP-facing refusal, rendered as RFC 9457 problem+json
 """
 
 from __future__ import annotations

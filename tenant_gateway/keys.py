@@ -53,7 +53,7 @@ def is_well_formed(key: str) -> bool:
     """True when ``key`` has our shape and checksum; costs no store lookup."""
     if len(key) != _KEY_LENGTH or _KEY_RE.fullmatch(key) is None:
         return False
-    head = key[: -_CHECKSUM_LENGTH]
+    head = key[:-_CHECKSUM_LENGTH]
     return hmac.compare_digest(_checksum(head), key[-_CHECKSUM_LENGTH:])
 
 

@@ -49,7 +49,7 @@ class _BodyTooLarge(Exception):
 
 
 def route_template(scope: Scope, root_path: str) -> str:
-    """``GET /api/v1/projects/{id}`` from the route the wrapped app matched (bounded cardinality)."""
+    """``GET /api/v1/projects/{id}``: the template of the route the app matched, not the path."""
     route = scope.get("route")
     template = getattr(route, "path", None)
     if not isinstance(template, str):
@@ -238,12 +238,13 @@ class TenantGateway:
                     problems.rate_limited(plan.burst_per_second, stats.retry_after),
                     headers + [(b"ratelimit", remaining_header("burst", 0, stats.retry_after))],
                 )
-        admission = await counters.admit(
-            usage_key, day, plan.monthly_calls, plan.allows_overage
-        )
+        admission = await counters.admit(usage_key, day, plan.monthly_calls, plan.allows_overage)
         if plan.monthly_calls is not None:
             headers.append(
-                (b"ratelimit", remaining_header("monthly", plan.monthly_calls - admission.used, reset))
+                (
+                    b"ratelimit",
+                    remaining_header("monthly", plan.monthly_calls - admission.used, reset),
+                )
             )
         elif plan.burst_per_second is not None:
             stats = await self.burst.stats(tenant.id, plan.burst_per_second)
@@ -301,7 +302,9 @@ class TenantGateway:
         tenant_token = current_tenant.set(tenant)
         database_token = current_database.set(self.database)
         try:
-            await self.app(scope, limited_receive if scope["type"] == "http" else receive, metered_send)
+            await self.app(
+                scope, limited_receive if scope["type"] == "http" else receive, metered_send
+            )
         except _BodyTooLarge:
             pass
         except Exception:

@@ -140,7 +140,9 @@ def too_many_users(users: int, limit: int) -> Problem:
     )
 
 
-def validation_error(detail: str, errors: Sequence[Mapping[str, str]], status: int = 422) -> Problem:
+def validation_error(
+    detail: str, errors: Sequence[Mapping[str, str]], status: int = 422
+) -> Problem:
     return Problem(status, "validation_error", "Invalid request", detail, errors=errors)
 
 

@@ -176,7 +176,10 @@ class RedisCounters:
             raw = await self._redis.hgetall(self._key(key))
         except RedisError as exc:
             raise self._unavailable(exc) from exc
-        return {field.decode(): int(value) for field, value in raw.items()}
+        return {
+            (field.decode() if isinstance(field, bytes) else field): int(value)
+            for field, value in raw.items()
+        }
 
     async def ping(self) -> None:
         try:

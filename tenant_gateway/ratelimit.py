@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 
 from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
-from limits.aio.storage import Storage
 
 from tenant_gateway.clock import Clock
 from tenant_gateway.exceptions import ConfigurationError

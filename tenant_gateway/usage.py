@@ -89,11 +89,13 @@ def usage_report(
         "resets_at": format_timestamp(period.end),
         "users": users,
         "max_users": max_users,
-        "by_day": [
-            {"date": f"{period}-{day}", **counts} for day, counts in sorted(days.items())
-        ],
+        "by_day": [{"date": f"{period}-{day}", **counts} for day, counts in sorted(days.items())],
         "by_route": [
-            {"route": route, "calls": sum(statuses.values()), "by_status": dict(sorted(statuses.items()))}
+            {
+                "route": route,
+                "calls": sum(statuses.values()),
+                "by_status": dict(sorted(statuses.items())),
+            }
             for route, statuses in sorted(routes.items())
         ],
     }

@@ -23,7 +23,9 @@ import redis
 
 from tenant_gateway import TenantGateway
 
-PG_ADMIN_URL = os.environ.get("TG_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "TG_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("TG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -160,9 +162,7 @@ async def client_for() -> AsyncIterator[Any]:
         await gateway.shutdown()
 
 
-async def register(
-    client: httpx.AsyncClient, plan: str = "free", **extra: Any
-) -> dict[str, Any]:
+async def register(client: httpx.AsyncClient, plan: str = "free", **extra: Any) -> dict[str, Any]:
     body = {"name": "Acme Corp", "plan": plan, "admin_email": "admin@acme.com", **extra}
     response = await client.post("/api/v1/tenants/register", json=body)
     assert response.status_code == 201, response.text

@@ -24,7 +24,11 @@ async def test_register_answers_the_tenant_and_a_key_once(stores: Stores, client
     client = await client_for(gateway(stores))
     tenant = await register(client, plan="enterprise", max_users=100)
     assert tenant["id"].startswith("tenant_") and tenant["api_key"].startswith("tk_")
-    assert tenant["status"] == "active" and tenant["plan"] == "enterprise" and tenant["max_users"] == 100
+    assert (
+        tenant["status"] == "active"
+        and tenant["plan"] == "enterprise"
+        and tenant["max_users"] == 100
+    )
     assert tenant["created_at"].endswith("Z")
     fetched = await client.get(f"{T}/{tenant['id']}", headers=auth(tenant))
     assert fetched.status_code == 200
@@ -37,11 +41,15 @@ async def test_users_and_seat_limit(stores: Stores, client_for: Any) -> None:
     tenant = await register(client, max_users=3)  # free allows 5; the tenant caps at 3
     users = f"{T}/{tenant['id']}/users"
     for n in range(2):
-        created = await client.post(users, json={"email": f"u{n}@acme.com", "role": "developer"}, headers=auth(tenant))
+        created = await client.post(
+            users, json={"email": f"u{n}@acme.com", "role": "developer"}, headers=auth(tenant)
+        )
         assert created.status_code == 201, created.text
         assert set(created.json()) == {"id", "email", "role", "created_at"}
     assert_problem(
-        await client.post(users, json={"email": "u9@acme.com", "role": "viewer"}, headers=auth(tenant)),
+        await client.post(
+            users, json={"email": "u9@acme.com", "role": "viewer"}, headers=auth(tenant)
+        ),
         403,
         "user_limit_reached",
     )
@@ -55,19 +63,34 @@ async def test_duplicate_email_is_409_case_insensitively(stores: Stores, client_
     client = await client_for(gateway(stores))
     tenant = await register(client)
     users = f"{T}/{tenant['id']}/users"
-    assert (await client.post(users, json={"email": "dev@acme.com"}, headers=auth(tenant))).status_code == 201
-    assert_problem(await client.post(users, json={"email": "DEV@acme.com"}, headers=auth(tenant)), 409, "user_exists")
-    assert_problem(await client.post(users, json={"email": "admin@acme.com"}, headers=auth(tenant)), 409, "user_exists")
+    assert (
+        await client.post(users, json={"email": "dev@acme.com"}, headers=auth(tenant))
+    ).status_code == 201
+    assert_problem(
+        await client.post(users, json={"email": "DEV@acme.com"}, headers=auth(tenant)),
+        409,
+        "user_exists",
+    )
+    assert_problem(
+        await client.post(users, json={"email": "admin@acme.com"}, headers=auth(tenant)),
+        409,
+        "user_exists",
+    )
 
 
-async def test_concurrent_user_additions_respect_the_seat_limit(stores: Stores, client_for: Any) -> None:
+async def test_concurrent_user_additions_respect_the_seat_limit(
+    stores: Stores, client_for: Any
+) -> None:
     import asyncio
 
     client = await client_for(gateway(stores))
     tenant = await register(client)  # free: 5 seats, admin holds one
     users = f"{T}/{tenant['id']}/users"
     responses = await asyncio.gather(
-        *(client.post(users, json={"email": f"c{n}@acme.com"}, headers=auth(tenant)) for n in range(12))
+        *(
+            client.post(users, json={"email": f"c{n}@acme.com"}, headers=auth(tenant))
+            for n in range(12)
+        )
     )
     statuses = sorted(r.status_code for r in responses)
     assert statuses.count(201) == 4 and statuses.count(403) == 8
@@ -77,15 +100,27 @@ async def test_concurrent_user_additions_respect_the_seat_limit(stores: Stores, 
 async def test_plan_change_keeps_the_months_count(stores: Stores, client_for: Any) -> None:
     plans = {
         "plans": {
-            "small": {"max_users": 5, "monthly_calls": 5, "burst_per_second": None, "price_cents": 0},
-            "big": {"max_users": 50, "monthly_calls": 8, "burst_per_second": None, "price_cents": 100},
+            "small": {
+                "max_users": 5,
+                "monthly_calls": 5,
+                "burst_per_second": None,
+                "price_cents": 0,
+            },
+            "big": {
+                "max_users": 50,
+                "monthly_calls": 8,
+                "burst_per_second": None,
+                "price_cents": 100,
+            },
         }
     }
     client = await client_for(gateway(stores, plans=plans))
     tenant = await register(client, plan="small")
     statuses = [(await client.get("/whoami", headers=auth(tenant))).status_code for _ in range(6)]
     assert statuses == [200] * 5 + [429]
-    changed = await client.put(f"{T}/{tenant['id']}/plan", json={"plan": "big"}, headers=auth(tenant))
+    changed = await client.put(
+        f"{T}/{tenant['id']}/plan", json={"plan": "big"}, headers=auth(tenant)
+    )
     assert changed.status_code == 200 and changed.json()["plan"] == "big"
     after = [(await client.get("/whoami", headers=auth(tenant))) for _ in range(4)]
     assert [r.status_code for r in after] == [200, 200, 200, 429]
@@ -98,12 +133,20 @@ async def test_downgrade_below_current_users_is_409(stores: Stores, client_for: 
     client = await client_for(gateway(stores))
     tenant = await register(client, plan="professional")
     for n in range(5):  # admin + 5 = 6 users; free allows 5
-        await client.post(f"{T}/{tenant['id']}/users", json={"email": f"d{n}@acme.com"}, headers=auth(tenant))
-    refused = await client.put(f"{T}/{tenant['id']}/plan", json={"plan": "free"}, headers=auth(tenant))
+        await client.post(
+            f"{T}/{tenant['id']}/users", json={"email": f"d{n}@acme.com"}, headers=auth(tenant)
+        )
+    refused = await client.put(
+        f"{T}/{tenant['id']}/plan", json={"plan": "free"}, headers=auth(tenant)
+    )
     assert_problem(refused, 409, "too_many_users")
-    assert (await client.get(f"{T}/{tenant['id']}", headers=auth(tenant))).json()["plan"] == "professional"
+    assert (await client.get(f"{T}/{tenant['id']}", headers=auth(tenant))).json()[
+        "plan"
+    ] == "professional"
     assert_problem(
-        await client.put(f"{T}/{tenant['id']}/plan", json={"plan": "platinum"}, headers=auth(tenant)),
+        await client.put(
+            f"{T}/{tenant['id']}/plan", json={"plan": "platinum"}, headers=auth(tenant)
+        ),
         422,
         "validation_error",
     )
@@ -123,7 +166,9 @@ async def test_another_tenants_resources_are_404(stores: Stores, client_for: Any
     ]:
         response = await client.request(method, f"{T}/{b['id']}{path}", json=body, headers=auth(a))
         assert_problem(response, 404, "not_found")
-        missing = await client.request(method, f"{T}/tenant_missing{path}", json=body, headers=auth(a))
+        missing = await client.request(
+            method, f"{T}/tenant_missing{path}", json=body, headers=auth(a)
+        )
         assert missing.json() == response.json()
     assert (await client.get(f"{T}/{b['id']}", headers=auth(b))).json()["plan"] == "free"
     assert len((await client.get(f"{T}/{b['id']}/users", headers=auth(b))).json()) == 1
@@ -150,7 +195,9 @@ async def test_closed_signup_needs_an_operator(stores: Stores, client_for: Any) 
     client = await client_for(gateway(stores, allow_signup=False))
     body = {"name": "X", "admin_email": "a@x.io"}
     assert_problem(await client.post(f"{T}/register", json=body), 401, "missing_api_key")
-    assert (await client.post(f"{T}/register", json=body, headers=operator_headers())).status_code == 201
+    assert (
+        await client.post(f"{T}/register", json=body, headers=operator_headers())
+    ).status_code == 201
 
 
 async def test_usage_periods(stores: Stores, client_for: Any, clock: FakeClock) -> None:
@@ -164,7 +211,11 @@ async def test_usage_periods(stores: Stores, client_for: Any, clock: FakeClock) 
     past = (await client.get(usage, params={"period": "2025-01"}, headers=auth(tenant))).json()
     assert past["api_calls"] == 0 and past["by_day"] == [] and past["remaining"] == 1000
     for bad in ("2026-12", "2026-13", "26-11", "2026-1", "x", ""):
-        assert_problem(await client.get(usage, params={"period": bad}, headers=auth(tenant)), 422, "validation_error")
+        assert_problem(
+            await client.get(usage, params={"period": bad}, headers=auth(tenant)),
+            422,
+            "validation_error",
+        )
 
 
 async def test_admin_calls_are_not_metered(stores: Stores, client_for: Any) -> None:
@@ -173,18 +224,24 @@ async def test_admin_calls_are_not_metered(stores: Stores, client_for: Any) -> N
     for _ in range(15):  # beyond the burst of 10: admin is not limited
         response = await client.get(f"{T}/{tenant['id']}", headers=auth(tenant))
         assert response.status_code == 200 and "ratelimit" not in response.headers
-    assert (await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))).json()["api_calls"] == 0
+    assert (await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))).json()[
+        "api_calls"
+    ] == 0
 
 
 async def test_openapi_document(stores: Stores, client_for: Any) -> None:
     client = await client_for(gateway(stores))
     document = (await client.get(f"{T}/openapi.json")).json()
     assert document["openapi"].startswith("3.")
-    assert {"/register", "/{tenant_id}/users", "/{tenant_id}/usage", "/{tenant_id}/plan"} <= set(document["paths"])
+    assert {"/register", "/{tenant_id}/users", "/{tenant_id}/usage", "/{tenant_id}/plan"} <= set(
+        document["paths"]
+    )
 
 
 @pytest.mark.parametrize("path", ["/nope/a/b/c", "/"])
-async def test_unknown_admin_routes_are_problems(stores: Stores, client_for: Any, path: str) -> None:
+async def test_unknown_admin_routes_are_problems(
+    stores: Stores, client_for: Any, path: str
+) -> None:
     client: httpx.AsyncClient = await client_for(gateway(stores))
     response = await client.delete(f"{T}{path}")
     assert response.headers["content-type"] == "application/problem+json"

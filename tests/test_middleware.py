@@ -13,8 +13,7 @@ from tenant_gateway import TenantGateway, current_tenant
 from tenant_gateway.keys import generate_api_key
 
 from .apps import echo_app
-from .conftest import JWT_SECRET
-from .conftest import FakeClock, Stores, auth, operator_headers, register
+from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
 
 PROBLEM = "application/problem+json"
 
@@ -39,7 +38,9 @@ async def test_missing_key(stores: Stores, client_for: Any) -> None:
     response = await client.get("/whoami")
     assert_problem(response, 401, "missing_api_key")
     assert response.headers["www-authenticate"].startswith("Bearer")
-    assert_problem(await client.get("/whoami", headers={"Authorization": "Bearer "}), 401, "missing_api_key")
+    assert_problem(
+        await client.get("/whoami", headers={"Authorization": "Bearer "}), 401, "missing_api_key"
+    )
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,11 @@ async def test_missing_key(stores: Stores, client_for: Any) -> None:
 )
 async def test_malformed_keys(stores: Stores, client_for: Any, header: dict[str, str]) -> None:
     client = await client_for(gateway(stores))
-    expected = "missing_api_key" if header.get("Authorization", "").startswith("Basic") else "invalid_api_key"
+    expected = (
+        "missing_api_key"
+        if header.get("Authorization", "").startswith("Basic")
+        else "invalid_api_key"
+    )
     assert_problem(await client.get("/whoami", headers=header), 401, expected)
 
 
@@ -66,7 +71,11 @@ async def test_unknown_well_formed_key(stores: Stores, client_for: Any) -> None:
 async def test_tenant_reaches_the_app_three_ways(stores: Stores, client_for: Any) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
-    for headers in (auth(tenant), {"X-API-Key": tenant["api_key"]}, {"authorization": "bearer " + tenant["api_key"]}):
+    for headers in (
+        auth(tenant),
+        {"X-API-Key": tenant["api_key"]},
+        {"authorization": "bearer " + tenant["api_key"]},
+    ):
         response = await client.get("/whoami", headers=headers)
         assert response.status_code == 200, response.text
         assert response.json() == {
@@ -80,7 +89,9 @@ async def test_tenant_reaches_the_app_three_ways(stores: Stores, client_for: Any
 async def test_suspended_tenant(stores: Stores, client_for: Any) -> None:
     client = await client_for(gateway(stores, admin_jwt_secret=JWT_SECRET))
     tenant = await register(client)
-    response = await client.post(f"/api/v1/tenants/{tenant['id']}/suspend", headers=operator_headers())
+    response = await client.post(
+        f"/api/v1/tenants/{tenant['id']}/suspend", headers=operator_headers()
+    )
     assert response.status_code == 200 and response.json()["status"] == "suspended"
     assert_problem(await client.get("/whoami", headers=auth(tenant)), 403, "tenant_suspended")
     await client.post(f"/api/v1/tenants/{tenant['id']}/resume", headers=operator_headers())
@@ -90,7 +101,11 @@ async def test_suspended_tenant(stores: Stores, client_for: Any) -> None:
 async def test_rate_limit_headers_and_monthly_quota(
     stores: Stores, client_for: Any, clock: FakeClock
 ) -> None:
-    plans = {"plans": {"tiny": {"max_users": 5, "monthly_calls": 3, "burst_per_second": None, "price_cents": 0}}}
+    plans = {
+        "plans": {
+            "tiny": {"max_users": 5, "monthly_calls": 3, "burst_per_second": None, "price_cents": 0}
+        }
+    }
     client = await client_for(gateway(stores, clock, plans=plans))
     tenant = await register(client, plan="tiny")
     seconds_left = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() - clock())
@@ -133,19 +148,36 @@ async def test_burst_limit(stores: Stores, client_for: Any) -> None:
 
 async def test_quota_exact_under_1100_concurrent_requests(stores: Stores, client_for: Any) -> None:
     """In-process concurrency (the HTTP version, with >= 50 in flight, is in test_server.py)."""
-    plans = {"plans": {"free": {"max_users": 5, "monthly_calls": 1000, "burst_per_second": None, "price_cents": 0}}}
+    plans = {
+        "plans": {
+            "free": {
+                "max_users": 5,
+                "monthly_calls": 1000,
+                "burst_per_second": None,
+                "price_cents": 0,
+            }
+        }
+    }
     client = await client_for(gateway(stores, plans=plans))
     tenant = await register(client)
-    responses = await asyncio.gather(*(client.get("/whoami", headers=auth(tenant)) for _ in range(1100)))
+    responses = await asyncio.gather(
+        *(client.get("/whoami", headers=auth(tenant)) for _ in range(1100))
+    )
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 1000 and statuses.count(429) == 100
-    remaining = sorted(int(r.headers["ratelimit"].split("r=")[1].split(";")[0]) for r in responses if r.status_code == 200)
+    remaining = sorted(
+        int(r.headers["ratelimit"].split("r=")[1].split(";")[0])
+        for r in responses
+        if r.status_code == 200
+    )
     assert remaining == list(range(1000))  # every admitted call saw a distinct count
     usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=auth(tenant))).json()
     assert usage["api_calls"] == 1000 and usage["rejected_calls"] == 100
 
 
-async def test_public_paths_are_neither_authenticated_nor_metered(stores: Stores, client_for: Any) -> None:
+async def test_public_paths_are_neither_authenticated_nor_metered(
+    stores: Stores, client_for: Any
+) -> None:
     client = await client_for(gateway(stores, public_paths=["/public"]))
     response = await client.get("/public")
     assert response.status_code == 200 and response.json() == {"tenant": False}
@@ -155,14 +187,22 @@ async def test_public_paths_are_neither_authenticated_nor_metered(stores: Stores
 async def test_body_limit(stores: Stores, client_for: Any) -> None:
     client = await client_for(gateway(stores, max_body_bytes=100))
     tenant = await register(client)
-    assert (await client.post("/echo", content=b"x" * 100, headers=auth(tenant))).json() == {"bytes": 100}
-    assert_problem(await client.post("/echo", content=b"x" * 101, headers=auth(tenant)), 413, "payload_too_large")
+    assert (await client.post("/echo", content=b"x" * 100, headers=auth(tenant))).json() == {
+        "bytes": 100
+    }
+    assert_problem(
+        await client.post("/echo", content=b"x" * 101, headers=auth(tenant)),
+        413,
+        "payload_too_large",
+    )
 
     async def chunks() -> Any:  # no Content-Length: counted while streaming
         for _ in range(5):
             yield b"y" * 50
 
-    assert_problem(await client.post("/echo", content=chunks(), headers=auth(tenant)), 413, "payload_too_large")
+    assert_problem(
+        await client.post("/echo", content=chunks(), headers=auth(tenant)), 413, "payload_too_large"
+    )
 
 
 async def test_usage_by_route_template_and_status(stores: Stores, client_for: Any) -> None:
@@ -174,11 +214,17 @@ async def test_usage_by_route_template_and_status(stores: Stores, client_for: An
     await client.get("/no/such/route", headers=auth(tenant))
     usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=auth(tenant))).json()
     routes = {entry["route"]: entry for entry in usage["by_route"]}
-    assert routes["GET /items/{item_id}"] == {"route": "GET /items/{item_id}", "calls": 20, "by_status": {"2xx": 20}}
+    assert routes["GET /items/{item_id}"] == {
+        "route": "GET /items/{item_id}",
+        "calls": 20,
+        "by_status": {"2xx": 20},
+    }
     assert routes["GET /fail"]["by_status"] == {"5xx": 1}
     assert routes["GET (unmatched)"]["by_status"] == {"4xx": 1}
     assert usage["api_calls"] == 22
-    assert usage["by_day"] == [{"date": "2026-11-" + usage["by_day"][0]["date"][-2:], "api_calls": 22, "rejected_calls": 0}]
+    assert usage["by_day"] == [
+        {"date": "2026-11-" + usage["by_day"][0]["date"][-2:], "api_calls": 22, "rejected_calls": 0}
+    ]
 
 
 async def test_other_scopes_pass_through(stores: Stores) -> None:

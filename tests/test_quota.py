@@ -28,9 +28,7 @@ KEY = ("tenant_a", "2026-11")
 
 
 async def test_concurrent_admissions_are_exact(counters: CounterStore) -> None:
-    results = await asyncio.gather(
-        *(counters.admit(KEY, "10", 1000, False) for _ in range(1100))
-    )
+    results = await asyncio.gather(*(counters.admit(KEY, "10", 1000, False) for _ in range(1100)))
     admitted = [r for r in results if r.admitted]
     assert len(admitted) == 1000
     assert sorted(r.used for r in admitted) == list(range(1, 1001))

@@ -51,7 +51,9 @@ def _plan_error(name: str, services: Services) -> Problem:
 
 
 def _query_error(field: str, message: str) -> Problem:
-    return problems.validation_error("Invalid query parameter.", [{"field": field, "message": message}])
+    return problems.validation_error(
+        "Invalid query parameter.", [{"field": field, "message": message}]
+    )
 
 
 class AdminAPI:
@@ -165,7 +167,9 @@ class AdminAPI:
         if period > current:
             raise _query_error("period", "must not be in the future")
         if period == current:
-            await self.s.recorder.flush()  # this process's pending route tallies, so reads are exact
+            await (
+                self.s.recorder.flush()
+            )  # this process's pending route tallies, so reads are exact
         plan = self._plan(tenant.plan)
         tallies = await self.s.counters.read((tenant.id, str(period)))
         report = usage_report(

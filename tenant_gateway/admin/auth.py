@@ -86,6 +86,8 @@ def require_operator(caller: Caller, tenant_id: str | None = None) -> None:
     """Operator-only actions: a tenant key gets 403 on its own tenant, 404 on any other."""
     if caller.is_operator:
         return
-    if tenant_id is not None and (caller.principal is None or caller.principal.tenant.id != tenant_id):
+    if tenant_id is not None and (
+        caller.principal is None or caller.principal.tenant.id != tenant_id
+    ):
         raise problems.not_found()
     raise problems.forbidden("Only an operator may do this.")

@@ -18,7 +18,9 @@ _TENANT_ID = {"name": "tenant_id", "in": "path", "required": True, "schema": {"t
 def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "required": True,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+        },
     }
 
 
@@ -62,7 +64,10 @@ def _paths() -> dict[str, Any]:
                 ],
             )
         },
-        "/{tenant_id}": {**on_tenant, "get": _operation("Get a tenant", _responses("200", "tenant", *_AUTH))},
+        "/{tenant_id}": {
+            **on_tenant,
+            "get": _operation("Get a tenant", _responses("200", "tenant", *_AUTH)),
+        },
         "/{tenant_id}/suspend": {
             **on_tenant,
             "post": _operation("Suspend a tenant (operator)", _responses("200", "tenant", *_AUTH)),
@@ -85,7 +90,13 @@ def _paths() -> dict[str, Any]:
             "get": _operation(
                 "Usage for a calendar month",
                 _responses("200", "usage report", 422, *_AUTH),
-                parameters=[{"name": "period", "in": "query", "schema": {"type": "string", "pattern": r"^\d{4}-\d{2}$"}}],
+                parameters=[
+                    {
+                        "name": "period",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": r"^\d{4}-\d{2}$"},
+                    }
+                ],
             ),
         },
         "/{tenant_id}/plan": {

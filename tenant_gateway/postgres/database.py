@@ -11,6 +11,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -37,7 +38,11 @@ _MIGRATION_LOCK = 0x7467_6D69  # an arbitrary advisory-lock id owned by tenant_g
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-Connection = asyncpg.Connection
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    PooledConnection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PooledConnection
 _CONNECTION_ERRORS = (
     OSError,
     TimeoutError,
@@ -94,7 +99,7 @@ class Database:
             await pool.close()
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
+    async def connection(self) -> AsyncIterator[PooledConnection]:
         """A pooled connection; driver connection failures become ``StoreUnavailable``."""
         if self._pool is None:
             raise StoreUnavailable("PostgreSQL", redact_url(self.url), "the pool is not open")
@@ -105,7 +110,7 @@ class Database:
             raise self.unavailable(exc) from exc
 
     @asynccontextmanager
-    async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[Connection]:
+    async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[PooledConnection]:
         """A transaction under the runtime role with the tenant context set; RLS filters all."""
         if not tenant_id:
             raise NoTenantContext("a tenant transaction needs a tenant id")
@@ -129,14 +134,18 @@ async def migrate(conn: Connection) -> list[str]:
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {row["version"] for row in await conn.fetch("SELECT version FROM tg_schema_migrations")}
+        done = {
+            row["version"] for row in await conn.fetch("SELECT version FROM tg_schema_migrations")
+        }
         for version, name, sql in _migrations():
             if version in done:
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute(
-                    "INSERT INTO tg_schema_migrations (version, name) VALUES ($1, $2)", version, name
+                    "INSERT INTO tg_schema_migrations (version, name) VALUES ($1, $2)",
+                    version,
+                    name,
                 )
             applied_now.append(name)
     finally:
@@ -167,7 +176,7 @@ async def isolate_table(conn: Connection, table: str) -> None:
 
 
 @asynccontextmanager
-async def tenant_transaction() -> AsyncIterator[Connection]:
+async def tenant_transaction() -> AsyncIterator[PooledConnection]:
     """The wrapped app's way into Postgres: a transaction scoped to the current request's tenant.
 
     ``async with tenant_transaction() as conn: await conn.fetch("SELECT * FROM projects")``
@@ -181,5 +190,3 @@ async def tenant_transaction() -> AsyncIterator[Connection]:
         raise NoTenantContext("tenant_transaction() needs a gateway configured with database_url")
     async with database.tenant_transaction(tenant.id) as conn:
         yield conn
-
-

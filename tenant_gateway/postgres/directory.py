@@ -212,6 +212,8 @@ class PostgresDirectory:
                 plan.name,
                 at,
             )
+            if row is None:  # cannot happen: the row is locked FOR UPDATE above
+                return None
             await conn.execute(
                 "INSERT INTO tg_plan_changes (tenant_id, from_plan, to_plan, changed_at)"
                 " VALUES ($1, $2, $3, $4)",

@@ -1,0 +1,9 @@
+# Sourced by scripts/serve and scripts/test: make .venv and install the project into it.
+# $1: the extras to install ("" or "[dev]").
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${1:-}" 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true

@@ -1,0 +1,225 @@
+"""The product over real HTTP: `tenant-gateway serve` started by the test, in both modes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+CLI = [sys.executable, "-m", "tenant_gateway.cli"]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tg-serve-{self.port}.log"
+        self._log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [*CLI, "serve", "--port", str(self.port), *args],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"server not ready:\n{self.log.read_text()}")
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return self.log.read_text()
+
+
+@pytest.fixture(params=["memory", "real"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
+    """``serve(*extra_args)`` starts the CLI server on the parametrised stores."""
+    store_args: list[str] = []
+    if request.param == "real":
+        store_args = [
+            "--database-url",
+            request.getfixturevalue("postgres_url"),
+            "--redis-url",
+            request.getfixturevalue("redis_url"),
+            "--redis-key-prefix",
+            request.getfixturevalue("redis_prefix"),
+        ]
+    started: list[Server] = []
+
+    def start(*extra: str) -> Server:
+        srv = Server(*store_args, *extra)
+        started.append(srv)
+        srv.wait_ready()
+        return srv
+
+    yield start
+    for srv in started:
+        log = srv.stop()
+        assert "Traceback" not in log, log
+
+
+@pytest.fixture
+def server(serve: Callable[..., Server]) -> Server:
+    return serve()
+
+
+async def test_quick_start(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.base) as client:
+        tenant = (
+            await client.post(
+                "/api/v1/tenants/register",
+                json={
+                    "name": "Acme Corp",
+                    "plan": "enterprise",
+                    "max_users": 100,
+                    "admin_email": "admin@acme.com",
+                },
+            )
+        ).json()
+        assert tenant["id"].startswith("tenant_") and tenant["status"] == "active"
+        assert tenant["created_at"].endswith("Z") and tenant["api_key"].startswith("tk_")
+        headers = {"Authorization": f"Bearer {tenant['api_key']}"}
+        user = await client.post(
+            f"/api/v1/tenants/{tenant['id']}/users",
+            json={"email": "user@acme.com", "role": "developer"},
+            headers=headers,
+        )
+        assert user.status_code == 201, user.text
+        projects = await client.get("/api/v1/projects", headers=headers)
+        assert projects.status_code == 200 and projects.json() == []
+        usage = await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=headers)
+        assert usage.json()["api_calls"] == 1
+        assert usage.json()["users"] == 2
+
+
+async def test_projects_are_tenant_scoped(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.base) as client:
+        keys = []
+        for name in ("A", "B"):
+            reg = await client.post(
+                "/api/v1/tenants/register",
+                json={"name": name, "plan": "professional", "admin_email": f"a@{name}.io"},
+            )
+            keys.append({"X-API-Key": reg.json()["api_key"]})
+        a, b = keys
+        created = await client.post("/api/v1/projects", json={"name": "secret"}, headers=a)
+        assert created.status_code == 201
+        project_id = created.json()["id"]
+        await client.post("/api/v1/projects", json={"name": "mine"}, headers=b)
+        assert [p["name"] for p in (await client.get("/api/v1/projects", headers=a)).json()] == [
+            "secret"
+        ]
+        assert [p["name"] for p in (await client.get("/api/v1/projects", headers=b)).json()] == [
+            "mine"
+        ]
+        for method in ("GET", "DELETE"):
+            probe = await client.request(method, f"/api/v1/projects/{project_id}", headers=b)
+            assert probe.status_code == 404
+            assert probe.headers["content-type"] == "application/problem+json"
+        assert (await client.get(f"/api/v1/projects/{project_id}", headers=a)).status_code == 200
+        assert (await client.delete(f"/api/v1/projects/{project_id}", headers=a)).status_code == 204
+        assert (await client.get(f"/api/v1/projects/{project_id}", headers=a)).status_code == 404
+
+
+async def test_quota_exact_over_http_with_50_in_flight(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """1,100 calls over 64 connections against 1,000 calls/month → exactly 1,000 admitted."""
+    plans = tmp_path / "plans.json"
+    plans.write_text(
+        '{"plans": {"free": {"max_users": 5, "monthly_calls": 1000,'
+        ' "burst_per_second": null, "price_cents": 0}}}'
+    )
+    server = serve("--plans", str(plans))
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=server.base, limits=limits, timeout=30) as client:
+        tenant = (
+            await client.post(
+                "/api/v1/tenants/register",
+                json={"name": "Q", "admin_email": "q@q.io"},
+            )
+        ).json()
+        headers = {"X-API-Key": tenant["api_key"]}
+        in_flight = peak = 0
+
+        async def call() -> int:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                return (await client.get("/api/v1/projects", headers=headers)).status_code
+            finally:
+                in_flight -= 1
+
+        statuses: list[int] = await asyncio.gather(*(call() for _ in range(1100)))
+        assert peak >= 50
+        usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=headers)).json()
+        assert statuses.count(200) == 1000 and statuses.count(429) == 100
+        assert usage["api_calls"] == 1000 and usage["rejected_calls"] == 100
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("flag", "url", "names"),
+    [
+        ("--database-url", "postgresql://postgres@127.0.0.1:1/nothing", "PostgreSQL"),
+        ("--redis-url", "redis://127.0.0.1:1/0", "Redis"),
+    ],
+)
+def test_unreachable_store_at_startup_is_one_clear_line(flag: str, url: str, names: str) -> None:
+    result = run_cli("serve", "--port", str(free_port()), flag, url)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert names in lines[0] and "127.0.0.1:1" in lines[0] and flag in lines[0]
+
+
+def test_bad_plans_file_is_one_clear_line(tmp_path: Path) -> None:
+    plans = tmp_path / "plans.json"
+    plans.write_text('{"plans": {"x": {"max_users": -1}}}')
+    result = run_cli("serve", "--plans", str(plans))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "plan 'x'" in result.stderr
+
+
+def test_migrate_is_idempotent(postgres_url: str) -> None:
+    for _ in range(2):
+        result = run_cli("migrate", "--database-url", postgres_url)
+        assert result.returncode == 0, result.stderr
+        assert "up to date" in result.stdout
