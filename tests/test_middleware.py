@@ -235,3 +235,33 @@ async def test_other_scopes_pass_through(stores: Stores) -> None:
 
     await TenantGateway(app, **stores.kwargs())({"type": "custom"}, None, None)  # type: ignore[arg-type]
     assert seen == ["custom"]
+
+
+async def test_redis_outage_is_503_quota_unavailable_and_recovers(
+    redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    from urllib.parse import urlsplit
+
+    from .tcp_proxy import TcpProxy
+
+    target = urlsplit(redis_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    proxied = f"redis://127.0.0.1:{proxy.port}{target.path}"
+    client = await client_for(TenantGateway(echo_app(), redis_url=proxied, redis_key_prefix=redis_prefix))
+    tenant = await register(client)
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    await proxy.stop()
+    refused = await client.get("/whoami", headers=auth(tenant))
+    assert_problem(refused, 503, "quota_unavailable")
+    assert refused.headers["retry-after"] == "1"
+    assert_problem(
+        await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=auth(tenant)),
+        503,
+        "service_unavailable",
+    )
+    await proxy.start()  # same port: the gateway recovers without a restart
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=auth(tenant))).json()
+    assert usage["api_calls"] == 2
+    await proxy.stop()
