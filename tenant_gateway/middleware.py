@@ -143,7 +143,7 @@ class TenantGateway:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start before the wrapped app does, stop after it has; relay every event."""
-        app_started = app_finished = False
+        app_answered = app_finished = False
         startup_message = await receive()
         try:
             await self.startup()
@@ -160,9 +160,9 @@ class TenantGateway:
             return await receive()
 
         async def lifespan_send(message: Message) -> None:
-            nonlocal app_started, app_finished
-            if message["type"] == "lifespan.startup.complete":
-                app_started = True
+            nonlocal app_answered, app_finished
+            if message["type"] in ("lifespan.startup.complete", "lifespan.startup.failed"):
+                app_answered = True
             elif message["type"] == "lifespan.shutdown.complete":
                 app_finished = True
                 await self.shutdown()
@@ -171,7 +171,8 @@ class TenantGateway:
         try:
             await self.app(scope, lifespan_receive, lifespan_send)
         except Exception:
-            if app_started:
+            if app_answered:  # a real failure of the app's own lifespan, already reported
+                await self.shutdown()
                 raise
             # The wrapped app does not speak lifespan: answer for both of us.
             logger.debug("wrapped app does not support lifespan", exc_info=True)
@@ -180,7 +181,7 @@ class TenantGateway:
             await self.shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return
-        if app_started and not app_finished:
+        if not app_finished:
             await self.shutdown()
 
     # -- requests ----------------------------------------------------------------------------

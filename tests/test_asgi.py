@@ -146,3 +146,14 @@ async def test_websocket_refusal_without_the_denial_extension(stores: Stores) ->
     finally:
         await gateway.shutdown()
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "missing_api_key"}]
+
+
+def test_wrapped_app_startup_failure_is_reported_not_masked(stores: Stores) -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        raise RuntimeError("the app cannot start")
+        yield
+
+    gateway = TenantGateway(Starlette(lifespan=lifespan), **stores.kwargs())
+    with pytest.raises(RuntimeError, match="cannot start"), TestClient(gateway):
+        pass

@@ -248,7 +248,9 @@ async def test_redis_outage_is_503_quota_unavailable_and_recovers(
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
     await proxy.start()
     proxied = f"redis://127.0.0.1:{proxy.port}{target.path}"
-    client = await client_for(TenantGateway(echo_app(), redis_url=proxied, redis_key_prefix=redis_prefix))
+    client = await client_for(
+        TenantGateway(echo_app(), redis_url=proxied, redis_key_prefix=redis_prefix)
+    )
     tenant = await register(client)
     assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
     await proxy.stop()
