@@ -25,6 +25,7 @@ from tenant_gateway.exceptions import (
 )
 
 __all__ = [
+    "OWNER_ROLE",
     "RUNTIME_ROLE",
     "TENANT_SETTING",
     "Database",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 RUNTIME_ROLE = "tenant_gateway_app"
+OWNER_ROLE = "tenant_gateway_owner"
 TENANT_SETTING = "tenant_gateway.tenant_id"
 _MIGRATION_LOCK = 0x7467_6D69  # an arbitrary advisory-lock id owned by tenant_gateway
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -108,6 +110,14 @@ class Database:
                 yield conn
         except _CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def gateway_transaction(self) -> AsyncIterator[PooledConnection]:
+        """A transaction as the table-owning role, for the gateway's own cross-tenant queries
+        (key lookup by hash, registration, operator listings). Never handed to the app."""
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL ROLE {OWNER_ROLE}")
+            yield conn
 
     @asynccontextmanager
     async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[PooledConnection]:

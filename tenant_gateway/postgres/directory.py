@@ -61,7 +61,7 @@ class PostgresDirectory:
         await self._db.close()
 
     async def register(self, tenant: Tenant, admin: User, key: ApiKeyRecord) -> None:
-        async with self._db.connection() as conn, conn.transaction():
+        async with self._db.gateway_transaction() as conn:
             await conn.execute(
                 "INSERT INTO tg_tenants (id, name, plan, status, max_users, admin_email,"
                 " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -95,7 +95,7 @@ class PostgresDirectory:
             )
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        async with self._db.connection() as conn:
+        async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_TENANT_COLUMNS} FROM tg_tenants WHERE id = $1 AND status <> 'deleted'",
                 tenant_id,
@@ -103,7 +103,7 @@ class PostgresDirectory:
         return None if row is None else _tenant(row)
 
     async def list_tenants(self, *, limit: int, after: str | None) -> list[Tenant]:
-        async with self._db.connection() as conn:
+        async with self._db.gateway_transaction() as conn:
             rows = await conn.fetch(
                 f"SELECT {_TENANT_COLUMNS} FROM tg_tenants WHERE status <> 'deleted'"
                 " AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $1",
@@ -113,7 +113,7 @@ class PostgresDirectory:
         return [_tenant(row) for row in rows]
 
     async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None:
-        async with self._db.connection() as conn:
+        async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
                 "SELECT k.id AS key_id, k.key_hash, k.prefix, k.name AS key_name, k.role,"
                 " k.created_at AS key_created_at, k.expires_at, k.revoked_at,"
@@ -153,7 +153,7 @@ class PostgresDirectory:
             raise problems.user_exists(user.email) from exc
 
     async def add_user(self, user: User, seat_limit: int | None) -> None:
-        async with self._db.connection() as conn, conn.transaction():
+        async with self._db.gateway_transaction() as conn:
             await conn.execute("SELECT 1 FROM tg_tenants WHERE id = $1 FOR UPDATE", user.tenant_id)
             duplicate = await conn.fetchval(
                 "SELECT 1 FROM tg_users WHERE tenant_id = $1 AND lower(email) = lower($2)",
@@ -171,7 +171,7 @@ class PostgresDirectory:
             await self._insert_user(conn, user)
 
     async def list_users(self, tenant_id: str) -> list[User]:
-        async with self._db.connection() as conn:
+        async with self._db.gateway_transaction() as conn:
             rows = await conn.fetch(
                 "SELECT tenant_id, id, email, role, created_at FROM tg_users"
                 " WHERE tenant_id = $1 ORDER BY created_at, id",
@@ -180,14 +180,14 @@ class PostgresDirectory:
         return [_user(row) for row in rows]
 
     async def count_users(self, tenant_id: str) -> int:
-        async with self._db.connection() as conn:
+        async with self._db.gateway_transaction() as conn:
             count: int = await conn.fetchval(
                 "SELECT count(*) FROM tg_users WHERE tenant_id = $1", tenant_id
             )
         return count
 
     async def change_plan(self, tenant_id: str, plan: Plan, at: datetime) -> Tenant | None:
-        async with self._db.connection() as conn, conn.transaction():
+        async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_TENANT_COLUMNS} FROM tg_tenants"
                 " WHERE id = $1 AND status <> 'deleted' FOR UPDATE",
@@ -225,7 +225,7 @@ class PostgresDirectory:
         return _tenant(row)
 
     async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None:
-        async with self._db.connection() as conn:
+        async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
                 f"UPDATE tg_tenants SET status = $2, updated_at = now()"
                 f" WHERE id = $1 AND status <> 'deleted' RETURNING {_TENANT_COLUMNS}",

@@ -1,0 +1,1 @@
+"""Throughput and latency benchmarks for tenant_gateway (run ``benchmarks/run.py``)."""

@@ -1,0 +1,600 @@
+"""Throughput and latency of the gateway against a bare Starlette app, measured with wrk.
+
+Variants, each served alone by one uvicorn worker pinned to core 0 (wrk runs on core 1):
+
+    A        the bare app (``benchmarks.apps:bare_app``)
+    M        the app behind TenantGateway with the embedded memory stores
+    R        the app behind TenantGateway on PostgreSQL + Redis, a plan with no quota
+    R-quota  as R, on a plan with a large finite monthly quota (the exact Lua quota path)
+
+Every measured run gets a fresh server process, a fresh tenant and a warm-up run; variants are
+interleaved round by round. After each gateway run the tenant's usage (admin API) is compared
+with the number of 2xx responses wrk saw (warm-up + measured), and with the number of pings the
+wrapped app itself answered in that process. wrk does not count requests still in flight when it
+stops (at most one per connection per wrk run), so the first comparison can differ by that much;
+it is reported as MISMATCH all the same. Usage: ``.venv/bin/python benchmarks/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+PING_PATH = "/api/v1/ping"
+ADMIN_PREFIX = "/api/v1/tenants"
+HITS_PATH = "/bench/hits"  # apps.HITS_PATH: ping calls the wrapped app answered in this process
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+SERVER_CORE = "0"
+WRK_CORE = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    factory: str
+    stores: bool = False
+    plan: str | None = None
+
+    @property
+    def gated(self) -> bool:
+        return self.plan is not None
+
+
+VARIANTS = (
+    Variant("A", "benchmarks.apps:bare_app"),
+    Variant("M", "benchmarks.apps:gateway_app", plan="bench"),
+    Variant("R", "benchmarks.apps:gateway_app", stores=True, plan="bench"),
+    Variant("R-quota", "benchmarks.apps:gateway_app", stores=True, plan="bench_quota"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    requests: int
+    non_2xx: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    socket_errors: str | None
+
+    @property
+    def ok_responses(self) -> int:
+        return self.requests - self.non_2xx
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCheck:
+    expected: int
+    api_calls: int
+    route_2xx: int
+    rejected_calls: int
+    app_served: int
+    connections: int
+
+    @property
+    def ok(self) -> bool:
+        return self.api_calls == self.expected and self.rejected_calls == 0
+
+    def describe(self) -> str:
+        verdict = "OK" if self.ok else "MISMATCH"
+        text = (
+            f"usage {verdict}: api_calls={self.api_calls} wrk 2xx={self.expected}"
+            f" (diff {self.api_calls - self.expected:+d}); by_route 2xx={self.route_2xx};"
+            f" rejected_calls={self.rejected_calls}; app served={self.app_served}"
+            f" (api_calls {'==' if self.api_calls == self.app_served else '!='} app served)"
+        )
+        if not self.ok and 0 < self.api_calls - self.expected <= 2 * self.connections:
+            text += (
+                f" [within the {2 * self.connections} requests that may be in flight when the"
+                " warm-up and measured wrk runs stop: answered by the server, not counted by wrk]"
+            )
+        return text
+
+
+@dataclass(slots=True)
+class RunRecord:
+    variant: Variant
+    round: int
+    result: WrkResult
+    warmup: WrkResult
+    usage: UsageCheck | None
+    server_log: list[str] = field(default_factory=list)
+
+
+# -- environment ----------------------------------------------------------------------------
+
+
+def run_command(command: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    print("+ " + " ".join(command), flush=True)
+    return subprocess.run(command, check=False, timeout=timeout, text=True, capture_output=True)
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk is not installed; installing it with apt-get", flush=True)
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            raise SystemExit("wrk is missing and apt-get needs root (no sudo found)")
+        prefix = ["sudo"]
+    env_install = [*prefix, "apt-get", "install", "-y", "wrk"]
+    attempt = run_command(env_install, timeout=900)
+    if attempt.returncode != 0:
+        update = run_command([*prefix, "apt-get", "update"], timeout=900)
+        if update.returncode != 0:
+            raise SystemExit(f"apt-get update failed:\n{update.stderr}")
+        attempt = run_command(env_install, timeout=900)
+        if attempt.returncode != 0:
+            raise SystemExit(f"apt-get install wrk failed:\n{attempt.stderr}")
+    found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("apt-get reported success but wrk is not on PATH")
+    print(f"installed {found}", flush=True)
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _postgres_execute(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+    try:
+        await conn.execute(sql, timeout=60)
+    finally:
+        await conn.close()
+
+
+def create_database(name: str) -> str:
+    asyncio.run(_postgres_execute(f'CREATE DATABASE "{name}"'))
+    print(f"created database {name}", flush=True)
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_database(name: str) -> None:
+    asyncio.run(_postgres_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    print(f"dropped database {name}", flush=True)
+
+
+def clean_redis(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=10)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        print(f"deleted {len(keys)} Redis keys under {prefix!r}", flush=True)
+    finally:
+        client.close()
+
+
+def check_redis() -> None:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+# -- servers --------------------------------------------------------------------------------
+
+
+_live: list[subprocess.Popen[bytes]] = []
+
+
+def uvicorn_command(factory: str, port: int) -> list[str]:
+    command = [
+        "taskset", "-c", SERVER_CORE,
+        sys.executable, "-m", "uvicorn", factory, "--factory",
+        "--host", HOST, "--port", str(port), "--workers", "1",
+        "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    if importlib.util.find_spec("uvloop") is not None:
+        command += ["--loop", "uvloop"]
+    return command
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+    if proc in _live:
+        _live.remove(proc)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://{HOST}:{port}{PING_PATH}"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer (the gateway says 401 without a key) means it is up
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} not ready after {timeout}s:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def serve(variant: Variant, env: dict[str, str], log: Path) -> Iterator[int]:
+    port = free_port()
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            uvicorn_command(variant.factory, port),
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    _live.append(proc)
+    try:
+        wait_ready(proc, port, log, timeout=60)
+        yield port
+    finally:
+        stop(proc)
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+
+def http_json(
+    method: str, url: str, body: dict[str, Any] | None = None, key: str | None = None
+) -> dict[str, Any]:
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{method} {url} → {exc.code}: {exc.read().decode()}") from exc
+
+
+def register_tenant(port: int, plan: str, run_id: str) -> tuple[str, str]:
+    answer = http_json(
+        "POST",
+        f"http://{HOST}:{port}{ADMIN_PREFIX}/register",
+        {"name": f"Bench {run_id}", "plan": plan, "admin_email": f"bench-{run_id}@example.com"},
+    )
+    return str(answer["id"]), str(answer["api_key"])
+
+
+def read_usage(port: int, tenant_id: str, key: str) -> dict[str, Any]:
+    return http_json("GET", f"http://{HOST}:{port}{ADMIN_PREFIX}/{tenant_id}/usage", key=key)
+
+
+def read_hits(port: int) -> int:
+    return int(http_json("GET", f"http://{HOST}:{port}{HITS_PATH}")["ping"])
+
+
+# -- wrk ------------------------------------------------------------------------------------
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+_LATENCY = r"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$"
+
+
+def _latency_ms(output: str, pct: int) -> float:
+    match = re.search(_LATENCY.format(pct=pct), output, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no {pct}% latency in wrk output:\n{output}")
+    return float(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    requests = re.search(r"^\s*(\d+) requests in ", output, re.MULTILINE)
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    if requests is None or rate is None:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)$", output, re.MULTILINE)
+    return WrkResult(
+        requests=int(requests.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        requests_per_second=float(rate.group(1)),
+        p50_ms=_latency_ms(output, 50),
+        p99_ms=_latency_ms(output, 99),
+        socket_errors=errors.group(1).strip() if errors else None,
+    )
+
+
+def run_wrk(wrk: str, port: int, key: str | None, duration: int, connections: int) -> WrkResult:
+    command = [
+        "taskset", "-c", WRK_CORE, wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+    ]  # fmt: skip
+    if key is not None:
+        command += ["-H", f"Authorization: Bearer {key}"]
+    command.append(f"http://{HOST}:{port}{PING_PATH}")
+    done = subprocess.run(
+        command, check=False, timeout=duration + 60, text=True, capture_output=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return parse_wrk(done.stdout)
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+def route_2xx(usage: dict[str, Any]) -> int:
+    total = 0
+    for route in usage.get("by_route", []):
+        total += int(route.get("by_status", {}).get("2xx", 0))
+    return total
+
+
+def measure(
+    variant: Variant,
+    round_number: int,
+    args: argparse.Namespace,
+    wrk: str,
+    env: dict[str, str],
+    log_dir: Path,
+) -> RunRecord:
+    run_id = f"{variant.name.lower()}-{round_number}-{secrets.token_hex(3)}"
+    log = log_dir / f"{run_id}.log"
+    with serve(variant, env, log) as port:
+        tenant_id = key = None
+        if variant.plan is not None:
+            tenant_id, key = register_tenant(port, variant.plan, run_id)
+        warmup = run_wrk(wrk, port, key, args.warmup, args.connections)
+        result = run_wrk(wrk, port, key, args.duration, args.connections)
+        usage = None
+        if tenant_id is not None and key is not None:
+            time.sleep(args.settle)
+            report = read_usage(port, tenant_id, key)
+            usage = UsageCheck(
+                expected=warmup.ok_responses + result.ok_responses,
+                api_calls=int(report["api_calls"]),
+                route_2xx=route_2xx(report),
+                rejected_calls=int(report["rejected_calls"]),
+                app_served=read_hits(port),
+                connections=args.connections,
+            )
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return RunRecord(variant, round_number, result, warmup, usage, lines)
+
+
+def print_run(record: RunRecord) -> None:
+    r, w = record.result, record.warmup
+    print(
+        f"[round {record.round}] {record.variant.name:8} {r.requests_per_second:9.0f} req/s"
+        f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  requests {r.requests}"
+        f" (+{w.requests} warm-up)  non-2xx {r.non_2xx} (+{w.non_2xx} warm-up)",
+        flush=True,
+    )
+    for label, res in (("warm-up", w), ("measured", r)):
+        if res.socket_errors:
+            print(f"    {label} socket errors: {res.socket_errors}", flush=True)
+    if record.usage is not None:
+        print(f"    {record.usage.describe()}", flush=True)
+    if record.server_log:
+        print(f"    server log ({len(record.server_log)} lines), first lines:", flush=True)
+        for line in record.server_log[:15]:
+            print(f"      {line}", flush=True)
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    variant: str
+    rps: float
+    p50: float
+    p99: float
+    ratio: float
+    added_p99: float
+    non_2xx: int
+    usage: str
+
+
+def summarise(records: list[RunRecord], variants: Sequence[Variant]) -> list[Row]:
+    by_name = {v.name: [r for r in records if r.variant.name == v.name] for v in variants}
+    medians = {
+        name: (
+            statistics.median(r.result.requests_per_second for r in runs),
+            statistics.median(r.result.p50_ms for r in runs),
+            statistics.median(r.result.p99_ms for r in runs),
+        )
+        for name, runs in by_name.items()
+        if runs
+    }
+    base = medians.get("A")
+    rows = []
+    for name, runs in by_name.items():
+        if not runs:
+            continue
+        rps, p50, p99 = medians[name]
+        checks = [r.usage for r in runs if r.usage is not None]
+        usage = "—"
+        if checks:
+            exact = sum(c.api_calls == c.app_served for c in checks)
+            usage = f"wrk {sum(c.ok for c in checks)}/{len(checks)}, app {exact}/{len(checks)}"
+        rows.append(
+            Row(
+                variant=name,
+                rps=rps,
+                p50=p50,
+                p99=p99,
+                ratio=rps / base[0] if base else float("nan"),
+                added_p99=p99 - base[2] if base else float("nan"),
+                non_2xx=sum(r.result.non_2xx + r.warmup.non_2xx for r in runs),
+                usage=usage,
+            )
+        )
+    return rows
+
+
+HEADERS = ("variant", "req/s (median)", "p50 ms", "p99 ms", "vs A", "+p99 vs A ms", "non-2xx",
+           "usage = wrk 2xx / app served")  # fmt: skip
+
+
+def cells(row: Row) -> tuple[str, ...]:
+    return (
+        row.variant,
+        f"{row.rps:,.0f}",
+        f"{row.p50:.2f}",
+        f"{row.p99:.2f}",
+        f"{row.ratio:.2f}",
+        f"{row.added_p99:+.2f}",
+        str(row.non_2xx),
+        row.usage,
+    )
+
+
+def text_table(rows: list[Row]) -> str:
+    table = [HEADERS, *(cells(row) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
+    return "\n".join(
+        "  ".join(value.rjust(width) if i else value.ljust(width)
+                  for i, (value, width) in enumerate(zip(line, widths, strict=True)))
+        for line in table
+    )  # fmt: skip
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] + ["---:"] * 7) + "|"]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds before reading usage")
+    parser.add_argument(
+        "--variants",
+        default=",".join(v.name for v in VARIANTS),
+        help="comma-separated subset of " + ", ".join(v.name for v in VARIANTS),
+    )
+    args = parser.parse_args(argv)
+    known = {v.name for v in VARIANTS}
+    chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
+    unknown = set(chosen) - known
+    if unknown or not chosen:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {sorted(known)}")
+    if args.duration < 1 or args.rounds < 1 or args.warmup < 1 or args.connections < 1:
+        parser.error("--duration, --rounds, --warmup and --connections must be positive")
+    args.variants = [v for v in VARIANTS if v.name in chosen]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    variants: list[Variant] = args.variants
+    wrk = ensure_wrk()
+    if (os.cpu_count() or 1) < 2:
+        print("warning: fewer than 2 CPUs; server and wrk share a core", flush=True)
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio (uvloop not installed)"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11 (httptools not installed)"
+    print(f"uvicorn: 1 worker on core {SERVER_CORE}, loop {loop}, http {http}", flush=True)
+    print(
+        f"wrk on core {WRK_CORE}: -t1 -c{args.connections}, {args.warmup}s warm-up +"
+        f" {args.duration}s measured, {args.rounds} rounds",
+        flush=True,
+    )
+
+    token = secrets.token_hex(4)
+    database = f"tg_bench_{token}"
+    prefix = f"tgbench:{token}:"
+    uses_stores = any(v.stores for v in variants)
+    database_created = False
+    records: list[RunRecord] = []
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
+    try:
+        with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
+            database_url = None
+            if uses_stores:
+                check_redis()
+                database_url = create_database(database)
+                database_created = True
+            for round_number in range(1, args.rounds + 1):
+                for variant in variants:
+                    env = dict(base_env)
+                    if variant.stores and database_url is not None:
+                        env["TG_BENCH_DATABASE_URL"] = database_url
+                        env["TG_BENCH_REDIS_URL"] = REDIS_URL
+                        env["TG_BENCH_REDIS_PREFIX"] = prefix
+                    record = measure(variant, round_number, args, wrk, env, Path(tmp))
+                    records.append(record)
+                    print_run(record)
+    finally:
+        for proc in list(_live):
+            stop(proc)
+        if uses_stores:
+            try:
+                clean_redis(prefix)
+            except redis.RedisError as exc:
+                print(f"could not delete Redis keys under {prefix!r}: {exc}", flush=True)
+        if database_created:
+            drop_database(database)
+
+    rows = summarise(records, variants)
+    print()
+    print(text_table(rows))
+    print()
+    print(markdown_table(rows))
+    checks = [r.usage for r in records if r.usage is not None]
+    wrk_mismatches = sum(not c.ok for c in checks)
+    app_mismatches = sum(c.api_calls != c.app_served or c.rejected_calls != 0 for c in checks)
+    non_2xx = sum(r.result.non_2xx + r.warmup.non_2xx for r in records)
+    print()
+    print(
+        f"usage checks: {wrk_mismatches}/{len(checks)} differ from wrk's 2xx count,"
+        f" {app_mismatches}/{len(checks)} from the pings the app answered;"
+        f" non-2xx responses in total: {non_2xx}"
+    )
+    return 1 if app_mismatches or non_2xx else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
