@@ -1,20 +1,24 @@
-"""The tenant directory: tenants, users and key records.
+"""The tenant directory: tenants, users, key records and the audit trail.
 
 ``TenantDirectory`` is the Protocol; ``MemoryDirectory`` is the embedded default and
 ``tenant_gateway.postgres.PostgresDirectory`` the durable one. Both pass the same tests.
-Rules that need atomicity (seat limits, plan downgrades) live here, inside the store,
-so they hold under concurrent requests and across workers.
+Rules that need atomicity (seat limits, plan downgrades, rotation) live here, inside the
+store, so they hold under concurrent requests and across workers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Protocol
 
 from tenant_gateway import problems
 from tenant_gateway.models import (
     ApiKeyRecord,
+    AuditEntry,
+    Role,
     Tenant,
     TenantStatus,
     User,
@@ -22,7 +26,20 @@ from tenant_gateway.models import (
 )
 from tenant_gateway.plans import Plan
 
-__all__ = ["MemoryDirectory", "TenantDirectory"]
+__all__ = ["KeyUse", "MemoryDirectory", "TenantChanges", "TenantDirectory"]
+
+KeyUse = Mapping[tuple[str, str], datetime]
+"""(tenant id, key id) → when the key was last used."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantChanges:
+    """A PATCH of a tenant; ``None`` leaves a field alone, ``clear_max_users`` unsets the cap."""
+
+    name: str | None = None
+    admin_email: str | None = None
+    max_users: int | None = None
+    clear_max_users: bool = False
 
 
 class TenantDirectory(Protocol):
@@ -30,37 +47,81 @@ class TenantDirectory(Protocol):
 
     async def close(self) -> None: ...
 
+    # tenants
     async def register(self, tenant: Tenant, admin: User, key: ApiKeyRecord) -> None:
         """Create the tenant, its admin user and its first key, all or nothing."""
 
-    async def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        """The tenant unless it does not exist or was deleted."""
 
     async def list_tenants(self, *, limit: int, after: str | None) -> list[Tenant]:
-        """Tenants ordered by id, ``limit`` of them, starting after the id ``after``."""
+        """Live tenants ordered by id, ``limit`` of them, starting after the id ``after``."""
 
-    async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None: ...
-
-    async def add_user(self, user: User, seat_limit: int | None) -> None:
-        """Insert unless the seat limit is reached (403) or the email exists (409)."""
-
-    async def list_users(self, tenant_id: str) -> list[User]: ...
-
-    async def count_users(self, tenant_id: str) -> int: ...
+    async def update_tenant(
+        self, tenant_id: str, changes: TenantChanges, plan: Plan, at: datetime
+    ) -> Tenant | None:
+        """Apply ``changes``; a seat cap below the current user count is refused (409)."""
 
     async def change_plan(self, tenant_id: str, plan: Plan, at: datetime) -> Tenant | None:
         """Switch plan, refusing (409) when the tenant has more users than it allows."""
 
     async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None: ...
 
+    async def delete_tenant(self, tenant_id: str, at: datetime) -> bool:
+        """Tombstone the tenant and purge its users, keys and application rows."""
+
+    # users
+    async def add_user(self, user: User, seat_limit: int | None) -> None:
+        """Insert unless the seat limit is reached (403) or the email exists (409)."""
+
+    async def list_users(self, tenant_id: str) -> list[User]: ...
+
+    async def get_user(self, tenant_id: str, user_id: str) -> User | None: ...
+
+    async def update_user(self, tenant_id: str, user_id: str, role: Role) -> User | None: ...
+
+    async def delete_user(self, tenant_id: str, user_id: str) -> bool: ...
+
+    async def count_users(self, tenant_id: str) -> int: ...
+
+    # keys
+    async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None: ...
+
+    async def create_key(self, key: ApiKeyRecord) -> None: ...
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]: ...
+
+    async def revoke_key(self, tenant_id: str, key_id: str, at: datetime) -> bool:
+        """Revoke at ``at`` (or keep an earlier revocation); False for an unknown key."""
+
+    async def rotate_key(
+        self, tenant_id: str, key_id: str, new_key: ApiKeyRecord, old_key_until: datetime
+    ) -> bool:
+        """Insert ``new_key`` and end the old one at ``old_key_until``, atomically.
+        False when the old key is unknown or no longer usable at ``new_key.created_at``."""
+
+    async def touch_keys(self, used: KeyUse) -> None:
+        """Record last use times in one batch (never one write per request)."""
+
+    # audit
+    async def record_audit(self, entry: AuditEntry) -> None: ...
+
+    async def list_audit(
+        self, tenant_id: str, *, limit: int, before: int | None
+    ) -> list[AuditEntry]:
+        """Newest first, ``limit`` entries with ids below ``before``."""
+
 
 class MemoryDirectory:
-    """In-process directory. Every method runs without awaiting, so each is atomic."""
+    """In-process directory. No method awaits between its reads and writes, so each is atomic."""
 
     def __init__(self) -> None:
         self._tenants: dict[str, Tenant] = {}
         self._users: dict[str, dict[str, User]] = {}
         self._keys: dict[bytes, ApiKeyRecord] = {}
-        self.plan_changes: list[tuple[str, str, str, datetime]] = []
+        self._audit: dict[str, list[AuditEntry]] = {}
+        self._audit_ids = itertools.count(1)
+        self.plan_changes: list[tuple[str, str | None, str, datetime]] = []
 
     async def start(self) -> None:
         return None
@@ -68,28 +129,70 @@ class MemoryDirectory:
     async def close(self) -> None:
         return None
 
+    def _live(self, tenant_id: str) -> Tenant | None:
+        tenant = self._tenants.get(tenant_id)
+        return None if tenant is None or tenant.status is TenantStatus.DELETED else tenant
+
     async def register(self, tenant: Tenant, admin: User, key: ApiKeyRecord) -> None:
         self._tenants[tenant.id] = tenant
         self._users[tenant.id] = {admin.id: admin}
         self._keys[key.key_hash] = key
+        self.plan_changes.append((tenant.id, None, tenant.plan, tenant.created_at))
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        tenant = self._tenants.get(tenant_id)
-        return None if tenant is None or tenant.status is TenantStatus.DELETED else tenant
+        return self._live(tenant_id)
 
     async def list_tenants(self, *, limit: int, after: str | None) -> list[Tenant]:
         ids = sorted(
             tenant_id
-            for tenant_id, tenant in self._tenants.items()
-            if tenant.status is not TenantStatus.DELETED and (after is None or tenant_id > after)
+            for tenant_id in self._tenants
+            if self._live(tenant_id) and (after is None or tenant_id > after)
         )
         return [self._tenants[tenant_id] for tenant_id in ids[:limit]]
 
-    async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None:
-        record = self._keys.get(key_hash)
-        if record is None:
+    def _check_seats(self, tenant: Tenant, plan: Plan) -> None:
+        users = len(self._users[tenant.id])
+        limit = effective_seat_limit(plan, tenant)
+        if limit is not None and users > limit:
+            raise problems.too_many_users(users, limit)
+
+    async def update_tenant(
+        self, tenant_id: str, changes: TenantChanges, plan: Plan, at: datetime
+    ) -> Tenant | None:
+        tenant = self._live(tenant_id)
+        if tenant is None:
             return None
-        return record, self._tenants[record.tenant_id]
+        updated = _apply(tenant, changes)
+        self._check_seats(updated, plan)
+        self._tenants[tenant_id] = updated
+        return updated
+
+    async def change_plan(self, tenant_id: str, plan: Plan, at: datetime) -> Tenant | None:
+        tenant = self._live(tenant_id)
+        if tenant is None:
+            return None
+        self._check_seats(tenant, plan)
+        if tenant.plan == plan.name:
+            return tenant
+        updated = dataclasses.replace(tenant, plan=plan.name)
+        self._tenants[tenant_id] = updated
+        self.plan_changes.append((tenant_id, tenant.plan, plan.name, at))
+        return updated
+
+    async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None:
+        tenant = self._live(tenant_id)
+        if tenant is None:
+            return None
+        updated = dataclasses.replace(tenant, status=status)
+        self._tenants[tenant_id] = updated
+        return updated
+
+    async def delete_tenant(self, tenant_id: str, at: datetime) -> bool:
+        if await self.set_status(tenant_id, TenantStatus.DELETED) is None:
+            return False
+        self._users[tenant_id] = {}
+        self._keys = {h: k for h, k in self._keys.items() if k.tenant_id != tenant_id}
+        return True
 
     async def add_user(self, user: User, seat_limit: int | None) -> None:
         users = self._users[user.tenant_id]
@@ -102,26 +205,87 @@ class MemoryDirectory:
     async def list_users(self, tenant_id: str) -> list[User]:
         return sorted(self._users.get(tenant_id, {}).values(), key=lambda u: u.created_at)
 
+    async def get_user(self, tenant_id: str, user_id: str) -> User | None:
+        return self._users.get(tenant_id, {}).get(user_id)
+
+    async def update_user(self, tenant_id: str, user_id: str, role: Role) -> User | None:
+        user = self._users.get(tenant_id, {}).get(user_id)
+        if user is None:
+            return None
+        updated = self._users[tenant_id][user_id] = dataclasses.replace(user, role=role)
+        return updated
+
+    async def delete_user(self, tenant_id: str, user_id: str) -> bool:
+        return self._users.get(tenant_id, {}).pop(user_id, None) is not None
+
     async def count_users(self, tenant_id: str) -> int:
         return len(self._users.get(tenant_id, {}))
 
-    async def change_plan(self, tenant_id: str, plan: Plan, at: datetime) -> Tenant | None:
-        tenant = await self.get_tenant(tenant_id)
-        if tenant is None:
+    async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None:
+        record = self._keys.get(key_hash)
+        if record is None:
             return None
-        users = len(self._users[tenant_id])
-        limit = effective_seat_limit(plan, tenant)
-        if limit is not None and users > limit:
-            raise problems.too_many_users(users, limit)
-        updated = dataclasses.replace(tenant, plan=plan.name)
-        self._tenants[tenant_id] = updated
-        self.plan_changes.append((tenant_id, tenant.plan, plan.name, at))
-        return updated
+        return record, self._tenants[record.tenant_id]
 
-    async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None:
-        tenant = await self.get_tenant(tenant_id)
-        if tenant is None:
-            return None
-        updated = dataclasses.replace(tenant, status=status)
-        self._tenants[tenant_id] = updated
-        return updated
+    async def create_key(self, key: ApiKeyRecord) -> None:
+        self._keys[key.key_hash] = key
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        keys = [k for k in self._keys.values() if k.tenant_id == tenant_id]
+        return sorted(keys, key=lambda k: k.created_at)
+
+    def _key(self, tenant_id: str, key_id: str) -> ApiKeyRecord | None:
+        for record in self._keys.values():
+            if record.tenant_id == tenant_id and record.id == key_id:
+                return record
+        return None
+
+    async def revoke_key(self, tenant_id: str, key_id: str, at: datetime) -> bool:
+        record = self._key(tenant_id, key_id)
+        if record is None:
+            return False
+        if record.revoked_at is None or record.revoked_at > at:
+            self._keys[record.key_hash] = dataclasses.replace(record, revoked_at=at)
+        return True
+
+    async def rotate_key(
+        self, tenant_id: str, key_id: str, new_key: ApiKeyRecord, old_key_until: datetime
+    ) -> bool:
+        record = self._key(tenant_id, key_id)
+        if record is None or not record.usable_at(new_key.created_at.timestamp()):
+            return False
+        await self.revoke_key(tenant_id, key_id, old_key_until)
+        self._keys[new_key.key_hash] = new_key
+        return True
+
+    async def touch_keys(self, used: KeyUse) -> None:
+        by_id = {(k.tenant_id, k.id): h for h, k in self._keys.items()}
+        for ids, moment in used.items():
+            digest = by_id.get(ids)
+            if digest is not None:
+                record = self._keys[digest]
+                if record.last_used_at is None or record.last_used_at < moment:
+                    self._keys[digest] = dataclasses.replace(record, last_used_at=moment)
+
+    async def record_audit(self, entry: AuditEntry) -> None:
+        stored = dataclasses.replace(entry, id=next(self._audit_ids))
+        self._audit.setdefault(entry.tenant_id, []).append(stored)
+
+    async def list_audit(
+        self, tenant_id: str, *, limit: int, before: int | None
+    ) -> list[AuditEntry]:
+        entries = [
+            e for e in reversed(self._audit.get(tenant_id, [])) if before is None or e.id < before
+        ]
+        return entries[:limit]
+
+
+def _apply(tenant: Tenant, changes: TenantChanges) -> Tenant:
+    return dataclasses.replace(
+        tenant,
+        name=changes.name if changes.name is not None else tenant.name,
+        admin_email=changes.admin_email if changes.admin_email is not None else tenant.admin_email,
+        max_users=None
+        if changes.clear_max_users
+        else (changes.max_users if changes.max_users is not None else tenant.max_users),
+    )

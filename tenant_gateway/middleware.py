@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_gateway import problems
 from tenant_gateway.admin.app import build_admin_app
+from tenant_gateway.admin.auth import ROLE_ACTIONS, Action, OperatorAuth
 from tenant_gateway.clock import Clock, Period, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.directory import MemoryDirectory, TenantDirectory
@@ -31,6 +32,7 @@ from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, load_plans
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
+from tenant_gateway.propagation import Invalidator, RedisInvalidator
 from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
 from tenant_gateway.ratelimit import BurstLimiter
 from tenant_gateway.resolver import KeyResolver, Principal
@@ -68,6 +70,9 @@ class TenantGateway:
         plans: str | Path | Mapping[str, Any] | None = None,
         admin_prefix: str = "/api/v1/tenants",
         admin_jwt_secret: str | None = None,
+        admin_jwt_public_key: str | None = None,
+        admin_jwt_audience: str | None = None,
+        admin_jwt_issuer: str | None = None,
         public_paths: Sequence[str] = (),
         max_body_bytes: int = 10 * 1024 * 1024,
         admin_max_body_bytes: int = 1024 * 1024,
@@ -95,22 +100,40 @@ class TenantGateway:
         counters: CounterStore = (
             RedisCounters(redis_url, key_prefix=redis_key_prefix) if redis_url else MemoryCounters()
         )
+        resolver = KeyResolver(directory, clock, ttl=key_cache_ttl, max_entries=key_cache_size)
+        invalidator = (
+            RedisInvalidator(resolver, redis_url, channel=f"{redis_key_prefix}invalidate")
+            if redis_url
+            else Invalidator(resolver)
+        )
+        operators = (
+            OperatorAuth(
+                secret=admin_jwt_secret,
+                public_key=admin_jwt_public_key,
+                audience=admin_jwt_audience,
+                issuer=admin_jwt_issuer,
+            )
+            if admin_jwt_secret or admin_jwt_public_key
+            else None
+        )
         self.services = Services(
             plans=load_plans(plans),
             directory=directory,
             counters=counters,
             recorder=UsageRecorder(counters, interval=usage_flush_interval),
-            resolver=KeyResolver(directory, clock, ttl=key_cache_ttl, max_entries=key_cache_size),
+            resolver=resolver,
+            invalidator=invalidator,
             clock=clock,
-            jwt_secret=admin_jwt_secret,
+            operators=operators,
             allow_signup=allow_signup,
             max_body_bytes=admin_max_body_bytes,
         )
+        self.flush_interval = usage_flush_interval
         self.burst = BurstLimiter(burst_storage, clock)
         self.admin_app = build_admin_app(self.services, admin_prefix)
         self._started = False
         self._start_lock = asyncio.Lock()
-        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -121,7 +144,10 @@ class TenantGateway:
                 return
             await self.services.directory.start()
             await self.services.counters.ping()
-            self._flusher = asyncio.create_task(self.services.recorder.run())
+            self._tasks = [
+                asyncio.create_task(self._flush_forever()),
+                asyncio.create_task(self.services.invalidator.run()),
+            ]
             self._started = True
 
     async def shutdown(self) -> None:
@@ -130,16 +156,32 @@ class TenantGateway:
             if not self._started:
                 return
             self._started = False
-            if self._flusher is not None:
-                self._flusher.cancel()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._flusher
+                    await task
             try:
-                await self.services.recorder.flush()
+                await self.flush()
             except StoreUnavailable as exc:
                 logger.error("usage lost at shutdown: %s", exc)
+            await self.services.invalidator.close()
             await self.services.counters.close()
             await self.services.directory.close()
+
+    async def flush(self) -> None:
+        """Write what is batched in memory: route tallies and key last-use times."""
+        await self.services.recorder.flush()
+        used = self.services.resolver.drain_last_used()
+        await self.services.directory.touch_keys(used)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except StoreUnavailable as exc:
+                logger.warning("flush postponed: %s", exc)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start before the wrapped app does, stop after it has; relay every event."""
@@ -215,6 +257,8 @@ class TenantGateway:
         if raw_key is None:
             raise problems.missing_api_key()
         principal = await self.services.resolver.resolve(raw_key)
+        if Action.CALL_API not in ROLE_ACTIONS[principal.key.role]:
+            raise problems.forbidden(f"A {principal.key.role.value} key may not call the API.")
         plan = self.services.plans.get(principal.tenant.plan)
         if plan is None:
             raise problems.service_unavailable(f"plan {principal.tenant.plan!r} is not configured")

@@ -11,7 +11,7 @@ from tenant_gateway.plans import Plan
 
 __all__ = [
     "ApiKeyRecord",
-    "NewApiKey",
+    "AuditEntry",
     "Role",
     "Tenant",
     "TenantStatus",
@@ -85,6 +85,20 @@ class ApiKeyRecord:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """Metadata only: the secret is never stored, so it can never be listed."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role.value,
+            "prefix": self.prefix,
+            "created_at": format_timestamp(self.created_at),
+            "last_used_at": _timestamp_or_none(self.last_used_at),
+            "expires_at": _timestamp_or_none(self.expires_at),
+            "revoked_at": _timestamp_or_none(self.revoked_at),
+        }
 
     def usable_at(self, timestamp: float) -> bool:
         if self.revoked_at is not None and self.revoked_at.timestamp() <= timestamp:
@@ -93,11 +107,32 @@ class ApiKeyRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class NewApiKey:
-    """A freshly created key: the record plus the secret, shown exactly once."""
+class AuditEntry:
+    """One admin action: who did what to which tenant, when, and from where."""
 
-    record: ApiKeyRecord
-    secret: str
+    tenant_id: str
+    actor: str
+    """``operator:<subject>``, ``key:<key id>``, or ``anonymous`` (open sign-up)."""
+    action: str
+    target: str | None
+    at: datetime
+    ip: str | None
+    id: int = 0
+    """Assigned by the store, increasing; the pagination cursor."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "at": format_timestamp(self.at),
+            "ip": self.ip,
+        }
+
+
+def _timestamp_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else format_timestamp(moment)
 
 
 def effective_seat_limit(plan: Plan, tenant: Tenant) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from tenant_gateway import problems
 from tenant_gateway.clock import Clock
@@ -46,6 +47,7 @@ class KeyResolver:
         self._ttl = ttl
         self._max_entries = max_entries
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._last_used: dict[tuple[str, str], float] = {}
 
     async def resolve(self, raw_key: str) -> Principal:
         """The principal for ``raw_key``, or a ``Problem`` (401 invalid key, 403 suspended)."""
@@ -65,7 +67,18 @@ class KeyResolver:
             raise problems.invalid_api_key()
         if principal.tenant.status is TenantStatus.SUSPENDED:
             raise problems.tenant_suspended()
+        self._last_used[(principal.tenant.id, principal.key.id)] = now
         return principal
+
+    def drain_last_used(self) -> dict[tuple[str, str], datetime]:
+        """Last-use times gathered since the previous drain, for one batched write."""
+        used, self._last_used = self._last_used, {}
+        return {ids: datetime.fromtimestamp(moment, UTC) for ids, moment in used.items()}
+
+    def last_used(self, tenant_id: str, key_id: str) -> datetime | None:
+        """A use this process has seen but not yet written, if any."""
+        moment = self._last_used.get((tenant_id, key_id))
+        return None if moment is None else datetime.fromtimestamp(moment, UTC)
 
     async def _load(self, digest: bytes) -> Principal | None:
         found = await self._directory.find_key(digest)
@@ -76,6 +89,9 @@ class KeyResolver:
         self._cache.move_to_end(digest)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
+
+    def forget_all(self) -> None:
+        self._cache.clear()
 
     def forget_tenant(self, tenant_id: str) -> None:
         """Evict every cached key of a tenant (after a change to the tenant or its keys)."""

@@ -46,15 +46,6 @@ class UsageRecorder:
                     self._pending[key].update(fields)
                 raise
 
-    async def run(self) -> None:
-        """Flush forever, every ``interval`` seconds; cancel to stop."""
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.flush()
-            except StoreUnavailable as exc:
-                logger.warning("usage flush postponed: %s", exc)
-
 
 def usage_report(
     *,

@@ -1,11 +1,12 @@
 """The admin sub-app mounted at ``/api/v1/tenants`` (SPEC §6).
 
-Admin calls are authenticated here (operator JWT or the tenant's own key) and are not metered.
+Admin calls are authenticated here (operator JWT or the tenant's own key), are not metered,
+and every change is written to the tenant's audit log.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,19 +15,31 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from tenant_gateway import problems
-from tenant_gateway.admin.auth import Action, authenticate, authorize, require_operator
+from tenant_gateway.admin.auth import (
+    Action,
+    Caller,
+    authenticate,
+    authorize,
+    require_operator,
+)
 from tenant_gateway.admin.openapi import openapi_document
 from tenant_gateway.admin.schemas import (
     AddUserRequest,
     ChangePlanRequest,
+    CreateKeyRequest,
     RegisterRequest,
+    RotateKeyRequest,
+    UpdateTenantRequest,
+    UpdateUserRequest,
     parse_body,
 )
-from tenant_gateway.clock import Period
+from tenant_gateway.clock import Period, format_timestamp
+from tenant_gateway.directory import TenantChanges
 from tenant_gateway.exceptions import Problem, StoreUnavailable
 from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix, new_id
 from tenant_gateway.models import (
     ApiKeyRecord,
+    AuditEntry,
     Role,
     Tenant,
     TenantStatus,
@@ -43,43 +56,88 @@ _PAGE_DEFAULT = 50
 _PAGE_MAX = 500
 
 
-def _plan_error(name: str, services: Services) -> Problem:
-    return problems.validation_error(
-        "Unknown plan.",
-        [{"field": "plan", "message": f"must be one of {', '.join(sorted(services.plans))}"}],
-    )
+def _field_error(field: str, message: str, detail: str = "Invalid request.") -> Problem:
+    return problems.validation_error(detail, [{"field": field, "message": message}])
 
 
-def _query_error(field: str, message: str) -> Problem:
-    return problems.validation_error(
-        "Invalid query parameter.", [{"field": field, "message": message}]
-    )
+def _page_size(request: Request) -> int:
+    raw = request.query_params.get("limit", str(_PAGE_DEFAULT))
+    if not raw.isdigit() or not 1 <= int(raw) <= _PAGE_MAX:
+        raise _field_error("limit", f"must be an integer from 1 to {_PAGE_MAX}")
+    return int(raw)
 
 
 class AdminAPI:
     def __init__(self, services: Services) -> None:
         self.s = services
 
+    # -- helpers ---------------------------------------------------------------------------------
+
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.s.clock(), UTC)
 
-    async def _tenant(self, request: Request, action: Action) -> Tenant:
+    async def _caller(self, request: Request) -> Caller:
+        return await authenticate(request, self.s.resolver, self.s.operators)
+
+    async def _tenant(self, request: Request, action: Action) -> tuple[Caller, Tenant]:
         tenant_id = request.path_params["tenant_id"]
-        caller = await authenticate(request, self.s)
+        caller = await self._caller(request)
         authorize(caller, tenant_id, action)
         tenant = await self.s.directory.get_tenant(tenant_id)
         if tenant is None:
             raise problems.not_found()
-        return tenant
+        return caller, tenant
 
     def _plan(self, name: str) -> Plan:
         plan = self.s.plans.get(name)
         if plan is None:
-            raise _plan_error(name, self.s)
+            raise _field_error("plan", f"must be one of {', '.join(sorted(self.s.plans))}")
         return plan
 
+    async def _audit(
+        self,
+        request: Request,
+        caller: Caller,
+        tenant_id: str,
+        action: str,
+        target: str | None = None,
+    ) -> None:
+        client = request.client
+        await self.s.directory.record_audit(
+            AuditEntry(
+                tenant_id=tenant_id,
+                actor=caller.actor,
+                action=action,
+                target=target,
+                at=self._now(),
+                ip=client.host if client else None,
+            )
+        )
+
+    async def _changed(self, tenant_id: str) -> None:
+        await self.s.invalidator.tenant_changed(tenant_id)
+
+    def _new_key(
+        self, tenant_id: str, name: str | None, role: Role, expires_at: datetime | None
+    ) -> tuple[str, ApiKeyRecord]:
+        secret = generate_api_key()
+        return secret, ApiKeyRecord(
+            id=new_id("key"),
+            tenant_id=tenant_id,
+            key_hash=hash_api_key(secret),
+            prefix=key_display_prefix(secret),
+            name=name,
+            role=role,
+            created_at=self._now(),
+            expires_at=expires_at,
+        )
+
+    # -- tenants ---------------------------------------------------------------------------------
+
     async def register(self, request: Request) -> Response:
-        caller = await authenticate(request, self.s, required=not self.s.allow_signup)
+        caller = await authenticate(
+            request, self.s.resolver, self.s.operators, required=not self.s.allow_signup
+        )
         if not self.s.allow_signup:
             require_operator(caller)
         body = await parse_body(request, RegisterRequest, self.s.max_body_bytes)
@@ -95,26 +153,14 @@ class AdminAPI:
             created_at=now,
         )
         admin = User(new_id("usr"), tenant.id, body.admin_email, Role.ADMIN, now)
-        secret = generate_api_key()
-        key = ApiKeyRecord(
-            id=new_id("key"),
-            tenant_id=tenant.id,
-            key_hash=hash_api_key(secret),
-            prefix=key_display_prefix(secret),
-            name="registration",
-            role=Role.ADMIN,
-            created_at=now,
-            expires_at=None,
-        )
+        secret, key = self._new_key(tenant.id, "registration", Role.ADMIN, None)
         await self.s.directory.register(tenant, admin, key)
+        await self._audit(request, caller, tenant.id, "tenant.register", tenant.id)
         return JSONResponse({**tenant.to_json(), "api_key": secret}, status_code=201)
 
     async def list_tenants(self, request: Request) -> Response:
-        require_operator(await authenticate(request, self.s))
-        raw_limit = request.query_params.get("limit", str(_PAGE_DEFAULT))
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _PAGE_MAX:
-            raise _query_error("limit", f"must be an integer from 1 to {_PAGE_MAX}")
-        limit = int(raw_limit)
+        require_operator(await self._caller(request))
+        limit = _page_size(request)
         after = request.query_params.get("after") or None
         tenants = await self.s.directory.list_tenants(limit=limit + 1, after=after)
         page = tenants[:limit]
@@ -126,15 +172,50 @@ class AdminAPI:
         )
 
     async def get_tenant(self, request: Request) -> Response:
-        return JSONResponse((await self._tenant(request, Action.READ_TENANT)).to_json())
+        _, tenant = await self._tenant(request, Action.READ_TENANT)
+        return JSONResponse(tenant.to_json())
+
+    async def update_tenant(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
+        body = await parse_body(request, UpdateTenantRequest, self.s.max_body_bytes)
+        if not body.model_fields_set:
+            raise _field_error("(body)", "name, max_users or admin_email is required")
+        changes = TenantChanges(
+            name=body.name,
+            admin_email=body.admin_email,
+            max_users=body.max_users,
+            clear_max_users="max_users" in body.model_fields_set and body.max_users is None,
+        )
+        for field in ("name", "admin_email"):
+            if field in body.model_fields_set and getattr(body, field) is None:
+                raise _field_error(field, "may not be null")
+        updated = await self.s.directory.update_tenant(
+            tenant.id, changes, self._plan(tenant.plan), self._now()
+        )
+        if updated is None:
+            raise problems.not_found()
+        await self._changed(tenant.id)
+        await self._audit(request, caller, tenant.id, "tenant.update", tenant.id)
+        return JSONResponse(updated.to_json())
+
+    async def delete_tenant(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
+        await self._audit(request, caller, tenant.id, "tenant.delete", tenant.id)
+        if not await self.s.directory.delete_tenant(tenant.id, self._now()):
+            raise problems.not_found()
+        await self._changed(tenant.id)
+        return Response(status_code=204)
 
     async def _set_status(self, request: Request, status: TenantStatus) -> Response:
         tenant_id = request.path_params["tenant_id"]
-        require_operator(await authenticate(request, self.s), tenant_id)
+        caller = await self._caller(request)
+        require_operator(caller, tenant_id)
         tenant = await self.s.directory.set_status(tenant_id, status)
         if tenant is None:
             raise problems.not_found()
-        self.s.resolver.forget_tenant(tenant_id)
+        await self._changed(tenant_id)
+        action = "tenant.suspend" if status is TenantStatus.SUSPENDED else "tenant.resume"
+        await self._audit(request, caller, tenant_id, action, tenant_id)
         return JSONResponse(tenant.to_json())
 
     async def suspend(self, request: Request) -> Response:
@@ -143,33 +224,121 @@ class AdminAPI:
     async def resume(self, request: Request) -> Response:
         return await self._set_status(request, TenantStatus.ACTIVE)
 
+    async def change_plan(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.CHANGE_PLAN)
+        body = await parse_body(request, ChangePlanRequest, self.s.max_body_bytes)
+        plan = self._plan(body.plan)
+        updated = await self.s.directory.change_plan(tenant.id, plan, self._now())
+        if updated is None:
+            raise problems.not_found()
+        await self._changed(tenant.id)
+        await self._audit(
+            request, caller, tenant.id, "tenant.plan", f"{tenant.plan} -> {plan.name}"
+        )
+        return JSONResponse(updated.to_json())
+
+    # -- users -----------------------------------------------------------------------------------
+
     async def add_user(self, request: Request) -> Response:
-        tenant = await self._tenant(request, Action.MANAGE_USERS)
+        caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
         body = await parse_body(request, AddUserRequest, self.s.max_body_bytes)
         seat_limit = effective_seat_limit(self._plan(tenant.plan), tenant)
         user = User(new_id("usr"), tenant.id, body.email, body.role, self._now())
         await self.s.directory.add_user(user, seat_limit)
+        await self._audit(request, caller, tenant.id, "user.create", user.id)
         return JSONResponse(user.to_json(), status_code=201)
 
     async def list_users(self, request: Request) -> Response:
-        tenant = await self._tenant(request, Action.READ_USERS)
+        _, tenant = await self._tenant(request, Action.READ_USERS)
         users = await self.s.directory.list_users(tenant.id)
         return JSONResponse([user.to_json() for user in users])
 
+    async def get_user(self, request: Request) -> Response:
+        _, tenant = await self._tenant(request, Action.READ_USERS)
+        user = await self.s.directory.get_user(tenant.id, request.path_params["user_id"])
+        if user is None:
+            raise problems.not_found()
+        return JSONResponse(user.to_json())
+
+    async def update_user(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
+        body = await parse_body(request, UpdateUserRequest, self.s.max_body_bytes)
+        user_id = request.path_params["user_id"]
+        user = await self.s.directory.update_user(tenant.id, user_id, body.role)
+        if user is None:
+            raise problems.not_found()
+        await self._audit(request, caller, tenant.id, "user.update", user_id)
+        return JSONResponse(user.to_json())
+
+    async def delete_user(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
+        user_id = request.path_params["user_id"]
+        if not await self.s.directory.delete_user(tenant.id, user_id):
+            raise problems.not_found()
+        await self._audit(request, caller, tenant.id, "user.delete", user_id)
+        return Response(status_code=204)
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    async def create_key(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
+        body = await parse_body(request, CreateKeyRequest, self.s.max_body_bytes)
+        if body.expires_at is not None and body.expires_at <= self._now():
+            raise _field_error("expires_at", "must be in the future")
+        secret, key = self._new_key(tenant.id, body.name, body.role, body.expires_at)
+        await self.s.directory.create_key(key)
+        await self._audit(request, caller, tenant.id, "key.create", key.id)
+        return JSONResponse({**key.to_json(), "api_key": secret}, status_code=201)
+
+    async def list_keys(self, request: Request) -> Response:
+        _, tenant = await self._tenant(request, Action.READ_KEYS)
+        keys = []
+        for key in await self.s.directory.list_keys(tenant.id):
+            described = key.to_json()
+            pending = self.s.resolver.last_used(tenant.id, key.id)
+            if pending is not None and (key.last_used_at is None or pending > key.last_used_at):
+                described["last_used_at"] = format_timestamp(pending)
+            keys.append(described)
+        return JSONResponse(keys)
+
+    async def revoke_key(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
+        key_id = request.path_params["key_id"]
+        if not await self.s.directory.revoke_key(tenant.id, key_id, self._now()):
+            raise problems.not_found()
+        await self._changed(tenant.id)
+        await self._audit(request, caller, tenant.id, "key.revoke", key_id)
+        return Response(status_code=204)
+
+    async def rotate_key(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
+        body = await parse_body(request, RotateKeyRequest, self.s.max_body_bytes, allow_empty=True)
+        key_id = request.path_params["key_id"]
+        old = next((k for k in await self.s.directory.list_keys(tenant.id) if k.id == key_id), None)
+        if old is None:
+            raise problems.not_found()
+        secret, key = self._new_key(tenant.id, old.name, old.role, old.expires_at)
+        until = key.created_at + timedelta(seconds=body.grace_seconds)
+        if not await self.s.directory.rotate_key(tenant.id, key_id, key, until):
+            raise problems.not_found("The key does not exist or is no longer active.")
+        await self._changed(tenant.id)
+        await self._audit(request, caller, tenant.id, "key.rotate", f"{key_id} -> {key.id}")
+        return JSONResponse({**key.to_json(), "api_key": secret}, status_code=201)
+
+    # -- usage and audit -------------------------------------------------------------------------
+
     async def usage(self, request: Request) -> Response:
-        tenant = await self._tenant(request, Action.READ_USAGE)
+        _, tenant = await self._tenant(request, Action.READ_USAGE)
         current = Period.containing(self.s.clock())
         raw_period = request.query_params.get("period")
         try:
             period = current if raw_period is None else Period.parse(raw_period)
         except ValueError:
-            raise _query_error("period", "must be YYYY-MM") from None
+            raise _field_error("period", "must be YYYY-MM") from None
         if period > current:
-            raise _query_error("period", "must not be in the future")
+            raise _field_error("period", "must not be in the future")
         if period == current:
-            await (
-                self.s.recorder.flush()
-            )  # this process's pending route tallies, so reads are exact
+            await self.s.recorder.flush()  # this process's pending route tallies: reads are exact
         plan = self._plan(tenant.plan)
         tallies = await self.s.counters.read((tenant.id, str(period)))
         report = usage_report(
@@ -182,15 +351,22 @@ class AdminAPI:
         )
         return JSONResponse(report)
 
-    async def change_plan(self, request: Request) -> Response:
-        tenant = await self._tenant(request, Action.CHANGE_PLAN)
-        body = await parse_body(request, ChangePlanRequest, self.s.max_body_bytes)
-        plan = self._plan(body.plan)
-        updated = await self.s.directory.change_plan(tenant.id, plan, self._now())
-        if updated is None:
-            raise problems.not_found()
-        self.s.resolver.forget_tenant(tenant.id)
-        return JSONResponse(updated.to_json())
+    async def audit(self, request: Request) -> Response:
+        _, tenant = await self._tenant(request, Action.READ_AUDIT)
+        limit = _page_size(request)
+        raw_before = request.query_params.get("before")
+        if raw_before is not None and (not raw_before.isdigit() or len(raw_before) > 18):
+            raise _field_error("before", "must be an entry id")
+        entries = await self.s.directory.list_audit(
+            tenant.id, limit=limit + 1, before=int(raw_before) if raw_before else None
+        )
+        page = entries[:limit]
+        return JSONResponse(
+            {
+                "items": [entry.to_json() for entry in page],
+                "next_before": page[-1].id if len(entries) > limit else None,
+            }
+        )
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document(request.scope.get("root_path", "")))
@@ -215,17 +391,29 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
 def build_admin_app(services: Services, prefix: str) -> Starlette:
     api = AdminAPI(services)
     tenant = "/{tenant_id}"
+    user = tenant + "/users/{user_id}"
+    key = tenant + "/keys/{key_id}"
     routes = [
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/register", api.register, methods=["POST"]),
         Route("/", api.list_tenants, methods=["GET"]),
         Route(tenant, api.get_tenant, methods=["GET"]),
+        Route(tenant, api.update_tenant, methods=["PATCH"]),
+        Route(tenant, api.delete_tenant, methods=["DELETE"]),
         Route(tenant + "/suspend", api.suspend, methods=["POST"]),
         Route(tenant + "/resume", api.resume, methods=["POST"]),
+        Route(tenant + "/plan", api.change_plan, methods=["PUT"]),
         Route(tenant + "/users", api.add_user, methods=["POST"]),
         Route(tenant + "/users", api.list_users, methods=["GET"]),
+        Route(user, api.get_user, methods=["GET"]),
+        Route(user, api.update_user, methods=["PATCH"]),
+        Route(user, api.delete_user, methods=["DELETE"]),
+        Route(tenant + "/keys", api.create_key, methods=["POST"]),
+        Route(tenant + "/keys", api.list_keys, methods=["GET"]),
+        Route(key, api.revoke_key, methods=["DELETE"]),
+        Route(key + "/rotate", api.rotate_key, methods=["POST"]),
         Route(tenant + "/usage", api.usage, methods=["GET"]),
-        Route(tenant + "/plan", api.change_plan, methods=["PUT"]),
+        Route(tenant + "/audit", api.audit, methods=["GET"]),
     ]
     return Starlette(
         routes=[Mount(prefix, routes=routes)],

@@ -1,4 +1,10 @@
-"""Who is calling the admin API: an operator (JWT) or a tenant (its own API key)."""
+"""Who is calling the admin API, and what they may do.
+
+An operator presents a JWT (HS256 with a shared secret, or RS256/ES256 with a public key;
+``exp`` required; ``aud``/``iss`` checked when configured; claim ``role: "operator"``) and may do
+everything. A tenant presents one of its own keys and acts on its own tenant only, within the
+key's role. Another tenant's id answers exactly as a missing one does: 404.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +15,91 @@ import jwt
 from starlette.requests import Request
 
 from tenant_gateway import problems
+from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.keys import KEY_PREFIX, extract_api_key
 from tenant_gateway.models import Role
-from tenant_gateway.resolver import Principal
-from tenant_gateway.services import Services
+from tenant_gateway.resolver import KeyResolver, Principal
 
-__all__ = ["Action", "Caller", "authenticate", "authorize", "require_operator"]
+__all__ = [
+    "ROLE_ACTIONS",
+    "Action",
+    "Caller",
+    "OperatorAuth",
+    "authenticate",
+    "authorize",
+    "require_operator",
+]
 
 
 class Action(StrEnum):
-    READ_TENANT = "read_tenant"
-    MANAGE_TENANT = "manage_tenant"
-    READ_USERS = "read_users"
-    MANAGE_USERS = "manage_users"
-    READ_USAGE = "read_usage"
-    CHANGE_PLAN = "change_plan"
+    CALL_API = "call the wrapped API"
+    READ_TENANT = "read the tenant"
+    MANAGE_TENANT = "change or delete the tenant"
+    READ_USERS = "read users"
+    MANAGE_USERS = "manage users"
+    READ_KEYS = "read keys"
+    MANAGE_KEYS = "manage keys"
+    READ_USAGE = "read usage"
+    READ_BILLING = "read invoices"
+    CHANGE_PLAN = "change the plan"
+    READ_AUDIT = "read the audit log"
+    MOVE_DATA = "export or import data"
 
 
-_ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
-    Role.ADMIN: frozenset(Action),
-    Role.DEVELOPER: frozenset({Action.READ_TENANT, Action.READ_USAGE}),
-    Role.VIEWER: frozenset({Action.READ_TENANT, Action.READ_USERS, Action.READ_USAGE}),
-    Role.BILLING: frozenset({Action.READ_TENANT, Action.READ_USAGE, Action.CHANGE_PLAN}),
+_READ_ONLY = {
+    Action.READ_TENANT,
+    Action.READ_USERS,
+    Action.READ_KEYS,
+    Action.READ_USAGE,
+    Action.READ_BILLING,
 }
+
+ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
+    Role.ADMIN: frozenset(Action),
+    Role.DEVELOPER: frozenset({Action.CALL_API, Action.READ_TENANT, Action.READ_USAGE}),
+    Role.VIEWER: frozenset(_READ_ONLY),
+    Role.BILLING: frozenset({Action.READ_TENANT, Action.READ_USAGE, Action.READ_BILLING}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorAuth:
+    """How operator tokens are verified. ``secret`` (HS256) or ``public_key`` (PEM, RS256/ES256)."""
+
+    secret: str | None = None
+    public_key: str | None = None
+    audience: str | None = None
+    issuer: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.secret is None) == (self.public_key is None):
+            raise ConfigurationError("operator auth needs exactly one of a secret or a public key")
+        if self.secret is not None and len(self.secret) < 32:
+            raise ConfigurationError("admin_jwt_secret must be at least 32 characters")
+
+    def verify(self, token: str) -> str:
+        """The operator's subject, or a 401 Problem. The algorithm list is fixed by the key
+        type, so neither ``alg: none`` nor an HS256 token keyed with the public key passes."""
+        if self.secret is not None:
+            key, algorithms = self.secret, ["HS256"]
+        else:
+            key, algorithms = self.public_key or "", ["RS256", "ES256"]
+        required = ["exp"] + (["aud"] if self.audience else []) + (["iss"] if self.issuer else [])
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": required},
+            )
+        except jwt.PyJWTError as exc:
+            raise problems.unauthorized(f"The operator token is not valid: {exc}.") from exc
+        if claims.get("role") != "operator":
+            raise problems.unauthorized("The token does not carry the operator role.")
+        subject = claims.get("sub")
+        return subject if isinstance(subject, str) and subject else "operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,40 +113,43 @@ class Caller:
     def is_operator(self) -> bool:
         return self.operator is not None
 
+    @property
+    def actor(self) -> str:
+        """How the audit log names the caller."""
+        if self.operator is not None:
+            return f"operator:{self.operator}"
+        if self.principal is not None:
+            return f"key:{self.principal.key.id}"
+        return "anonymous"
 
-async def authenticate(request: Request, services: Services, *, required: bool = True) -> Caller:
+
+async def authenticate(
+    request: Request,
+    resolver: KeyResolver,
+    operators: OperatorAuth | None,
+    *,
+    required: bool = True,
+) -> Caller:
     raw = extract_api_key(request.headers)
     if raw is None:
         if required:
             raise problems.missing_api_key()
         return Caller()
     if raw.startswith(KEY_PREFIX):
-        return Caller(principal=await services.resolver.resolve(raw))
-    if services.jwt_secret is None:
+        return Caller(principal=await resolver.resolve(raw))
+    if operators is None:
         raise problems.unauthorized("Operator tokens are not enabled on this gateway.")
-    try:
-        claims = jwt.decode(
-            raw, services.jwt_secret, algorithms=["HS256"], options={"require": ["exp"]}
-        )
-    except jwt.PyJWTError as exc:
-        raise problems.unauthorized(f"The operator token is not valid: {exc}.") from exc
-    if claims.get("role") != "operator":
-        raise problems.unauthorized("The token does not carry the operator role.")
-    subject = claims.get("sub")
-    return Caller(operator=subject if isinstance(subject, str) else "operator")
+    return Caller(operator=operators.verify(raw))
 
 
 def authorize(caller: Caller, tenant_id: str, action: Action) -> None:
-    """Operators may do everything; a key acts on its own tenant only, within its role.
-
-    Another tenant's id answers 404 exactly as a missing one would, so existence never leaks.
-    """
+    """Operators may do everything; a key acts on its own tenant only, within its role."""
     if caller.is_operator:
         return
     principal = caller.principal
     if principal is None or principal.tenant.id != tenant_id:
         raise problems.not_found()
-    if action not in _ROLE_ACTIONS[principal.key.role]:
+    if action not in ROLE_ACTIONS[principal.key.role]:
         raise problems.forbidden(f"A {principal.key.role.value} key may not {action.value}.")
 
 

@@ -10,16 +10,29 @@ import json
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 from starlette.requests import Request
 
 from tenant_gateway import problems
 from tenant_gateway.models import Role
 
 __all__ = [
+    "MAX_GRACE_SECONDS",
     "AddUserRequest",
     "ChangePlanRequest",
+    "CreateKeyRequest",
     "RegisterRequest",
+    "RotateKeyRequest",
+    "UpdateTenantRequest",
+    "UpdateUserRequest",
     "StrictBody",
     "clean_text",
     "parse_body",
@@ -69,7 +82,7 @@ class RegisterRequest(StrictBody):
 
 class AddUserRequest(StrictBody):
     email: Email
-    role: Annotated[Role, Field(strict=False)] = Role.DEVELOPER  # JSON carries the value
+    role: Annotated[Role, Field(strict=False)] = Role.DEVELOPER  # JSON carries the enum's value
 
 
 class ChangePlanRequest(StrictBody):
@@ -104,8 +117,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[Body], limit: int) -> Body:
+async def parse_body(
+    request: Request, model: type[Body], limit: int, *, allow_empty: bool = False
+) -> Body:
+    """The body validated as ``model``; ``allow_empty`` treats no body as ``{}``."""
     raw = await read_body(request, limit)
+    if allow_empty and not raw.strip():
+        raw = b"{}"
     try:
         document: Any = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -128,3 +146,37 @@ async def parse_body(request: Request, model: type[Body], limit: int) -> Body:
         raise problems.validation_error(
             "The body is nested too deeply.", [{"field": "(body)", "message": "too deep"}]
         ) from exc
+
+
+MAX_GRACE_SECONDS = 30 * 86_400
+KeyName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(clean_text)]
+LenientRole = Annotated[Role, Field(strict=False)]  # JSON carries the enum's value
+
+
+def _timestamp_text(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 timestamp string such as 2027-01-31T00:00:00Z")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text), Field(strict=False)]
+
+
+class CreateKeyRequest(StrictBody):
+    name: KeyName | None = None
+    role: LenientRole = Role.DEVELOPER
+    expires_at: Timestamp | None = None
+
+
+class RotateKeyRequest(StrictBody):
+    grace_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_SECONDS)] = 0
+
+
+class UpdateTenantRequest(StrictBody):
+    name: Name | None = None
+    max_users: MaxUsers | None = None
+    admin_email: Email | None = None
+
+
+class UpdateUserRequest(StrictBody):
+    role: LenientRole

@@ -1,7 +1,8 @@
 """The tenant directory in PostgreSQL (the gateway's own tables, ``tg_*``).
 
-Seat limits and downgrades lock the tenant row (``FOR UPDATE``) before counting users, so
-concurrent additions across workers cannot exceed the limit.
+Every method runs in a gateway transaction (``SET LOCAL ROLE tenant_gateway_owner``).
+Seat limits, downgrades and rotations lock the tenant row (``FOR UPDATE``) first, so
+concurrent requests on any worker cannot break them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 import asyncpg
 
 from tenant_gateway import problems
+from tenant_gateway.directory import KeyUse, TenantChanges
 from tenant_gateway.models import (
     ApiKeyRecord,
+    AuditEntry,
     Role,
     Tenant,
     TenantStatus,
@@ -21,11 +24,16 @@ from tenant_gateway.models import (
     effective_seat_limit,
 )
 from tenant_gateway.plans import Plan
-from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.catalog import application_tables
+from tenant_gateway.postgres.database import RUNTIME_ROLE, TENANT_SETTING, Database
 
 __all__ = ["PostgresDirectory"]
 
 _TENANT_COLUMNS = "id, name, plan, status, max_users, admin_email, created_at"
+_KEY_COLUMNS = (
+    "tenant_id, id, key_hash, prefix, name, role, created_at, expires_at, revoked_at, last_used_at"
+)
+_USER_COLUMNS = "tenant_id, id, email, role, created_at"
 
 
 def _tenant(row: asyncpg.Record) -> Tenant:
@@ -50,6 +58,21 @@ def _user(row: asyncpg.Record) -> User:
     )
 
 
+def _key(row: asyncpg.Record, prefix: str = "") -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row[prefix + "id"],
+        tenant_id=row[prefix + "tenant_id"],
+        key_hash=bytes(row[prefix + "key_hash"]),
+        prefix=row[prefix + "prefix"],
+        name=row[prefix + "name"],
+        role=Role(row[prefix + "role"]),
+        created_at=row[prefix + "created_at"],
+        expires_at=row[prefix + "expires_at"],
+        revoked_at=row[prefix + "revoked_at"],
+        last_used_at=row[prefix + "last_used_at"],
+    )
+
+
 class PostgresDirectory:
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -59,6 +82,8 @@ class PostgresDirectory:
 
     async def close(self) -> None:
         await self._db.close()
+
+    # -- tenants -------------------------------------------------------------------------------
 
     async def register(self, tenant: Tenant, admin: User, key: ApiKeyRecord) -> None:
         async with self._db.gateway_transaction() as conn:
@@ -81,18 +106,7 @@ class PostgresDirectory:
                 tenant.created_at,
             )
             await self._insert_user(conn, admin)
-            await conn.execute(
-                "INSERT INTO tg_api_keys (tenant_id, id, key_hash, prefix, name, role,"
-                " created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                key.tenant_id,
-                key.id,
-                key.key_hash,
-                key.prefix,
-                key.name,
-                key.role.value,
-                key.created_at,
-                key.expires_at,
-            )
+            await self._insert_key(conn, key)
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         async with self._db.gateway_transaction() as conn:
@@ -112,30 +126,118 @@ class PostgresDirectory:
             )
         return [_tenant(row) for row in rows]
 
-    async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None:
+    @staticmethod
+    async def _locked_tenant(conn: Any, tenant_id: str) -> Tenant | None:
+        row = await conn.fetchrow(
+            f"SELECT {_TENANT_COLUMNS} FROM tg_tenants"
+            " WHERE id = $1 AND status <> 'deleted' FOR UPDATE",
+            tenant_id,
+        )
+        return None if row is None else _tenant(row)
+
+    @staticmethod
+    async def _check_seats(conn: Any, tenant: Tenant, plan: Plan) -> None:
+        limit = effective_seat_limit(plan, tenant)
+        if limit is not None:
+            users = await conn.fetchval(
+                "SELECT count(*) FROM tg_users WHERE tenant_id = $1", tenant.id
+            )
+            if users > limit:
+                raise problems.too_many_users(users, limit)
+
+    async def update_tenant(
+        self, tenant_id: str, changes: TenantChanges, plan: Plan, at: datetime
+    ) -> Tenant | None:
+        async with self._db.gateway_transaction() as conn:
+            tenant = await self._locked_tenant(conn, tenant_id)
+            if tenant is None:
+                return None
+            max_users = (
+                None
+                if changes.clear_max_users
+                else (changes.max_users if changes.max_users is not None else tenant.max_users)
+            )
+            row = await conn.fetchrow(
+                "UPDATE tg_tenants SET name = coalesce($2, name),"
+                " admin_email = coalesce($3, admin_email), max_users = $4, updated_at = $5"
+                f" WHERE id = $1 RETURNING {_TENANT_COLUMNS}",
+                tenant_id,
+                changes.name,
+                changes.admin_email,
+                max_users,
+                at,
+            )
+            if row is None:  # locked above, so it exists
+                return None
+            updated = _tenant(row)
+            await self._check_seats(conn, updated, plan)  # raising rolls the update back
+        return updated
+
+    async def change_plan(self, tenant_id: str, plan: Plan, at: datetime) -> Tenant | None:
+        async with self._db.gateway_transaction() as conn:
+            tenant = await self._locked_tenant(conn, tenant_id)
+            if tenant is None:
+                return None
+            await self._check_seats(conn, tenant, plan)
+            if tenant.plan == plan.name:
+                return tenant
+            row = await conn.fetchrow(
+                "UPDATE tg_tenants SET plan = $2, updated_at = $3 WHERE id = $1"
+                f" RETURNING {_TENANT_COLUMNS}",
+                tenant_id,
+                plan.name,
+                at,
+            )
+            if row is None:
+                return None
+            await conn.execute(
+                "INSERT INTO tg_plan_changes (tenant_id, from_plan, to_plan, changed_at)"
+                " VALUES ($1, $2, $3, $4)",
+                tenant_id,
+                tenant.plan,
+                plan.name,
+                at,
+            )
+        return _tenant(row)
+
+    async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None:
         async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
-                "SELECT k.id AS key_id, k.key_hash, k.prefix, k.name AS key_name, k.role,"
-                " k.created_at AS key_created_at, k.expires_at, k.revoked_at,"
-                f" {', '.join('t.' + c for c in _TENANT_COLUMNS.split(', '))}"
-                " FROM tg_api_keys k JOIN tg_tenants t ON t.id = k.tenant_id"
-                " WHERE k.key_hash = $1",
-                key_hash,
+                "UPDATE tg_tenants SET status = $2, updated_at = now()"
+                f" WHERE id = $1 AND status <> 'deleted' RETURNING {_TENANT_COLUMNS}",
+                tenant_id,
+                status.value,
             )
-        if row is None:
-            return None
-        record = ApiKeyRecord(
-            id=row["key_id"],
-            tenant_id=row["id"],
-            key_hash=bytes(row["key_hash"]),
-            prefix=row["prefix"],
-            name=row["key_name"],
-            role=Role(row["role"]),
-            created_at=row["key_created_at"],
-            expires_at=row["expires_at"],
-            revoked_at=row["revoked_at"],
-        )
-        return record, _tenant(row)
+        return None if row is None else _tenant(row)
+
+    async def delete_tenant(self, tenant_id: str, at: datetime) -> bool:
+        """Tombstone the tenant row (ids are never reused; invoices keep their tenant), delete
+        its keys and users, and purge its rows from every application table, in one transaction."""
+        async with self._db.gateway_transaction() as conn:
+            deleted = await conn.fetchval(
+                "UPDATE tg_tenants SET status = 'deleted', deleted_at = $2, updated_at = $2"
+                " WHERE id = $1 AND status <> 'deleted' RETURNING id",
+                tenant_id,
+                at,
+            )
+            if deleted is None:
+                return False
+            await conn.execute("DELETE FROM tg_api_keys WHERE tenant_id = $1", tenant_id)
+            await conn.execute("DELETE FROM tg_users WHERE tenant_id = $1", tenant_id)
+            tables = await application_tables(conn)
+            # The app's rows are deleted as the runtime role under the tenant's own context,
+            # children before parents, so only this tenant's rows can go.
+            await conn.execute(
+                "SELECT set_config('role', $1, true), set_config($2, $3, true)",
+                RUNTIME_ROLE,
+                TENANT_SETTING,
+                tenant_id,
+            )
+            for table in reversed(tables):
+                await conn.execute(f'DELETE FROM "{table}"')
+        return True
+
+    # -- users ---------------------------------------------------------------------------------
 
     @staticmethod
     async def _insert_user(conn: Any, user: User) -> None:
@@ -173,11 +275,40 @@ class PostgresDirectory:
     async def list_users(self, tenant_id: str) -> list[User]:
         async with self._db.gateway_transaction() as conn:
             rows = await conn.fetch(
-                "SELECT tenant_id, id, email, role, created_at FROM tg_users"
-                " WHERE tenant_id = $1 ORDER BY created_at, id",
+                f"SELECT {_USER_COLUMNS} FROM tg_users WHERE tenant_id = $1"
+                " ORDER BY created_at, id",
                 tenant_id,
             )
         return [_user(row) for row in rows]
+
+    async def get_user(self, tenant_id: str, user_id: str) -> User | None:
+        async with self._db.gateway_transaction() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_USER_COLUMNS} FROM tg_users WHERE tenant_id = $1 AND id = $2",
+                tenant_id,
+                user_id,
+            )
+        return None if row is None else _user(row)
+
+    async def update_user(self, tenant_id: str, user_id: str, role: Role) -> User | None:
+        async with self._db.gateway_transaction() as conn:
+            row = await conn.fetchrow(
+                f"UPDATE tg_users SET role = $3 WHERE tenant_id = $1 AND id = $2"
+                f" RETURNING {_USER_COLUMNS}",
+                tenant_id,
+                user_id,
+                role.value,
+            )
+        return None if row is None else _user(row)
+
+    async def delete_user(self, tenant_id: str, user_id: str) -> bool:
+        async with self._db.gateway_transaction() as conn:
+            deleted = await conn.fetchval(
+                "DELETE FROM tg_users WHERE tenant_id = $1 AND id = $2 RETURNING id",
+                tenant_id,
+                user_id,
+            )
+        return deleted is not None
 
     async def count_users(self, tenant_id: str) -> int:
         async with self._db.gateway_transaction() as conn:
@@ -186,50 +317,125 @@ class PostgresDirectory:
             )
         return count
 
-    async def change_plan(self, tenant_id: str, plan: Plan, at: datetime) -> Tenant | None:
-        async with self._db.gateway_transaction() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_TENANT_COLUMNS} FROM tg_tenants"
-                " WHERE id = $1 AND status <> 'deleted' FOR UPDATE",
-                tenant_id,
-            )
-            if row is None:
-                return None
-            tenant = _tenant(row)
-            limit = effective_seat_limit(plan, tenant)
-            if limit is not None:
-                users = await conn.fetchval(
-                    "SELECT count(*) FROM tg_users WHERE tenant_id = $1", tenant_id
-                )
-                if users > limit:
-                    raise problems.too_many_users(users, limit)
-            if tenant.plan == plan.name:
-                return tenant
-            row = await conn.fetchrow(
-                f"UPDATE tg_tenants SET plan = $2, updated_at = $3 WHERE id = $1"
-                f" RETURNING {_TENANT_COLUMNS}",
-                tenant_id,
-                plan.name,
-                at,
-            )
-            if row is None:  # cannot happen: the row is locked FOR UPDATE above
-                return None
-            await conn.execute(
-                "INSERT INTO tg_plan_changes (tenant_id, from_plan, to_plan, changed_at)"
-                " VALUES ($1, $2, $3, $4)",
-                tenant_id,
-                tenant.plan,
-                plan.name,
-                at,
-            )
-        return _tenant(row)
+    # -- keys ----------------------------------------------------------------------------------
 
-    async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None:
+    async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None:
+        key_columns = ", ".join(f"k.{c} AS k_{c}" for c in _KEY_COLUMNS.split(", "))
+        tenant_columns = ", ".join(f"t.{c}" for c in _TENANT_COLUMNS.split(", "))
         async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
-                f"UPDATE tg_tenants SET status = $2, updated_at = now()"
-                f" WHERE id = $1 AND status <> 'deleted' RETURNING {_TENANT_COLUMNS}",
-                tenant_id,
-                status.value,
+                f"SELECT {key_columns}, {tenant_columns} FROM tg_api_keys k"
+                " JOIN tg_tenants t ON t.id = k.tenant_id WHERE k.key_hash = $1",
+                key_hash,
             )
-        return None if row is None else _tenant(row)
+        return None if row is None else (_key(row, "k_"), _tenant(row))
+
+    @staticmethod
+    async def _insert_key(conn: Any, key: ApiKeyRecord) -> None:
+        await conn.execute(
+            "INSERT INTO tg_api_keys (tenant_id, id, key_hash, prefix, name, role,"
+            " created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            key.tenant_id,
+            key.id,
+            key.key_hash,
+            key.prefix,
+            key.name,
+            key.role.value,
+            key.created_at,
+            key.expires_at,
+        )
+
+    async def create_key(self, key: ApiKeyRecord) -> None:
+        async with self._db.gateway_transaction() as conn:
+            await self._insert_key(conn, key)
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        async with self._db.gateway_transaction() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_KEY_COLUMNS} FROM tg_api_keys WHERE tenant_id = $1"
+                " ORDER BY created_at, id",
+                tenant_id,
+            )
+        return [_key(row) for row in rows]
+
+    async def revoke_key(self, tenant_id: str, key_id: str, at: datetime) -> bool:
+        async with self._db.gateway_transaction() as conn:
+            found = await conn.fetchval(
+                "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
+                " WHERE tenant_id = $1 AND id = $2 RETURNING id",
+                tenant_id,
+                key_id,
+                at,
+            )
+        return found is not None
+
+    async def rotate_key(
+        self, tenant_id: str, key_id: str, new_key: ApiKeyRecord, old_key_until: datetime
+    ) -> bool:
+        async with self._db.gateway_transaction() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_KEY_COLUMNS} FROM tg_api_keys WHERE tenant_id = $1 AND id = $2"
+                " FOR UPDATE",
+                tenant_id,
+                key_id,
+            )
+            if row is None or not _key(row).usable_at(new_key.created_at.timestamp()):
+                return False
+            await conn.execute(
+                "UPDATE tg_api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2",
+                tenant_id,
+                key_id,
+                old_key_until,
+            )
+            await self._insert_key(conn, new_key)
+        return True
+
+    async def touch_keys(self, used: KeyUse) -> None:
+        if not used:
+            return
+        async with self._db.gateway_transaction() as conn:
+            await conn.executemany(
+                "UPDATE tg_api_keys SET last_used_at = GREATEST(coalesce(last_used_at, $3), $3)"
+                " WHERE tenant_id = $1 AND id = $2",
+                [(tenant_id, key_id, moment) for (tenant_id, key_id), moment in used.items()],
+            )
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    async def record_audit(self, entry: AuditEntry) -> None:
+        async with self._db.gateway_transaction() as conn:
+            await conn.execute(
+                "INSERT INTO tg_audit (tenant_id, at, actor, action, target, ip)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                entry.tenant_id,
+                entry.at,
+                entry.actor,
+                entry.action,
+                entry.target,
+                entry.ip,
+            )
+
+    async def list_audit(
+        self, tenant_id: str, *, limit: int, before: int | None
+    ) -> list[AuditEntry]:
+        async with self._db.gateway_transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT tenant_id, id, at, actor, action, target, ip FROM tg_audit"
+                " WHERE tenant_id = $1 AND ($3::bigint IS NULL OR id < $3)"
+                " ORDER BY id DESC LIMIT $2",
+                tenant_id,
+                limit,
+                before,
+            )
+        return [
+            AuditEntry(
+                tenant_id=row["tenant_id"],
+                actor=row["actor"],
+                action=row["action"],
+                target=row["target"],
+                at=row["at"],
+                ip=row["ip"],
+                id=row["id"],
+            )
+            for row in rows
+        ]

@@ -1,0 +1,387 @@
+"""Key lifecycle, roles, operator tokens, tenant status and the audit trail (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tenant_gateway import TenantGateway
+
+from .apps import echo_app
+from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .test_middleware import assert_problem
+
+T = "/api/v1/tenants"
+FULL_KEY = re.compile(r"tk_[A-Za-z0-9_-]{38}")
+
+
+def gateway(stores: Stores, clock: FakeClock | None = None, **kwargs: Any) -> TenantGateway:
+    if clock is not None:
+        kwargs["clock"] = clock
+    return TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, **stores.kwargs(), **kwargs)
+
+
+async def new_key(client: Any, tenant: dict[str, Any], **body: Any) -> dict[str, Any]:
+    response = await client.post(f"{T}/{tenant['id']}/keys", json=body, headers=auth(tenant))
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def test_create_list_revoke(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    created = await new_key(client, tenant, name="ci", role="developer")
+    assert FULL_KEY.fullmatch(created["api_key"]) and created["prefix"] == created["api_key"][:11]
+    assert (
+        created["role"] == "developer" and created["name"] == "ci" and created["expires_at"] is None
+    )
+    assert (await client.get("/whoami", headers=auth(created))).status_code == 200
+    listing = await client.get(f"{T}/{tenant['id']}/keys", headers=auth(tenant))
+    assert listing.status_code == 200
+    assert not FULL_KEY.search(listing.text), "a listing must never contain a key secret"
+    keys = {k["id"]: k for k in listing.json()}
+    assert set(keys[created["id"]]) == {
+        "id",
+        "name",
+        "role",
+        "prefix",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    }
+    assert keys[created["id"]]["last_used_at"] is not None  # used once above
+    revoke = await client.delete(f"{T}/{tenant['id']}/keys/{created['id']}", headers=auth(tenant))
+    assert revoke.status_code == 204
+    assert_problem(await client.get("/whoami", headers=auth(created)), 401, "invalid_api_key")
+    assert_problem(
+        await client.delete(f"{T}/{tenant['id']}/keys/key_nope", headers=auth(tenant)),
+        404,
+        "not_found",
+    )
+    # the tenant and its other keys are untouched
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+
+
+async def test_no_endpoint_returns_a_secret_except_create_and_rotate(
+    stores: Stores, client_for: Any
+) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    await new_key(client, tenant)
+    for path in ("", "/keys", "/users", "/usage", "/audit"):
+        response = await client.get(f"{T}/{tenant['id']}{path}", headers=auth(tenant))
+        assert response.status_code == 200, path
+        assert not FULL_KEY.search(response.text), path
+    operator_listing = await client.get(f"{T}/", headers=operator_headers())
+    assert not FULL_KEY.search(operator_listing.text)
+
+
+async def test_rotate_with_grace_zero_and_n(
+    stores: Stores, client_for: Any, clock: FakeClock
+) -> None:
+    client = await client_for(gateway(stores, clock))
+    tenant = await register(client)
+    old = await new_key(client, tenant, name="svc", role="developer")
+    rotated = await client.post(
+        f"{T}/{tenant['id']}/keys/{old['id']}/rotate",
+        json={"grace_seconds": 60},
+        headers=auth(tenant),
+    )
+    assert rotated.status_code == 201, rotated.text
+    new = rotated.json()
+    assert new["api_key"] != old["api_key"] and new["name"] == "svc" and new["role"] == "developer"
+    assert (await client.get("/whoami", headers=auth(new))).status_code == 200
+    clock.advance(59)
+    assert (await client.get("/whoami", headers=auth(old))).status_code == 200
+    clock.advance(2)
+    assert_problem(await client.get("/whoami", headers=auth(old)), 401, "invalid_api_key")
+    # grace 0 (the default, empty body): the old key stops at once
+    again = await client.post(f"{T}/{tenant['id']}/keys/{new['id']}/rotate", headers=auth(tenant))
+    assert again.status_code == 201
+    assert_problem(await client.get("/whoami", headers=auth(new)), 401, "invalid_api_key")
+    assert (await client.get("/whoami", headers=auth(again.json()))).status_code == 200
+    # a revoked key cannot be rotated back to life
+    stale = await client.post(f"{T}/{tenant['id']}/keys/{new['id']}/rotate", headers=auth(tenant))
+    assert_problem(stale, 404, "not_found")
+
+
+async def test_expired_key_is_401(stores: Stores, client_for: Any, clock: FakeClock) -> None:
+    client = await client_for(gateway(stores, clock))
+    tenant = await register(client)
+    expires = datetime.fromtimestamp(clock(), UTC) + timedelta(seconds=30)
+    key = await new_key(client, tenant, expires_at=expires.isoformat())
+    assert key["expires_at"] == expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert (await client.get("/whoami", headers=auth(key))).status_code == 200
+    clock.advance(30)
+    assert_problem(await client.get("/whoami", headers=auth(key)), 401, "invalid_api_key")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "x" * 101}, "name"),
+        ({"name": ""}, "name"),
+        ({"role": "root"}, "role"),
+        ({"role": "operator"}, "role"),
+        ({"expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
+        ({"expires_at": "2030-01-01T00:00:00"}, "expires_at"),  # no timezone
+        ({"expires_at": "tomorrow"}, "expires_at"),
+        ({"expires_at": 1893456000}, "expires_at"),
+        ({"api_key": "tk_chosen_by_me"}, "api_key"),
+    ],
+)
+async def test_key_creation_bad_input(
+    stores: Stores, client_for: Any, body: dict[str, Any], field: str
+) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    response = await client.post(f"{T}/{tenant['id']}/keys", json=body, headers=auth(tenant))
+    problem = assert_problem(response, 422, "validation_error")
+    assert any(e["field"].startswith(field) for e in problem["errors"]), problem
+    assert len((await client.get(f"{T}/{tenant['id']}/keys", headers=auth(tenant))).json()) == 1
+
+
+@pytest.mark.parametrize("grace", [-1, 30 * 86_400 + 1, "60", 1.5, None])
+async def test_rotation_grace_bounds(stores: Stores, client_for: Any, grace: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    key = await new_key(client, tenant)
+    response = await client.post(
+        f"{T}/{tenant['id']}/keys/{key['id']}/rotate",
+        json={"grace_seconds": grace},
+        headers=auth(tenant),
+    )
+    assert_problem(response, 422, "validation_error")
+    assert (await client.get("/whoami", headers=auth(key))).status_code == 200
+
+
+# -- roles ------------------------------------------------------------------------------------
+
+ROLE_TABLE: list[tuple[str, str, str, Any, set[str]]] = [
+    # method, path (after /{id}), label, body, roles allowed
+    ("GET", "/whoami", "wrapped API", None, {"admin", "developer"}),
+    ("GET", "", "read tenant", None, {"admin", "developer", "viewer", "billing"}),
+    ("PATCH", "", "update tenant", {"name": "Renamed"}, {"admin"}),
+    ("GET", "/users", "list users", None, {"admin", "viewer"}),
+    ("POST", "/users", "add user", {"email": "new@x.io"}, {"admin"}),
+    ("GET", "/keys", "list keys", None, {"admin", "viewer"}),
+    ("POST", "/keys", "create key", {}, {"admin"}),
+    ("GET", "/usage", "usage", None, {"admin", "developer", "viewer", "billing"}),
+    ("PUT", "/plan", "change plan", {"plan": "professional"}, {"admin"}),
+    ("GET", "/audit", "audit", None, {"admin"}),
+    ("POST", "/suspend", "suspend (operator only)", None, set()),
+]
+
+
+@pytest.mark.parametrize("role", ["admin", "developer", "viewer", "billing"])
+async def test_each_roles_allowed_and_forbidden_endpoints(
+    stores: Stores, client_for: Any, role: str
+) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client, plan="professional")
+    key = await new_key(client, tenant, role=role) if role != "admin" else tenant
+    for method, path, label, body, allowed in ROLE_TABLE:
+        url = path if path == "/whoami" else f"{T}/{tenant['id']}{path}"
+        response = await client.request(method, url, json=body, headers=auth(key))
+        if role in allowed:
+            assert response.status_code < 300, (role, label, response.text)
+        else:
+            assert_problem(response, 403, "forbidden")
+
+
+# -- operator tokens --------------------------------------------------------------------------
+
+
+def _token(key: Any, algorithm: str, **claims: Any) -> dict[str, str]:
+    payload = {"sub": "ops", "role": "operator", "exp": 4_102_444_800, **claims}
+    return {"Authorization": "Bearer " + jwt.encode(payload, key, algorithm=algorithm)}
+
+
+def _none_token() -> dict[str, str]:
+    header = {"alg": "none", "typ": "JWT"}
+    payload = {"sub": "ops", "role": "operator", "exp": 4_102_444_800}
+
+    def part(value: dict[str, Any]) -> str:
+        import base64
+
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return {"Authorization": f"Bearer {part(header)}.{part(payload)}."}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(
+            operator_headers(secret="another-secret-another-secret-12"), id="wrong secret"
+        ),
+        pytest.param(_none_token(), id="alg none"),
+        pytest.param(operator_headers(exp=1_000_000_000), id="expired"),
+        pytest.param(operator_headers(role=None), id="missing role"),
+        pytest.param(operator_headers(role="admin"), id="wrong role"),
+        pytest.param(operator_headers(aud="someone-else"), id="wrong audience"),
+        pytest.param(operator_headers(iss="https://evil.example"), id="wrong issuer"),
+        pytest.param(operator_headers(nbf=4_000_000_000), id="not yet valid"),
+        pytest.param(
+            {"Authorization": "Bearer " + jwt.encode({"role": "operator"}, JWT_SECRET, "HS256")},
+            id="no exp",
+        ),
+    ],
+)
+async def test_bad_operator_tokens_are_401(
+    stores: Stores, client_for: Any, headers: dict[str, str]
+) -> None:
+    client = await client_for(
+        gateway(stores, admin_jwt_audience="tenant-gateway", admin_jwt_issuer="https://ops.example")
+    )
+    assert_problem(await client.get(f"{T}/", headers=headers), 401, "invalid_api_key")
+    good = operator_headers(aud="tenant-gateway", iss="https://ops.example")
+    assert (await client.get(f"{T}/", headers=good)).status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["RS256", "ES256"])
+async def test_public_key_operator_tokens(stores: Stores, client_for: Any, kind: str) -> None:
+    private: Any = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "RS256"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    client = await client_for(
+        TenantGateway(echo_app(), admin_jwt_public_key=public_pem, **stores.kwargs())
+    )
+    tenant = await register(client)
+    assert (
+        await client.get(f"{T}/{tenant['id']}", headers=_token(private, kind))
+    ).status_code == 200
+    # key confusion: an HS256 token "signed" with the public key text must not pass
+    confused = {
+        "Authorization": "Bearer "
+        + jwt.api_jws.PyJWS().encode(
+            json.dumps({"role": "operator", "exp": 4_102_444_800}).encode(),
+            key=b"x" * 32,
+            algorithm="HS256",
+        )
+    }
+    assert_problem(
+        await client.get(f"{T}/{tenant['id']}", headers=confused), 401, "invalid_api_key"
+    )
+    other = (
+        ec.generate_private_key(ec.SECP256R1())
+        if kind == "ES256"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    forged = _token(other, kind)
+    assert_problem(await client.get(f"{T}/{tenant['id']}", headers=forged), 401, "invalid_api_key")
+
+
+# -- status, deletion, audit -------------------------------------------------------------------
+
+
+async def test_delete_tenant(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    extra = await new_key(client, tenant)
+    assert (await client.delete(f"{T}/{tenant['id']}", headers=auth(tenant))).status_code == 204
+    for key in (tenant, extra):
+        assert_problem(await client.get("/whoami", headers=auth(key)), 401, "invalid_api_key")
+    for path in ("", "/users", "/usage"):
+        response = await client.get(f"{T}/{tenant['id']}{path}", headers=operator_headers())
+        assert_problem(response, 404, "not_found")
+    listing = await client.get(f"{T}/", params={"limit": 500}, headers=operator_headers())
+    assert tenant["id"] not in [t["id"] for t in listing.json()["items"]]
+
+
+async def test_update_tenant(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client, max_users=4)
+    url = f"{T}/{tenant['id']}"
+    updated = await client.patch(
+        url, json={"name": "New name", "admin_email": "boss@x.io"}, headers=auth(tenant)
+    )
+    assert updated.status_code == 200
+    assert updated.json()["name"] == "New name" and updated.json()["max_users"] == 4
+    cleared = await client.patch(url, json={"max_users": None}, headers=auth(tenant))
+    assert cleared.json()["max_users"] is None
+    await client.post(f"{url}/users", json={"email": "u@x.io"}, headers=auth(tenant))
+    assert_problem(
+        await client.patch(url, json={"max_users": 1}, headers=auth(tenant)), 409, "too_many_users"
+    )
+    assert (await client.get(url, headers=auth(tenant))).json()["max_users"] is None
+    for bad in ({}, {"name": None}, {"plan": "enterprise"}, {"status": "active"}):
+        assert_problem(
+            await client.patch(url, json=bad, headers=auth(tenant)), 422, "validation_error"
+        )
+
+
+async def test_user_get_update_delete(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    users = f"{T}/{tenant['id']}/users"
+    user = (await client.post(users, json={"email": "dev@x.io"}, headers=auth(tenant))).json()
+    assert (await client.get(f"{users}/{user['id']}", headers=auth(tenant))).json() == user
+    changed = await client.patch(
+        f"{users}/{user['id']}", json={"role": "viewer"}, headers=auth(tenant)
+    )
+    assert changed.json()["role"] == "viewer"
+    assert (await client.delete(f"{users}/{user['id']}", headers=auth(tenant))).status_code == 204
+    for method in ("GET", "DELETE"):
+        assert_problem(
+            await client.request(method, f"{users}/{user['id']}", headers=auth(tenant)),
+            404,
+            "not_found",
+        )
+    other = await register(client)
+    other_user = (await client.get(f"{T}/{other['id']}/users", headers=auth(other))).json()[0]
+    assert_problem(
+        await client.get(f"{users}/{other_user['id']}", headers=auth(tenant)), 404, "not_found"
+    )
+
+
+async def test_audit_log(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    key = await new_key(client, tenant, name="k")
+    await client.delete(f"{T}/{tenant['id']}/keys/{key['id']}", headers=auth(tenant))
+    await client.post(f"{T}/{tenant['id']}/suspend", headers=operator_headers())
+    await client.post(f"{T}/{tenant['id']}/resume", headers=operator_headers())
+    log = (await client.get(f"{T}/{tenant['id']}/audit", headers=auth(tenant))).json()
+    actions = [(e["action"], e["actor"]) for e in log["items"]]
+    registration_key = (
+        "key:"
+        + (await client.get(f"{T}/{tenant['id']}/keys", headers=auth(tenant))).json()[0]["id"]
+    )
+    assert actions == [
+        ("tenant.resume", "operator:ops@example.com"),
+        ("tenant.suspend", "operator:ops@example.com"),
+        ("key.revoke", registration_key),
+        ("key.create", registration_key),
+        ("tenant.register", "anonymous"),
+    ]
+    assert all(e["ip"] == "127.0.0.1" and e["at"].endswith("Z") for e in log["items"])
+    first = (
+        await client.get(f"{T}/{tenant['id']}/audit", params={"limit": 2}, headers=auth(tenant))
+    ).json()
+    assert len(first["items"]) == 2 and first["next_before"] is not None
+    rest = (
+        await client.get(
+            f"{T}/{tenant['id']}/audit",
+            params={"limit": 10, "before": first["next_before"]},
+            headers=auth(tenant),
+        )
+    ).json()
+    assert [e["action"] for e in first["items"] + rest["items"]] == [a for a, _ in actions]
+    assert rest["next_before"] is None
