@@ -7,114 +7,149 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tenant_gateway.admin.schemas import AddUserRequest, ChangePlanRequest, RegisterRequest
+from tenant_gateway.admin.schemas import (
+    AddUserRequest,
+    ChangePlanRequest,
+    CreateKeyRequest,
+    RegisterRequest,
+    RotateKeyRequest,
+    UpdateTenantRequest,
+    UpdateUserRequest,
+)
 
 __all__ = ["openapi_document"]
 
+_MODELS: tuple[type[BaseModel], ...] = (
+    RegisterRequest,
+    UpdateTenantRequest,
+    AddUserRequest,
+    UpdateUserRequest,
+    CreateKeyRequest,
+    RotateKeyRequest,
+    ChangePlanRequest,
+)
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
-_TENANT_ID = {"name": "tenant_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_AUTH_ERRORS = (401, 403, 404, 503)
+_BODY_ERRORS = (400, 413, 422)
 
 
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-        },
-    }
+def _path_parameter(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _responses(success: str, description: str, *errors: int) -> dict[str, Any]:
-    answers: dict[str, Any] = {success: {"description": description}}
-    if success != "204":
-        answers[success]["content"] = {"application/json": {"schema": {"type": "object"}}}
-    for status in errors:
-        answers[str(status)] = {
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _operation(
+    summary: str,
+    success: int,
+    *errors: int,
+    body: type[BaseModel] | None = None,
+    query: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {str(success): {"description": summary}}
+    if success != 204:
+        responses[str(success)]["content"] = {"application/json": {"schema": {"type": "object"}}}
+    for status in sorted(set(errors + _AUTH_ERRORS + (_BODY_ERRORS if body else ()))):
+        responses[str(status)] = {
             "description": "problem",
             "content": {"application/problem+json": {"schema": _PROBLEM}},
         }
-    return answers
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        operation["requestBody"] = {
+            "required": body is not RotateKeyRequest,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
+            },
+        }
+    if query:
+        operation["parameters"] = query
+    return operation
 
 
-def _operation(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": responses, **extra}
+def _on(*names: str, **operations: dict[str, Any]) -> dict[str, Any]:
+    return {"parameters": [_path_parameter(name) for name in names], **operations}
 
 
-_AUTH = (401, 403, 404, 503)
+_PAGE = [_query("limit", {"type": "integer", "minimum": 1, "maximum": 500})]
 
 
 @cache
 def _paths() -> dict[str, Any]:
-    on_tenant = {"parameters": [_TENANT_ID]}
+    t, u, k = "tenant_id", "user_id", "key_id"
     return {
         "/register": {
             "post": _operation(
-                "Register a tenant; answers its first API key (shown once)",
-                _responses("201", "the tenant and its api_key", 400, 401, 403, 413, 422),
-                requestBody=_body(RegisterRequest),
+                "Register a tenant; answers its first API key, once", 201, body=RegisterRequest
             )
         },
         "/": {
             "get": _operation(
                 "List tenants (operator)",
-                _responses("200", "a page of tenants", 401, 403, 422),
-                parameters=[
-                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                    {"name": "after", "in": "query", "schema": {"type": "string"}},
-                ],
+                200,
+                422,
+                query=[*_PAGE, _query("after", {"type": "string"})],
             )
         },
-        "/{tenant_id}": {
-            **on_tenant,
-            "get": _operation("Get a tenant", _responses("200", "tenant", *_AUTH)),
-        },
-        "/{tenant_id}/suspend": {
-            **on_tenant,
-            "post": _operation("Suspend a tenant (operator)", _responses("200", "tenant", *_AUTH)),
-        },
-        "/{tenant_id}/resume": {
-            **on_tenant,
-            "post": _operation("Resume a tenant (operator)", _responses("200", "tenant", *_AUTH)),
-        },
-        "/{tenant_id}/users": {
-            **on_tenant,
-            "get": _operation("List users", _responses("200", "users", *_AUTH)),
-            "post": _operation(
-                "Add a user (seat-limited)",
-                _responses("201", "the user", 400, 409, 413, 422, *_AUTH),
-                requestBody=_body(AddUserRequest),
+        "/{tenant_id}": _on(
+            t,
+            get=_operation("Get a tenant", 200),
+            patch=_operation(
+                "Update name, max_users, admin_email", 200, 409, body=UpdateTenantRequest
             ),
-        },
-        "/{tenant_id}/usage": {
-            **on_tenant,
-            "get": _operation(
+            delete=_operation("Delete a tenant: keys stop at once, data purged", 204),
+        ),
+        "/{tenant_id}/suspend": _on(t, post=_operation("Suspend a tenant (operator)", 200)),
+        "/{tenant_id}/resume": _on(t, post=_operation("Resume a tenant (operator)", 200)),
+        "/{tenant_id}/plan": _on(
+            t, put=_operation("Change plan", 200, 409, body=ChangePlanRequest)
+        ),
+        "/{tenant_id}/users": _on(
+            t,
+            get=_operation("List users", 200),
+            post=_operation("Add a user (seat-limited)", 201, 409, body=AddUserRequest),
+        ),
+        "/{tenant_id}/users/{user_id}": _on(
+            t,
+            u,
+            get=_operation("Get a user", 200),
+            patch=_operation("Change a user's role", 200, body=UpdateUserRequest),
+            delete=_operation("Remove a user", 204),
+        ),
+        "/{tenant_id}/keys": _on(
+            t,
+            get=_operation("List keys (metadata only)", 200),
+            post=_operation("Create a key; answers the secret, once", 201, body=CreateKeyRequest),
+        ),
+        "/{tenant_id}/keys/{key_id}": _on(t, k, delete=_operation("Revoke a key", 204)),
+        "/{tenant_id}/keys/{key_id}/rotate": _on(
+            t, k, post=_operation("Rotate a key with a grace period", 201, body=RotateKeyRequest)
+        ),
+        "/{tenant_id}/usage": _on(
+            t,
+            get=_operation(
                 "Usage for a calendar month",
-                _responses("200", "usage report", 422, *_AUTH),
-                parameters=[
-                    {
-                        "name": "period",
-                        "in": "query",
-                        "schema": {"type": "string", "pattern": r"^\d{4}-\d{2}$"},
-                    }
-                ],
+                200,
+                422,
+                query=[_query("period", {"type": "string", "pattern": r"^\d{4}-\d{2}$"})],
             ),
-        },
-        "/{tenant_id}/plan": {
-            **on_tenant,
-            "put": _operation(
-                "Change plan",
-                _responses("200", "tenant", 400, 409, 413, 422, *_AUTH),
-                requestBody=_body(ChangePlanRequest),
+        ),
+        "/{tenant_id}/audit": _on(
+            t,
+            get=_operation(
+                "Audit log, newest first",
+                200,
+                422,
+                query=[*_PAGE, _query("before", {"type": "integer"})],
             ),
-        },
+        ),
     }
 
 
 def openapi_document(root_path: str) -> dict[str, Any]:
-    schemas: dict[str, Any] = {
-        model.__name__: model.model_json_schema()
-        for model in (RegisterRequest, AddUserRequest, ChangePlanRequest)
-    }
+    schemas: dict[str, Any] = {model.__name__: model.model_json_schema() for model in _MODELS}
     schemas["Problem"] = {
         "type": "object",
         "required": ["type", "title", "status", "code"],
