@@ -103,6 +103,13 @@ class TenantDirectory(Protocol):
     async def touch_keys(self, used: KeyUse) -> None:
         """Record last use times in one batch (never one write per request)."""
 
+    # webhooks
+    async def set_webhook(self, tenant_id: str, url: str | None, secret: str | None) -> bool:
+        """Set (or with ``None`` remove) the tenant's webhook; False for an unknown tenant."""
+
+    async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
+        """(url, signing secret) of a live tenant's webhook, if it has one."""
+
     # audit
     async def record_audit(self, entry: AuditEntry) -> None: ...
 
@@ -121,6 +128,7 @@ class MemoryDirectory:
         self._keys: dict[bytes, ApiKeyRecord] = {}
         self._audit: dict[str, list[AuditEntry]] = {}
         self._audit_ids = itertools.count(1)
+        self._webhooks: dict[str, tuple[str, str]] = {}
         self.plan_changes: list[tuple[str, str | None, str, datetime]] = []
 
     async def start(self) -> None:
@@ -266,6 +274,18 @@ class MemoryDirectory:
                 record = self._keys[digest]
                 if record.last_used_at is None or record.last_used_at < moment:
                     self._keys[digest] = dataclasses.replace(record, last_used_at=moment)
+
+    async def set_webhook(self, tenant_id: str, url: str | None, secret: str | None) -> bool:
+        if self._live(tenant_id) is None:
+            return False
+        if url is None or secret is None:
+            self._webhooks.pop(tenant_id, None)
+        else:
+            self._webhooks[tenant_id] = (url, secret)
+        return True
+
+    async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
+        return self._webhooks.get(tenant_id) if self._live(tenant_id) else None
 
     async def record_audit(self, entry: AuditEntry) -> None:
         stored = dataclasses.replace(entry, id=next(self._audit_ids))

@@ -1,16 +1,15 @@
 """``TenantGateway``: the pure-ASGI middleware (SPEC §1).
 
 For each HTTP or websocket request to the wrapped app:
-key → tenant (cached) → burst limit → monthly quota (one atomic counter round trip)
-→ tenant exposed downstream → rate-limit headers added → route and status tallied after
-the response. Paths under ``admin_prefix`` go to the admin sub-app; ``public_paths`` pass
-unauthenticated and unmetered; other scope types pass straight through.
+key → tenant (cached) → role → body size → burst limit → monthly quota (one atomic counter
+round trip) → the tenant exposed downstream → rate-limit headers added → route, status and
+refunds tallied after the response. Paths under ``admin_prefix`` go to the admin sub-app;
+``public_paths`` pass unauthenticated and unmetered; other scope types pass straight through.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,22 +21,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tenant_gateway import problems
 from tenant_gateway.admin.app import build_admin_app
 from tenant_gateway.admin.auth import ROLE_ACTIONS, Action, OperatorAuth
-from tenant_gateway.clock import Clock, Period, system_clock
+from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.context import current_database, current_tenant
-from tenant_gateway.directory import MemoryDirectory, TenantDirectory
+from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
-from tenant_gateway.headers import policy_header, remaining_header
 from tenant_gateway.keys import extract_api_key
+from tenant_gateway.metering import Meter, Metered
 from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, load_plans
-from tenant_gateway.postgres.database import Database
-from tenant_gateway.postgres.directory import PostgresDirectory
-from tenant_gateway.propagation import Invalidator, RedisInvalidator
-from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
 from tenant_gateway.ratelimit import BurstLimiter
-from tenant_gateway.resolver import KeyResolver, Principal
 from tenant_gateway.services import Services
-from tenant_gateway.usage import UsageRecorder
 
 __all__ = ["TenantGateway"]
 
@@ -82,30 +75,19 @@ class TenantGateway:
         key_cache_ttl: float = 1.0,
         key_cache_size: int = 100_000,
         usage_flush_interval: float = 1.0,
+        on_quota_threshold: QuotaHook | None = None,
         clock: Clock = system_clock,
     ) -> None:
         if not admin_prefix.startswith("/") or admin_prefix.endswith("/"):
             raise ConfigurationError("admin_prefix must start with '/' and not end with '/'")
         if max_body_bytes < 0 or admin_max_body_bytes < 0:
             raise ConfigurationError("body limits must be non-negative")
+        if usage_flush_interval <= 0 or key_cache_ttl < 0 or key_cache_size < 1:
+            raise ConfigurationError("flush interval, cache TTL and cache size must be positive")
         self.app = app
         self.admin_prefix = admin_prefix
         self.public_paths = frozenset(public_paths)
         self.max_body_bytes = max_body_bytes
-        self.clock = clock
-        self.database = Database(database_url) if database_url else None
-        directory: TenantDirectory = (
-            PostgresDirectory(self.database) if self.database else MemoryDirectory()
-        )
-        counters: CounterStore = (
-            RedisCounters(redis_url, key_prefix=redis_key_prefix) if redis_url else MemoryCounters()
-        )
-        resolver = KeyResolver(directory, clock, ttl=key_cache_ttl, max_entries=key_cache_size)
-        invalidator = (
-            RedisInvalidator(resolver, redis_url, channel=f"{redis_key_prefix}invalidate")
-            if redis_url
-            else Invalidator(resolver)
-        )
         operators = (
             OperatorAuth(
                 secret=admin_jwt_secret,
@@ -116,72 +98,49 @@ class TenantGateway:
             if admin_jwt_secret or admin_jwt_public_key
             else None
         )
-        self.services = Services(
+        self.services = Services.create(
             plans=load_plans(plans),
-            directory=directory,
-            counters=counters,
-            recorder=UsageRecorder(counters, interval=usage_flush_interval),
-            resolver=resolver,
-            invalidator=invalidator,
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_key_prefix=redis_key_prefix,
             clock=clock,
             operators=operators,
             allow_signup=allow_signup,
             max_body_bytes=admin_max_body_bytes,
+            flush_interval=usage_flush_interval,
+            key_cache_ttl=key_cache_ttl,
+            key_cache_size=key_cache_size,
+            on_quota_threshold=on_quota_threshold,
         )
-        self.flush_interval = usage_flush_interval
-        self.burst = BurstLimiter(burst_storage, clock)
+        self.meter = Meter(
+            self.services.counters,
+            BurstLimiter(burst_storage, clock),
+            self.services.events,
+            clock,
+        )
         self.admin_app = build_admin_app(self.services, admin_prefix)
         self._started = False
         self._start_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Open pools, apply migrations, start the usage flusher. Idempotent."""
-        async with self._start_lock:
-            if self._started:
-                return
-            await self.services.directory.start()
-            await self.services.counters.ping()
-            self._tasks = [
-                asyncio.create_task(self._flush_forever()),
-                asyncio.create_task(self.services.invalidator.run()),
-            ]
-            self._started = True
-
-    async def shutdown(self) -> None:
-        """Flush pending usage and close every connection."""
+        """Open pools, apply migrations, start the background work. Idempotent."""
         async with self._start_lock:
             if not self._started:
-                return
-            self._started = False
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            try:
-                await self.flush()
-            except StoreUnavailable as exc:
-                logger.error("usage lost at shutdown: %s", exc)
-            await self.services.invalidator.close()
-            await self.services.counters.close()
-            await self.services.directory.close()
+                await self.services.start()
+                self._started = True
+
+    async def shutdown(self) -> None:
+        """Flush everything batched in memory and close every connection. Idempotent."""
+        async with self._start_lock:
+            if self._started:
+                self._started = False
+                await self.services.stop()
 
     async def flush(self) -> None:
-        """Write what is batched in memory: route tallies and key last-use times."""
-        await self.services.recorder.flush()
-        used = self.services.resolver.drain_last_used()
-        await self.services.directory.touch_keys(used)
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            try:
-                await self.flush()
-            except StoreUnavailable as exc:
-                logger.warning("flush postponed: %s", exc)
+        """Write what is batched in memory now (the background loop does it every interval)."""
+        await self.services.flush()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start before the wrapped app does, stop after it has; relay every event."""
@@ -250,8 +209,8 @@ class TenantGateway:
         else:
             await self._gate(scope, receive, send)
 
-    async def _admit(self, scope: Scope) -> tuple[Principal, Plan, list[tuple[bytes, bytes]]]:
-        """Authenticate and meter one request; returns the headers to add, or raises Problem."""
+    async def _admit(self, scope: Scope) -> tuple[Tenant, Plan, Metered]:
+        """Authenticate and meter one request, or raise the Problem that refuses it."""
         headers = Headers(scope=scope)
         raw_key = extract_api_key(headers)
         if raw_key is None:
@@ -259,48 +218,18 @@ class TenantGateway:
         principal = await self.services.resolver.resolve(raw_key)
         if Action.CALL_API not in ROLE_ACTIONS[principal.key.role]:
             raise problems.forbidden(f"A {principal.key.role.value} key may not call the API.")
-        plan = self.services.plans.get(principal.tenant.plan)
+        tenant = principal.tenant
+        plan = self.services.plans.get(tenant.plan)
         if plan is None:
-            raise problems.service_unavailable(f"plan {principal.tenant.plan!r} is not configured")
+            raise problems.service_unavailable(f"plan {tenant.plan!r} is not configured")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise problems.payload_too_large(self.max_body_bytes)
-        return principal, plan, await self._meter(principal.tenant, plan)
-
-    async def _meter(self, tenant: Tenant, plan: Plan) -> list[tuple[bytes, bytes]]:
-        now = self.clock()
-        period = Period.containing(now)
-        reset = period.seconds_left(now)
-        usage_key = (tenant.id, str(period))
-        day = f"{int(now // 86_400) - int(period.start.timestamp() // 86_400) + 1:02d}"
-        counters = self.services.counters
-        headers = [(b"ratelimit-policy", policy_header(plan))]
-        if plan.burst_per_second is not None:
-            if not await self.burst.hit(tenant.id, plan.burst_per_second):
-                await counters.reject(usage_key, day, "burst")
-                stats = await self.burst.stats(tenant.id, plan.burst_per_second)
-                raise _with_headers(
-                    problems.rate_limited(plan.burst_per_second, stats.retry_after),
-                    headers + [(b"ratelimit", remaining_header("burst", 0, stats.retry_after))],
-                )
-        admission = await counters.admit(usage_key, day, plan.monthly_calls, plan.allows_overage)
-        if plan.monthly_calls is not None:
-            headers.append(
-                (
-                    b"ratelimit",
-                    remaining_header("monthly", plan.monthly_calls - admission.used, reset),
-                )
-            )
-        elif plan.burst_per_second is not None:
-            stats = await self.burst.stats(tenant.id, plan.burst_per_second)
-            headers.append((b"ratelimit", remaining_header("burst", stats.remaining, 1)))
-        if not admission.admitted:  # only a plan with a monthly limit refuses
-            raise _with_headers(problems.quota_exceeded(plan.monthly_calls or 0, reset), headers)
-        return headers
+        return tenant, plan, await self.meter.admit(tenant, plan)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            principal, plan, extra_headers = await self._admit(scope)
+            tenant, plan, metered = await self._admit(scope)
         except Problem as problem:
             await _refuse(problem, scope, receive, send)
             return
@@ -308,13 +237,12 @@ class TenantGateway:
             logger.warning("refusing request: %s", exc)
             unavailable = (
                 problems.quota_unavailable()
-                if "Redis" in exc.store
+                if exc.store == "Redis"
                 else problems.service_unavailable("The tenant directory is unavailable.")
             )
             await _refuse(unavailable, scope, receive, send)
             return
 
-        tenant = principal.tenant
         scope.setdefault("state", {})["tenant"] = tenant
         root_path = scope.get("root_path", "")
         status = 500
@@ -341,11 +269,11 @@ class TenantGateway:
                 response_started = True
                 status = message.get("status", 101)
                 if message["type"] == "http.response.start":
-                    message["headers"] = list(message.get("headers", [])) + extra_headers
+                    message["headers"] = list(message.get("headers", [])) + metered.headers
             await send(message)
 
         tenant_token = current_tenant.set(tenant)
-        database_token = current_database.set(self.database)
+        database_token = current_database.set(self.services.database)
         try:
             await self.app(
                 scope, limited_receive if scope["type"] == "http" else receive, metered_send
@@ -360,19 +288,12 @@ class TenantGateway:
             current_database.reset(database_token)
             if overflow:
                 status = 413
-            self.services.recorder.record(
-                (tenant.id, str(Period.containing(self.clock()))),
-                route_template(scope, root_path),
-                status,
-            )
+            recorder = self.services.recorder
+            recorder.record(metered.usage_key, route_template(scope, root_path), status)
+            if status >= 500 and not plan.count_server_errors:
+                recorder.refund(metered.usage_key, metered.day)
         if overflow and not response_started:
             await _refuse(problems.payload_too_large(body_limit), scope, receive, send)
-
-
-def _with_headers(problem: Problem, headers: list[tuple[bytes, bytes]]) -> Problem:
-    for name, value in headers:
-        problem.headers[name.decode("latin-1")] = value.decode("latin-1")
-    return problem
 
 
 async def _refuse(problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:

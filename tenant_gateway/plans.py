@@ -30,6 +30,8 @@ class Plan:
     price_cents: int
     overage_cents_per_1000: int | None = None
     currency: str = "USD"
+    count_server_errors: bool = True
+    """False: calls the wrapped app answers with a 5xx are refunded (not billed, not counted)."""
 
     @property
     def allows_overage(self) -> bool:
@@ -79,6 +81,7 @@ def _plan_from_mapping(name: str, raw: object) -> Plan:
         "price_cents",
         "overage_cents_per_1000",
         "currency",
+        "count_server_errors",
     }
     unknown = set(raw) - known
     if unknown:
@@ -90,6 +93,9 @@ def _plan_from_mapping(name: str, raw: object) -> Plan:
     if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
         raise ConfigurationError(f"plan {name!r}: currency must be a 3-letter ISO code")
     price = _limit(name, "price_cents", raw["price_cents"], nullable=False) or 0
+    count_server_errors = raw.get("count_server_errors", True)
+    if not isinstance(count_server_errors, bool):
+        raise ConfigurationError(f"plan {name!r}: count_server_errors must be true or false")
     return Plan(
         name=name,
         max_users=_limit(name, "max_users", raw["max_users"], nullable=True),
@@ -100,6 +106,7 @@ def _plan_from_mapping(name: str, raw: object) -> Plan:
             name, "overage_cents_per_1000", raw.get("overage_cents_per_1000"), nullable=True
         ),
         currency=currency.upper(),
+        count_server_errors=count_server_errors,
     )
 
 

@@ -1,21 +1,26 @@
-"""Usage counters: the monthly quota decision and the per-period usage tallies.
+"""Usage counters: the monthly quota decision and the per-period tallies.
 
-One hash per tenant and period (``{prefix}usage:{tenant}:{YYYY-MM}``) holds every tally:
+One hash per tenant and period (``{prefix}usage:{tenant}:{YYYY-MM}``) holds every tally, and
+every field only ever grows (so a snapshot of it can be written to the ledger idempotently):
 
-    calls            admitted calls          rejected         refused calls (all reasons)
-    rejected:<why>   refusals by reason      day:<DD>         admitted calls that day
-    rday:<DD>        refusals that day       route|<2xx>|<M> <template>   calls by route and status
+    calls         admitted calls              refunded       admitted calls not billed (5xx)
+    rejected      refused calls, all reasons  rejected:<why> refusals by reason (quota, burst)
+    day:<DD>      admitted calls that day     rday:<DD>      refusals that day
+    refday:<DD>   refunds that day            route|<2xx>|<M> <template>   answered calls
+    hydrated      set once the hash holds the ledger's counts (see below)
 
-The quota decision reads and increments ``calls`` atomically (a Lua script on Redis; plain
-code with no ``await`` inside on the memory store), so N concurrent calls against a remaining
-quota of Q admit exactly min(N, Q). The counter is keyed by tenant and period, never by limit,
-so a plan change keeps the month's count.
+The quota decision reads and increments ``calls`` atomically — a Lua script on Redis, plain
+code with no ``await`` inside on the memory store — so N concurrent calls against a remaining
+quota of Q admit exactly min(N, Q). The hash is keyed by tenant and period, never by limit.
+
+Rehydration: a hash without ``hydrated`` (a new period, or Redis lost its data) is first filled
+from the durable ledger, atomically and once, before any decision is taken on it.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,8 +30,10 @@ from redis.exceptions import RedisError
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
 
 __all__ = [
+    "HYDRATED",
     "Admission",
     "CounterStore",
+    "HydrateSource",
     "MemoryCounters",
     "RedisCounters",
     "UsageKey",
@@ -35,14 +42,22 @@ __all__ = [
 UsageKey = tuple[str, str]
 """(tenant id, period ``YYYY-MM``)."""
 
+HydrateSource = Callable[[UsageKey], Awaitable[Mapping[str, int]]]
+"""Where a missing hash is restored from: the ledger's last snapshot."""
+
+HYDRATED = "hydrated"
 _HISTORY_SECONDS = 400 * 86_400  # keep a period's tallies for 13 months
+
+
+async def _nothing_to_restore(key: UsageKey) -> Mapping[str, int]:
+    return {}
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
     admitted: bool
     used: int
-    """Admitted calls in the period, this one included when admitted."""
+    """Billable calls in the period, this one included when admitted."""
 
 
 class CounterStore(Protocol):
@@ -55,26 +70,62 @@ class CounterStore(Protocol):
         """Count a call refused before the quota check (e.g. by the burst limit)."""
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
-        """Add tallies (route and status breakdowns) in one batch."""
+        """Add tallies (breakdowns, refunds) in one batch."""
 
-    async def read(self, key: UsageKey) -> dict[str, int]: ...
+    async def read(self, key: UsageKey) -> dict[str, int]:
+        """Every tally of a period, restored from the ledger first if need be."""
+
+    async def snapshots(self, keys: Iterable[UsageKey]) -> dict[UsageKey, dict[str, int]]:
+        """Current tallies of hydrated hashes (a hash not yet restored is left out)."""
+
+    def drain_dirty(self) -> set[UsageKey]:
+        """The keys this process changed since the last drain."""
+
+    def mark_dirty(self, keys: Iterable[UsageKey]) -> None: ...
 
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
 
 
-class MemoryCounters:
+class _DirtyKeys:
+    def __init__(self, hydrate_from: HydrateSource | None) -> None:
+        self._dirty: set[UsageKey] = set()
+        self._hydrate_from = hydrate_from or _nothing_to_restore
+
+    def drain_dirty(self) -> set[UsageKey]:
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def mark_dirty(self, keys: Iterable[UsageKey]) -> None:
+        self._dirty.update(keys)
+
+
+class MemoryCounters(_DirtyKeys):
     """The embedded store; one process only."""
 
-    def __init__(self) -> None:
+    def __init__(self, hydrate_from: HydrateSource | None = None) -> None:
+        super().__init__(hydrate_from)
         self._tallies: defaultdict[UsageKey, Counter[str]] = defaultdict(Counter)
+
+    async def _hydrate(self, key: UsageKey) -> Counter[str]:
+        tally = self._tallies[key]
+        if HYDRATED not in tally:
+            restored = await self._hydrate_from(key)
+            tally = self._tallies[key]  # no await between this check and the update below
+            if HYDRATED not in tally:
+                tally.update(restored)
+                tally[HYDRATED] = 1
+        return tally
 
     async def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
     ) -> Admission:
-        tally = self._tallies[key]
-        used = tally["calls"]
+        tally = self._tallies.get(key)
+        if tally is None or HYDRATED not in tally:
+            tally = await self._hydrate(key)
+        self._dirty.add(key)
+        used = tally["calls"] - tally["refunded"]
         if limit is not None and used >= limit and not allow_overage:
             tally.update(("rejected", "rejected:quota", "rday:" + day))
             return Admission(False, used)
@@ -83,13 +134,24 @@ class MemoryCounters:
 
     async def reject(self, key: UsageKey, day: str, reason: str) -> None:
         self._tallies[key].update(("rejected", "rejected:" + reason, "rday:" + day))
+        self._dirty.add(key)
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
         for key, fields in increments.items():
             self._tallies[key].update(fields)
+        self._dirty.update(increments)
 
     async def read(self, key: UsageKey) -> dict[str, int]:
-        return dict(self._tallies.get(key, {}))
+        return dict(await self._hydrate(key))
+
+    async def snapshots(self, keys: Iterable[UsageKey]) -> dict[UsageKey, dict[str, int]]:
+        return {
+            key: dict(self._tallies[key]) for key in keys if HYDRATED in self._tallies.get(key, ())
+        }
+
+    def forget(self) -> None:
+        """Lose every tally, as a restarted process would (for tests of rehydration)."""
+        self._tallies.clear()
 
     async def ping(self) -> None:
         return None
@@ -99,23 +161,39 @@ class MemoryCounters:
 
 
 _ADMIT_SCRIPT = """
-local used = tonumber(redis.call('HGET', KEYS[1], 'calls') or '0')
+if redis.call('HEXISTS', KEYS[1], 'hydrated') == 0 then
+  return {-1, 0}
+end
+local calls = tonumber(redis.call('HGET', KEYS[1], 'calls') or '0')
+local used = calls - tonumber(redis.call('HGET', KEYS[1], 'refunded') or '0')
 local limit = tonumber(ARGV[1])
 if limit >= 0 and used >= limit and ARGV[2] == '0' then
   redis.call('HINCRBY', KEYS[1], 'rejected', 1)
   redis.call('HINCRBY', KEYS[1], 'rejected:quota', 1)
   redis.call('HINCRBY', KEYS[1], 'rday:' .. ARGV[3], 1)
-  redis.call('EXPIRE', KEYS[1], ARGV[4], 'NX')
   return {0, used}
 end
-used = redis.call('HINCRBY', KEYS[1], 'calls', 1)
+redis.call('HINCRBY', KEYS[1], 'calls', 1)
 redis.call('HINCRBY', KEYS[1], 'day:' .. ARGV[3], 1)
-if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4], 'NX') end
-return {1, used}
+return {1, used + 1}
+"""
+
+# ARGV: ttl, then field, amount pairs. Adds the ledger's counts to whatever arrived meanwhile
+# (only breakdowns can: decisions wait for this), then marks the hash whole. Runs once.
+_HYDRATE_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'hydrated') == 1 then
+  return 0
+end
+for i = 2, #ARGV - 1, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('HSET', KEYS[1], 'hydrated', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 
 
-class RedisCounters:
+class RedisCounters(_DirtyKeys):
     """Counters shared by every worker and host using one Redis."""
 
     def __init__(
@@ -125,7 +203,9 @@ class RedisCounters:
         key_prefix: str = "tg:",
         timeout: float = 1.0,
         max_connections: int = 64,
+        hydrate_from: HydrateSource | None = None,
     ) -> None:
+        super().__init__(hydrate_from)
         self._url = url
         self._prefix = key_prefix
         # A blocking pool: a burst of requests waits (up to ``timeout``) for a connection
@@ -139,6 +219,7 @@ class RedisCounters:
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
+        self._hydrate_script = self._redis.register_script(_HYDRATE_SCRIPT)
 
     def _key(self, key: UsageKey) -> str:
         return f"{self._prefix}usage:{key[0]}:{key[1]}"
@@ -146,15 +227,30 @@ class RedisCounters:
     def _unavailable(self, exc: RedisError) -> StoreUnavailable:
         return StoreUnavailable("Redis", redact_url(self._url), str(exc) or type(exc).__name__)
 
+    async def _hydrate(self, key: UsageKey) -> None:
+        restored = await self._hydrate_from(key)
+        args: list[int | str] = [_HISTORY_SECONDS]
+        for field, amount in restored.items():
+            if field != HYDRATED:
+                args += [field, amount]
+        try:
+            await self._hydrate_script(keys=[self._key(key)], args=args)
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+
     async def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
     ) -> Admission:
-        args = (-1 if limit is None else limit, int(allow_overage), day, _HISTORY_SECONDS)
+        args = (-1 if limit is None else limit, int(allow_overage), day)
+        self._dirty.add(key)
         try:
             admitted, used = await self._admit(keys=[self._key(key)], args=args)
+            if admitted == -1:  # not restored yet: fill from the ledger, then decide
+                await self._hydrate(key)
+                admitted, used = await self._admit(keys=[self._key(key)], args=args)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
-        return Admission(bool(admitted), int(used))
+        return Admission(admitted == 1, int(used))
 
     async def reject(self, key: UsageKey, day: str, reason: str) -> None:
         await self.add({key: {"rejected": 1, "rejected:" + reason: 1, "rday:" + day: 1}})
@@ -170,15 +266,40 @@ class RedisCounters:
                 await pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self._dirty.update(increments)
 
-    async def read(self, key: UsageKey) -> dict[str, int]:
+    async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int]]:
         try:
-            raw = await self._redis.hgetall(self._key(key))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(self._key(key))
+                results = await pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        return [
+            {
+                (field.decode() if isinstance(field, bytes) else field): int(value)
+                for field, value in raw.items()
+            }
+            for raw in results
+        ]
+
+    async def read(self, key: UsageKey) -> dict[str, int]:
+        (tallies,) = await self._hgetall([key])
+        if HYDRATED not in tallies:
+            await self._hydrate(key)
+            (tallies,) = await self._hgetall([key])
+        return tallies
+
+    async def snapshots(self, keys: Iterable[UsageKey]) -> dict[UsageKey, dict[str, int]]:
+        ordered = list(keys)
+        if not ordered:
+            return {}
+        results = await self._hgetall(ordered)
         return {
-            (field.decode() if isinstance(field, bytes) else field): int(value)
-            for field, value in raw.items()
+            key: tallies
+            for key, tallies in zip(ordered, results, strict=True)
+            if HYDRATED in tallies
         }
 
     async def ping(self) -> None:

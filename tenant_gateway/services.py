@@ -1,30 +1,148 @@
-"""The stores and settings the middleware and the admin sub-app share."""
+"""The gateway's stores and background work, shared by the middleware and the admin sub-app.
+
+``Services.create`` picks each store from its URL (none → the embedded in-memory one);
+``start``/``stop`` open and close them; a background loop flushes what is batched in memory
+(route tallies, refunds, key last-use times, ledger snapshots) every ``flush_interval`` seconds.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
 
 from tenant_gateway.admin.auth import OperatorAuth
 from tenant_gateway.clock import Clock
-from tenant_gateway.directory import TenantDirectory
+from tenant_gateway.directory import MemoryDirectory, TenantDirectory
+from tenant_gateway.events import EventDispatcher, QuotaHook
+from tenant_gateway.exceptions import StoreUnavailable
+from tenant_gateway.ledger import MemoryLedger, UsageLedger
 from tenant_gateway.plans import PlanCatalog
-from tenant_gateway.propagation import Invalidator
-from tenant_gateway.quota import CounterStore
+from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.directory import PostgresDirectory
+from tenant_gateway.postgres.ledger import PostgresLedger
+from tenant_gateway.propagation import Invalidator, RedisInvalidator
+from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
 from tenant_gateway.resolver import KeyResolver
 from tenant_gateway.usage import UsageRecorder
 
 __all__ = ["Services"]
 
+logger = logging.getLogger("tenant_gateway")
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Services:
     plans: PlanCatalog
+    database: Database | None
     directory: TenantDirectory
+    ledger: UsageLedger
     counters: CounterStore
     recorder: UsageRecorder
     resolver: KeyResolver
     invalidator: Invalidator
+    events: EventDispatcher
     clock: Clock
     operators: OperatorAuth | None
     allow_signup: bool
     max_body_bytes: int
+    flush_interval: float
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        plans: PlanCatalog,
+        database_url: str | None,
+        redis_url: str | None,
+        redis_key_prefix: str,
+        clock: Clock,
+        operators: OperatorAuth | None,
+        allow_signup: bool,
+        max_body_bytes: int,
+        flush_interval: float,
+        key_cache_ttl: float,
+        key_cache_size: int,
+        on_quota_threshold: QuotaHook | None,
+    ) -> Services:
+        database = Database(database_url) if database_url else None
+        directory: TenantDirectory
+        ledger: UsageLedger
+        if database is not None:
+            directory, ledger = PostgresDirectory(database), PostgresLedger(database)
+        else:
+            directory, ledger = MemoryDirectory(), MemoryLedger()
+        counters: CounterStore = (
+            RedisCounters(redis_url, key_prefix=redis_key_prefix, hydrate_from=ledger.read)
+            if redis_url
+            else MemoryCounters(hydrate_from=ledger.read)
+        )
+        resolver = KeyResolver(directory, clock, ttl=key_cache_ttl, max_entries=key_cache_size)
+        invalidator = (
+            RedisInvalidator(resolver, redis_url, channel=f"{redis_key_prefix}invalidate")
+            if redis_url
+            else Invalidator(resolver)
+        )
+        return cls(
+            plans=plans,
+            database=database,
+            directory=directory,
+            ledger=ledger,
+            counters=counters,
+            recorder=UsageRecorder(counters),
+            resolver=resolver,
+            invalidator=invalidator,
+            events=EventDispatcher(ledger, directory, clock, hook=on_quota_threshold),
+            clock=clock,
+            operators=operators,
+            allow_signup=allow_signup,
+            max_body_bytes=max_body_bytes,
+            flush_interval=flush_interval,
+        )
+
+    async def start(self) -> None:
+        """Open pools (applying migrations), check the counters, start the background work."""
+        await self.directory.start()
+        await self.counters.ping()
+        self._tasks = [
+            asyncio.create_task(self._flush_forever()),
+            asyncio.create_task(self.invalidator.run()),
+            asyncio.create_task(self.events.run()),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the background work, flush everything batched, close the connections."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        try:
+            await self.flush()
+        except StoreUnavailable as exc:
+            logger.error("usage could not be flushed at shutdown: %s", exc)
+        await self.invalidator.close()
+        await self.counters.close()
+        await self.directory.close()
+
+    async def flush(self) -> None:
+        """Route tallies and refunds → counters; counter snapshots → ledger; key last use."""
+        await self.recorder.flush()
+        dirty = self.counters.drain_dirty()
+        try:
+            await self.ledger.write(await self.counters.snapshots(dirty))
+        except StoreUnavailable:
+            self.counters.mark_dirty(dirty)
+            raise
+        await self.directory.touch_keys(self.resolver.drain_last_used())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except StoreUnavailable as exc:
+                logger.warning("flush postponed: %s", exc)

@@ -10,28 +10,37 @@ admin API is exact within about one interval of the calls.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Mapping
+from typing import Any
 
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.quota import CounterStore, UsageKey
 
-__all__ = ["UsageRecorder", "usage_report"]
+__all__ = ["UsageRecorder", "usage_csv", "usage_report"]
 
 logger = logging.getLogger("tenant_gateway.usage")
 
 
 class UsageRecorder:
-    def __init__(self, counters: CounterStore, *, interval: float = 1.0) -> None:
+    def __init__(self, counters: CounterStore) -> None:
         self._counters = counters
-        self._interval = interval
         self._pending: defaultdict[UsageKey, Counter[str]] = defaultdict(Counter)
         self._lock = asyncio.Lock()
 
     def record(self, key: UsageKey, route: str, status: int) -> None:
         """Tally one answered call; synchronous and allocation-light, safe on the hot path."""
         self._pending[key][f"route|{status // 100}xx|{route}"] += 1
+
+    def refund(self, key: UsageKey, day: str) -> None:
+        """Un-bill one admitted call (a 5xx on a plan that does not count them)."""
+        pending = self._pending[key]
+        pending["refunded"] += 1
+        pending["refday:" + day] += 1
 
     async def flush(self) -> None:
         """Move the pending tallies to the counter store; on failure they stay pending."""
@@ -56,17 +65,22 @@ def usage_report(
     users: int,
     max_users: int | None,
 ) -> dict[str, object]:
-    calls = tallies.get("calls", 0)
+    calls = tallies.get("calls", 0) - tallies.get("refunded", 0)
     days: defaultdict[str, dict[str, int]] = defaultdict(
         lambda: {"api_calls": 0, "rejected_calls": 0}
     )
     routes: dict[str, dict[str, int]] = {}
+    reasons: dict[str, int] = {}
     for field, value in tallies.items():
         kind, _, rest = field.partition(":")
         if kind == "day":
             days[rest]["api_calls"] += value
+        elif kind == "refday":
+            days[rest]["api_calls"] -= value
         elif kind == "rday":
             days[rest]["rejected_calls"] += value
+        elif kind == "rejected" and rest:
+            reasons[rest] = value
         elif field.startswith("route|"):
             _, status_class, route = field.split("|", 2)
             routes.setdefault(route, {})[status_class] = value
@@ -75,6 +89,8 @@ def usage_report(
         "period": str(period),
         "api_calls": calls,
         "rejected_calls": tallies.get("rejected", 0),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "refunded_calls": tallies.get("refunded", 0),
         "limit": limit,
         "remaining": None if limit is None else max(0, limit - calls),
         "resets_at": format_timestamp(period.end),
@@ -90,3 +106,18 @@ def usage_report(
             for route, statuses in sorted(routes.items())
         ],
     }
+
+
+def usage_csv(report: Mapping[str, Any]) -> str:
+    """The usage report as CSV: one row per total, day, route and status class."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["period", "dimension", "key", "status_class", "api_calls", "rejected_calls"])
+    period = report["period"]
+    writer.writerow([period, "total", period, "", report["api_calls"], report["rejected_calls"]])
+    for day in report["by_day"]:
+        writer.writerow([period, "day", day["date"], "", day["api_calls"], day["rejected_calls"]])
+    for route in report["by_route"]:
+        for status_class, calls in route["by_status"].items():
+            writer.writerow([period, "route", route["route"], status_class, calls, ""])
+    return out.getvalue()

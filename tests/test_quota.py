@@ -12,14 +12,30 @@ from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
 from .conftest import BACKENDS
 
 
+LEDGER: dict[tuple[str, str], dict[str, int]] = {}
+RESTORES: list[tuple[str, str]] = []
+
+
+async def restore(key: tuple[str, str]) -> dict[str, int]:
+    """The hydration source: what a ledger would answer for ``key``."""
+    RESTORES.append(key)
+    return LEDGER.get(key, {})
+
+
+def make_counters(kind: str, request: pytest.FixtureRequest) -> CounterStore:
+    if kind == "memory":
+        return MemoryCounters(hydrate_from=restore)
+    url = request.getfixturevalue("redis_url")
+    return RedisCounters(
+        url, key_prefix=request.getfixturevalue("redis_prefix"), hydrate_from=restore
+    )
+
+
 @pytest.fixture(params=BACKENDS)
 async def counters(request: pytest.FixtureRequest) -> AsyncIterator[CounterStore]:
-    store: CounterStore
-    if request.param == "memory":
-        store = MemoryCounters()
-    else:
-        url = request.getfixturevalue("redis_url")
-        store = RedisCounters(url, key_prefix=request.getfixturevalue("redis_prefix"))
+    LEDGER.clear()
+    RESTORES.clear()
+    store = make_counters(request.param, request)
     yield store
     await store.close()
 
@@ -74,5 +90,44 @@ async def test_reject_and_add_tallies(counters: CounterStore) -> None:
     tallies = await counters.read(KEY)
     assert tallies["rejected"] == 1 and tallies["rejected:burst"] == 1 and tallies["rday:02"] == 1
     assert tallies["route|2xx|GET /x"] == 2
-    assert (await counters.read(("t2", "2026-11"))) == {"route|5xx|GET /y": 1}
-    assert await counters.read(("nobody", "2026-11")) == {}
+    assert (await counters.read(("t2", "2026-11"))) == {"route|5xx|GET /y": 1, "hydrated": 1}
+    assert await counters.read(("nobody", "2026-11")) == {"hydrated": 1}
+
+
+async def test_a_missing_hash_is_restored_once_before_deciding(counters: CounterStore) -> None:
+    LEDGER[KEY] = {"calls": 95, "refunded": 2, "day:01": 95, "rejected": 4, "route|2xx|GET /a": 90}
+    results = await asyncio.gather(*(counters.admit(KEY, "02", 100, False) for _ in range(20)))
+    # 95 - 2 = 93 billable already: 7 more fit
+    assert sum(r.admitted for r in results) == 7
+    tallies = await counters.read(KEY)
+    assert tallies["calls"] == 102 and tallies["rejected"] == 4 + 13
+    assert tallies["route|2xx|GET /a"] == 90 and tallies["day:02"] == 7
+    assert RESTORES.count(KEY) >= 1
+    snapshot = await counters.snapshots([KEY, ("never", "2026-11")])
+    assert list(snapshot) == [KEY]
+
+
+async def test_breakdowns_that_arrive_first_are_kept_by_the_restore(counters: CounterStore) -> None:
+    LEDGER[KEY] = {"route|2xx|GET /a": 10, "calls": 10}
+    await counters.add({KEY: {"route|2xx|GET /a": 1}})  # lands before any decision
+    assert await counters.snapshots([KEY]) == {}  # not whole yet: never written to the ledger
+    decision = await counters.admit(KEY, "01", None, False)
+    assert decision.used == 11
+    assert (await counters.read(KEY))["route|2xx|GET /a"] == 11
+
+
+async def test_refunds_free_quota(counters: CounterStore) -> None:
+    for _ in range(3):
+        await counters.admit(KEY, "01", 3, False)
+    assert not (await counters.admit(KEY, "01", 3, False)).admitted
+    await counters.add({KEY: {"refunded": 1, "refday:01": 1}})
+    assert (await counters.admit(KEY, "01", 3, False)).admitted
+
+
+async def test_dirty_keys_are_tracked(counters: CounterStore) -> None:
+    await counters.admit(KEY, "01", None, False)
+    await counters.reject(("t2", "2026-11"), "01", "burst")
+    assert counters.drain_dirty() == {KEY, ("t2", "2026-11")}
+    assert counters.drain_dirty() == set()
+    counters.mark_dirty([KEY])
+    assert counters.drain_dirty() == {KEY}

@@ -6,6 +6,7 @@ and every change is written to the tenant's audit log.
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
 
 from starlette.applications import Starlette
@@ -31,12 +32,14 @@ from tenant_gateway.admin.schemas import (
     RotateKeyRequest,
     UpdateTenantRequest,
     UpdateUserRequest,
+    WebhookRequest,
     parse_body,
 )
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.directory import TenantChanges
 from tenant_gateway.exceptions import Problem, StoreUnavailable
 from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix, new_id
+from tenant_gateway.ledger import merge_tallies
 from tenant_gateway.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -48,7 +51,7 @@ from tenant_gateway.models import (
 )
 from tenant_gateway.plans import Plan
 from tenant_gateway.services import Services
-from tenant_gateway.usage import usage_report
+from tenant_gateway.usage import usage_csv, usage_report
 
 __all__ = ["build_admin_app"]
 
@@ -337,10 +340,14 @@ class AdminAPI:
             raise _field_error("period", "must be YYYY-MM") from None
         if period > current:
             raise _field_error("period", "must not be in the future")
+        key = (tenant.id, str(period))
         if period == current:
-            await self.s.recorder.flush()  # this process's pending route tallies: reads are exact
+            await self.s.recorder.flush()  # this process's pending tallies: reads are exact
+            tallies = await self.s.counters.read(key)
+        else:  # the ledger, plus anything not yet flushed there
+            live = await self.s.counters.snapshots([key])
+            tallies = merge_tallies(await self.s.ledger.read(key), live.get(key, {}))
         plan = self._plan(tenant.plan)
-        tallies = await self.s.counters.read((tenant.id, str(period)))
         report = usage_report(
             tenant_id=tenant.id,
             period=period,
@@ -349,7 +356,38 @@ class AdminAPI:
             users=await self.s.directory.count_users(tenant.id),
             max_users=effective_seat_limit(plan, tenant),
         )
+        wants_csv = request.query_params.get("format") == "csv" or (
+            "text/csv" in request.headers.get("accept", "")
+        )
+        if wants_csv:
+            return Response(
+                usage_csv(report),
+                media_type="text/csv; charset=utf-8",
+                headers={
+                    "Content-Disposition": f'attachment; filename="usage-{tenant.id}-{period}.csv"'
+                },
+            )
         return JSONResponse(report)
+
+    async def get_webhook(self, request: Request) -> Response:
+        _, tenant = await self._tenant(request, Action.READ_TENANT)
+        target = await self.s.directory.webhook_target(tenant.id)
+        return JSONResponse({"url": target[0] if target else None})
+
+    async def set_webhook(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
+        body = await parse_body(request, WebhookRequest, self.s.max_body_bytes)
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        if not await self.s.directory.set_webhook(tenant.id, body.url, secret):
+            raise problems.not_found()
+        await self._audit(request, caller, tenant.id, "webhook.set", body.url)
+        return JSONResponse({"url": body.url, "secret": secret})
+
+    async def delete_webhook(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
+        await self.s.directory.set_webhook(tenant.id, None, None)
+        await self._audit(request, caller, tenant.id, "webhook.delete")
+        return Response(status_code=204)
 
     async def audit(self, request: Request) -> Response:
         _, tenant = await self._tenant(request, Action.READ_AUDIT)
@@ -414,6 +452,9 @@ def build_admin_app(services: Services, prefix: str) -> Starlette:
         Route(key + "/rotate", api.rotate_key, methods=["POST"]),
         Route(tenant + "/usage", api.usage, methods=["GET"]),
         Route(tenant + "/audit", api.audit, methods=["GET"]),
+        Route(tenant + "/webhook", api.get_webhook, methods=["GET"]),
+        Route(tenant + "/webhook", api.set_webhook, methods=["PUT"]),
+        Route(tenant + "/webhook", api.delete_webhook, methods=["DELETE"]),
     ]
     return Starlette(
         routes=[Mount(prefix, routes=routes)],

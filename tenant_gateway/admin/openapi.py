@@ -15,6 +15,7 @@ from tenant_gateway.admin.schemas import (
     RotateKeyRequest,
     UpdateTenantRequest,
     UpdateUserRequest,
+    WebhookRequest,
 )
 
 __all__ = ["openapi_document"]
@@ -27,6 +28,7 @@ _MODELS: tuple[type[BaseModel], ...] = (
     CreateKeyRequest,
     RotateKeyRequest,
     ChangePlanRequest,
+    WebhookRequest,
 )
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _AUTH_ERRORS = (401, 403, 404, 503)
@@ -130,11 +132,22 @@ def _paths() -> dict[str, Any]:
         "/{tenant_id}/usage": _on(
             t,
             get=_operation(
-                "Usage for a calendar month",
+                "Usage for a calendar month (JSON, or CSV with format=csv / Accept: text/csv)",
                 200,
                 422,
-                query=[_query("period", {"type": "string", "pattern": r"^\d{4}-\d{2}$"})],
+                query=[
+                    _query("period", {"type": "string", "pattern": r"^\d{4}-\d{2}$"}),
+                    _query("format", {"type": "string", "enum": ["json", "csv"]}),
+                ],
             ),
+        ),
+        "/{tenant_id}/webhook": _on(
+            t,
+            get=_operation("The quota-event webhook URL", 200),
+            put=_operation(
+                "Set the webhook; answers its signing secret, once", 200, body=WebhookRequest
+            ),
+            delete=_operation("Remove the webhook", 204),
         ),
         "/{tenant_id}/audit": _on(
             t,

@@ -6,9 +6,11 @@ characters, lone surrogates, absurd numbers — so bad input is a 4xx, never a 5
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -180,3 +182,23 @@ class UpdateTenantRequest(StrictBody):
 
 class UpdateUserRequest(StrictBody):
     role: LenientRole
+
+
+def _webhook_url(value: str) -> str:
+    value = clean_text(value)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    try:
+        address = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return value  # a host name
+    if address.is_unspecified or address.is_link_local or address.is_multicast:
+        raise ValueError("must point at a routable address")
+    return value
+
+
+class WebhookRequest(StrictBody):
+    url: Annotated[str, Field(min_length=8, max_length=2000), AfterValidator(_webhook_url)]

@@ -400,6 +400,28 @@ class PostgresDirectory:
                 [(tenant_id, key_id, moment) for (tenant_id, key_id), moment in used.items()],
             )
 
+    # -- webhooks ------------------------------------------------------------------------------
+
+    async def set_webhook(self, tenant_id: str, url: str | None, secret: str | None) -> bool:
+        async with self._db.gateway_transaction() as conn:
+            found = await conn.fetchval(
+                "UPDATE tg_tenants SET webhook_url = $2, webhook_secret = $3, updated_at = now()"
+                " WHERE id = $1 AND status <> 'deleted' RETURNING id",
+                tenant_id,
+                url,
+                secret,
+            )
+        return found is not None
+
+    async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
+        async with self._db.gateway_transaction() as conn:
+            row = await conn.fetchrow(
+                "SELECT webhook_url, webhook_secret FROM tg_tenants"
+                " WHERE id = $1 AND status <> 'deleted' AND webhook_url IS NOT NULL",
+                tenant_id,
+            )
+        return None if row is None else (row["webhook_url"], row["webhook_secret"])
+
     # -- audit ---------------------------------------------------------------------------------
 
     async def record_audit(self, entry: AuditEntry) -> None:

@@ -1,0 +1,170 @@
+"""Quota threshold events: 80 % and 100 % of the monthly quota, once per tenant and period.
+
+The quota decision returns the call's position in the period (``used``), and each position is
+handed to exactly one request, so the request that reaches the 80 % or 100 % mark knows it —
+on any worker — with no extra round trip. The ledger's outbox claim makes the event happen
+once even if a Redis loss replays the crossing. Delivery (the Python hook, then a signed
+webhook POST with retries and backoff) runs in the background, never on the request path.
+
+Webhook requests carry ``Tenant-Gateway-Signature: t=<unix time>,v1=<hex>``, where ``v1`` is
+HMAC-SHA256 of ``"<t>.<body>"`` with the tenant's webhook secret (as Stripe signs its events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import inspect
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import httpx
+
+from tenant_gateway.clock import Clock, format_timestamp
+from tenant_gateway.directory import TenantDirectory
+from tenant_gateway.exceptions import StoreUnavailable
+from tenant_gateway.ledger import UsageLedger
+
+__all__ = ["THRESHOLDS", "EventDispatcher", "QuotaEvent", "QuotaHook", "sign_webhook"]
+
+logger = logging.getLogger("tenant_gateway.events")
+
+THRESHOLDS = (80, 100)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaEvent:
+    tenant_id: str
+    period: str
+    threshold: int
+    """Percent of the monthly quota reached: 80 or 100."""
+    used: int
+    limit: int
+    at: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.tenant_id}:{self.period}:{self.threshold}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "type": "quota.threshold", **asdict(self)}
+
+
+QuotaHook = Callable[[QuotaEvent], Awaitable[None] | None]
+
+
+def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={digest.hexdigest()}"
+
+
+def crossed_thresholds(used: int, limit: int) -> list[int]:
+    """The thresholds whose mark is exactly ``used`` (the call that reaches it)."""
+    if limit <= 0:
+        return []
+    return [t for t in THRESHOLDS if used == math.ceil(limit * t / 100)]
+
+
+class EventDispatcher:
+    def __init__(
+        self,
+        ledger: UsageLedger,
+        directory: TenantDirectory,
+        clock: Clock,
+        *,
+        hook: QuotaHook | None = None,
+        attempts: int = 5,
+        first_backoff: float = 0.5,
+        timeout: float = 5.0,
+    ) -> None:
+        self._ledger = ledger
+        self._directory = directory
+        self._clock = clock
+        self._hook = hook
+        self._attempts = attempts
+        self._first_backoff = first_backoff
+        self._timeout = timeout
+        self._queue: asyncio.Queue[QuotaEvent] = asyncio.Queue(maxsize=10_000)
+        self._deliveries: set[asyncio.Task[None]] = set()
+
+    def observe(self, tenant_id: str, period: str, used: int, limit: int | None) -> None:
+        """Called after each admitted call; queues an event when a mark is reached. No I/O."""
+        if limit is None:
+            return
+        for threshold in crossed_thresholds(used, limit):
+            event = QuotaEvent(
+                tenant_id,
+                period,
+                threshold,
+                used,
+                limit,
+                format_timestamp(datetime.fromtimestamp(self._clock(), UTC)),
+            )
+            try:
+                self._queue.put_nowait(event)
+            except asyncio.QueueFull:
+                logger.error("event queue full, dropping %s", event.id)
+
+    async def run(self) -> None:
+        """Claim and deliver queued events until cancelled."""
+        async with httpx.AsyncClient(timeout=self._timeout) as client:
+            while True:
+                event = await self._queue.get()
+                try:
+                    claimed = await self._ledger.claim_event(
+                        (event.tenant_id, event.period),
+                        event.threshold,
+                        datetime.fromtimestamp(self._clock(), UTC),
+                    )
+                except StoreUnavailable as exc:
+                    logger.warning("cannot claim %s yet: %s", event.id, exc)
+                    await asyncio.sleep(1.0)
+                    self._queue.put_nowait(event)
+                    continue
+                if claimed:
+                    task = asyncio.create_task(self._deliver(client, event))
+                    self._deliveries.add(task)
+                    task.add_done_callback(self._deliveries.discard)
+
+    async def drain(self) -> None:
+        """Wait for queued events and deliveries in flight (tests, shutdown)."""
+        while not self._queue.empty() or self._deliveries:
+            await asyncio.sleep(0.01)
+
+    async def _deliver(self, client: httpx.AsyncClient, event: QuotaEvent) -> None:
+        if self._hook is not None:
+            try:
+                result = self._hook(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("quota hook failed for %s", event.id)
+        target = await self._directory.webhook_target(event.tenant_id)
+        if target is None:
+            return
+        url, secret = target
+        body = json.dumps(event.to_json(), separators=(",", ":")).encode()
+        delay = self._first_backoff
+        for attempt in range(1, self._attempts + 1):
+            timestamp = int(self._clock())
+            headers = {
+                "Content-Type": "application/json",
+                "Tenant-Gateway-Event-Id": event.id,
+                "Tenant-Gateway-Signature": sign_webhook(secret, timestamp, body),
+            }
+            try:
+                response = await client.post(url, content=body, headers=headers)
+                if response.status_code < 300:
+                    return
+                error = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                error = type(exc).__name__
+            logger.warning("webhook %s attempt %d failed: %s", event.id, attempt, error)
+            if attempt < self._attempts:
+                await asyncio.sleep(delay)
+                delay *= 2
