@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--plans", metavar="FILE", default=None)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--redis-key-prefix", default="tg:")
+    serve.add_argument(
+        "--flush-interval",
+        type=float,
+        default=1.0,
+        help="seconds between usage flushes to the ledger (the loss window on a crash)",
+    )
 
     migrate = commands.add_parser("migrate", help="apply the database schema (idempotent)")
     migrate.add_argument(
@@ -71,6 +77,7 @@ def build_app() -> TenantGateway:
         plans=os.environ.get("TG_PLANS") or None,
         admin_jwt_secret=os.environ.get("TG_ADMIN_JWT_SECRET") or None,
         redis_key_prefix=os.environ.get("TG_REDIS_KEY_PREFIX", "tg:"),
+        usage_flush_interval=float(os.environ.get("TG_FLUSH_INTERVAL", "1.0")),
     )
 
 
@@ -88,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("TG_REDIS_URL", args.redis_url),
         ("TG_PLANS", args.plans),
         ("TG_REDIS_KEY_PREFIX", args.redis_key_prefix),
+        ("TG_FLUSH_INTERVAL", str(args.flush_interval)),
     ):
         if value:
             os.environ[name] = value

@@ -132,9 +132,10 @@ async def create_projects_table(database_url: str) -> None:
     """The demo's own migration: create ``projects`` and put it under tenant isolation."""
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("SELECT pg_advisory_lock(7464)")
-        await conn.execute(PROJECTS_SCHEMA)
-        await isolate_table(conn, "projects")
+        async with conn.transaction():  # workers starting together take turns
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tenant_gateway.demo'))")
+            await conn.execute(PROJECTS_SCHEMA)
+            await isolate_table(conn, "projects")
     finally:
         await conn.close()
 

@@ -11,7 +11,6 @@ from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
 
 from .conftest import BACKENDS
 
-
 LEDGER: dict[tuple[str, str], dict[str, int]] = {}
 RESTORES: list[tuple[str, str]] = []
 

@@ -45,13 +45,15 @@ if TYPE_CHECKING:
 
     PooledConnection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PooledConnection
-_CONNECTION_ERRORS = (
-    OSError,
-    TimeoutError,
+# Raised by asyncpg itself when the server is gone; caught around the caller's block too.
+_DRIVER_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
 )
+# Also possible while connecting or acquiring — but inside the caller's block an OSError or a
+# TimeoutError may be the caller's own (an HTTP call, say), so there they pass through.
+_CONNECT_ERRORS = (OSError, TimeoutError, *_DRIVER_ERRORS)
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -87,9 +89,8 @@ class Database:
                 min_size=self._min_size,
                 max_size=self._max_size,
                 timeout=self._timeout,
-                command_timeout=self._timeout,
             )
-        except (*_CONNECTION_ERRORS, asyncpg.InvalidCatalogNameError) as exc:
+        except (*_CONNECT_ERRORS, asyncpg.InvalidCatalogNameError) as exc:
             raise self.unavailable(exc) from exc
         self._pool = pool
         async with self.connection() as conn:
@@ -106,10 +107,15 @@ class Database:
         if self._pool is None:
             raise StoreUnavailable("PostgreSQL", redact_url(self.url), "the pool is not open")
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                yield conn
-        except _CONNECTION_ERRORS as exc:
+            conn = await self._pool.acquire(timeout=self._timeout)
+        except _CONNECT_ERRORS as exc:
             raise self.unavailable(exc) from exc
+        try:
+            yield conn
+        except _DRIVER_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+        finally:
+            await self._pool.release(conn)
 
     @asynccontextmanager
     async def gateway_transaction(self) -> AsyncIterator[PooledConnection]:
@@ -121,7 +127,8 @@ class Database:
 
     @asynccontextmanager
     async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[PooledConnection]:
-        """A transaction under the runtime role with the tenant context set; RLS filters all."""
+        """A transaction as the runtime role with the tenant context set, so the isolation
+        policies filter every statement (see the README for what that does not cover)."""
         if not tenant_id:
             raise NoTenantContext("a tenant transaction needs a tenant id")
         async with self.connection() as conn, conn.transaction():
