@@ -116,25 +116,37 @@ class EventDispatcher:
             while True:
                 event = await self._queue.get()
                 try:
-                    claimed = await self._ledger.claim_event(
-                        (event.tenant_id, event.period),
-                        event.threshold,
-                        datetime.fromtimestamp(self._clock(), UTC),
-                    )
-                except StoreUnavailable as exc:
-                    logger.warning("cannot claim %s yet: %s", event.id, exc)
-                    await asyncio.sleep(1.0)
-                    self._queue.put_nowait(event)
-                    continue
-                if claimed:
-                    task = asyncio.create_task(self._deliver(client, event))
-                    self._deliveries.add(task)
-                    task.add_done_callback(self._deliveries.discard)
+                    await self._claim_and_deliver(client, event)
+                finally:
+                    self._queue.task_done()
+
+    async def _claim_and_deliver(self, client: httpx.AsyncClient, event: QuotaEvent) -> None:
+        try:
+            claimed = await self._ledger.claim_event(
+                (event.tenant_id, event.period),
+                event.threshold,
+                datetime.fromtimestamp(self._clock(), UTC),
+            )
+        except StoreUnavailable as exc:
+            logger.warning("cannot claim %s yet: %s", event.id, exc)
+            await asyncio.sleep(1.0)
+            self._queue.put_nowait(event)
+            return
+        if claimed:
+            task = asyncio.create_task(self._deliver(client, event))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def close(self) -> None:
+        """Abandon deliveries still in flight (their outbox rows stay undelivered)."""
+        for task in list(self._deliveries):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
 
     async def drain(self) -> None:
-        """Wait for queued events and deliveries in flight (tests, shutdown)."""
-        while not self._queue.empty() or self._deliveries:
-            await asyncio.sleep(0.01)
+        """Wait until every queued event is claimed and its delivery finished."""
+        await self._queue.join()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
 
     async def _deliver(self, client: httpx.AsyncClient, event: QuotaEvent) -> None:
         if self._hook is not None:

@@ -120,6 +120,7 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.events.close()
         try:
             await self.flush()
         except StoreUnavailable as exc:

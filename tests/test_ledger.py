@@ -1,0 +1,291 @@
+"""The usage ledger, rehydration, refunds, breakdowns, CSV and quota events (issue 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import hmac
+import io
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tenant_gateway import TenantGateway
+from tenant_gateway.events import QuotaEvent
+from tenant_gateway.quota import MemoryCounters
+
+from .apps import echo_app
+from .conftest import JWT_SECRET, FakeClock, Stores, auth, register
+from .receiver import WebhookReceiver
+from .test_middleware import assert_problem
+
+T = "/api/v1/tenants"
+QUOTA_PLANS = {
+    "plans": {
+        "hundred": {
+            "max_users": 5,
+            "monthly_calls": 100,
+            "burst_per_second": None,
+            "price_cents": 0,
+        },
+        "lenient": {
+            "max_users": 5,
+            "monthly_calls": 10,
+            "burst_per_second": None,
+            "price_cents": 0,
+            "count_server_errors": False,
+        },
+        "open": {
+            "max_users": None,
+            "monthly_calls": None,
+            "burst_per_second": None,
+            "price_cents": 0,
+        },
+    }
+}
+
+
+def gateway(stores: Stores, **kwargs: Any) -> TenantGateway:
+    return TenantGateway(
+        echo_app(), admin_jwt_secret=JWT_SECRET, plans=QUOTA_PLANS, **stores.kwargs(), **kwargs
+    )
+
+
+async def calls(client: Any, tenant: dict[str, Any], n: int, path: str = "/whoami") -> list[int]:
+    responses = await asyncio.gather(*(client.get(path, headers=auth(tenant)) for _ in range(n)))
+    return [r.status_code for r in responses]
+
+
+async def usage(client: Any, tenant: dict[str, Any], **params: str) -> dict[str, Any]:
+    response = await client.get(f"{T}/{tenant['id']}/usage", params=params, headers=auth(tenant))
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()
+    return report
+
+
+async def test_flushes_are_idempotent(stores: Stores, client_for: Any) -> None:
+    gw = gateway(stores)
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    await calls(client, tenant, 7)
+    key = (tenant["id"], datetime.now(UTC).strftime("%Y-%m"))
+    await gw.flush()
+    first = await gw.services.ledger.read(key)
+    assert first["calls"] == 7 and "hydrated" not in first
+    await gw.flush()
+    stale = {field: value - 1 for field, value in first.items()}
+    await gw.services.ledger.write({key: stale})  # an older snapshot, replayed late
+    await gw.services.ledger.write({key: first})  # a duplicated one
+    assert await gw.services.ledger.read(key) == first
+
+
+async def test_lost_counters_are_restored_from_the_ledger(stores: Stores, client_for: Any) -> None:
+    """Redis loses its data (FLUSHDB) mid-month; the quota must not start again from zero.
+    The bound: admissions beyond the quota equal the calls made since the last flush."""
+    if stores.redis_url is not None:  # a Redis database of its own, to FLUSHDB
+        stores.redis_url = stores.redis_url.rsplit("/", 1)[0] + "/14"
+    gw = gateway(stores)
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    assert (await calls(client, tenant, 60)).count(200) == 60
+    await gw.flush()
+    unflushed = (await calls(client, tenant, 10)).count(200)
+    if stores.name == "real":
+        assert stores.redis_url is not None
+        raw = aioredis.Redis.from_url(stores.redis_url)
+        await raw.flushdb()
+        await raw.aclose()
+    else:
+        counters = gw.services.counters
+        assert isinstance(counters, MemoryCounters)
+        counters.forget()
+    after = await calls(client, tenant, 100)
+    admitted_total = 60 + unflushed + after.count(200)
+    assert after.count(200) == 40  # restored to 60, not to 0
+    assert admitted_total - 100 == unflushed == 10  # the measured bound: one interval's traffic
+    report = await usage(client, tenant)
+    assert report["api_calls"] == 100 and report["remaining"] == 0
+
+
+async def test_refunds_for_server_errors(stores: Stores, client_for: Any) -> None:
+    gw = gateway(stores)
+    client = await client_for(gw)
+    tenant = await register(client, plan="lenient")  # 10 calls, 5xx not counted
+    assert await calls(client, tenant, 4, "/fail") == [503] * 4
+    assert await calls(client, tenant, 3) == [200] * 3
+    report = await usage(client, tenant)
+    assert report["api_calls"] == 3 and report["refunded_calls"] == 4
+    assert report["by_day"][0]["api_calls"] == 3
+    assert (await calls(client, tenant, 8)).count(200) == 7  # the refunded calls freed quota
+
+
+async def test_route_template_cardinality(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client, plan="open")
+    for start in range(0, 10_000, 500):
+        statuses = await calls_to(
+            client, tenant, [f"/items/{i}" for i in range(start, start + 500)]
+        )
+        assert statuses == {200}
+    report = await usage(client, tenant)
+    assert [r["route"] for r in report["by_route"]] == ["GET /items/{item_id}"]
+    assert report["by_route"][0]["calls"] == 10_000 == report["api_calls"]
+
+
+async def calls_to(client: Any, tenant: dict[str, Any], paths: list[str]) -> set[int]:
+    responses = await asyncio.gather(*(client.get(p, headers=auth(tenant)) for p in paths))
+    return {r.status_code for r in responses}
+
+
+async def test_csv_export(stores: Stores, client_for: Any) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client, plan="hundred")
+    await calls(client, tenant, 3)
+    await calls(client, tenant, 1, "/items/9")
+    for kwargs in ({"params": {"format": "csv"}}, {"headers": {"Accept": "text/csv"}}):
+        headers = {**auth(tenant), **kwargs.get("headers", {})}
+        response = await client.get(
+            f"{T}/{tenant['id']}/usage", params=kwargs.get("params"), headers=headers
+        )
+        assert response.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        assert rows[0]["dimension"] == "total" and rows[0]["api_calls"] == "4"
+        routes = {
+            (r["key"], r["status_class"]): r["api_calls"] for r in rows if r["dimension"] == "route"
+        }
+        assert routes == {("GET /whoami", "2xx"): "3", ("GET /items/{item_id}", "2xx"): "1"}
+
+
+async def test_past_periods_come_from_the_ledger(stores: Stores, client_for: Any) -> None:
+    clock = FakeClock(datetime(2026, 10, 31, 23, 59, 0, tzinfo=UTC))
+    gw = gateway(stores, clock=clock)
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    await calls(client, tenant, 5)
+    await gw.flush()
+    clock.set(datetime(2026, 11, 2, tzinfo=UTC))
+    if stores.name == "real":  # the live counters are gone: only the ledger can answer
+        assert stores.redis_url is not None
+        raw = aioredis.Redis.from_url(stores.redis_url)
+        await raw.delete(f"{stores.redis_key_prefix}usage:{tenant['id']}:2026-10")
+        await raw.aclose()
+    october = await usage(client, tenant, period="2026-10")
+    assert october["api_calls"] == 5 and october["by_day"][0]["date"] == "2026-10-31"
+    assert (await usage(client, tenant))["api_calls"] == 0
+
+
+# -- threshold events ------------------------------------------------------------------------
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    fields = dict(part.split("=", 1) for part in headers["tenant-gateway-signature"].split(","))
+    expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256)
+    return hmac.compare_digest(expected.hexdigest(), fields["v1"])
+
+
+async def test_threshold_events_fire_once_each(stores: Stores, client_for: Any) -> None:
+    hooked: list[QuotaEvent] = []
+    gw = gateway(stores, on_quota_threshold=hooked.append)
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    async with WebhookReceiver() as receiver:
+        set_hook = await client.put(
+            f"{T}/{tenant['id']}/webhook", json={"url": receiver.url}, headers=auth(tenant)
+        )
+        assert set_hook.status_code == 200
+        secret = set_hook.json()["secret"]
+        statuses = await calls(client, tenant, 200)
+        assert statuses.count(200) == 100
+        await gw.services.events.drain()
+        deliveries = [(h, json.loads(b)) for h, b in receiver.deliveries]
+    assert sorted(body["threshold"] for _, body in deliveries) == [80, 100]
+    assert all(
+        verify(secret, headers, json.dumps(body, separators=(",", ":")).encode())
+        for headers, body in deliveries
+    )
+    assert {body["used"] for _, body in deliveries} == {80, 100}
+    assert sorted(e.threshold for e in hooked) == [80, 100]
+
+
+async def test_two_processes_still_fire_once(
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    kwargs: dict[str, Any] = {
+        "database_url": postgres_url,
+        "redis_url": redis_url,
+        "redis_key_prefix": redis_prefix,
+        "plans": QUOTA_PLANS,
+    }
+    first, second = TenantGateway(echo_app(), **kwargs), TenantGateway(echo_app(), **kwargs)
+    a, b = await client_for(first), await client_for(second)
+    tenant = await register(a, plan="hundred")
+    async with WebhookReceiver() as receiver:
+        await a.put(f"{T}/{tenant['id']}/webhook", json={"url": receiver.url}, headers=auth(tenant))
+        await asyncio.gather(calls(a, tenant, 100), calls(b, tenant, 100))
+        await first.services.events.drain()
+        await second.services.events.drain()
+    assert sorted(json.loads(body)["threshold"] for _, body in receiver.deliveries) == [80, 100]
+
+
+async def test_a_hanging_receiver_never_slows_requests(stores: Stores, client_for: Any) -> None:
+    gw = gateway(stores)
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    async with WebhookReceiver(hang_seconds=3) as receiver:
+        await client.put(
+            f"{T}/{tenant['id']}/webhook", json={"url": receiver.url}, headers=auth(tenant)
+        )
+        started = time.monotonic()
+        assert (await calls(client, tenant, 100)).count(200) == 100
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.0, elapsed  # the receiver hangs 3 s per delivery
+        for _ in range(200):  # the delivery is under way meanwhile, in the background
+            if receiver.attempts:
+                break
+            await asyncio.sleep(0.01)
+        assert receiver.attempts >= 1
+
+
+async def test_webhook_retries_with_backoff(stores: Stores, client_for: Any) -> None:
+    gw = gateway(stores)
+    gw.services.events._first_backoff = 0.01  # keep the test fast; the schedule is the same
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    async with WebhookReceiver(fail_first=2) as receiver:
+        await client.put(
+            f"{T}/{tenant['id']}/webhook", json={"url": receiver.url}, headers=auth(tenant)
+        )
+        await calls(client, tenant, 80)
+        await gw.services.events.drain()
+        assert receiver.attempts == 3 and len(receiver.deliveries) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/hook",
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+        "http://",
+        "http://0.0.0.0/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::]/hook",
+        "http://user:pass@example.com/hook",
+        "example.com/hook",
+    ],
+)
+async def test_bad_webhook_urls(stores: Stores, client_for: Any, url: str) -> None:
+    client = await client_for(gateway(stores))
+    tenant = await register(client, plan="hundred")
+    response = await client.put(
+        f"{T}/{tenant['id']}/webhook", json={"url": url}, headers=auth(tenant)
+    )
+    assert_problem(response, 422, "validation_error")
+    assert (await client.get(f"{T}/{tenant['id']}/webhook", headers=auth(tenant))).json() == {
+        "url": None
+    }
