@@ -6,16 +6,19 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 import uvicorn
 
+from tenant_gateway.clock import Period
 from tenant_gateway.demo import build_demo_app
 from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable, redact_url
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.quota import RedisCounters
+from tenant_gateway.services import Services
 
 __all__ = ["main"]
 
@@ -38,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between usage flushes to the ledger (the loss window on a crash)",
     )
+
+    billing = commands.add_parser("billing", help="billing operations")
+    billing_commands = billing.add_subparsers(dest="billing_command", required=True)
+    close = billing_commands.add_parser("close", help="issue every tenant's invoice for a month")
+    close.add_argument("--period", required=True, metavar="YYYY-MM")
+    close.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL"))
+    close.add_argument("--redis-url", default=os.environ.get("TG_REDIS_URL") or None)
+    close.add_argument("--redis-key-prefix", default="tg:")
+    close.add_argument("--plans", metavar="FILE", default=None)
 
     migrate = commands.add_parser("migrate", help="apply the database schema (idempotent)")
     migrate.add_argument(
@@ -139,11 +151,53 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _close_period(args: argparse.Namespace, period: Period) -> int:
+    services = Services.create(
+        plans=load_plans(args.plans),
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        redis_key_prefix=args.redis_key_prefix,
+        clock=time.time,
+        operators=None,
+        allow_signup=False,
+        max_body_bytes=0,
+        flush_interval=1.0,
+        key_cache_ttl=0.0,
+        key_cache_size=1,
+        on_quota_threshold=None,
+    )
+    await services.directory.start()
+    try:
+        return await services.billing.close_period(period)
+    finally:
+        await services.counters.close()
+        await services.directory.close()
+
+
+def _billing(args: argparse.Namespace) -> int:
+    if not args.database_url:
+        return _fail("billing close needs --database-url (or TG_DATABASE_URL)")
+    try:
+        period = Period.parse(args.period)
+    except ValueError:
+        return _fail(f"--period must be YYYY-MM, got {args.period!r}")
+    try:
+        issued = asyncio.run(_close_period(args, period))
+    except ValueError as exc:
+        return _fail(str(exc))
+    except StoreUnavailable as exc:
+        return _fail(f"{exc}. Is the server running and the URL right?")
+    print(f"tenant-gateway: {period} closed; {issued} invoice(s) issued now")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "billing":
+            return _billing(args)
         return _migrate(args)
     except ConfigurationError as exc:
         return _fail(str(exc))

@@ -58,6 +58,10 @@ class Period:
         return Period(self.year + self.month // 12, self.month % 12 + 1)
 
     @property
+    def previous(self) -> Period:
+        return Period(self.year - (self.month == 1), (self.month - 2) % 12 + 1)
+
+    @property
     def end(self) -> datetime:
         """The first instant of the following period."""
         return self.next.start

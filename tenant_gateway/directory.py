@@ -67,6 +67,9 @@ class TenantDirectory(Protocol):
 
     async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None: ...
 
+    async def plan_history(self, tenant_id: str) -> list[tuple[str, datetime]]:
+        """Every plan the tenant has had, with when it took effect, oldest first."""
+
     async def delete_tenant(self, tenant_id: str, at: datetime) -> bool:
         """Tombstone the tenant and purge its users, keys and application rows."""
 
@@ -194,6 +197,9 @@ class MemoryDirectory:
         updated = dataclasses.replace(tenant, status=status)
         self._tenants[tenant_id] = updated
         return updated
+
+    async def plan_history(self, tenant_id: str) -> list[tuple[str, datetime]]:
+        return [(to, at) for tid, _, to, at in self.plan_changes if tid == tenant_id]
 
     async def delete_tenant(self, tenant_id: str, at: datetime) -> bool:
         if await self.set_status(tenant_id, TenantStatus.DELETED) is None:

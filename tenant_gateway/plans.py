@@ -32,6 +32,9 @@ class Plan:
     currency: str = "USD"
     count_server_errors: bool = True
     """False: calls the wrapped app answers with a 5xx are refunded (not billed, not counted)."""
+    seat_price_cents: int | None = None
+    """Monthly price of each user beyond ``included_seats``; None: seats are not billed."""
+    included_seats: int = 0
 
     @property
     def allows_overage(self) -> bool:
@@ -44,6 +47,9 @@ class PlanCatalog(Mapping[str, Plan]):
     def __init__(self, plans: Mapping[str, Plan]) -> None:
         if not plans:
             raise ConfigurationError("the plans catalogue is empty")
+        currencies = {plan.currency for plan in plans.values()}
+        if len(currencies) > 1:  # an invoice mixing plans must add up in one currency
+            raise ConfigurationError(f"all plans must share one currency, got {sorted(currencies)}")
         self._plans = MappingProxyType(dict(plans))
 
     def __getitem__(self, name: str) -> Plan:
@@ -82,6 +88,8 @@ def _plan_from_mapping(name: str, raw: object) -> Plan:
         "overage_cents_per_1000",
         "currency",
         "count_server_errors",
+        "seat_price_cents",
+        "included_seats",
     }
     unknown = set(raw) - known
     if unknown:
@@ -107,6 +115,11 @@ def _plan_from_mapping(name: str, raw: object) -> Plan:
         ),
         currency=currency.upper(),
         count_server_errors=count_server_errors,
+        seat_price_cents=_limit(
+            name, "seat_price_cents", raw.get("seat_price_cents"), nullable=True
+        ),
+        included_seats=_limit(name, "included_seats", raw.get("included_seats", 0), nullable=False)
+        or 0,
     )
 
 

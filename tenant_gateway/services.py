@@ -13,14 +13,17 @@ import logging
 from dataclasses import dataclass, field
 
 from tenant_gateway.admin.auth import OperatorAuth
+from tenant_gateway.billing import Billing
 from tenant_gateway.clock import Clock
 from tenant_gateway.directory import MemoryDirectory, TenantDirectory
 from tenant_gateway.events import EventDispatcher, QuotaHook
 from tenant_gateway.exceptions import StoreUnavailable
+from tenant_gateway.invoices import InvoiceStore, MemoryInvoices
 from tenant_gateway.ledger import MemoryLedger, UsageLedger
 from tenant_gateway.plans import PlanCatalog
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
+from tenant_gateway.postgres.invoices import PostgresInvoices
 from tenant_gateway.postgres.ledger import PostgresLedger
 from tenant_gateway.propagation import Invalidator, RedisInvalidator
 from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
@@ -43,6 +46,7 @@ class Services:
     resolver: KeyResolver
     invalidator: Invalidator
     events: EventDispatcher
+    billing: Billing
     clock: Clock
     operators: OperatorAuth | None
     allow_signup: bool
@@ -66,14 +70,17 @@ class Services:
         key_cache_ttl: float,
         key_cache_size: int,
         on_quota_threshold: QuotaHook | None,
+        invoice_close_grace: float = 60.0,
     ) -> Services:
         database = Database(database_url) if database_url else None
         directory: TenantDirectory
         ledger: UsageLedger
+        invoices: InvoiceStore
         if database is not None:
             directory, ledger = PostgresDirectory(database), PostgresLedger(database)
+            invoices = PostgresInvoices(database)
         else:
-            directory, ledger = MemoryDirectory(), MemoryLedger()
+            directory, ledger, invoices = MemoryDirectory(), MemoryLedger(), MemoryInvoices()
         counters: CounterStore = (
             RedisCounters(redis_url, key_prefix=redis_key_prefix, hydrate_from=ledger.read)
             if redis_url
@@ -95,6 +102,15 @@ class Services:
             resolver=resolver,
             invalidator=invalidator,
             events=EventDispatcher(ledger, directory, clock, hook=on_quota_threshold),
+            billing=Billing(
+                directory=directory,
+                ledger=ledger,
+                counters=counters,
+                invoices=invoices,
+                plans=plans,
+                clock=clock,
+                close_grace_seconds=invoice_close_grace,
+            ),
             clock=clock,
             operators=operators,
             allow_signup=allow_signup,
@@ -145,5 +161,6 @@ class Services:
             await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
+                await self.billing.close_due()  # no-op but once a month
             except StoreUnavailable as exc:
                 logger.warning("flush postponed: %s", exc)

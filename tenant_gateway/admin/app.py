@@ -332,16 +332,9 @@ class AdminAPI:
 
     async def usage(self, request: Request) -> Response:
         _, tenant = await self._tenant(request, Action.READ_USAGE)
-        current = Period.containing(self.s.clock())
-        raw_period = request.query_params.get("period")
-        try:
-            period = current if raw_period is None else Period.parse(raw_period)
-        except ValueError:
-            raise _field_error("period", "must be YYYY-MM") from None
-        if period > current:
-            raise _field_error("period", "must not be in the future")
+        period = self._period(request)
         key = (tenant.id, str(period))
-        if period == current:
+        if period == Period.containing(self.s.clock()):
             await self.s.recorder.flush()  # this process's pending tallies: reads are exact
             tallies = await self.s.counters.read(key)
         else:  # the ledger, plus anything not yet flushed there
@@ -368,6 +361,34 @@ class AdminAPI:
                 },
             )
         return JSONResponse(report)
+
+    def _period(self, request: Request, tenant: Tenant | None = None) -> Period:
+        """``?period=`` or the current one; 422 for a bad or future one, and with ``tenant``,
+        404 for a month before it existed."""
+        current = Period.containing(self.s.clock())
+        raw = request.query_params.get("period")
+        try:
+            period = current if raw is None else Period.parse(raw)
+        except ValueError:
+            raise _field_error("period", "must be YYYY-MM") from None
+        if period > current:
+            raise _field_error("period", "must not be in the future")
+        if tenant is not None and period < Period.containing(tenant.created_at.timestamp()):
+            raise problems.not_found(f"The tenant did not exist in {period}.")
+        return period
+
+    async def invoice(self, request: Request) -> Response:
+        _, tenant = await self._tenant(request, Action.READ_BILLING)
+        period = self._period(request, tenant)
+        if period == Period.containing(self.s.clock()):
+            await self.s.recorder.flush()  # refunds of this process, before the draft
+        document = await self.s.billing.invoice(tenant, period)
+        return Response(document, media_type="application/json")
+
+    async def invoices(self, request: Request) -> Response:
+        _, tenant = await self._tenant(request, Action.READ_BILLING)
+        documents = await self.s.billing.list_issued(tenant)
+        return Response("[" + ",".join(documents) + "]", media_type="application/json")
 
     async def get_webhook(self, request: Request) -> Response:
         _, tenant = await self._tenant(request, Action.READ_TENANT)
@@ -452,6 +473,8 @@ def build_admin_app(services: Services, prefix: str) -> Starlette:
         Route(key + "/rotate", api.rotate_key, methods=["POST"]),
         Route(tenant + "/usage", api.usage, methods=["GET"]),
         Route(tenant + "/audit", api.audit, methods=["GET"]),
+        Route(tenant + "/billing/invoice", api.invoice, methods=["GET"]),
+        Route(tenant + "/billing/invoices", api.invoices, methods=["GET"]),
         Route(tenant + "/webhook", api.get_webhook, methods=["GET"]),
         Route(tenant + "/webhook", api.set_webhook, methods=["PUT"]),
         Route(tenant + "/webhook", api.delete_webhook, methods=["DELETE"]),

@@ -141,6 +141,18 @@ def _paths() -> dict[str, Any]:
                 ],
             ),
         ),
+        "/{tenant_id}/billing/invoice": _on(
+            t,
+            get=_operation(
+                "The invoice of a month: a draft while it is open, issued after",
+                200,
+                422,
+                query=[_query("period", {"type": "string", "pattern": r"^\d{4}-\d{2}$"})],
+            ),
+        ),
+        "/{tenant_id}/billing/invoices": _on(
+            t, get=_operation("Issued invoices, newest first", 200)
+        ),
         "/{tenant_id}/webhook": _on(
             t,
             get=_operation("The quota-event webhook URL", 200),

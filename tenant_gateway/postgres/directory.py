@@ -210,6 +210,15 @@ class PostgresDirectory:
             )
         return None if row is None else _tenant(row)
 
+    async def plan_history(self, tenant_id: str) -> list[tuple[str, datetime]]:
+        async with self._db.gateway_transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT to_plan, changed_at FROM tg_plan_changes WHERE tenant_id = $1"
+                " ORDER BY changed_at, id",
+                tenant_id,
+            )
+        return [(row["to_plan"], row["changed_at"]) for row in rows]
+
     async def delete_tenant(self, tenant_id: str, at: datetime) -> bool:
         """Tombstone the tenant row (ids are never reused; invoices keep their tenant), delete
         its keys and users, and purge its rows from every application table, in one transaction."""

@@ -1,0 +1,267 @@
+"""Invoices (SPEC §6): plan segments prorated to the second, overage, extra seats.
+
+Every amount is computed in exact rational arithmetic and rounded once, half-up, at the line
+level; the total is the sum of the lines. No float ever reaches an amount.
+
+- **Plan segments.** Each plan the tenant had during the period is charged
+  ``price × seconds active ÷ seconds in the period``, one line per segment. The first segment
+  starts at registration when that falls inside the period. A draft (the open period) assumes
+  the current plan runs to the end of the month.
+- **Overage.** On the plan in force at the end of the period: calls beyond its monthly quota
+  are billed per started 1,000 calls at its ``overage_cents_per_1000``.
+- **Seats.** On the same plan: users beyond ``included_seats`` at ``seat_price_cents`` each,
+  counted when the invoice is computed (at closing, for an issued invoice).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
+
+from tenant_gateway.clock import Clock, Period, format_timestamp
+from tenant_gateway.directory import TenantDirectory
+from tenant_gateway.invoices import InvoiceStore
+from tenant_gateway.ledger import UsageLedger, merge_tallies
+from tenant_gateway.models import Tenant
+from tenant_gateway.plans import Plan, PlanCatalog
+from tenant_gateway.quota import CounterStore
+
+__all__ = ["Billing", "Segment", "build_invoice", "plan_segments", "round_half_up"]
+
+PlanChange = tuple[str, datetime]
+"""(plan name, when it took effect)."""
+
+
+def round_half_up(value: Fraction) -> int:
+    return math.floor(value + Fraction(1, 2))
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    plan: Plan
+    start: datetime
+    end: datetime
+
+    @property
+    def seconds(self) -> int:
+        return int((self.end - self.start).total_seconds())
+
+
+def plan_segments(
+    history: list[PlanChange], tenant: Tenant, period: Period, plans: PlanCatalog
+) -> list[Segment]:
+    """The plans in force during ``period``, each with the part of the period it covered."""
+    start = max(period.start, tenant.created_at)
+    end = period.end
+    if start >= end:
+        return []
+    segments: list[Segment] = []
+    current: str | None = None
+    cursor = start
+    for name, at in sorted(history, key=lambda change: change[1]):
+        if at <= start:
+            current = name
+            continue
+        if at >= end:
+            break
+        if current is not None and at > cursor:
+            segments.append(Segment(plans[current], cursor, at))
+        current, cursor = name, max(cursor, at)
+    if current is None:
+        current = tenant.plan
+    segments.append(Segment(plans[current], cursor, end))
+    return [segment for segment in segments if segment.seconds > 0]
+
+
+def _line(
+    description: str, quantity: int, unit_amount: Fraction | int, **extra: object
+) -> dict[str, object]:
+    amount = round_half_up(Fraction(unit_amount) * quantity)
+    unit = round_half_up(Fraction(unit_amount))
+    return {
+        "description": description,
+        "quantity": quantity,
+        "unit_amount_cents": unit,
+        "amount_cents": amount,
+        **extra,
+    }
+
+
+def _amount(line: dict[str, object]) -> int:
+    amount = line["amount_cents"]
+    if not isinstance(amount, int):  # every line is built with an int amount
+        raise TypeError("amount_cents must be an integer")
+    return amount
+
+
+def build_invoice(
+    *,
+    tenant: Tenant,
+    period: Period,
+    history: list[PlanChange],
+    api_calls: int,
+    users: int,
+    plans: PlanCatalog,
+    status: str,
+    number: str | None = None,
+    issued_at: datetime | None = None,
+) -> dict[str, object]:
+    segments = plan_segments(history, tenant, period, plans)
+    period_seconds = int((period.end - period.start).total_seconds())
+    lines: list[dict[str, object]] = []
+    for segment in segments:
+        fraction = Fraction(segment.seconds, period_seconds)
+        whole = segment.seconds == period_seconds
+        description = f"{segment.plan.name} plan, {period}" + (
+            ""
+            if whole
+            else f" (prorated {segment.seconds:,} of {period_seconds:,} s,"
+            f" {format_timestamp(segment.start)} to {format_timestamp(segment.end)})"
+        )
+        amount = round_half_up(segment.plan.price_cents * fraction)
+        lines.append(
+            {
+                "description": description,
+                "quantity": 1,
+                "unit_amount_cents": amount,
+                "amount_cents": amount,
+                "plan": segment.plan.name,
+                "period_start": format_timestamp(segment.start),
+                "period_end": format_timestamp(segment.end),
+                "proration": {"seconds": segment.seconds, "of_seconds": period_seconds},
+            }
+        )
+    final = segments[-1].plan if segments else plans[tenant.plan]
+    quota = final.monthly_calls
+    if final.overage_cents_per_1000 is not None and quota is not None and api_calls > quota:
+        over = api_calls - quota
+        started_thousands = -(-over // 1000)
+        lines.append(
+            _line(
+                f"Overage: {over:,} calls beyond {quota:,}, billed per started 1,000",
+                started_thousands,
+                final.overage_cents_per_1000,
+            )
+        )
+    if final.seat_price_cents is not None and users > final.included_seats:
+        extra = users - final.included_seats
+        lines.append(
+            _line(
+                f"Additional seats: {users} users, {final.included_seats} included",
+                extra,
+                final.seat_price_cents,
+            )
+        )
+    return {
+        "id": f"inv_{tenant.id.removeprefix('tenant_')}_{period}",
+        "number": number,
+        "tenant_id": tenant.id,
+        "period": str(period),
+        "status": status,
+        "currency": final.currency,
+        "issued_at": None if issued_at is None else format_timestamp(issued_at),
+        "api_calls": api_calls,
+        "users": users,
+        "lines": lines,
+        "total_cents": sum(_amount(line) for line in lines),
+    }
+
+
+class Billing:
+    """Drafts for the open period, issued invoices for closed ones, and closing periods."""
+
+    def __init__(
+        self,
+        *,
+        directory: TenantDirectory,
+        ledger: UsageLedger,
+        counters: CounterStore,
+        invoices: InvoiceStore,
+        plans: PlanCatalog,
+        clock: Clock,
+        close_grace_seconds: float = 60.0,
+    ) -> None:
+        self._directory = directory
+        self._ledger = ledger
+        self._counters = counters
+        self._invoices = invoices
+        self._plans = plans
+        self._clock = clock
+        self._grace = close_grace_seconds
+        self._closed_through: Period | None = None
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    async def _api_calls(self, key: tuple[str, str]) -> int:
+        live = await self._counters.snapshots([key])
+        tallies = merge_tallies(await self._ledger.read(key), live.get(key, {}))
+        return tallies.get("calls", 0) - tallies.get("refunded", 0)
+
+    async def _render(self, tenant: Tenant, period: Period, status: str) -> dict[str, object]:
+        return build_invoice(
+            tenant=tenant,
+            period=period,
+            history=await self._directory.plan_history(tenant.id),
+            api_calls=await self._api_calls((tenant.id, str(period))),
+            users=await self._directory.count_users(tenant.id),
+            plans=self._plans,
+            status=status,
+        )
+
+    def _closable(self, period: Period) -> bool:
+        return self._clock() >= period.end.timestamp() + self._grace
+
+    async def invoice(self, tenant: Tenant, period: Period) -> str:
+        """The invoice document (JSON text): issued if the period is closed, else a draft.
+        The caller has checked that ``period`` is neither in the future nor before the tenant."""
+        stored = await self._invoices.issued(tenant.id, str(period))
+        if stored is not None:
+            return stored
+        if self._closable(period):
+            document, _ = await self._issue(tenant, period)
+            return document
+        return _dump(await self._render(tenant, period, "draft"))
+
+    async def list_issued(self, tenant: Tenant) -> list[str]:
+        return await self._invoices.list_issued(tenant.id)
+
+    async def _issue(self, tenant: Tenant, period: Period) -> tuple[str, bool]:
+        draft = await self._render(tenant, period, "issued")
+        issued_at = self._now()
+
+        def render(number: str) -> str:
+            return _dump({**draft, "number": number, "issued_at": format_timestamp(issued_at)})
+
+        return await self._invoices.issue(tenant.id, str(period), issued_at, render)
+
+    async def close_period(self, period: Period) -> int:
+        """Issue every live tenant's invoice for an ended period; returns how many were new."""
+        if self._clock() < period.end.timestamp():
+            raise ValueError(f"period {period} has not ended")
+        done = await self._invoices.invoiced_tenants(str(period))
+        issued = 0
+        after: str | None = None
+        while True:
+            page = await self._directory.list_tenants(limit=500, after=after)
+            if not page:
+                return issued
+            for tenant in page:
+                if tenant.id not in done and tenant.created_at < period.end:
+                    _, created = await self._issue(tenant, period)
+                    issued += created
+            after = page[-1].id
+
+    async def close_due(self) -> None:
+        """Close the last period that ended more than the grace ago, once per process."""
+        due = Period.containing(self._clock() - self._grace).previous
+        if due != self._closed_through:
+            await self.close_period(due)
+            self._closed_through = due
+
+
+def _dump(document: dict[str, object]) -> str:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,382 @@
+"""Billing (issue 6): hand-computed scenarios, issued invoices that never change, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from tenant_gateway import TenantGateway, load_plans
+from tenant_gateway.billing import build_invoice, round_half_up
+from tenant_gateway.clock import Period
+from tenant_gateway.models import Tenant, TenantStatus
+
+from .apps import echo_app
+from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .test_middleware import assert_problem
+
+T = "/api/v1/tenants"
+PLANS = load_plans(
+    {
+        "plans": {
+            "free": {
+                "max_users": 5,
+                "monthly_calls": 1000,
+                "burst_per_second": None,
+                "price_cents": 0,
+            },
+            "professional": {
+                "max_users": 50,
+                "monthly_calls": 100_000,
+                "burst_per_second": None,
+                "price_cents": 4900,
+            },
+            "enterprise": {
+                "max_users": None,
+                "monthly_calls": None,
+                "burst_per_second": None,
+                "price_cents": 49900,
+            },
+            "metered": {
+                "max_users": None,
+                "monthly_calls": 1000,
+                "burst_per_second": None,
+                "price_cents": 1000,
+                "overage_cents_per_1000": 200,
+            },
+            "team": {
+                "max_users": None,
+                "monthly_calls": None,
+                "burst_per_second": None,
+                "price_cents": 1000,
+                "included_seats": 3,
+                "seat_price_cents": 500,
+            },
+            "tiny": {
+                "max_users": None,
+                "monthly_calls": None,
+                "burst_per_second": None,
+                "price_cents": 3,
+            },
+        }
+    }
+)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def tenant(plan: str, created: str) -> Tenant:
+    return Tenant("tenant_x", "X", plan, TenantStatus.ACTIVE, None, "a@x.io", at(created))
+
+
+# (case, period, created, plan history [(plan, from)], api_calls, users, expected line amounts)
+SCENARIOS: list[tuple[str, str, str, list[tuple[str, str]], int, int, list[int]]] = [
+    ("full month free", "2026-11", "2026-10-01", [("free", "2026-10-01")], 10, 1, [0]),
+    (
+        "full month professional",
+        "2026-11",
+        "2026-10-01",
+        [("professional", "2026-10-01")],
+        10,
+        1,
+        [4900],
+    ),
+    (
+        "full month enterprise",
+        "2026-11",
+        "2026-10-01",
+        [("enterprise", "2026-10-01")],
+        10,
+        1,
+        [49900],
+    ),
+    # 15 of 30 days: 4900 * 15/30 = 2450
+    ("registered Nov 16", "2026-11", "2026-11-16", [("professional", "2026-11-16")], 0, 1, [2450]),
+    # free 9 days, professional 10 days (4900 * 10/30 = 1633.33 → 1633), free 11 days
+    (
+        "upgrade day 10, downgrade day 20",
+        "2026-11",
+        "2026-11-01",
+        [("free", "2026-11-01"), ("professional", "2026-11-10"), ("free", "2026-11-20")],
+        0,
+        1,
+        [0, 1633, 0],
+    ),
+    # professional 9/30 (1470) then enterprise 21/30 (49900 * 21/30 = 34930)
+    (
+        "professional to enterprise day 10",
+        "2026-11",
+        "2026-10-15",
+        [("professional", "2026-10-15"), ("enterprise", "2026-11-10")],
+        0,
+        1,
+        [1470, 34930],
+    ),
+    # 1 call over 1,000 → 1 started thousand at 200
+    ("overage of 1", "2026-11", "2026-10-01", [("metered", "2026-10-01")], 1001, 1, [1000, 200]),
+    # 1,001 over → 2 started thousands
+    (
+        "overage of 1,001",
+        "2026-11",
+        "2026-10-01",
+        [("metered", "2026-10-01")],
+        2001,
+        1,
+        [1000, 400],
+    ),
+    ("exactly the quota", "2026-11", "2026-10-01", [("metered", "2026-10-01")], 1000, 1, [1000]),
+    # 28-day February, from the 15th: 14/28 → 2450
+    (
+        "February 2026 (28 days)",
+        "2026-02",
+        "2026-02-15",
+        [("professional", "2026-02-15")],
+        0,
+        1,
+        [2450],
+    ),
+    # 30-day April, from the 15th: 16/30 → 2613.33 → 2613
+    ("April (30 days)", "2026-04", "2026-04-15", [("professional", "2026-04-15")], 0, 1, [2613]),
+    # 31-day January, from the 15th: 17/31 → 2687.10 → 2687
+    ("January (31 days)", "2026-01", "2026-01-15", [("professional", "2026-01-15")], 0, 1, [2687]),
+    # leap February 2028 (29 days), from the 15th: 15/29 → 2534.48 → 2534
+    ("leap February 2028", "2028-02", "2028-02-15", [("professional", "2028-02-15")], 0, 1, [2534]),
+    # half a month of 3 cents is 1.5 → 2 (half-up)
+    ("half-up rounding", "2026-11", "2026-11-16", [("tiny", "2026-11-16")], 0, 1, [2]),
+    # 5 users, 3 included, 500 each beyond
+    ("extra seats", "2026-11", "2026-10-01", [("team", "2026-10-01")], 0, 5, [1000, 1000]),
+]
+
+
+@pytest.mark.parametrize(
+    ("period", "created", "history", "calls", "users", "amounts"),
+    [case[1:] for case in SCENARIOS],
+    ids=[case[0] for case in SCENARIOS],
+)
+def test_scenarios_computed_by_hand(
+    period: str,
+    created: str,
+    history: list[tuple[str, str]],
+    calls: int,
+    users: int,
+    amounts: list[int],
+) -> None:
+    invoice = build_invoice(
+        tenant=tenant(history[-1][0], created),
+        period=Period.parse(period),
+        history=[(plan, at(since)) for plan, since in history],
+        api_calls=calls,
+        users=users,
+        plans=PLANS,
+        status="issued",
+    )
+    lines: Any = invoice["lines"]
+    assert [line["amount_cents"] for line in lines] == amounts
+    assert invoice["total_cents"] == sum(amounts)
+    assert invoice["currency"] == "USD"
+    for line in lines:
+        assert isinstance(line["amount_cents"], int) and isinstance(line["unit_amount_cents"], int)
+        if "proration" not in line:
+            assert line["amount_cents"] == line["quantity"] * line["unit_amount_cents"]
+    json.dumps(invoice)  # no float, no Fraction: plain JSON
+
+
+def test_round_half_up() -> None:
+    assert [round_half_up(Fraction(n, 2)) for n in (1, 3, 5, -1)] == [1, 2, 3, 0]
+    assert round_half_up(Fraction(2, 3)) == 1 and round_half_up(Fraction(1, 3)) == 0
+
+
+# -- over the API -------------------------------------------------------------------------------
+
+
+def gateway(stores: Stores, clock: FakeClock) -> TenantGateway:
+    plans = {"plans": {name: _raw(plan) for name, plan in PLANS.items()}}
+    return TenantGateway(
+        echo_app(), admin_jwt_secret=JWT_SECRET, plans=plans, clock=clock, **stores.kwargs()
+    )
+
+
+def _raw(plan: Any) -> dict[str, Any]:
+    return {
+        "max_users": plan.max_users,
+        "monthly_calls": plan.monthly_calls,
+        "burst_per_second": plan.burst_per_second,
+        "price_cents": plan.price_cents,
+        "overage_cents_per_1000": plan.overage_cents_per_1000,
+        "included_seats": plan.included_seats,
+        "seat_price_cents": plan.seat_price_cents,
+    }
+
+
+async def test_a_month_with_plan_changes_then_an_immutable_invoice(
+    stores: Stores, client_for: Any
+) -> None:
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    client = await client_for(gateway(stores, clock))
+    tenant = await register(client, plan="free")
+    url = f"{T}/{tenant['id']}"
+    clock.set(at("2026-11-10T00:00:00"))
+    assert (
+        await client.put(f"{url}/plan", json={"plan": "professional"}, headers=auth(tenant))
+    ).status_code == 200
+    clock.set(at("2026-11-20T00:00:00"))
+    assert (
+        await client.put(f"{url}/plan", json={"plan": "free"}, headers=auth(tenant))
+    ).status_code == 200
+    same = await client.put(f"{url}/plan", json={"plan": "free"}, headers=auth(tenant))
+    assert same.status_code == 200  # a no-op: no new segment
+    for _ in range(3):
+        await client.get("/whoami", headers=auth(tenant))
+    draft = (await client.get(f"{url}/billing/invoice", headers=auth(tenant))).json()
+    assert draft["status"] == "draft" and draft["number"] is None
+    assert [line["amount_cents"] for line in draft["lines"]] == [0, 1633, 0]
+    assert draft["total_cents"] == 1633 and draft["api_calls"] == 3
+
+    clock.set(at("2026-12-01T00:00:30"))  # ended, but within the closing grace: still a draft
+    assert (
+        await client.get(
+            f"{url}/billing/invoice", params={"period": "2026-11"}, headers=auth(tenant)
+        )
+    ).json()["status"] == "draft"
+    clock.set(at("2026-12-01T00:05:00"))
+    first = await client.get(
+        f"{url}/billing/invoice", params={"period": "2026-11"}, headers=auth(tenant)
+    )
+    issued = first.json()
+    assert issued["status"] == "issued" and issued["number"].startswith("INV-")
+    assert issued["total_cents"] == 1633 and issued["issued_at"] == "2026-12-01T00:05:00Z"
+    # change everything the invoice was computed from: it must not move by one byte
+    await client.put(f"{url}/plan", json={"plan": "enterprise"}, headers=auth(tenant))
+    await client.post(f"{url}/users", json={"email": "late@x.io"}, headers=auth(tenant))
+    clock.set(at("2026-11-30T23:00:00"))  # even a call counted late into November
+    await client.get("/whoami", headers=auth(tenant))
+    clock.set(at("2026-12-02T00:00:00"))
+    again = await client.get(
+        f"{url}/billing/invoice", params={"period": "2026-11"}, headers=auth(tenant)
+    )
+    assert again.content == first.content
+    listed = (await client.get(f"{url}/billing/invoices", headers=auth(tenant))).json()
+    assert [i["number"] for i in listed] == [issued["number"]]
+
+
+async def test_overage_is_admitted_and_billed(stores: Stores, client_for: Any) -> None:
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    gw = gateway(stores, clock)
+    client = await client_for(gw)
+    tenant = await register(client, plan="metered")
+    statuses = await asyncio.gather(
+        *(client.get("/whoami", headers=auth(tenant)) for _ in range(1002))
+    )
+    assert {r.status_code for r in statuses} == {200}
+    at_zero = [r for r in statuses if r.headers["ratelimit"].startswith('"monthly";r=0;')]
+    assert len(at_zero) == 3  # the 1,000th call, and the two beyond the quota
+    invoice = (await client.get(f"{T}/{tenant['id']}/billing/invoice", headers=auth(tenant))).json()
+    assert [line["amount_cents"] for line in invoice["lines"]] == [1000, 200]
+
+
+async def test_invoice_bad_input(stores: Stores, client_for: Any) -> None:
+    clock = FakeClock(at("2026-11-15T00:00:00"))
+    client = await client_for(gateway(stores, clock))
+    tenant = await register(client, plan="free")
+    url = f"{T}/{tenant['id']}/billing/invoice"
+    for bad in ("2026-13", "2026/11", "x", "2026-12"):
+        assert_problem(
+            await client.get(url, params={"period": bad}, headers=auth(tenant)),
+            422,
+            "validation_error",
+        )
+    assert_problem(
+        await client.get(url, params={"period": "2026-10"}, headers=auth(tenant)), 404, "not_found"
+    )
+    developer = (
+        await client.post(
+            f"{T}/{tenant['id']}/keys", json={"role": "developer"}, headers=auth(tenant)
+        )
+    ).json()
+    assert_problem(await client.get(url, headers=auth(developer)), 403, "forbidden")
+    billing = (
+        await client.post(
+            f"{T}/{tenant['id']}/keys", json={"role": "billing"}, headers=auth(tenant)
+        )
+    ).json()
+    assert (await client.get(url, headers=auth(billing))).status_code == 200
+    assert (await client.get(url, headers=operator_headers())).status_code == 200
+
+
+async def test_closing_twice_issues_once(stores: Stores, client_for: Any) -> None:
+    clock = FakeClock(at("2026-10-20T00:00:00"))
+    gw = gateway(stores, clock)
+    client = await client_for(gw)
+    tenants = [await register(client, plan="professional") for _ in range(3)]
+    clock.set(at("2026-11-03T00:00:00"))
+    october = Period(2026, 10)
+    issued = await asyncio.gather(
+        gw.services.billing.close_period(october), gw.services.billing.close_period(october)
+    )
+    assert sum(issued) == 3  # each invoice stored by exactly one of the two closers
+    numbers = []
+    for t in tenants:
+        document = (await client.get(f"{T}/{t['id']}/billing/invoices", headers=auth(t))).json()
+        assert len(document) == 1 and document[0]["status"] == "issued"
+        numbers.append(document[0]["number"])
+    assert len(set(numbers)) == 3
+    assert await gw.services.billing.close_period(october) == 0
+
+
+async def test_two_processes_close_the_same_period(postgres_url: str, client_for: Any) -> None:
+    """Two `tenant-gateway billing close` processes at once: one invoice, one number."""
+    clock = FakeClock(at("2026-09-10T00:00:00"))
+    gw = TenantGateway(echo_app(), database_url=postgres_url, clock=clock)
+    client = await client_for(gw)
+    tenant = await register(client, plan="professional")
+    command = [
+        sys.executable,
+        "-m",
+        "tenant_gateway.cli",
+        "billing",
+        "close",
+        "--period",
+        "2026-09",
+    ]
+    command += ["--database-url", postgres_url]
+    processes = [
+        await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [(await p.communicate())[0].decode() for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    clock.set(at("2026-10-02T00:00:00"))
+    invoices = (
+        await client.get(f"{T}/{tenant['id']}/billing/invoices", headers=auth(tenant))
+    ).json()
+    assert len(invoices) == 1 and invoices[0]["period"] == "2026-09"
+    assert invoices[0]["total_cents"] == 4900 * 21 // 30  # 10 Sept to the end: 21 of 30 days
+
+
+async def test_the_background_close_issues_last_month_once_past_the_grace(
+    stores: Stores, client_for: Any
+) -> None:
+    clock = FakeClock(at("2026-11-20T00:00:00"))
+    gw = gateway(stores, clock)
+    client = await client_for(gw)
+    tenant = await register(client, plan="professional")
+    billing = gw.services.billing
+    clock.set(at("2026-12-01T00:00:30"))  # inside the 60 s grace: November stays open
+    await billing.close_due()
+    assert (
+        await client.get(f"{T}/{tenant['id']}/billing/invoices", headers=auth(tenant))
+    ).json() == []
+    clock.set(at("2026-12-01T00:01:01"))
+    await billing.close_due()
+    (november,) = (
+        await client.get(f"{T}/{tenant['id']}/billing/invoices", headers=auth(tenant))
+    ).json()
+    # 20 Nov 00:00 to 1 Dec: 11 of 30 days, 4900 * 11/30 = 1796.67 → 1797
+    assert november["period"] == "2026-11" and november["total_cents"] == 1797
