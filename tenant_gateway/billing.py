@@ -16,6 +16,7 @@ level; the total is the sum of the lines. No float ever reaches an amount.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from fractions import Fraction
 
 from tenant_gateway.clock import Clock, Period, format_timestamp
 from tenant_gateway.directory import TenantDirectory
+from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.invoices import InvoiceStore
 from tenant_gateway.ledger import UsageLedger, merge_tallies
 from tenant_gateway.models import Tenant
@@ -30,6 +32,8 @@ from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore
 
 __all__ = ["Billing", "Segment", "build_invoice", "plan_segments", "round_half_up"]
+
+logger = logging.getLogger("tenant_gateway.billing")
 
 PlanChange = tuple[str, datetime]
 """(plan name, when it took effect)."""
@@ -50,6 +54,13 @@ class Segment:
         return int((self.end - self.start).total_seconds())
 
 
+def _plan(plans: PlanCatalog, name: str) -> Plan:
+    plan = plans.get(name)
+    if plan is None:
+        raise ConfigurationError(f"plan {name!r} is not in the catalogue; cannot price it")
+    return plan
+
+
 def plan_segments(
     history: list[PlanChange], tenant: Tenant, period: Period, plans: PlanCatalog
 ) -> list[Segment]:
@@ -68,11 +79,11 @@ def plan_segments(
         if at >= end:
             break
         if current is not None and at > cursor:
-            segments.append(Segment(plans[current], cursor, at))
+            segments.append(Segment(_plan(plans, current), cursor, at))
         current, cursor = name, max(cursor, at)
     if current is None:
         current = tenant.plan
-    segments.append(Segment(plans[current], cursor, end))
+    segments.append(Segment(_plan(plans, current), cursor, end))
     return [segment for segment in segments if segment.seconds > 0]
 
 
@@ -134,7 +145,7 @@ def build_invoice(
                 "proration": {"seconds": segment.seconds, "of_seconds": period_seconds},
             }
         )
-    final = segments[-1].plan if segments else plans[tenant.plan]
+    final = segments[-1].plan if segments else _plan(plans, tenant.plan)
     quota = final.monthly_calls
     if final.overage_cents_per_1000 is not None and quota is not None and api_calls > quota:
         over = api_calls - quota
@@ -251,7 +262,11 @@ class Billing:
                 return issued
             for tenant in page:
                 if tenant.id not in done and tenant.created_at < period.end:
-                    _, created = await self._issue(tenant, period)
+                    try:
+                        _, created = await self._issue(tenant, period)
+                    except ConfigurationError as exc:  # one tenant's bad plan stops no other
+                        logger.error("invoice of %s for %s not issued: %s", tenant.id, period, exc)
+                        continue
                     issued += created
             after = page[-1].id
 

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -124,6 +123,7 @@ class Services:
         await self.counters.ping()
         self._tasks = [
             asyncio.create_task(self._flush_forever()),
+            asyncio.create_task(self._close_periods_forever()),
             asyncio.create_task(self.invalidator.run()),
             asyncio.create_task(self.events.run()),
         ]
@@ -132,9 +132,9 @@ class Services:
         """Stop the background work, flush everything batched, close the connections."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                logger.error("background task had failed: %r", outcome)
         self._tasks = []
         await self.events.close()
         try:
@@ -161,6 +161,18 @@ class Services:
             await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
-                await self.billing.close_due()  # no-op but once a month
             except StoreUnavailable as exc:
                 logger.warning("flush postponed: %s", exc)
+            except Exception:  # keep flushing whatever went wrong once
+                logger.exception("flush failed")
+
+    async def _close_periods_forever(self) -> None:
+        """Close last month's invoices once it is due (a no-op but once a month)."""
+        while True:
+            try:
+                await self.billing.close_due()
+            except StoreUnavailable as exc:
+                logger.warning("closing invoices postponed: %s", exc)
+            except Exception:
+                logger.exception("closing invoices failed")
+            await asyncio.sleep(max(self.flush_interval, 10.0))

@@ -37,7 +37,7 @@ from tenant_gateway.admin.schemas import (
 )
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.directory import TenantChanges
-from tenant_gateway.exceptions import Problem, StoreUnavailable
+from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
 from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix, new_id
 from tenant_gateway.ledger import merge_tallies
 from tenant_gateway.models import (
@@ -382,7 +382,10 @@ class AdminAPI:
         period = self._period(request, tenant)
         if period == Period.containing(self.s.clock()):
             await self.s.recorder.flush()  # refunds of this process, before the draft
-        document = await self.s.billing.invoice(tenant, period)
+        try:
+            document = await self.s.billing.invoice(tenant, period)
+        except ConfigurationError as exc:
+            raise problems.service_unavailable(str(exc)) from exc
         return Response(document, media_type="application/json")
 
     async def invoices(self, request: Request) -> Response:
