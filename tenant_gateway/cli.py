@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 
 import uvicorn
 
@@ -15,8 +18,16 @@ from tenant_gateway.clock import Period
 from tenant_gateway.demo import build_demo_app
 from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable, redact_url
 from tenant_gateway.middleware import TenantGateway
+from tenant_gateway.models import effective_seat_limit
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.directory import PostgresDirectory
+from tenant_gateway.postgres.transfer import (
+    ImportRejected,
+    export_tenant,
+    import_tenant,
+    numbered_lines,
+)
 from tenant_gateway.quota import RedisCounters
 from tenant_gateway.services import Services
 
@@ -50,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     close.add_argument("--redis-url", default=os.environ.get("TG_REDIS_URL") or None)
     close.add_argument("--redis-key-prefix", default="tg:")
     close.add_argument("--plans", metavar="FILE", default=None)
+
+    export = commands.add_parser("export", help="write a tenant's data as NDJSON to stdout")
+    export.add_argument("--tenant", required=True)
+    export.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL"))
+
+    load = commands.add_parser("import", help="load an export from stdin into a tenant")
+    load.add_argument("--tenant", required=True)
+    load.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL"))
+    load.add_argument("--plans", metavar="FILE", default=None)
+    load.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
+    load.add_argument("--app-only", action="store_true", help="skip the gateway's own tables")
 
     migrate = commands.add_parser("migrate", help="apply the database schema (idempotent)")
     migrate.add_argument(
@@ -191,6 +213,57 @@ def _billing(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _stdin_chunks() -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(sys.stdin.buffer.read, 1 << 16):
+        yield chunk
+
+
+async def _transfer(args: argparse.Namespace) -> int:
+    database = Database(args.database_url)
+    directory = PostgresDirectory(database)
+    await database.connect()
+    try:
+        tenant = await directory.get_tenant(args.tenant)
+        if tenant is None:
+            return _fail(f"no tenant {args.tenant!r} in {redact_url(args.database_url)}")
+        if args.command == "export":
+            rows = export_tenant(database, tenant.id, datetime.now(UTC))
+            async with contextlib.aclosing(rows):  # closed before the pool, even on a broken pipe
+                try:
+                    async for line in rows:
+                        sys.stdout.buffer.write(line)
+                    sys.stdout.buffer.flush()
+                except BrokenPipeError:
+                    return 1
+            return 0
+        plan = load_plans(args.plans).get(tenant.plan)
+        try:
+            result = await import_tenant(
+                database,
+                tenant.id,
+                numbered_lines(_stdin_chunks(), 16 * 1024 * 1024),
+                dry_run=args.dry_run,
+                app_only=args.app_only,
+                seat_limit=effective_seat_limit(plan, tenant) if plan else None,
+            )
+        except ImportRejected as exc:
+            return _fail(f"nothing was imported: {exc}")
+        result.pop("ledger_periods")
+        print(json.dumps(result))
+        return 0
+    finally:
+        await database.close()
+
+
+def _export_or_import(args: argparse.Namespace) -> int:
+    if not args.database_url:
+        return _fail(f"{args.command} needs --database-url (or TG_DATABASE_URL)")
+    try:
+        return asyncio.run(_transfer(args))
+    except StoreUnavailable as exc:
+        return _fail(f"{exc}. Is PostgreSQL running and the URL right?")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -198,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "billing":
             return _billing(args)
+        if args.command in ("export", "import"):
+            return _export_or_import(args)
         return _migrate(args)
     except ConfigurationError as exc:
         return _fail(str(exc))

@@ -56,6 +56,7 @@ class Problem(TenantGatewayError):
         *,
         headers: Mapping[str, str] | None = None,
         errors: Sequence[Mapping[str, str]] | None = None,
+        extensions: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -64,6 +65,8 @@ class Problem(TenantGatewayError):
         self.detail = detail
         self.headers = dict(headers or {})
         self.errors = list(errors) if errors is not None else None
+        self.extensions = dict(extensions or {})
+        """Extra members of the problem document (RFC 9457 §3.2)."""
 
 
 def redact_url(url: str) -> str:

@@ -16,9 +16,11 @@ from tenant_gateway.exceptions import Problem
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "forbidden",
+    "import_rejected",
     "invalid_api_key",
     "missing_api_key",
     "not_found",
+    "not_supported",
     "payload_too_large",
     "problem_response",
     "quota_exceeded",
@@ -39,6 +41,7 @@ _TYPE_BASE = "https://tenant-gateway.dev/problems/"
 
 def problem_response(problem: Problem) -> Response:
     body: dict[str, object] = {
+        **problem.extensions,
         "type": _TYPE_BASE + problem.code.replace("_", "-"),
         "title": problem.title,
         "status": problem.status,
@@ -162,6 +165,22 @@ def quota_unavailable() -> Problem:
         "Quota service unavailable",
         "The usage counters cannot be reached; try again shortly.",
         headers={"Retry-After": "1"},
+    )
+
+
+def not_supported(detail: str) -> Problem:
+    return Problem(501, "not_supported", "Not supported here", detail)
+
+
+def import_rejected(line: int, table: str | None, reason: str) -> Problem:
+    where = f"line {line}" + (f" (table {table})" if table else "")
+    return Problem(
+        422,
+        "validation_error",
+        "Import rejected",
+        f"Nothing was imported: {where}: {reason}.",
+        errors=[{"field": f"line {line}", "message": reason}],
+        extensions={"line": line, "table": table, "reason": reason},
     )
 
 

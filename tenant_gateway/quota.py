@@ -81,6 +81,9 @@ class CounterStore(Protocol):
     def drain_dirty(self) -> set[UsageKey]:
         """The keys this process changed since the last drain."""
 
+    async def forget(self, keys: Iterable[UsageKey]) -> None:
+        """Drop live tallies so the next use restores them from the ledger."""
+
     def mark_dirty(self, keys: Iterable[UsageKey]) -> None: ...
 
     async def ping(self) -> None: ...
@@ -149,9 +152,9 @@ class MemoryCounters(_DirtyKeys):
             key: dict(self._tallies[key]) for key in keys if HYDRATED in self._tallies.get(key, ())
         }
 
-    def forget(self) -> None:
-        """Lose every tally, as a restarted process would (for tests of rehydration)."""
-        self._tallies.clear()
+    async def forget(self, keys: Iterable[UsageKey]) -> None:
+        for key in keys:
+            self._tallies.pop(key, None)
 
     async def ping(self) -> None:
         return None
@@ -301,6 +304,15 @@ class RedisCounters(_DirtyKeys):
             for key, tallies in zip(ordered, results, strict=True)
             if HYDRATED in tallies
         }
+
+    async def forget(self, keys: Iterable[UsageKey]) -> None:
+        names = [self._key(key) for key in keys]
+        if not names:
+            return
+        try:
+            await self._redis.delete(*names)
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
 
     async def ping(self) -> None:
         try:

@@ -51,6 +51,7 @@ class Services:
     allow_signup: bool
     max_body_bytes: int
     flush_interval: float
+    import_max_bytes: int = 256 * 1024 * 1024
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod

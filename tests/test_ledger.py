@@ -103,7 +103,7 @@ async def test_lost_counters_are_restored_from_the_ledger(stores: Stores, client
     else:
         counters = gw.services.counters
         assert isinstance(counters, MemoryCounters)
-        counters.forget()
+        await counters.forget([(tenant["id"], datetime.now(UTC).strftime("%Y-%m"))])
     after = await calls(client, tenant, 100)
     admitted_total = 60 + unflushed + after.count(200)
     assert after.count(200) == 40  # restored to 60, not to 0

@@ -7,12 +7,13 @@ and every change is written to the tenant's audit log.
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from tenant_gateway import problems
@@ -50,17 +51,36 @@ from tenant_gateway.models import (
     effective_seat_limit,
 )
 from tenant_gateway.plans import Plan
+from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.transfer import (
+    ImportRejected,
+    LineTooLong,
+    export_tenant,
+    import_tenant,
+    numbered_lines,
+)
 from tenant_gateway.services import Services
 from tenant_gateway.usage import usage_csv, usage_report
 
 __all__ = ["build_admin_app"]
 
+MAX_LINE_BYTES = 16 * 1024 * 1024
 _PAGE_DEFAULT = 50
 _PAGE_MAX = 500
 
 
 def _field_error(field: str, message: str, detail: str = "Invalid request.") -> Problem:
     return problems.validation_error(detail, [{"field": field, "message": message}])
+
+
+async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """The request body, stopping with 413 once it passes ``limit`` bytes."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise problems.payload_too_large(limit)
+        yield chunk
 
 
 def _page_size(request: Request) -> int:
@@ -393,6 +413,59 @@ class AdminAPI:
         documents = await self.s.billing.list_issued(tenant)
         return Response("[" + ",".join(documents) + "]", media_type="application/json")
 
+    def _database(self) -> Database:
+        if self.s.database is None:
+            raise problems.not_supported(
+                "Export and import need PostgreSQL: start the gateway with a database_url."
+            )
+        return self.s.database
+
+    async def export(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MOVE_DATA)
+        database = self._database()
+        await self.s.flush()  # the ledger holds every count this process has seen
+        await self._audit(request, caller, tenant.id, "tenant.export")
+        return StreamingResponse(
+            export_tenant(database, tenant.id, self._now()),
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": f'attachment; filename="{tenant.id}.ndjson"'},
+        )
+
+    async def import_(self, request: Request) -> Response:
+        caller, tenant = await self._tenant(request, Action.MOVE_DATA)
+        database = self._database()
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.s.import_max_bytes:
+            raise problems.payload_too_large(self.s.import_max_bytes)
+        flags = {name: request.query_params.get(name, "false") for name in ("dry_run", "app_only")}
+        for name, value in flags.items():
+            if value not in ("true", "false"):
+                raise _field_error(name, "must be true or false")
+        await self.s.flush()
+        try:
+            result = await import_tenant(
+                database,
+                tenant.id,
+                numbered_lines(_limited(request.stream(), self.s.import_max_bytes), MAX_LINE_BYTES),
+                dry_run=flags["dry_run"] == "true",
+                app_only=flags["app_only"] == "true",
+                seat_limit=effective_seat_limit(self._plan(tenant.plan), tenant),
+            )
+        except LineTooLong as exc:
+            raise Problem(
+                413,
+                "payload_too_large",
+                "Line too large",
+                f"Nothing was imported: line {exc.line} is {exc.reason}.",
+            ) from exc
+        except ImportRejected as exc:
+            raise problems.import_rejected(exc.line, exc.table, exc.reason) from exc
+        periods = result.pop("ledger_periods")
+        if not result["dry_run"]:
+            await self.s.counters.forget((tenant.id, period) for period in periods)
+            await self._audit(request, caller, tenant.id, "tenant.import")
+        return JSONResponse(result)
+
     async def get_webhook(self, request: Request) -> Response:
         _, tenant = await self._tenant(request, Action.READ_TENANT)
         target = await self.s.directory.webhook_target(tenant.id)
@@ -476,6 +549,8 @@ def build_admin_app(services: Services, prefix: str) -> Starlette:
         Route(key + "/rotate", api.rotate_key, methods=["POST"]),
         Route(tenant + "/usage", api.usage, methods=["GET"]),
         Route(tenant + "/audit", api.audit, methods=["GET"]),
+        Route(tenant + "/export", api.export, methods=["GET"]),
+        Route(tenant + "/import", api.import_, methods=["POST"]),
         Route(tenant + "/billing/invoice", api.invoice, methods=["GET"]),
         Route(tenant + "/billing/invoices", api.invoices, methods=["GET"]),
         Route(tenant + "/webhook", api.get_webhook, methods=["GET"]),

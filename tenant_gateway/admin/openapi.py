@@ -141,6 +141,23 @@ def _paths() -> dict[str, Any]:
                 ],
             ),
         ),
+        "/{tenant_id}/export": _on(
+            t, get=_operation("Every tenant-scoped row as application/x-ndjson", 200, 501)
+        ),
+        "/{tenant_id}/import": _on(
+            t,
+            post=_operation(
+                "Load an export into this tenant, all or nothing",
+                200,
+                413,
+                422,
+                501,
+                query=[
+                    _query("dry_run", {"type": "boolean"}),
+                    _query("app_only", {"type": "boolean"}),
+                ],
+            ),
+        ),
         "/{tenant_id}/billing/invoice": _on(
             t,
             get=_operation(

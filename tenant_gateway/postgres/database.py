@@ -104,10 +104,11 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[PooledConnection]:
         """A pooled connection; driver connection failures become ``StoreUnavailable``."""
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             raise StoreUnavailable("PostgreSQL", redact_url(self.url), "the pool is not open")
         try:
-            conn = await self._pool.acquire(timeout=self._timeout)
+            conn = await pool.acquire(timeout=self._timeout)
         except _CONNECT_ERRORS as exc:
             raise self.unavailable(exc) from exc
         try:
@@ -115,7 +116,7 @@ class Database:
         except _DRIVER_ERRORS as exc:
             raise self.unavailable(exc) from exc
         finally:
-            await self._pool.release(conn)
+            await pool.release(conn)
 
     @asynccontextmanager
     async def gateway_transaction(self) -> AsyncIterator[PooledConnection]:

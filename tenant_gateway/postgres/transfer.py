@@ -1,0 +1,410 @@
+"""Tenant export and import: an NDJSON stream, read in one snapshot, loaded in one transaction.
+
+The stream: a header line, then one ``{"table": …, "row": {…}}`` line per row, parents before
+children. Rows are produced by PostgreSQL itself (``row_to_json``) and loaded back through
+``json_populate_record``, so every column keeps its type across the trip, whatever the app uses.
+
+Exported: the gateway's tenant tables (profile, users, key metadata without the hash, plan
+history, usage ledger, invoices, audit) and every application table under the isolation policy.
+Imported: users, the usage ledger (added to the target's), the audit trail and the application
+tables; the rest is a record of the source (keys are secrets that cannot move; invoices and plan
+history belong to the source's account) and is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from tenant_gateway.clock import format_timestamp
+from tenant_gateway.postgres.catalog import application_tables
+from tenant_gateway.postgres.database import OWNER_ROLE, RUNTIME_ROLE, TENANT_SETTING, Database
+
+if TYPE_CHECKING:
+    from tenant_gateway.postgres.database import Connection
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "ImportRejected",
+    "LineTooLong",
+    "export_tenant",
+    "import_tenant",
+    "numbered_lines",
+]
+
+FORMAT = "tenant-gateway-export"
+VERSION = 1
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# gateway table → (column holding the tenant id, importable, columns never exported)
+_GATEWAY: dict[str, tuple[str, bool, frozenset[str]]] = {
+    "tg_tenants": ("id", False, frozenset({"webhook_secret"})),
+    "tg_users": ("tenant_id", True, frozenset()),
+    "tg_api_keys": ("tenant_id", False, frozenset({"key_hash"})),
+    "tg_plan_changes": ("tenant_id", False, frozenset()),
+    "tg_usage": ("tenant_id", True, frozenset()),
+    "tg_invoices": ("tenant_id", False, frozenset()),
+    "tg_audit": ("tenant_id", True, frozenset()),
+}
+
+
+_FOREIGN_KEYS = """
+SELECT confrelid::regclass::text AS parent,
+  ARRAY(SELECT attname FROM unnest(conkey) WITH ORDINALITY k(n, o)
+        JOIN pg_attribute ON attrelid = conrelid AND attnum = k.n ORDER BY o) AS child_columns,
+  ARRAY(SELECT attname FROM unnest(confkey) WITH ORDINALITY k(n, o)
+        JOIN pg_attribute ON attrelid = confrelid AND attnum = k.n ORDER BY o) AS parent_columns
+FROM pg_constraint WHERE contype = 'f' AND conrelid = $1::regclass
+"""
+_ADD_USAGE = (
+    " ON CONFLICT (tenant_id, period, field) DO UPDATE SET value = tg_usage.value + EXCLUDED.value"
+)
+
+
+class ImportRejected(Exception):
+    """The stream cannot be imported; nothing was written."""
+
+    def __init__(self, line: int, table: str | None, reason: str) -> None:
+        where = f"line {line}" + (f", table {table}" if table else "")
+        super().__init__(f"{where}: {reason}")
+        self.line = line
+        self.table = table
+        self.reason = reason
+
+
+class LineTooLong(ImportRejected):
+    """A line longer than the limit (a guard against a hostile "2 GB line")."""
+
+
+async def numbered_lines(
+    chunks: AsyncIterator[bytes], max_line_bytes: int
+) -> AsyncIterator[tuple[int, bytes]]:
+    """Split a byte stream into numbered lines without ever holding more than one line."""
+    buffer = b""
+    number = 0
+    async for chunk in chunks:
+        buffer += chunk
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                break
+            number += 1
+            if end > max_line_bytes:
+                raise LineTooLong(number, None, f"longer than the {max_line_bytes}-byte line limit")
+            yield number, buffer[:end]
+            buffer = buffer[end + 1 :]
+        if len(buffer) > max_line_bytes:
+            raise LineTooLong(number + 1, None, f"longer than the {max_line_bytes}-byte line limit")
+    if buffer:
+        yield number + 1, buffer
+
+
+@dataclass
+class _Table:
+    name: str
+    tenant_column: str
+    columns: list[str]
+    insertable: list[str]
+    """Columns an INSERT may set (identity and generated ones are left to the database)."""
+    key: list[str]
+    """Primary key columns other than the tenant column."""
+    text_key: bool
+    parents: list[tuple[list[str], str, list[str]]] = field(default_factory=list)
+    """Foreign keys: (child columns, parent table, parent columns)."""
+
+
+async def _describe(conn: Connection, name: str, tenant_column: str) -> _Table:
+    columns = await conn.fetch(
+        "SELECT attname, attidentity <> '' OR attgenerated <> '' AS automatic"
+        " FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum",
+        name,
+    )
+    key = await conn.fetch(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type FROM pg_index i"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
+        " WHERE i.indrelid = $1::regclass AND i.indisprimary",
+        name,
+    )
+    own_key = [row for row in key if row["attname"] != tenant_column]
+    table = _Table(
+        name=name,
+        tenant_column=tenant_column,
+        columns=[row["attname"] for row in columns],
+        insertable=[row["attname"] for row in columns if not row["automatic"]],
+        key=[row["attname"] for row in own_key],
+        text_key=len(own_key) == 1 and own_key[0]["type"] == "text",
+    )
+    for fk in await conn.fetch(_FOREIGN_KEYS, name):
+        table.parents.append((list(fk["child_columns"]), fk["parent"], list(fk["parent_columns"])))
+    return table
+
+
+async def _as_owner(conn: Connection) -> None:
+    await conn.execute(f"SET LOCAL ROLE {OWNER_ROLE}")
+
+
+async def _as_tenant(conn: Connection, tenant_id: str) -> None:
+    await conn.execute(
+        "SELECT set_config('role', $1, true), set_config($2, $3, true)",
+        RUNTIME_ROLE,
+        TENANT_SETTING,
+        tenant_id,
+    )
+
+
+def _select(table: _Table, excluded: frozenset[str], *, scoped_by_policy: bool) -> str:
+    columns = ", ".join(f'"{c}"' for c in table.columns if c not in excluded)
+    where = "" if scoped_by_policy else f' WHERE "{table.tenant_column}" = $1'
+    order = ", ".join(f'"{c}"' for c in table.key) or "1"
+    rows = f'SELECT {columns} FROM "{table.name}"{where} ORDER BY {order}'
+    return f"SELECT row_to_json(r)::text FROM ({rows}) r"
+
+
+async def export_tenant(
+    database: Database, tenant_id: str, now: datetime
+) -> AsyncGenerator[bytes, None]:
+    """The tenant's data as NDJSON, read in one repeatable-read snapshot, row by row."""
+    async with database.connection() as conn:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await _as_owner(conn)
+            gateway = [
+                await _describe(conn, name, column) for name, (column, _, _) in _GATEWAY.items()
+            ]
+            app_names = await application_tables(conn)
+            app = [await _describe(conn, name, "tenant_id") for name in app_names]
+            counts: dict[str, int] = {}
+            for table in gateway:
+                counts[table.name] = await conn.fetchval(
+                    f'SELECT count(*) FROM "{table.name}" WHERE "{table.tenant_column}" = $1',
+                    tenant_id,
+                )
+            await _as_tenant(conn, tenant_id)
+            for table in app:
+                counts[table.name] = await conn.fetchval(f'SELECT count(*) FROM "{table.name}"')
+            header = {
+                "format": FORMAT,
+                "version": VERSION,
+                "source_tenant": tenant_id,
+                "exported_at": format_timestamp(now),
+                "tables": [
+                    {
+                        "name": t.name,
+                        "rows": counts[t.name],
+                        "kind": "gateway" if t.name in _GATEWAY else "application",
+                    }
+                    for t in gateway + app
+                ],
+            }
+            yield json.dumps(header, separators=(",", ":")).encode() + b"\n"
+            await _as_owner(conn)
+            for table in gateway:
+                excluded = _GATEWAY[table.name][2]
+                query = _select(table, excluded, scoped_by_policy=False)
+                prefix = b'{"table":"' + table.name.encode() + b'","row":'
+                async for record in conn.cursor(query, tenant_id, prefetch=500):
+                    yield prefix + record[0].encode() + b"}\n"
+            await _as_tenant(conn, tenant_id)
+            for table in app:
+                query = _select(table, frozenset(), scoped_by_policy=True)
+                prefix = b'{"table":"' + table.name.encode() + b'","row":'
+                async for record in conn.cursor(query, prefetch=500):
+                    yield prefix + record[0].encode() + b"}\n"
+
+
+def _parse(line_number: int, raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ImportRejected(line_number, None, "not a JSON document") from None
+
+
+def _header(raw: bytes | None) -> dict[str, int]:
+    if raw is None:
+        raise ImportRejected(1, None, "the stream is empty: a header line is required")
+    header = _parse(1, raw)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ImportRejected(1, None, f"not a {FORMAT} header")
+    if header.get("version") != VERSION:
+        raise ImportRejected(
+            1, None, f"version {header.get('version')!r} is not supported (expected {VERSION})"
+        )
+    tables = header.get("tables")
+    if not isinstance(tables, list):
+        raise ImportRejected(1, None, "the header has no table list")
+    expected: dict[str, int] = {}
+    for entry in tables:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        rows = entry.get("rows") if isinstance(entry, dict) else None
+        if (
+            not isinstance(name, str)
+            or not _IDENTIFIER.match(name)
+            or type(rows) is not int
+            or rows < 0
+        ):
+            raise ImportRejected(1, None, "the header's table list is malformed")
+        expected[name] = rows
+    return expected
+
+
+@dataclass
+class _Importer:
+    conn: Connection
+    tenant_id: str
+    tables: dict[str, _Table]
+    app_only: bool
+    imported: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    renamed: dict[str, dict[str, str]] = field(default_factory=dict)
+    periods: set[str] = field(default_factory=set)
+    _role: str = ""
+
+    async def _role_for(self, table: str) -> None:
+        wanted = OWNER_ROLE if table in _GATEWAY else RUNTIME_ROLE
+        if wanted != self._role:
+            await (
+                _as_owner(self.conn)
+                if wanted == OWNER_ROLE
+                else _as_tenant(self.conn, self.tenant_id)
+            )
+            self._role = wanted
+
+    async def row(self, line: int, name: str, row: dict[str, Any]) -> None:
+        self.seen[name] = self.seen.get(name, 0) + 1
+        if name in _GATEWAY and (self.app_only or not _GATEWAY[name][1]):
+            self.skipped[name] = self.skipped.get(name, 0) + 1
+            return
+        table = self.tables[name]
+        unknown = set(row) - set(table.columns)
+        if unknown:
+            raise ImportRejected(line, name, f"unknown columns {sorted(unknown)}")
+        row = {column: value for column, value in row.items() if column in table.insertable}
+        row[table.tenant_column] = self.tenant_id  # never trusted from the file
+        for child_columns, parent, parent_columns in table.parents:
+            for child_column, parent_column in zip(child_columns, parent_columns, strict=True):
+                mapping = self.renamed.get(f"{parent}.{parent_column}")
+                if mapping and row.get(child_column) in mapping:
+                    row[child_column] = mapping[row[child_column]]
+        await self._role_for(name)
+        if table.text_key and isinstance(row.get(table.key[0]), str):
+            await self._avoid_collision(table, row)
+        if name == "tg_usage":
+            self.periods.add(str(row.get("period")))
+        columns = ", ".join(f'"{c}"' for c in row)
+        insert = (
+            f'INSERT INTO "{name}" ({columns}) SELECT {columns}'
+            f' FROM json_populate_record(NULL::"{name}", $1::json)'
+        )
+        if name == "tg_usage":  # usage adds up: the target keeps its own and gains the source's
+            insert += _ADD_USAGE
+        try:
+            async with self.conn.transaction():  # a savepoint: a failure is reported, not a 500
+                await self.conn.execute(insert, json.dumps(row))
+        except asyncpg.PostgresError as exc:
+            raise ImportRejected(line, name, _reason(exc)) from None
+        self.imported[name] = self.imported.get(name, 0) + 1
+
+    async def _avoid_collision(self, table: _Table, row: dict[str, Any]) -> None:
+        column = table.key[0]
+        old = row[column]
+        taken = await self.conn.fetchval(
+            f'SELECT 1 FROM "{table.name}" WHERE "{table.tenant_column}" = $1 AND "{column}" = $2',
+            self.tenant_id,
+            old,
+        )
+        if taken:
+            new = f"{old}-{secrets.token_hex(4)}"
+            row[column] = new
+            self.renamed.setdefault(f"{table.name}.{column}", {})[old] = new
+
+
+def _reason(exc: asyncpg.PostgresError) -> str:
+    message = str(exc).split("\n", 1)[0]
+    detail = getattr(exc, "detail", None)
+    return f"{message} ({detail})" if detail else message
+
+
+async def import_tenant(
+    database: Database,
+    tenant_id: str,
+    lines: AsyncIterator[tuple[int, bytes]],
+    *,
+    dry_run: bool = False,
+    app_only: bool = False,
+    seat_limit: int | None = None,
+) -> dict[str, Any]:
+    """Load an export into ``tenant_id`` in one transaction: every row, or none."""
+    header_line = await anext(lines, None)
+    expected = _header(header_line[1] if header_line else None)
+    async with database.connection() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await _as_owner(conn)
+            tables = {
+                name: await _describe(conn, name, column)
+                for name, (column, _, _) in _GATEWAY.items()
+            }
+            for name in await application_tables(conn):
+                tables[name] = await _describe(conn, name, "tenant_id")
+            for name in expected:
+                if name not in tables:
+                    raise ImportRejected(1, name, "this table cannot be imported into a tenant")
+            importer = _Importer(conn, tenant_id, tables, app_only)
+            async for line, raw in lines:
+                if not raw.strip():
+                    continue
+                document = _parse(line, raw)
+                if not isinstance(document, dict) or set(document) != {"table", "row"}:
+                    raise ImportRejected(line, None, 'expected {"table": …, "row": {…}}')
+                name, row = document["table"], document["row"]
+                if not isinstance(name, str) or name not in expected:
+                    raise ImportRejected(line, str(name)[:64], "table not listed in the header")
+                if not isinstance(row, dict):
+                    raise ImportRejected(line, name, "row must be a JSON object")
+                await importer.row(line, name, row)
+            for name, rows in expected.items():
+                if importer.seen.get(name, 0) != rows:
+                    found = importer.seen.get(name, 0)
+                    raise ImportRejected(
+                        line_count(importer),
+                        name,
+                        f"the stream is truncated or padded: {found} rows, the header says {rows}",
+                    )
+            if seat_limit is not None:
+                await _as_owner(conn)
+                users = await conn.fetchval(
+                    "SELECT count(*) FROM tg_users WHERE tenant_id = $1", tenant_id
+                )
+                if users > seat_limit:
+                    raise ImportRejected(
+                        line_count(importer),
+                        "tg_users",
+                        f"{users} users would exceed the seat limit of {seat_limit}",
+                    )
+        except BaseException:
+            await transaction.rollback()
+            raise
+        if dry_run:
+            await transaction.rollback()
+        else:
+            await transaction.commit()
+    return {
+        "imported": dict(sorted(importer.imported.items())),
+        "skipped": dict(sorted(importer.skipped.items())),
+        "dry_run": dry_run,
+        "ledger_periods": sorted(importer.periods),
+    }
+
+
+def line_count(importer: _Importer) -> int:
+    return 1 + sum(importer.seen.values())
