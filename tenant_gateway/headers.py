@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from tenant_gateway.plans import Plan
 
 __all__ = ["policy_header", "remaining_header"]
 
 
-@lru_cache(maxsize=256)
 def policy_header(plan: Plan) -> bytes:
     """``"burst";q=10;w=1, "monthly";q=1000``; items for unlimited dimensions are omitted."""
     items = []

@@ -18,6 +18,7 @@ from starlette.datastructures import Headers
 
 __all__ = [
     "KEY_PREFIX",
+    "api_key_from",
     "extract_api_key",
     "generate_api_key",
     "hash_api_key",
@@ -78,10 +79,13 @@ def new_id(kind: str) -> str:
 
 def extract_api_key(headers: Headers) -> str | None:
     """The credential from ``Authorization: Bearer …`` or ``X-API-Key``; None when absent."""
-    authorization = headers.get("authorization")
+    return api_key_from(headers.get("authorization"), headers.get("x-api-key"))
+
+
+def api_key_from(authorization: str | None, x_api_key: str | None) -> str | None:
+    """A Bearer credential wins over ``X-API-Key``; blank values count as absent."""
     if authorization is not None:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             return credentials.strip()
-    key = headers.get("x-api-key")
-    return key.strip() if key is not None and key.strip() else None
+    return x_api_key.strip() if x_api_key is not None and x_api_key.strip() else None

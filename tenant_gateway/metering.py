@@ -14,7 +14,7 @@ from tenant_gateway.events import EventDispatcher
 from tenant_gateway.exceptions import Problem
 from tenant_gateway.headers import policy_header, remaining_header
 from tenant_gateway.models import Tenant
-from tenant_gateway.plans import Plan
+from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore, UsageKey
 from tenant_gateway.ratelimit import BurstLimiter
 
@@ -22,6 +22,17 @@ __all__ = ["Meter", "Metered"]
 
 Header = tuple[bytes, bytes]
 _SECONDS_PER_DAY = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class _Moment:
+    """What the quota decision needs to know about the current second, computed once a second."""
+
+    second: int
+    period: str
+    day: str
+    reset: int
+    """Seconds to the next period."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,19 +57,35 @@ class Meter:
         burst: BurstLimiter,
         events: EventDispatcher,
         clock: Clock,
+        plans: PlanCatalog,
     ) -> None:
+        self._policies = {name: policy_header(plan) for name, plan in plans.items()}
         self._counters = counters
         self._burst = burst
         self._events = events
         self._clock = clock
+        self._moment = _Moment(-1, "", "", 0)
+
+    def _now(self) -> _Moment:
+        now = self._clock()
+        second = int(now)
+        moment = self._moment
+        if moment.second != second:
+            period = Period.containing(now)
+            start = period.start.timestamp()
+            moment = self._moment = _Moment(
+                second,
+                str(period),
+                f"{int((now - start) // _SECONDS_PER_DAY) + 1:02d}",
+                period.seconds_left(second),
+            )
+        return moment
 
     async def admit(self, tenant: Tenant, plan: Plan) -> Metered:
-        now = self._clock()
-        period = Period.containing(now)
-        reset = period.seconds_left(now)
-        usage_key = (tenant.id, str(period))
-        day = f"{int((now - period.start.timestamp()) // _SECONDS_PER_DAY) + 1:02d}"
-        headers = [(b"ratelimit-policy", policy_header(plan))]
+        moment = self._now()
+        reset, day = moment.reset, moment.day
+        usage_key = (tenant.id, moment.period)
+        headers = [(b"ratelimit-policy", self._policies[plan.name])]
         if plan.burst_per_second is not None:
             if not await self._burst.hit(tenant.id, plan.burst_per_second):
                 await self._counters.reject(usage_key, day, "burst")
@@ -78,5 +105,6 @@ class Meter:
             headers.append((b"ratelimit", remaining_header("burst", stats.remaining, 1)))
         if not admission.admitted:  # only a plan with a monthly limit refuses
             raise _with_headers(problems.quota_exceeded(limit or 0, reset), headers)
-        self._events.observe(tenant.id, usage_key[1], admission.used, limit)
+        if limit is not None:
+            self._events.observe(tenant.id, usage_key[1], admission.used, limit)
         return Metered(usage_key, day, headers)

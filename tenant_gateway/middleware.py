@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_gateway import problems
@@ -25,7 +24,7 @@ from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
-from tenant_gateway.keys import extract_api_key
+from tenant_gateway.keys import api_key_from
 from tenant_gateway.metering import Meter, Metered
 from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, load_plans
@@ -41,6 +40,20 @@ _UNMATCHED_ROUTE = "(unmatched)"
 
 class _BodyTooLarge(Exception):
     """Raised from the wrapped ``receive`` when a streamed body passes the limit."""
+
+
+def _scan_headers(scope: Scope) -> tuple[str | None, str | None]:
+    """(API key, Content-Length) in one pass over the raw headers (the hot path's only parse);
+    the key rules are those of ``extract_api_key``."""
+    authorization = api_key = length = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"x-api-key":
+            api_key = value.decode("latin-1")
+        elif name == b"content-length":
+            length = value.decode("latin-1")
+    return api_key_from(authorization, api_key), length
 
 
 def route_template(scope: Scope, root_path: str) -> str:
@@ -117,6 +130,7 @@ class TenantGateway:
             BurstLimiter(burst_storage, clock),
             self.services.events,
             clock,
+            self.services.plans,
         )
         self.admin_app = build_admin_app(self.services, admin_prefix)
         self._started = False
@@ -211,8 +225,7 @@ class TenantGateway:
 
     async def _admit(self, scope: Scope) -> tuple[Tenant, Plan, Metered]:
         """Authenticate and meter one request, or raise the Problem that refuses it."""
-        headers = Headers(scope=scope)
-        raw_key = extract_api_key(headers)
+        raw_key, length = _scan_headers(scope)
         if raw_key is None:
             raise problems.missing_api_key()
         principal = await self.services.resolver.resolve(raw_key)
@@ -222,7 +235,6 @@ class TenantGateway:
         plan = self.services.plans.get(tenant.plan)
         if plan is None:
             raise problems.service_unavailable(f"plan {tenant.plan!r} is not configured")
-        length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise problems.payload_too_large(self.max_body_bytes)
         return tenant, plan, await self.meter.admit(tenant, plan)

@@ -132,7 +132,8 @@ class MemoryCounters(_DirtyKeys):
         if limit is not None and used >= limit and not allow_overage:
             tally.update(("rejected", "rejected:quota", "rday:" + day))
             return Admission(False, used)
-        tally.update(("calls", "day:" + day))
+        tally["calls"] += 1
+        tally["day:" + day] += 1
         return Admission(True, used + 1)
 
     async def reject(self, key: UsageKey, day: str, reason: str) -> None:

@@ -1,6 +1,9 @@
 """API key → tenant, through a bounded in-process cache.
 
-A warm key costs a dictionary lookup, no database query. Entries live ``ttl`` seconds
+A warm key costs one dictionary lookup: no database query, no hashing. (The cache is keyed by
+the presented key itself; Python's string hashing is salted per process, so probing it for a
+valid key is no easier than guessing one.) The stored SHA-256 digest is compared in constant
+time when an entry is loaded. Entries live ``ttl`` seconds
 (default 1 s): that bounds how long a revocation, suspension or plan change made by another
 worker process can go unseen. Changes made through this process's admin API evict at once.
 Unknown keys are cached too (as misses), so a flood of well-formed fake keys cannot hammer
@@ -9,6 +12,7 @@ the database.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +34,13 @@ class Principal:
     key: ApiKeyRecord
 
 
-_Entry = tuple[float, Principal | None]  # (expires at, principal or a cached miss)
+# (entry expires at, principal or a cached miss, the key usable until)
+_Entry = tuple[float, Principal | None, float]
+
+
+def _usable_until(key: ApiKeyRecord) -> float:
+    ends = [moment.timestamp() for moment in (key.expires_at, key.revoked_at) if moment]
+    return min(ends) if ends else math.inf
 
 
 class KeyResolver:
@@ -46,24 +56,21 @@ class KeyResolver:
         self._clock = clock
         self._ttl = ttl
         self._max_entries = max_entries
-        self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._last_used: dict[tuple[str, str], float] = {}
 
     async def resolve(self, raw_key: str) -> Principal:
         """The principal for ``raw_key``, or a ``Problem`` (401 invalid key, 403 suspended)."""
-        if not is_well_formed(raw_key):
-            raise problems.invalid_api_key()
         now = self._clock()
-        digest = hash_api_key(raw_key)
-        entry = self._cache.get(digest)
-        if entry is not None and entry[0] > now:
-            principal = entry[1]
-        else:
-            principal = await self._load(digest)
-            self._remember(digest, (now + self._ttl, principal))
-        if principal is None or not verify_api_key(raw_key, principal.key.key_hash):
+        entry = self._cache.get(raw_key)
+        if entry is None or entry[0] <= now:
+            if not is_well_formed(raw_key):
+                raise problems.invalid_api_key()
+            entry = await self._load(raw_key, now)
+        principal = entry[1]
+        if principal is None or now >= entry[2]:
             raise problems.invalid_api_key()
-        if not principal.key.usable_at(now) or principal.tenant.status is TenantStatus.DELETED:
+        if principal.tenant.status is TenantStatus.DELETED:
             raise problems.invalid_api_key()
         if principal.tenant.status is TenantStatus.SUSPENDED:
             raise problems.tenant_suspended()
@@ -80,15 +87,22 @@ class KeyResolver:
         moment = self._last_used.get((tenant_id, key_id))
         return None if moment is None else datetime.fromtimestamp(moment, UTC)
 
-    async def _load(self, digest: bytes) -> Principal | None:
-        found = await self._directory.find_key(digest)
-        return None if found is None else Principal(tenant=found[1], key=found[0])
-
-    def _remember(self, digest: bytes, entry: _Entry) -> None:
-        self._cache[digest] = entry
-        self._cache.move_to_end(digest)
+    async def _load(self, raw_key: str, now: float) -> _Entry:
+        found = await self._directory.find_key(hash_api_key(raw_key))
+        entry: _Entry
+        if found is None or not verify_api_key(raw_key, found[0].key_hash):
+            entry = (now + self._ttl, None, 0.0)
+        else:
+            entry = (
+                now + self._ttl,
+                Principal(tenant=found[1], key=found[0]),
+                _usable_until(found[0]),
+            )
+        self._cache[raw_key] = entry
+        self._cache.move_to_end(raw_key)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
+        return entry
 
     def forget_all(self) -> None:
         self._cache.clear()
@@ -96,12 +110,12 @@ class KeyResolver:
     def forget_tenant(self, tenant_id: str) -> None:
         """Evict every cached key of a tenant (after a change to the tenant or its keys)."""
         stale = [
-            digest
-            for digest, (_, principal) in self._cache.items()
+            raw_key
+            for raw_key, (_, principal, _) in self._cache.items()
             if principal is not None and principal.tenant.id == tenant_id
         ]
-        for digest in stale:
-            del self._cache[digest]
+        for raw_key in stale:
+            del self._cache[raw_key]
 
     def __len__(self) -> int:
         return len(self._cache)
