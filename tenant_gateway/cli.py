@@ -158,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level="info",
         lifespan="on",
+        timeout_graceful_shutdown=30,
     )
     return 0
 

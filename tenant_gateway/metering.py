@@ -17,6 +17,7 @@ from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore, UsageKey
 from tenant_gateway.ratelimit import BurstLimiter
+from tenant_gateway.usage import UsageRecorder
 
 __all__ = ["Meter", "Metered"]
 
@@ -58,7 +59,9 @@ class Meter:
         events: EventDispatcher,
         clock: Clock,
         plans: PlanCatalog,
+        recorder: UsageRecorder,
     ) -> None:
+        self._recorder = recorder
         self._policies = {name: policy_header(plan) for name, plan in plans.items()}
         self._counters = counters
         self._burst = burst
@@ -88,23 +91,22 @@ class Meter:
         headers = [(b"ratelimit-policy", self._policies[plan.name])]
         if plan.burst_per_second is not None:
             if not await self._burst.hit(tenant.id, plan.burst_per_second):
-                await self._counters.reject(usage_key, day, "burst")
+                self._recorder.rejected(usage_key, day, "burst")
                 stats = await self._burst.stats(tenant.id, plan.burst_per_second)
                 raise _with_headers(
                     problems.rate_limited(plan.burst_per_second, stats.retry_after),
                     headers + [(b"ratelimit", remaining_header("burst", 0, stats.retry_after))],
                 )
         limit = plan.monthly_calls
+        if limit is None:  # nothing to decide: count locally, no round trip
+            self._recorder.admitted(usage_key, day)
+            if plan.burst_per_second is not None:
+                stats = await self._burst.stats(tenant.id, plan.burst_per_second)
+                headers.append((b"ratelimit", remaining_header("burst", stats.remaining, 1)))
+            return Metered(usage_key, day, headers)
         admission = await self._counters.admit(usage_key, day, limit, plan.allows_overage)
-        if limit is not None:
-            headers.append(
-                (b"ratelimit", remaining_header("monthly", limit - admission.used, reset))
-            )
-        elif plan.burst_per_second is not None:
-            stats = await self._burst.stats(tenant.id, plan.burst_per_second)
-            headers.append((b"ratelimit", remaining_header("burst", stats.remaining, 1)))
+        headers.append((b"ratelimit", remaining_header("monthly", limit - admission.used, reset)))
         if not admission.admitted:  # only a plan with a monthly limit refuses
-            raise _with_headers(problems.quota_exceeded(limit or 0, reset), headers)
-        if limit is not None:
-            self._events.observe(tenant.id, usage_key[1], admission.used, limit)
+            raise _with_headers(problems.quota_exceeded(limit, reset), headers)
+        self._events.observe(tenant.id, usage_key[1], admission.used, limit)
         return Metered(usage_key, day, headers)

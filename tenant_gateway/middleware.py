@@ -131,6 +131,7 @@ class TenantGateway:
             self.services.events,
             clock,
             self.services.plans,
+            self.services.recorder,
         )
         self.admin_app = build_admin_app(self.services, admin_prefix)
         self._started = False

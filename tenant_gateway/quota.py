@@ -19,13 +19,14 @@ from the durable ledger, atomically and once, before any decision is taken on it
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
 
@@ -65,9 +66,6 @@ class CounterStore(Protocol):
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
     ) -> Admission:
         """Count one call if the quota allows it, else count a ``quota`` refusal."""
-
-    async def reject(self, key: UsageKey, day: str, reason: str) -> None:
-        """Count a call refused before the quota check (e.g. by the burst limit)."""
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
         """Add tallies (breakdowns, refunds) in one batch."""
@@ -136,13 +134,9 @@ class MemoryCounters(_DirtyKeys):
         tally["day:" + day] += 1
         return Admission(True, used + 1)
 
-    async def reject(self, key: UsageKey, day: str, reason: str) -> None:
-        self._tallies[key].update(("rejected", "rejected:" + reason, "rday:" + day))
-        self._dirty.add(key)
-
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
         for key, fields in increments.items():
-            self._tallies[key].update(fields)
+            (await self._hydrate(key)).update(fields)
         self._dirty.update(increments)
 
     async def read(self, key: UsageKey) -> dict[str, int]:
@@ -224,6 +218,8 @@ class RedisCounters(_DirtyKeys):
         self._redis = aioredis.Redis(connection_pool=pool)
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
         self._hydrate_script = self._redis.register_script(_HYDRATE_SCRIPT)
+        self._batch: list[tuple[str, tuple[int, int, str], asyncio.Future[list[int]]]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
 
     def _key(self, key: UsageKey) -> str:
         return f"{self._prefix}usage:{key[0]}:{key[1]}"
@@ -245,21 +241,75 @@ class RedisCounters(_DirtyKeys):
     async def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
     ) -> Admission:
+        """Decisions taken in the same event-loop turn travel together: one pipeline of atomic
+        scripts, one round trip. Each script is still one atomic decision: batching changes
+        the cost, never the count."""
         args = (-1 if limit is None else limit, int(allow_overage), day)
         self._dirty.add(key)
-        try:
-            admitted, used = await self._admit(keys=[self._key(key)], args=args)
-            if admitted == -1:  # not restored yet: fill from the ledger, then decide
-                await self._hydrate(key)
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        self._batch.append((self._key(key), args, future))
+        admitted, used = await future
+        if admitted == -1:  # not restored yet: fill from the ledger, then decide
+            await self._hydrate(key)
+            try:
                 admitted, used = await self._admit(keys=[self._key(key)], args=args)
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
+            except RedisError as exc:
+                raise self._unavailable(exc) from exc
         return Admission(admitted == 1, int(used))
 
-    async def reject(self, key: UsageKey, day: str, reason: str) -> None:
-        await self.add({key: {"rejected": 1, "rejected:" + reason: 1, "rday:" + day: 1}})
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _run_batch(
+        self, batch: list[tuple[str, tuple[int, int, str], asyncio.Future[list[int]]]]
+    ) -> None:
+        try:
+            results = await self._evalsha_all(batch)
+        except RedisError as exc:
+            error = self._unavailable(exc)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def _evalsha_all(
+        self, batch: list[tuple[str, tuple[int, int, str], asyncio.Future[list[int]]]]
+    ) -> list[list[int]]:
+        for attempt in (1, 2):
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for name, args, _ in batch:
+                        pipe.evalsha(self._admit.sha, 1, name, *args)
+                    results: list[list[int]] = await pipe.execute()
+                return results
+            except NoScriptError:  # Redis restarted or flushed its scripts: load, then retry
+                if attempt == 2:
+                    raise
+                await self._redis.script_load(_ADMIT_SCRIPT)
+        raise AssertionError("unreachable")
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
+        """Add tallies in one pipeline, after restoring any hash the ledger must fill first
+        (a tally added to a lost hash would otherwise hide the loss from the next decision)."""
+        keys = list(increments)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hexists(self._key(key), HYDRATED)
+                present = await pipe.execute()
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        for key, hydrated in zip(keys, present, strict=True):
+            if not hydrated:
+                await self._hydrate(key)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, fields in increments.items():

@@ -133,9 +133,13 @@ class Services:
         """Stop the background work, flush everything batched, close the connections."""
         for task in self._tasks:
             task.cancel()
-        for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
-            if isinstance(outcome, Exception):
-                logger.error("background task had failed: %r", outcome)
+        if self._tasks:  # bounded: a stuck task must not hold the process hostage
+            done, stuck = await asyncio.wait(self._tasks, timeout=5.0)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("background task had failed: %r", task.exception())
+            for task in stuck:
+                logger.error("background task did not stop within 5 s: %r", task)
         self._tasks = []
         await self.events.close()
         try:

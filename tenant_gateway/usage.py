@@ -36,6 +36,20 @@ class UsageRecorder:
         """Tally one answered call; synchronous and allocation-light, safe on the hot path."""
         self._pending[key][f"route|{status // 100}xx|{route}"] += 1
 
+    def admitted(self, key: UsageKey, day: str) -> None:
+        """Count a call of a plan with no monthly quota: no decision depends on the count, so
+        it needs no round trip; it reaches the counters with the next batch."""
+        pending = self._pending[key]
+        pending["calls"] += 1
+        pending["day:" + day] += 1
+
+    def rejected(self, key: UsageKey, day: str, reason: str) -> None:
+        """Count a call refused before the quota decision (the burst limit)."""
+        pending = self._pending[key]
+        pending["rejected"] += 1
+        pending["rejected:" + reason] += 1
+        pending["rday:" + day] += 1
+
     def refund(self, key: UsageKey, day: str) -> None:
         """Un-bill one admitted call (a 5xx on a plan that does not count them)."""
         pending = self._pending[key]

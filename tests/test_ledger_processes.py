@@ -145,19 +145,17 @@ async def test_sigkill_loses_at_most_one_flush_interval(
     print("SIGKILL:", measured)  # shown with pytest -s
     assert answered > 200, measured
     assert 0 <= shortfall <= last_interval, measured
-    # Redis kept the counts: once the restarted gateway flushes the tenant, nothing is missing
+    # After a restart the ledger catches up with Redis. On a plan without a monthly quota the
+    # calls are counted in process and sent in batches, so Redis too can miss the last interval.
     server = start(postgres_url, redis_url, redis_prefix, plans_file)
     async with httpx.AsyncClient(base_url=server.base) as client:
-        assert (
-            await client.get("/api/v1/projects", headers={"X-API-Key": tenant["api_key"]})
-        ).status_code == 200
+        headers = {"X-API-Key": tenant["api_key"]}
+        assert (await client.get("/api/v1/projects", headers=headers)).status_code == 200
     log = server.stop()
     assert "Traceback" not in log
     counted = await redis_calls(redis_url, redis_prefix, tenant["id"])
     assert await ledger_calls(postgres_url, tenant["id"]) == counted
-    assert (
-        answered + 1 <= counted <= answered + 1 + load.workers
-    )  # admitted, answer lost in the kill
+    assert answered + 1 - last_interval <= counted <= answered + 1 + load.workers, measured
 
 
 async def test_sigterm_under_load_loses_nothing(
@@ -169,7 +167,7 @@ async def test_sigterm_under_load_loses_nothing(
     load.start()
     await asyncio.sleep(1.5)
     server.process.send_signal(signal.SIGTERM)
-    await asyncio.to_thread(server.process.wait, 20)
+    await asyncio.to_thread(server.process.wait, 60)
     await load.stop()
     log = server.stop()
     assert "Traceback" not in log
@@ -197,7 +195,7 @@ async def test_two_workers_three_tenants_ledger_equals_2xx(
 
     await asyncio.gather(*(connection(n) for n in range(50)))
     server.process.send_signal(signal.SIGTERM)
-    await asyncio.to_thread(server.process.wait, 20)
+    await asyncio.to_thread(server.process.wait, 60)
     log = server.stop()
     assert "Traceback" not in log
     assert sum(ok.values()) == 2000
