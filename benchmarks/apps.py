@@ -5,6 +5,7 @@ Configuration comes from environment variables that ``run.py`` sets for each ser
     TG_BENCH_DATABASE_URL    PostgreSQL URL for the gateway (unset → embedded memory store)
     TG_BENCH_REDIS_URL       Redis URL for the gateway (unset → embedded memory store)
     TG_BENCH_REDIS_PREFIX    key prefix in Redis, unique per benchmark run
+    TG_BENCH_SLOWAPI_LIMIT   (S) the slowapi limit string (default "1000000/minute")
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from starlette.routing import Route
 
 from tenant_gateway import TenantGateway
 
-__all__ = ["BENCH_PLANS", "HITS_PATH", "bare_app", "gateway_app"]
+__all__ = [
+    "BENCH_PLANS",
+    "HITS_PATH",
+    "SLOWAPI_REDIS_URL",
+    "api_key_of",
+    "bare_app",
+    "gateway_app",
+    "slowapi_app",
+]
 
 HITS_PATH = "/bench/hits"
+SLOWAPI_REDIS_URL = "redis://127.0.0.1:6379/13"
+SLOWAPI_LIMIT = "1000000/minute"  # never refuses at the rates one worker reaches
 """How many ping calls this process's app has answered; a public (unmetered) path."""
 
 # "bench" has no burst limit (the default enterprise plan's 1,000/s would throttle wrk) and no
@@ -73,3 +84,39 @@ def gateway_app() -> TenantGateway:
         plans=BENCH_PLANS,
         public_paths=(HITS_PATH,),
     )
+
+
+def api_key_of(request: Request) -> str:
+    """slowapi's ``key_func`` for (S): the caller's key, like the gateway reads it."""
+    authorization = request.headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("x-api-key", "").strip() or "anonymous"
+
+
+def slowapi_app() -> Starlette:
+    """(S) The same app behind slowapi: ``SlowAPIMiddleware`` applying a default limit to every
+    route, counted in Redis per API key (fixed window, slowapi's default strategy).
+
+    The limit is far above what one worker serves, so it never refuses: this measures the cost
+    of counting, which is what the gateway's quota path is compared with. As slowapi documents
+    for Starlette: ``app.state.limiter``, the ``RateLimitExceeded`` handler, the middleware.
+    """
+    # Optional (``pip install slowapi``); the ignores keep mypy quiet where it is not installed.
+    from slowapi import Limiter, _rate_limit_exceeded_handler  # type: ignore[import-not-found,unused-ignore]
+    from slowapi.errors import RateLimitExceeded  # type: ignore[import-not-found,unused-ignore]
+    from slowapi.middleware import SlowAPIMiddleware  # type: ignore[import-not-found,unused-ignore]
+
+    limiter = Limiter(
+        key_func=api_key_of,
+        default_limits=[os.environ.get("TG_BENCH_SLOWAPI_LIMIT") or SLOWAPI_LIMIT],
+        storage_uri=os.environ.get("TG_BENCH_REDIS_URL") or SLOWAPI_REDIS_URL,
+        key_prefix=os.environ.get("TG_BENCH_REDIS_PREFIX", "tgbench:"),
+    )
+    app = bare_app()
+    app.state.limiter = limiter
+    # slowapi's handler is typed for its own exception, not Exception.
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type,unused-ignore]
+    app.add_middleware(SlowAPIMiddleware)
+    return app

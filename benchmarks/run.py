@@ -6,6 +6,9 @@ Variants, each served alone by one uvicorn worker pinned to core 0 (wrk runs on 
     M        the app behind TenantGateway with the embedded memory stores
     R        the app behind TenantGateway on PostgreSQL + Redis, a plan with no quota
     R-quota  as R, on a plan with a large finite monthly quota (the exact Lua quota path)
+    S        the bare app behind slowapi (``SlowAPIMiddleware``, Redis storage, a limit keyed by
+             the API key header that never refuses): the baseline the issue names; skipped with a
+             message when slowapi is not installed (``pip install slowapi``)
 
 Every measured run gets a fresh server process, a fresh tenant and a warm-up run; variants are
 interleaved round by round. After each gateway run the tenant's usage (admin API) is compared
@@ -13,6 +16,10 @@ with the number of 2xx responses wrk saw (warm-up + measured), and with the numb
 wrapped app itself answered in that process. wrk does not count requests still in flight when it
 stops (at most one per connection per wrk run), so the first comparison can differ by that much;
 it is reported as MISMATCH all the same. Usage: ``.venv/bin/python benchmarks/run.py``.
+
+Event loop and HTTP parser: by default uvloop and httptools when importable (else asyncio and
+h11), as uvicorn itself would choose; ``--uvloop`` requires uvloop + httptools, ``--asyncio``
+forces asyncio + h11. The choice is printed in the table title.
 """
 
 from __future__ import annotations
@@ -57,8 +64,14 @@ WRK_CORE = "1"
 class Variant:
     name: str
     factory: str
-    stores: bool = False
+    database: bool = False
+    redis: bool = False
     plan: str | None = None
+    """The gateway plan of the tenant registered for the run (gateway variants only)."""
+    sends_key: bool = False
+    """Send a made-up API key although no tenant is registered (slowapi keys its limit on it)."""
+    requires: str | None = None
+    """A module the variant needs (pip installs it under the same name)."""
 
     @property
     def gated(self) -> bool:
@@ -68,9 +81,51 @@ class Variant:
 VARIANTS = (
     Variant("A", "benchmarks.apps:bare_app"),
     Variant("M", "benchmarks.apps:gateway_app", plan="bench"),
-    Variant("R", "benchmarks.apps:gateway_app", stores=True, plan="bench"),
-    Variant("R-quota", "benchmarks.apps:gateway_app", stores=True, plan="bench_quota"),
+    Variant("R", "benchmarks.apps:gateway_app", database=True, redis=True, plan="bench"),
+    Variant(
+        "R-quota", "benchmarks.apps:gateway_app", database=True, redis=True, plan="bench_quota"
+    ),
+    Variant("S", "benchmarks.apps:slowapi_app", redis=True, sends_key=True, requires="slowapi"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMode:
+    """The event loop and HTTP parser every uvicorn server of a run uses."""
+
+    loop: str  # "uvloop" or "asyncio"
+    http: str  # "httptools" or "h11"
+    how: str  # why: the option given, or what was importable
+
+    @property
+    def args(self) -> list[str]:
+        return ["--loop", self.loop, "--http", self.http]
+
+    def describe(self) -> str:
+        return f"loop {self.loop} + http {self.http} ({self.how})"
+
+
+def importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def server_mode(option: str | None) -> ServerMode:
+    """``--uvloop`` / ``--asyncio``, or by default what uvicorn's ``auto`` would pick."""
+    has_uvloop, has_httptools = importable("uvloop"), importable("httptools")
+    if option == "uvloop":
+        if not (has_uvloop and has_httptools):
+            raise SystemExit("--uvloop needs uvloop and httptools: pip install uvloop httptools")
+        return ServerMode("uvloop", "httptools", "--uvloop")
+    if option == "asyncio":
+        return ServerMode("asyncio", "h11", "--asyncio")
+    missing = [
+        name for name, ok in (("uvloop", has_uvloop), ("httptools", has_httptools)) if not ok
+    ]
+    return ServerMode(
+        "uvloop" if has_uvloop else "asyncio",
+        "httptools" if has_httptools else "h11",
+        "default: " + (f"{' and '.join(missing)} not installed" if missing else "both installed"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +241,19 @@ def drop_database(name: str) -> None:
     print(f"dropped database {name}", flush=True)
 
 
+SLOWAPI_KEYS = "LIMITS:LIMITER/{prefix}*"  # limits' storage prefix + slowapi's key_prefix
+
+
 def clean_redis(prefix: str) -> None:
+    """Delete the gateway's keys (``prefix…``) and slowapi's (S) for this run."""
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=10)
     try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-        print(f"deleted {len(keys)} Redis keys under {prefix!r}", flush=True)
+        deleted = 0
+        for pattern in (prefix + "*", SLOWAPI_KEYS.format(prefix=prefix)):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                deleted += int(client.delete(*keys))
+        print(f"deleted {deleted} Redis keys of this run (prefix {prefix!r})", flush=True)
     finally:
         client.close()
 
@@ -211,16 +272,13 @@ def check_redis() -> None:
 _live: list[subprocess.Popen[bytes]] = []
 
 
-def uvicorn_command(factory: str, port: int) -> list[str]:
-    command = [
+def uvicorn_command(factory: str, port: int, mode: ServerMode) -> list[str]:
+    return [
         "taskset", "-c", SERVER_CORE,
         sys.executable, "-m", "uvicorn", factory, "--factory",
         "--host", HOST, "--port", str(port), "--workers", "1",
-        "--log-level", "warning", "--no-access-log",
+        "--log-level", "warning", "--no-access-log", *mode.args,
     ]  # fmt: skip
-    if importlib.util.find_spec("uvloop") is not None:
-        command += ["--loop", "uvloop"]
-    return command
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -252,11 +310,11 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: flo
 
 
 @contextlib.contextmanager
-def serve(variant: Variant, env: dict[str, str], log: Path) -> Iterator[int]:
+def serve(variant: Variant, env: dict[str, str], log: Path, mode: ServerMode) -> Iterator[int]:
     port = free_port()
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            uvicorn_command(variant.factory, port),
+            uvicorn_command(variant.factory, port, mode),
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -375,10 +433,12 @@ def measure(
 ) -> RunRecord:
     run_id = f"{variant.name.lower()}-{round_number}-{secrets.token_hex(3)}"
     log = log_dir / f"{run_id}.log"
-    with serve(variant, env, log) as port:
+    with serve(variant, env, log, args.mode) as port:
         tenant_id = key = None
         if variant.plan is not None:
             tenant_id, key = register_tenant(port, variant.plan, run_id)
+        elif variant.sends_key:
+            key = f"bench-{run_id}"  # no tenant: only slowapi's key_func reads it
         warmup = run_wrk(wrk, port, key, args.warmup, args.connections)
         result = run_wrk(wrk, port, key, args.duration, args.connections)
         usage = None
@@ -516,6 +576,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(v.name for v in VARIANTS),
         help="comma-separated subset of " + ", ".join(v.name for v in VARIANTS),
     )
+    loop = parser.add_mutually_exclusive_group()
+    loop.add_argument(
+        "--uvloop",
+        dest="loop",
+        action="store_const",
+        const="uvloop",
+        help="serve with --loop uvloop --http httptools (pip install uvloop httptools)",
+    )
+    loop.add_argument(
+        "--asyncio",
+        dest="loop",
+        action="store_const",
+        const="asyncio",
+        help="serve with --loop asyncio --http h11",
+    )
     args = parser.parse_args(argv)
     known = {v.name for v in VARIANTS}
     chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
@@ -524,7 +599,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {sorted(known)}")
     if args.duration < 1 or args.rounds < 1 or args.warmup < 1 or args.connections < 1:
         parser.error("--duration, --rounds, --warmup and --connections must be positive")
-    args.variants = [v for v in VARIANTS if v.name in chosen]
+    args.variants = []
+    for variant in VARIANTS:
+        if variant.name not in chosen:
+            continue
+        if variant.requires is not None and not importable(variant.requires):
+            print(
+                f"variant {variant.name} skipped: {variant.requires} is not installed"
+                f" (pip install {variant.requires})",
+                flush=True,
+            )
+            continue
+        args.variants.append(variant)
+    if not args.variants:
+        parser.error("no variant left to run")
+    args.mode = server_mode(args.loop)
     return args
 
 
@@ -534,9 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrk = ensure_wrk()
     if (os.cpu_count() or 1) < 2:
         print("warning: fewer than 2 CPUs; server and wrk share a core", flush=True)
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio (uvloop not installed)"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11 (httptools not installed)"
-    print(f"uvicorn: 1 worker on core {SERVER_CORE}, loop {loop}, http {http}", flush=True)
+    mode: ServerMode = args.mode
+    print(f"uvicorn: 1 worker on core {SERVER_CORE}, {mode.describe()}", flush=True)
     print(
         f"wrk on core {WRK_CORE}: -t1 -c{args.connections}, {args.warmup}s warm-up +"
         f" {args.duration}s measured, {args.rounds} rounds",
@@ -546,22 +634,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = secrets.token_hex(4)
     database = f"tg_bench_{token}"
     prefix = f"tgbench:{token}:"
-    uses_stores = any(v.stores for v in variants)
+    uses_database = any(v.database for v in variants)
+    uses_redis = any(v.redis for v in variants)
     database_created = False
     records: list[RunRecord] = []
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
     try:
         with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
             database_url = None
-            if uses_stores:
+            if uses_redis:
                 check_redis()
+            if uses_database:
                 database_url = create_database(database)
                 database_created = True
             for round_number in range(1, args.rounds + 1):
                 for variant in variants:
                     env = dict(base_env)
-                    if variant.stores and database_url is not None:
+                    if variant.database and database_url is not None:
                         env["TG_BENCH_DATABASE_URL"] = database_url
+                    if variant.redis:
                         env["TG_BENCH_REDIS_URL"] = REDIS_URL
                         env["TG_BENCH_REDIS_PREFIX"] = prefix
                     record = measure(variant, round_number, args, wrk, env, Path(tmp))
@@ -570,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for proc in list(_live):
             stop(proc)
-        if uses_stores:
+        if uses_redis:
             try:
                 clean_redis(prefix)
             except redis.RedisError as exc:
@@ -579,8 +670,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             drop_database(database)
 
     rows = summarise(records, variants)
+    title = (
+        f"uvicorn 1 worker, {mode.describe()}; wrk -t1 -c{args.connections};"
+        f" {args.duration}s x {args.rounds} interleaved rounds (+{args.warmup}s warm-up each)"
+    )
     print()
+    print(title)
     print(text_table(rows))
+    print()
+    print(f"Results ({title}):")
     print()
     print(markdown_table(rows))
     checks = [r.usage for r in records if r.usage is not None]
