@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from tenant_gateway import problems
 from tenant_gateway.clock import Clock, Period
 from tenant_gateway.events import EventDispatcher
-from tenant_gateway.exceptions import Problem
+from tenant_gateway.exceptions import Problem, StoreUnavailable
 from tenant_gateway.headers import policy_header, remaining_header
 from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, PlanCatalog
@@ -60,8 +60,10 @@ class Meter:
         clock: Clock,
         plans: PlanCatalog,
         recorder: UsageRecorder,
+        fail_mode: str = "closed",
     ) -> None:
         self._recorder = recorder
+        self._fail_mode = fail_mode
         self._policies = {name: policy_header(plan) for name, plan in plans.items()}
         self._counters = counters
         self._burst = burst
@@ -104,7 +106,14 @@ class Meter:
                 stats = await self._burst.stats(tenant.id, plan.burst_per_second)
                 headers.append((b"ratelimit", remaining_header("burst", stats.remaining, 1)))
             return Metered(usage_key, day, headers)
-        admission = await self._counters.admit(usage_key, day, limit, plan.allows_overage)
+        try:
+            admission = await self._counters.admit(usage_key, day, limit, plan.allows_overage)
+        except StoreUnavailable:
+            if (plan.fail_mode or self._fail_mode) != "open":
+                raise
+            # Fail open: admit, count in process; the batch reaches Redis when it is back.
+            self._recorder.admitted(usage_key, day)
+            return Metered(usage_key, day, headers)
         headers.append((b"ratelimit", remaining_header("monthly", limit - admission.used, reset)))
         if not admission.admitted:  # only a plan with a monthly limit refuses
             raise _with_headers(problems.quota_exceeded(limit, reset), headers)

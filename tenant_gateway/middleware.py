@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_gateway import problems
@@ -89,6 +90,9 @@ class TenantGateway:
         key_cache_size: int = 100_000,
         usage_flush_interval: float = 1.0,
         on_quota_threshold: QuotaHook | None = None,
+        redis_fail_mode: str = "closed",
+        health_paths: tuple[str, str] | None = ("/healthz", "/readyz"),
+        admin_timeout: float = 10.0,
         clock: Clock = system_clock,
     ) -> None:
         if not admin_prefix.startswith("/") or admin_prefix.endswith("/"):
@@ -97,6 +101,9 @@ class TenantGateway:
             raise ConfigurationError("body limits must be non-negative")
         if usage_flush_interval <= 0 or key_cache_ttl < 0 or key_cache_size < 1:
             raise ConfigurationError("flush interval, cache TTL and cache size must be positive")
+        if redis_fail_mode not in ("open", "closed"):
+            raise ConfigurationError('redis_fail_mode must be "open" or "closed"')
+        self.liveness_path, self.readiness_path = health_paths or ("", "")
         self.app = app
         self.admin_prefix = admin_prefix
         self.public_paths = frozenset(public_paths)
@@ -132,8 +139,9 @@ class TenantGateway:
             clock,
             self.services.plans,
             self.services.recorder,
+            redis_fail_mode,
         )
-        self.admin_app = build_admin_app(self.services, admin_prefix)
+        self.admin_app = build_admin_app(self.services, admin_prefix, timeout=admin_timeout)
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -219,10 +227,30 @@ class TenantGateway:
         path: str = scope["path"]
         if path == self.admin_prefix or path.startswith(self.admin_prefix + "/"):
             await self.admin_app(scope, receive, send)
+        elif path == self.liveness_path and scope["type"] == "http":
+            await JSONResponse({"status": "ok"})(scope, receive, send)
+        elif path == self.readiness_path and scope["type"] == "http":
+            await self._ready(scope, receive, send)
         elif path in self.public_paths:
             await self.app(scope, receive, send)
         else:
             await self._gate(scope, receive, send)
+
+    async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """200 when every configured store answers, else 503 problem+json listing each."""
+        checks = await self.services.readiness()
+        if all(state == "ok" for state in checks.values()):
+            await JSONResponse({"status": "ready", "checks": checks})(scope, receive, send)
+            return
+        problem = Problem(
+            503,
+            "not_ready",
+            "Not ready",
+            "A backing store is unreachable.",
+            headers={"Retry-After": "1"},
+            extensions={"checks": checks},
+        )
+        await problems.problem_response(problem)(scope, receive, send)
 
     async def _admit(self, scope: Scope) -> tuple[Tenant, Plan, Metered]:
         """Authenticate and meter one request, or raise the Problem that refuses it."""

@@ -35,6 +35,8 @@ class Plan:
     seat_price_cents: int | None = None
     """Monthly price of each user beyond ``included_seats``; None: seats are not billed."""
     included_seats: int = 0
+    fail_mode: str | None = None
+    """"open" or "closed" when the counters are unreachable; None: the gateway's default."""
 
     @property
     def allows_overage(self) -> bool:
@@ -93,6 +95,7 @@ def _plan_from_mapping(name: str, raw: object) -> Plan:
         "count_server_errors",
         "seat_price_cents",
         "included_seats",
+        "fail_mode",
     }
     unknown = set(raw) - known
     if unknown:
@@ -104,6 +107,9 @@ def _plan_from_mapping(name: str, raw: object) -> Plan:
     if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
         raise ConfigurationError(f"plan {name!r}: currency must be a 3-letter ISO code")
     price = _limit(name, "price_cents", raw["price_cents"], nullable=False) or 0
+    fail_mode = raw.get("fail_mode")
+    if fail_mode not in (None, "open", "closed"):
+        raise ConfigurationError(f'plan {name!r}: fail_mode must be "open" or "closed"')
     count_server_errors = raw.get("count_server_errors", True)
     if not isinstance(count_server_errors, bool):
         raise ConfigurationError(f"plan {name!r}: count_server_errors must be true or false")
@@ -118,6 +124,7 @@ def _plan_from_mapping(name: str, raw: object) -> Plan:
         ),
         currency=currency.upper(),
         count_server_errors=count_server_errors,
+        fail_mode=fail_mode,
         seat_price_cents=_limit(
             name, "seat_price_cents", raw.get("seat_price_cents"), nullable=True
         ),

@@ -20,14 +20,17 @@ from the durable ledger, atomically and once, before any decision is taken on it
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
+from tenant_gateway.breaker import Breaker
+from tenant_gateway.clock import Clock
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
 
 __all__ = [
@@ -158,22 +161,36 @@ class MemoryCounters(_DirtyKeys):
         return None
 
 
+# One call decides a whole batch: KEYS[i] with ARGV[3i-2..3i] = limit (-1: none), overage
+# allowed (0/1), day. Returns admitted (1, 0, or -1: not restored yet), used, for each.
+# Each decision is atomic and they run in order, exactly as separate calls would.
 _ADMIT_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], 'hydrated') == 0 then
-  return {-1, 0}
+local out = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local base = (i - 1) * 3
+  if redis.call('HEXISTS', key, 'hydrated') == 0 then
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+  else
+    local counts = redis.call('HMGET', key, 'calls', 'refunded')
+    local used = tonumber(counts[1] or '0') - tonumber(counts[2] or '0')
+    local limit = tonumber(ARGV[base + 1])
+    if limit >= 0 and used >= limit and ARGV[base + 2] == '0' then
+      redis.call('HINCRBY', key, 'rejected', 1)
+      redis.call('HINCRBY', key, 'rejected:quota', 1)
+      redis.call('HINCRBY', key, 'rday:' .. ARGV[base + 3], 1)
+      out[#out + 1] = 0
+      out[#out + 1] = used
+    else
+      redis.call('HINCRBY', key, 'calls', 1)
+      redis.call('HINCRBY', key, 'day:' .. ARGV[base + 3], 1)
+      out[#out + 1] = 1
+      out[#out + 1] = used + 1
+    end
+  end
 end
-local calls = tonumber(redis.call('HGET', KEYS[1], 'calls') or '0')
-local used = calls - tonumber(redis.call('HGET', KEYS[1], 'refunded') or '0')
-local limit = tonumber(ARGV[1])
-if limit >= 0 and used >= limit and ARGV[2] == '0' then
-  redis.call('HINCRBY', KEYS[1], 'rejected', 1)
-  redis.call('HINCRBY', KEYS[1], 'rejected:quota', 1)
-  redis.call('HINCRBY', KEYS[1], 'rday:' .. ARGV[3], 1)
-  return {0, used}
-end
-redis.call('HINCRBY', KEYS[1], 'calls', 1)
-redis.call('HINCRBY', KEYS[1], 'day:' .. ARGV[3], 1)
-return {1, used + 1}
+return out
 """
 
 # ARGV: ttl, then field, amount pairs. Adds the ledger's counts to whatever arrived meanwhile
@@ -202,9 +219,11 @@ class RedisCounters(_DirtyKeys):
         timeout: float = 1.0,
         max_connections: int = 64,
         hydrate_from: HydrateSource | None = None,
+        clock: Clock = time.time,
     ) -> None:
         super().__init__(hydrate_from)
         self._url = url
+        self.breaker = Breaker("redis", clock)
         self._prefix = key_prefix
         # A blocking pool: a burst of requests waits (up to ``timeout``) for a connection
         # instead of failing with "too many connections".
@@ -225,7 +244,13 @@ class RedisCounters(_DirtyKeys):
         return f"{self._prefix}usage:{key[0]}:{key[1]}"
 
     def _unavailable(self, exc: RedisError) -> StoreUnavailable:
+        self.breaker.failed()
         return StoreUnavailable("Redis", redact_url(self._url), str(exc) or type(exc).__name__)
+
+    def _allow(self) -> None:
+        """Fail at once while the circuit is open (see ``breaker.py``)."""
+        if not self.breaker.allow():
+            raise StoreUnavailable("Redis", redact_url(self._url), "circuit open after failures")
 
     async def _hydrate(self, key: UsageKey) -> None:
         restored = await self._hydrate_from(key)
@@ -237,6 +262,7 @@ class RedisCounters(_DirtyKeys):
             await self._hydrate_script(keys=[self._key(key)], args=args)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self.breaker.succeeded()
 
     async def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
@@ -245,6 +271,7 @@ class RedisCounters(_DirtyKeys):
         scripts, one round trip. Each script is still one atomic decision: batching changes
         the cost, never the count."""
         args = (-1 if limit is None else limit, int(allow_overage), day)
+        self._allow()
         self._dirty.add(key)
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         if not self._batch:
@@ -276,6 +303,7 @@ class RedisCounters(_DirtyKeys):
                 if not future.done():
                     future.set_exception(error)
             return
+        self.breaker.succeeded()
         for (_, _, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -283,23 +311,16 @@ class RedisCounters(_DirtyKeys):
     async def _evalsha_all(
         self, batch: list[tuple[str, tuple[int, int, str], asyncio.Future[list[int]]]]
     ) -> list[list[int]]:
-        for attempt in (1, 2):
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for name, args, _ in batch:
-                        pipe.evalsha(self._admit.sha, 1, name, *args)
-                    results: list[list[int]] = await pipe.execute()
-                return results
-            except NoScriptError:  # Redis restarted or flushed its scripts: load, then retry
-                if attempt == 2:
-                    raise
-                await self._redis.script_load(_ADMIT_SCRIPT)
-        raise AssertionError("unreachable")
+        """The whole batch in one script call (the Script object reloads it after a flush)."""
+        args = [value for _, decision, _ in batch for value in decision]
+        flat = await self._admit(keys=[name for name, _, _ in batch], args=args)
+        return [[int(flat[i]), int(flat[i + 1])] for i in range(0, len(flat), 2)]
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
         """Add tallies in one pipeline, after restoring any hash the ledger must fill first
         (a tally added to a lost hash would otherwise hide the loss from the next decision)."""
         keys = list(increments)
+        self._allow()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
@@ -320,9 +341,11 @@ class RedisCounters(_DirtyKeys):
                 await pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self.breaker.succeeded()
         self._dirty.update(increments)
 
     async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int]]:
+        self._allow()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
@@ -330,6 +353,7 @@ class RedisCounters(_DirtyKeys):
                 results = await pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self.breaker.succeeded()
         return [
             {
                 (field.decode() if isinstance(field, bytes) else field): int(value)
@@ -364,12 +388,14 @@ class RedisCounters(_DirtyKeys):
             await self._redis.delete(*names)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self.breaker.succeeded()
 
     async def ping(self) -> None:
         try:
             await self._redis.ping()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self.breaker.succeeded()
 
     async def close(self) -> None:
         await self._redis.aclose()

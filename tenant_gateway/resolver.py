@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from tenant_gateway import problems
 from tenant_gateway.clock import Clock
 from tenant_gateway.directory import TenantDirectory
+from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.keys import hash_api_key, is_well_formed, verify_api_key
 from tenant_gateway.models import ApiKeyRecord, Tenant, TenantStatus
 
@@ -66,7 +67,14 @@ class KeyResolver:
         if entry is None or entry[0] <= now:
             if not is_well_formed(raw_key):
                 raise problems.invalid_api_key()
-            entry = await self._load(raw_key, now)
+            try:
+                entry = await self._load(raw_key, now)
+            except StoreUnavailable:
+                if entry is None:  # never seen: nothing to fall back on (503)
+                    raise
+                # The directory is down: keep serving what we knew, and try again next TTL.
+                entry = (now + self._ttl, entry[1], entry[2])
+                self._cache[raw_key] = entry
         principal = entry[1]
         if principal is None or now >= entry[2]:
             raise problems.invalid_api_key()

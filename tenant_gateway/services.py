@@ -82,7 +82,9 @@ class Services:
         else:
             directory, ledger, invoices = MemoryDirectory(), MemoryLedger(), MemoryInvoices()
         counters: CounterStore = (
-            RedisCounters(redis_url, key_prefix=redis_key_prefix, hydrate_from=ledger.read)
+            RedisCounters(
+                redis_url, key_prefix=redis_key_prefix, hydrate_from=ledger.read, clock=clock
+            )
             if redis_url
             else MemoryCounters(hydrate_from=ledger.read)
         )
@@ -149,6 +151,24 @@ class Services:
         await self.invalidator.close()
         await self.counters.close()
         await self.directory.close()
+
+    async def readiness(self) -> dict[str, str]:
+        """Each backing store: "ok", or why it is not (bounded by the stores' own timeouts)."""
+        checks: dict[str, str] = {}
+        if self.database is not None:
+            try:
+                async with self.database.connection() as conn:
+                    await conn.fetchval("SELECT 1")
+                checks["postgres"] = "ok"
+            except StoreUnavailable as exc:
+                checks["postgres"] = exc.reason
+        if isinstance(self.counters, RedisCounters):
+            try:
+                await self.counters.ping()
+                checks["redis"] = "ok"
+            except StoreUnavailable as exc:
+                checks["redis"] = exc.reason
+        return checks
 
     async def flush(self) -> None:
         """Route tallies and refunds → counters; counter snapshots → ledger; key last use."""

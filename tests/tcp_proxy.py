@@ -12,6 +12,19 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
+        self.accepted = 0
+        """Connections accepted so far (a dead server's callers still knock)."""
+        self.blackhole = False
+        """When set, accept and hang up at once: the server behind seems dead."""
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def stall(self, stalled: bool = True) -> None:
+        """Stop (or resume) passing bytes on: the server behind seems wedged."""
+        if stalled:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -27,7 +40,17 @@ class TcpProxy:
             writer.close()
         self._writers.clear()
 
+    def cut(self) -> None:
+        """Hang up every open connection (new ones still follow ``blackhole``)."""
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        if self.blackhole:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -38,6 +61,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.close()

@@ -6,15 +6,18 @@ and every change is written to the tenant's audit log.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_gateway import problems
 from tenant_gateway.admin.auth import (
@@ -523,7 +526,40 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
     )
 
 
-def build_admin_app(services: Services, prefix: str) -> Starlette:
+class _Deadline:
+    """Answer 503 when an admin request takes longer than ``timeout`` seconds (a wedged store
+    must not hold connections forever). Streaming responses, once started, run to the end."""
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, tracking_send))
+        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        if done:
+            task.result()
+            return
+        if started:  # a stream under way: let it finish
+            await task
+            return
+        task.cancel()  # its clean-up (a rollback on a wedged connection) may hang: don't wait
+        await asyncio.wait({task}, timeout=0.1)
+        problem = problems.service_unavailable(f"The request took longer than {self.timeout} s.")
+        await problems.problem_response(problem)(scope, receive, send)
+
+
+def build_admin_app(services: Services, prefix: str, *, timeout: float = 10.0) -> Starlette:
     api = AdminAPI(services)
     tenant = "/{tenant_id}"
     user = tenant + "/users/{user_id}"
@@ -559,6 +595,7 @@ def build_admin_app(services: Services, prefix: str) -> Starlette:
     ]
     return Starlette(
         routes=[Mount(prefix, routes=routes)],
+        middleware=[Middleware(_Deadline, timeout=timeout)],
         exception_handlers={
             Problem: _problem_handler,
             StoreUnavailable: _problem_handler,

@@ -1,0 +1,230 @@
+"""Reliability under faults (issue 9): health, the Redis circuit breaker and fail modes,
+a PostgreSQL outage — with the real servers behind a proxy the test can cut."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tenant_gateway import TenantGateway
+from tenant_gateway.breaker import BreakerState
+from tenant_gateway.quota import RedisCounters
+
+from .apps import echo_app
+from .conftest import JWT_SECRET, FakeClock, Stores, auth, register
+from .tcp_proxy import TcpProxy
+from .test_middleware import assert_problem
+
+T = "/api/v1/tenants"
+PLANS = {
+    "plans": {
+        "metered": {
+            "max_users": None,
+            "monthly_calls": 1000,
+            "burst_per_second": None,
+            "price_cents": 0,
+        },
+        "lenient": {
+            "max_users": None,
+            "monthly_calls": 1000,
+            "burst_per_second": None,
+            "price_cents": 0,
+            "fail_mode": "open",
+        },
+    }
+}
+
+
+async def proxy_to(url: str) -> TcpProxy:
+    target = urlsplit(url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 0)
+    await proxy.start()
+    return proxy
+
+
+def through(url: str, proxy: TcpProxy) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.port}", f":{proxy.port}")).geturl()
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[TcpProxy]:
+    proxy = await proxy_to(redis_url)
+    yield proxy
+    await proxy.stop()
+
+
+async def test_health_endpoints(stores: Stores, client_for: Any) -> None:
+    client = await client_for(TenantGateway(echo_app(), **stores.kwargs()))
+    live = await client.get("/healthz")
+    assert live.status_code == 200 and live.json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    expected = {} if stores.name == "memory" else {"postgres": "ok", "redis": "ok"}
+    assert ready.json() == {"status": "ready", "checks": expected}
+    assert "ratelimit-policy" not in ready.headers
+
+
+async def test_readiness_reports_a_dead_redis(
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+) -> None:
+    clock = FakeClock()
+    gateway = TenantGateway(
+        echo_app(),
+        redis_url=through(redis_url, redis_proxy),
+        redis_key_prefix=redis_prefix,
+        clock=clock,
+    )
+    client = await client_for(gateway)
+    redis_proxy.blackhole = True
+    redis_proxy.cut()
+    response = await client.get("/readyz")
+    problem = assert_problem(response, 503, "not_ready")
+    assert problem["checks"]["redis"] != "ok"
+
+
+async def test_a_dead_redis_trips_the_breaker_and_recovery_closes_it(
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+) -> None:
+    clock = FakeClock()
+    gateway = TenantGateway(
+        echo_app(),
+        plans=PLANS,
+        redis_url=through(redis_url, redis_proxy),
+        redis_key_prefix=redis_prefix,
+        clock=clock,
+    )
+    client = await client_for(gateway)
+    counters = gateway.services.counters
+    assert isinstance(counters, RedisCounters)
+    tenant = await register(client, plan="metered")
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+
+    redis_proxy.blackhole = True
+    redis_proxy.cut()
+    for _ in range(3):  # each of these really tries Redis and fails
+        assert_problem(await client.get("/whoami", headers=auth(tenant)), 503, "quota_unavailable")
+    assert state(counters) is BreakerState.OPEN
+    knocks = redis_proxy.accepted
+    for _ in range(50):  # while open: refused at once, Redis is not even tried
+        refused = await client.get("/whoami", headers=auth(tenant))
+        assert_problem(refused, 503, "quota_unavailable")
+        assert refused.headers["retry-after"] == "1"
+    assert redis_proxy.accepted == knocks
+
+    clock.advance(1.1)  # cooldown over: one probe, which fails: open again
+    assert_problem(await client.get("/whoami", headers=auth(tenant)), 503, "quota_unavailable")
+    assert state(counters) is BreakerState.OPEN
+    assert redis_proxy.accepted > knocks
+
+    redis_proxy.blackhole = False
+    clock.advance(1.1)
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    assert state(counters) is BreakerState.CLOSED
+    usage = (await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))).json()
+    assert usage["api_calls"] == 2  # refused calls were never admitted
+
+
+def state(counters: RedisCounters) -> BreakerState:
+    return counters.breaker.state
+
+
+async def test_fail_open_admits_and_reconciles(
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+) -> None:
+    clock = FakeClock()
+    gateway = TenantGateway(
+        echo_app(),
+        plans=PLANS,
+        redis_url=through(redis_url, redis_proxy),
+        redis_key_prefix=redis_prefix,
+        clock=clock,
+    )
+    client = await client_for(gateway)
+    strict = await register(client, plan="metered")
+    lenient = await register(client, plan="lenient")  # the plan says: fail open
+    for tenant in (strict, lenient):
+        assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    redis_proxy.blackhole = True
+    redis_proxy.cut()
+    during = [(await client.get("/whoami", headers=auth(lenient))).status_code for _ in range(20)]
+    assert during == [200] * 20
+    assert_problem(await client.get("/whoami", headers=auth(strict)), 503, "quota_unavailable")
+    redis_proxy.blackhole = False
+    clock.advance(1.1)
+    await gateway.flush()  # the in-process counts reach Redis now that it is back
+    usage = (await client.get(f"{T}/{lenient['id']}/usage", headers=auth(lenient))).json()
+    assert usage["api_calls"] == 21
+
+
+async def test_a_postgres_outage(
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    proxy = await proxy_to(postgres_url)
+    clock = FakeClock()
+    gateway = TenantGateway(
+        echo_app(),
+        database_url=through(postgres_url, proxy),
+        redis_url=redis_url,
+        redis_key_prefix=redis_prefix,
+        admin_jwt_secret=JWT_SECRET,
+        clock=clock,
+    )
+    client = await client_for(gateway)
+    try:
+        warm = await register(client, plan="professional")
+        cold = await register(client, plan="professional")
+        assert (await client.get("/whoami", headers=auth(warm))).status_code == 200
+        proxy.blackhole = True
+        proxy.cut()
+        clock.advance(5)  # well past the key cache TTL
+        for _ in range(5):  # a known key keeps working
+            assert (await client.get("/whoami", headers=auth(warm))).status_code == 200
+        assert_problem(await client.get("/whoami", headers=auth(cold)), 503, "service_unavailable")
+        assert_problem(
+            await client.get(f"{T}/{warm['id']}", headers=auth(warm)), 503, "service_unavailable"
+        )
+        with pytest.raises(Exception):  # noqa: B017 - the flush fails and keeps its batch
+            await gateway.flush()
+        proxy.blackhole = False
+        clock.advance(2)
+        await asyncio.wait_for(gateway.flush(), 10)  # retried without loss
+        assert (await client.get("/whoami", headers=auth(cold))).status_code == 200
+        ledger = await gateway.services.ledger.read((warm["id"], _period(clock)))
+        assert ledger["calls"] == 6
+    finally:
+        await proxy.stop()
+
+
+def _period(clock: FakeClock) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(clock(), UTC).strftime("%Y-%m")
+
+
+async def test_admin_requests_have_a_deadline(
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    proxy = await proxy_to(postgres_url)
+    gateway = TenantGateway(
+        echo_app(),
+        database_url=through(postgres_url, proxy),
+        redis_url=redis_url,
+        redis_key_prefix=redis_prefix,
+        admin_timeout=0.5,
+    )
+    client: httpx.AsyncClient = await client_for(gateway)
+    try:
+        tenant = await register(client)
+        proxy.stall()  # PostgreSQL stops answering, connections stay open
+        response = await client.get(f"{T}/{tenant['id']}/users", headers=auth(tenant))
+        assert_problem(response, 503, "service_unavailable")
+        assert "0.5 s" in response.json()["detail"]
+    finally:
+        proxy.stall(False)
+        await proxy.stop()
