@@ -23,40 +23,32 @@ END
 $$;
 GRANT USAGE, CREATE ON SCHEMA public TO tenant_gateway_owner;
 
-ALTER TABLE tg_tenants OWNER TO tenant_gateway_owner;
-ALTER TABLE tg_users OWNER TO tenant_gateway_owner;
-ALTER TABLE tg_api_keys OWNER TO tenant_gateway_owner;
-ALTER TABLE tg_plan_changes OWNER TO tenant_gateway_owner;
+-- One definition of "a gateway table under isolation", used by this and later migrations:
+-- owned by tenant_gateway_owner, ENABLE + FORCE row-level security, the tenant_isolation
+-- policy (USING and WITH CHECK against the tenant context, read once per statement), the
+-- owner's gateway_service policy, and nothing granted to PUBLIC.
+CREATE FUNCTION tg_isolate_gateway_table(tbl regclass, tenant_column name) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    condition text := format(
+        '%I = (SELECT current_setting(''tenant_gateway.tenant_id'', true))', tenant_column);
+BEGIN
+    EXECUTE format('ALTER TABLE %s OWNER TO tenant_gateway_owner', tbl);
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('CREATE POLICY tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
+                   tbl, condition, condition);
+    EXECUTE format('CREATE POLICY gateway_service ON %s TO tenant_gateway_owner'
+                   ' USING (true) WITH CHECK (true)', tbl);
+    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', tbl);
+END
+$fn$;
 
-ALTER TABLE tg_tenants ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tg_tenants FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tg_tenants
-    USING (id = (SELECT current_setting('tenant_gateway.tenant_id', true)))
-    WITH CHECK (id = (SELECT current_setting('tenant_gateway.tenant_id', true)));
-CREATE POLICY gateway_service ON tg_tenants TO tenant_gateway_owner USING (true) WITH CHECK (true);
+SELECT tg_isolate_gateway_table('tg_tenants', 'id');
+SELECT tg_isolate_gateway_table('tg_users', 'tenant_id');
+SELECT tg_isolate_gateway_table('tg_api_keys', 'tenant_id');
+SELECT tg_isolate_gateway_table('tg_plan_changes', 'tenant_id');
 
-ALTER TABLE tg_users ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tg_users FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tg_users
-    USING (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)))
-    WITH CHECK (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)));
-CREATE POLICY gateway_service ON tg_users TO tenant_gateway_owner USING (true) WITH CHECK (true);
-
-ALTER TABLE tg_api_keys ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tg_api_keys FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tg_api_keys
-    USING (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)))
-    WITH CHECK (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)));
-CREATE POLICY gateway_service ON tg_api_keys TO tenant_gateway_owner USING (true) WITH CHECK (true);
-
-ALTER TABLE tg_plan_changes ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tg_plan_changes FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tg_plan_changes
-    USING (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)))
-    WITH CHECK (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)));
-CREATE POLICY gateway_service ON tg_plan_changes TO tenant_gateway_owner USING (true) WITH CHECK (true);
-
-REVOKE ALL ON tg_tenants, tg_users, tg_api_keys, tg_plan_changes FROM PUBLIC;
 
 -- A key digest need not be unique across tenants to be found (192 random bits do not collide),
 -- and a cross-tenant unique constraint would be the only one without tenant_id.

@@ -12,11 +12,4 @@ CREATE TABLE tg_audit (
     ip        text,
     PRIMARY KEY (tenant_id, id)
 );
-ALTER TABLE tg_audit OWNER TO tenant_gateway_owner;
-ALTER TABLE tg_audit ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tg_audit FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tg_audit
-    USING (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)))
-    WITH CHECK (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)));
-CREATE POLICY gateway_service ON tg_audit TO tenant_gateway_owner USING (true) WITH CHECK (true);
-REVOKE ALL ON tg_audit FROM PUBLIC;
+SELECT tg_isolate_gateway_table('tg_audit', 'tenant_id');

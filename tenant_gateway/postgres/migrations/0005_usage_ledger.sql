@@ -23,19 +23,5 @@ CREATE TABLE tg_usage_events (
 ALTER TABLE tg_tenants ADD COLUMN webhook_url text;
 ALTER TABLE tg_tenants ADD COLUMN webhook_secret text;
 
-ALTER TABLE tg_usage OWNER TO tenant_gateway_owner;
-ALTER TABLE tg_usage_events OWNER TO tenant_gateway_owner;
-ALTER TABLE tg_usage ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tg_usage FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tg_usage
-    USING (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)))
-    WITH CHECK (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)));
-CREATE POLICY gateway_service ON tg_usage TO tenant_gateway_owner USING (true) WITH CHECK (true);
-ALTER TABLE tg_usage_events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tg_usage_events FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tg_usage_events
-    USING (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)))
-    WITH CHECK (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)));
-CREATE POLICY gateway_service ON tg_usage_events TO tenant_gateway_owner
-    USING (true) WITH CHECK (true);
-REVOKE ALL ON tg_usage, tg_usage_events FROM PUBLIC;
+SELECT tg_isolate_gateway_table('tg_usage', 'tenant_id');
+SELECT tg_isolate_gateway_table('tg_usage_events', 'tenant_id');

@@ -9,11 +9,4 @@ CREATE TABLE tg_invoices (
     PRIMARY KEY (tenant_id, period)
 );
 ALTER SEQUENCE tg_invoice_number_seq OWNER TO tenant_gateway_owner;
-ALTER TABLE tg_invoices OWNER TO tenant_gateway_owner;
-ALTER TABLE tg_invoices ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tg_invoices FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tg_invoices
-    USING (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)))
-    WITH CHECK (tenant_id = (SELECT current_setting('tenant_gateway.tenant_id', true)));
-CREATE POLICY gateway_service ON tg_invoices TO tenant_gateway_owner USING (true) WITH CHECK (true);
-REVOKE ALL ON tg_invoices FROM PUBLIC;
+SELECT tg_isolate_gateway_table('tg_invoices', 'tenant_id');
