@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -37,6 +38,7 @@ class Server:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group: stop() reaches every worker
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -59,6 +61,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        with contextlib.suppress(ProcessLookupError):  # workers left behind, if any
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._log_file.close()
         return self.log.read_text()
 

@@ -7,6 +7,8 @@ commit, rollback, exception or cancellation — and the connection goes back to 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +34,8 @@ __all__ = [
     "isolate_table",
     "tenant_transaction",
 ]
+
+logger = logging.getLogger("tenant_gateway.postgres")
 
 RUNTIME_ROLE = "tenant_gateway_app"
 OWNER_ROLE = "tenant_gateway_owner"
@@ -96,10 +100,15 @@ class Database:
         async with self.connection() as conn:
             await migrate(conn)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool; connections still held after ``timeout`` seconds are cut."""
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), timeout)
+            except TimeoutError:
+                logger.error("PostgreSQL connections still in use after %s s: terminated", timeout)
+                pool.terminate()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[PooledConnection]:
