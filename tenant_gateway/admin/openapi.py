@@ -191,7 +191,11 @@ def _paths() -> dict[str, Any]:
 
 
 def openapi_document(root_path: str) -> dict[str, Any]:
-    schemas: dict[str, Any] = {model.__name__: model.model_json_schema() for model in _MODELS}
+    schemas: dict[str, Any] = {}
+    for model in _MODELS:  # nested definitions (e.g. Role) become components of their own
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
     schemas["Problem"] = {
         "type": "object",
         "required": ["type", "title", "status", "code"],
