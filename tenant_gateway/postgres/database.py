@@ -125,7 +125,10 @@ class Database:
         except _DRIVER_ERRORS as exc:
             raise self.unavailable(exc) from exc
         finally:
-            await pool.release(conn)
+            try:
+                await pool.release(conn)
+            except _CONNECT_ERRORS:  # died with the server: the pool has dropped it already
+                logger.debug("released a broken PostgreSQL connection", exc_info=True)
 
     @asynccontextmanager
     async def gateway_transaction(self) -> AsyncIterator[PooledConnection]:
