@@ -176,7 +176,7 @@ class Services:
         dirty = self.counters.drain_dirty()
         try:
             await self.ledger.write(await self.counters.snapshots(dirty))
-        except StoreUnavailable:
+        except BaseException:  # whatever failed, these keys still owe the ledger a snapshot
             self.counters.mark_dirty(dirty)
             raise
         await self.directory.touch_keys(self.resolver.drain_last_used())

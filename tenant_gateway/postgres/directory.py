@@ -406,7 +406,8 @@ class PostgresDirectory:
             await conn.executemany(
                 "UPDATE tg_api_keys SET last_used_at = GREATEST(coalesce(last_used_at, $3), $3)"
                 " WHERE tenant_id = $1 AND id = $2",
-                [(tenant_id, key_id, moment) for (tenant_id, key_id), moment in used.items()],
+                # one order for every worker, so concurrent batches never deadlock
+                sorted((tenant_id, key_id, moment) for (tenant_id, key_id), moment in used.items()),
             )
 
     # -- webhooks ------------------------------------------------------------------------------
