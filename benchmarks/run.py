@@ -25,7 +25,6 @@ forces asyncio + h11. The choice is printed in the table title.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib.util
 import json
@@ -33,7 +32,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,15 +44,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import HOST, create_database, drop_database, free_port  # noqa: E402
+
 PING_PATH = "/api/v1/ping"
 ADMIN_PREFIX = "/api/v1/tenants"
 HITS_PATH = "/bench/hits"  # apps.HITS_PATH: ping calls the wrapped app answered in this process
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 SERVER_CORE = "0"
 WRK_CORE = "1"
@@ -213,32 +213,6 @@ def ensure_wrk() -> str:
         raise SystemExit("apt-get reported success but wrk is not on PATH")
     print(f"installed {found}", flush=True)
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def _postgres_execute(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
-    try:
-        await conn.execute(sql, timeout=60)
-    finally:
-        await conn.close()
-
-
-def create_database(name: str) -> str:
-    asyncio.run(_postgres_execute(f'CREATE DATABASE "{name}"'))
-    print(f"created database {name}", flush=True)
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
-def drop_database(name: str) -> None:
-    asyncio.run(_postgres_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    print(f"dropped database {name}", flush=True)
 
 
 SLOWAPI_KEYS = "LIMITS:LIMITER/{prefix}*"  # limits' storage prefix + slowapi's key_prefix

@@ -40,7 +40,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,12 +53,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import HOST, create_database, drop_database, free_port  # noqa: E402
+
 REDIS_URL = "redis://127.0.0.1:6379/11"
 ADMIN = "/api/v1/tenants"
 PROJECTS = "/api/v1/projects"
@@ -82,32 +83,6 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def _postgres_execute(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
-    try:
-        await conn.execute(sql, timeout=60)
-    finally:
-        await conn.close()
-
-
-def create_database(name: str) -> str:
-    asyncio.run(_postgres_execute(f'CREATE DATABASE "{name}"'))
-    print(f"created database {name}", flush=True)
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
-def drop_database(name: str) -> None:
-    asyncio.run(_postgres_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    print(f"dropped database {name}", flush=True)
 
 
 def delete_redis_keys(prefix: str) -> int:
