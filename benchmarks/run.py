@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import os
 import re
 import secrets
@@ -50,7 +49,13 @@ REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import HOST, create_database, drop_database, free_port  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    HOST,
+    create_database,
+    drop_database,
+    free_port,
+    http_json,
+)
 
 PING_PATH = "/api/v1/ping"
 ADMIN_PREFIX = "/api/v1/tenants"
@@ -304,25 +309,6 @@ def serve(variant: Variant, env: dict[str, str], log: Path, mode: ServerMode) ->
 
 
 # -- HTTP -----------------------------------------------------------------------------------
-
-
-def http_json(
-    method: str, url: str, body: dict[str, Any] | None = None, key: str | None = None
-) -> dict[str, Any]:
-    headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
-    except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{method} {url} → {exc.code}: {exc.read().decode()}") from exc
 
 
 def register_tenant(port: int, plan: str, run_id: str) -> tuple[str, str]:

@@ -59,7 +59,13 @@ REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import HOST, create_database, drop_database, free_port  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    HOST,
+    create_database,
+    drop_database,
+    free_port,
+    http_json,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 ADMIN = "/api/v1/tenants"
@@ -249,25 +255,6 @@ def tree_usage(root: int) -> TreeUsage:
 
 
 # -- admin calls ----------------------------------------------------------------------------
-
-
-def http_json(
-    method: str, url: str, body: dict[str, Any] | None = None, key: str | None = None
-) -> dict[str, Any]:
-    headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
-    except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{method} {url} → {exc.code}: {exc.read().decode()}") from exc
 
 
 @dataclass(slots=True)
