@@ -115,7 +115,7 @@ class Meter:
             self._recorder.admitted(usage_key, day)
             return Metered(usage_key, day, headers)
         headers.append((b"ratelimit", remaining_header("monthly", limit - admission.used, reset)))
-        if not admission.admitted:  # only a plan with a monthly limit refuses
+        if not admission.admitted:
             raise _with_headers(problems.quota_exceeded(limit, reset), headers)
         self._events.observe(tenant.id, usage_key[1], admission.used, limit)
         return Metered(usage_key, day, headers)

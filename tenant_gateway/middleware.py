@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,7 @@ class TenantGateway:
         self.admin_app = build_admin_app(self.services, admin_prefix, timeout=admin_timeout)
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._outage_logged: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -268,6 +271,14 @@ class TenantGateway:
             raise problems.payload_too_large(self.max_body_bytes)
         return tenant, plan, await self.meter.admit(tenant, plan)
 
+    def _log_outage(self, exc: StoreUnavailable) -> None:
+        """One warning per store per 10 s, not one per refused request (an outage under load
+        would otherwise flood the log; the breaker logs its own transitions)."""
+        now = time.monotonic()
+        if now - self._outage_logged.get(exc.store, -math.inf) >= 10.0:
+            self._outage_logged[exc.store] = now
+            logger.warning("refusing requests: %s", exc)
+
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             tenant, plan, metered = await self._admit(scope)
@@ -275,7 +286,7 @@ class TenantGateway:
             await _refuse(problem, scope, receive, send)
             return
         except StoreUnavailable as exc:
-            logger.warning("refusing request: %s", exc)
+            self._log_outage(exc)
             unavailable = (
                 problems.quota_unavailable()
                 if exc.store == "Redis"

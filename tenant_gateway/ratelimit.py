@@ -23,7 +23,6 @@ __all__ = ["BurstDecision", "BurstLimiter"]
 
 @dataclass(frozen=True, slots=True)
 class BurstDecision:
-    allowed: bool
     remaining: int
     retry_after: int
 
@@ -50,4 +49,4 @@ class BurstLimiter:
     async def stats(self, tenant_id: str, per_second: int) -> BurstDecision:
         window = await self._limiter.get_window_stats(self._item(per_second), tenant_id)
         wait = max(1, math.ceil(window.reset_time - self._clock()))
-        return BurstDecision(window.remaining > 0, window.remaining, wait)
+        return BurstDecision(window.remaining, wait)

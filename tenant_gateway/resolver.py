@@ -90,6 +90,11 @@ class KeyResolver:
         used, self._last_used = self._last_used, {}
         return {ids: datetime.fromtimestamp(moment, UTC) for ids, moment in used.items()}
 
+    def keep_last_used(self, used: dict[tuple[str, str], datetime]) -> None:
+        """Put back a drained batch whose write failed (newer uses win)."""
+        for ids, moment in used.items():
+            self._last_used[ids] = max(self._last_used.get(ids, 0.0), moment.timestamp())
+
     def last_used(self, tenant_id: str, key_id: str) -> datetime | None:
         """A use this process has seen but not yet written, if any."""
         moment = self._last_used.get((tenant_id, key_id))

@@ -179,7 +179,12 @@ class Services:
         except BaseException:  # whatever failed, these keys still owe the ledger a snapshot
             self.counters.mark_dirty(dirty)
             raise
-        await self.directory.touch_keys(self.resolver.drain_last_used())
+        used = self.resolver.drain_last_used()
+        try:
+            await self.directory.touch_keys(used)
+        except BaseException:
+            self.resolver.keep_last_used(used)
+            raise
 
     async def _flush_forever(self) -> None:
         while True:

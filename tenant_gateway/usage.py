@@ -1,10 +1,10 @@
 """Usage recording off the hot path, and the usage report (SPEC §6).
 
-Admitted and refused calls are counted exactly by the quota decision itself
-(``quota.py``). What is only known after the response — the route template and the
-status class — is tallied here in process memory with no I/O, then added to the
-counter store in one batch every ``interval`` seconds (and at shutdown), so the
-admin API is exact within about one interval of the calls.
+On a plan with a monthly quota, admitted calls and quota refusals are counted by the quota
+decision itself (``quota.py``). Everything else is tallied here in process memory with no
+I/O — route template and status class after the response, refunds, calls of plans without a
+quota, burst refusals — and added to the counter store in one batch every flush interval (and
+at shutdown), so the admin API is exact within about one interval of the calls.
 """
 
 from __future__ import annotations
@@ -12,19 +12,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import logging
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 from tenant_gateway.clock import Period, format_timestamp
-from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.quota import CounterStore, UsageKey
 
 __all__ = ["UsageRecorder", "usage_csv", "usage_report"]
-
-logger = logging.getLogger("tenant_gateway.usage")
-
 
 class UsageRecorder:
     def __init__(self, counters: CounterStore) -> None:
@@ -64,7 +59,7 @@ class UsageRecorder:
             batch, self._pending = self._pending, defaultdict(Counter)
             try:
                 await self._counters.add(batch)
-            except StoreUnavailable:
+            except BaseException:  # whatever failed, the batch waits for the next flush
                 for key, fields in batch.items():
                     self._pending[key].update(fields)
                 raise

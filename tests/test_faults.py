@@ -13,6 +13,7 @@ import pytest
 
 from tenant_gateway import TenantGateway
 from tenant_gateway.breaker import BreakerState
+from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.quota import RedisCounters
 
 from .apps import echo_app
@@ -52,6 +53,13 @@ def through(url: str, proxy: TcpProxy) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.port}", f":{proxy.port}")).geturl()
 
 
+def gateway_via(redis_url: str, proxy: TcpProxy, prefix: str, **kwargs: Any) -> TenantGateway:
+    """A gateway whose Redis is reached through ``proxy`` (memory directory)."""
+    return TenantGateway(
+        echo_app(), redis_url=through(redis_url, proxy), redis_key_prefix=prefix, **kwargs
+    )
+
+
 @pytest.fixture
 async def redis_proxy(redis_url: str) -> AsyncIterator[TcpProxy]:
     proxy = await proxy_to(redis_url)
@@ -74,12 +82,7 @@ async def test_readiness_reports_a_dead_redis(
     redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
 ) -> None:
     clock = FakeClock()
-    gateway = TenantGateway(
-        echo_app(),
-        redis_url=through(redis_url, redis_proxy),
-        redis_key_prefix=redis_prefix,
-        clock=clock,
-    )
+    gateway = gateway_via(redis_url, redis_proxy, redis_prefix, clock=clock)
     client = await client_for(gateway)
     redis_proxy.blackhole = True
     redis_proxy.cut()
@@ -89,16 +92,14 @@ async def test_readiness_reports_a_dead_redis(
 
 
 async def test_a_dead_redis_trips_the_breaker_and_recovery_closes_it(
-    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+    redis_url: str,
+    redis_prefix: str,
+    redis_proxy: TcpProxy,
+    client_for: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
-    gateway = TenantGateway(
-        echo_app(),
-        plans=PLANS,
-        redis_url=through(redis_url, redis_proxy),
-        redis_key_prefix=redis_prefix,
-        clock=clock,
-    )
+    gateway = gateway_via(redis_url, redis_proxy, redis_prefix, plans=PLANS, clock=clock)
     client = await client_for(gateway)
     counters = gateway.services.counters
     assert isinstance(counters, RedisCounters)
@@ -116,6 +117,8 @@ async def test_a_dead_redis_trips_the_breaker_and_recovery_closes_it(
         assert_problem(refused, 503, "quota_unavailable")
         assert refused.headers["retry-after"] == "1"
     assert redis_proxy.accepted == knocks
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refusing requests")]
+    assert len(refusals) == 1  # 53 refused calls, one log line (plus the breaker's own)
 
     clock.advance(1.1)  # cooldown over: one probe, which fails: open again
     assert_problem(await client.get("/whoami", headers=auth(tenant)), 503, "quota_unavailable")
@@ -138,13 +141,7 @@ async def test_fail_open_admits_and_reconciles(
     redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
 ) -> None:
     clock = FakeClock()
-    gateway = TenantGateway(
-        echo_app(),
-        plans=PLANS,
-        redis_url=through(redis_url, redis_proxy),
-        redis_key_prefix=redis_prefix,
-        clock=clock,
-    )
+    gateway = gateway_via(redis_url, redis_proxy, redis_prefix, plans=PLANS, clock=clock)
     client = await client_for(gateway)
     strict = await register(client, plan="metered")
     lenient = await register(client, plan="lenient")  # the plan says: fail open
@@ -189,7 +186,7 @@ async def test_a_postgres_outage(
         assert_problem(
             await client.get(f"{T}/{warm['id']}", headers=auth(warm)), 503, "service_unavailable"
         )
-        with pytest.raises(Exception):  # noqa: B017 - the flush fails and keeps its batch
+        with pytest.raises(StoreUnavailable):  # the flush fails and keeps its batch
             await gateway.flush()
         proxy.blackhole = False
         clock.advance(2)
@@ -267,12 +264,8 @@ class Load:
 async def test_redis_dies_and_returns_mid_load(
     redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any, fail_mode: str
 ) -> None:
-    gateway = TenantGateway(
-        echo_app(),
-        plans=PLANS,
-        redis_url=through(redis_url, redis_proxy),
-        redis_key_prefix=redis_prefix,
-        redis_fail_mode=fail_mode,
+    gateway = gateway_via(
+        redis_url, redis_proxy, redis_prefix, plans=PLANS, redis_fail_mode=fail_mode
     )
     client = await client_for(gateway)
     tenant = await register(client, plan="metered")
@@ -323,7 +316,7 @@ async def test_postgres_dies_and_returns_mid_load(
         proxy.blackhole = True
         proxy.cut()
         await load.until(300)
-        with pytest.raises(Exception):  # noqa: B017 - the ledger write fails and keeps its batch
+        with pytest.raises(StoreUnavailable):  # the ledger write fails and keeps its batch
             await gateway.flush()
         proxy.blackhole = False
         await load.until(100)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from tenant_gateway import Tenant, TenantGateway, get_current_tenant, tenant_transaction
-from tenant_gateway.demo import PROJECTS_SCHEMA, create_projects_table
+from tenant_gateway.demo import create_projects_table
 from tenant_gateway.postgres.database import OWNER_ROLE, RUNTIME_ROLE, Database, isolate_table
 
 from .conftest import PG_ADMIN_URL, _url_with_database
@@ -416,7 +416,3 @@ async def _seed_url(url: str, tenant_id: str, name: str) -> None:
         await seed(database, tenant_id, name)
     finally:
         await database.close()
-
-
-def test_schema_constant_is_idempotent() -> None:
-    assert "IF NOT EXISTS" in PROJECTS_SCHEMA
