@@ -376,7 +376,7 @@ async def import_tenant(
                 if importer.seen.get(name, 0) != rows:
                     found = importer.seen.get(name, 0)
                     raise ImportRejected(
-                        line_count(importer),
+                        _line_count(importer),
                         name,
                         f"the stream is truncated or padded: {found} rows, the header says {rows}",
                     )
@@ -387,7 +387,7 @@ async def import_tenant(
                 )
                 if users > seat_limit:
                     raise ImportRejected(
-                        line_count(importer),
+                        _line_count(importer),
                         "tg_users",
                         f"{users} users would exceed the seat limit of {seat_limit}",
                     )
@@ -406,5 +406,5 @@ async def import_tenant(
     }
 
 
-def line_count(importer: _Importer) -> int:
+def _line_count(importer: _Importer) -> int:
     return 1 + sum(importer.seen.values())
