@@ -20,18 +20,22 @@ from the durable ledger, atomically and once, before any decision is taken on it
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from tenant_gateway.breaker import Breaker
 from tenant_gateway.clock import Clock
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
+from tenant_gateway.redis_pipeline import PipelinedRedis
 
 __all__ = [
     "HYDRATED",
@@ -50,6 +54,9 @@ HydrateSource = Callable[[UsageKey], Awaitable[Mapping[str, int]]]
 """Where a missing hash is restored from: the ledger's last snapshot."""
 
 HYDRATED = "hydrated"
+_Decision = tuple[str, int, int, str]
+"""Hash name, limit (-1: none), overage allowed (0/1), day of month."""
+_Batch = list[tuple[_Decision, "asyncio.Future[tuple[int, int]]"]]
 _HISTORY_SECONDS = 400 * 86_400  # keep a period's tallies for 13 months
 
 
@@ -169,12 +176,12 @@ local out = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
   local base = (i - 1) * 3
-  if redis.call('HEXISTS', key, 'hydrated') == 0 then
+  local counts = redis.call('HMGET', key, 'hydrated', 'calls', 'refunded')
+  if not counts[1] then
     out[#out + 1] = -1
     out[#out + 1] = 0
   else
-    local counts = redis.call('HMGET', key, 'calls', 'refunded')
-    local used = tonumber(counts[1] or '0') - tonumber(counts[2] or '0')
+    local used = tonumber(counts[2] or '0') - tonumber(counts[3] or '0')
     local limit = tonumber(ARGV[base + 1])
     if limit >= 0 and used >= limit and ARGV[base + 2] == '0' then
       redis.call('HINCRBY', key, 'rejected', 1)
@@ -237,7 +244,9 @@ class RedisCounters(_DirtyKeys):
         self._redis = aioredis.Redis(connection_pool=pool)
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
         self._hydrate_script = self._redis.register_script(_HYDRATE_SCRIPT)
-        self._batch: list[tuple[str, tuple[int, int, str], asyncio.Future[list[int]]]] = []
+        # The hot path's decisions bypass redis-py: see ``redis_pipeline.py``.
+        self._pipe = PipelinedRedis(url, timeout=timeout)
+        self._batch: _Batch = []
         self._inflight: set[asyncio.Task[None]] = set()
 
     def _key(self, key: UsageKey) -> str:
@@ -267,67 +276,105 @@ class RedisCounters(_DirtyKeys):
     async def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
     ) -> Admission:
-        """Decisions taken in the same event-loop turn travel together: one pipeline of atomic
-        scripts, one round trip. Each script is still one atomic decision: batching changes
-        the cost, never the count."""
-        args = (-1 if limit is None else limit, int(allow_overage), day)
+        """Decisions taken in the same event-loop turn travel together: one script call on the
+        pipelined connection, one round trip. Each decision in it is still atomic and they run
+        in order: batching changes the cost, never the count."""
         self._allow()
         self._dirty.add(key)
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        if not self._batch:
-            asyncio.get_running_loop().call_soon(self._send_batch)
-        self._batch.append((self._key(key), args, future))
-        admitted, used = await future
+        decision = (self._key(key), -1 if limit is None else limit, int(allow_overage), day)
+        admitted, used = await self._decide(decision)
         if admitted == -1:  # not restored yet: fill from the ledger, then decide
             await self._hydrate(key)
-            try:
-                admitted, used = await self._admit(keys=[self._key(key)], args=args)
-            except RedisError as exc:
-                raise self._unavailable(exc) from exc
-        return Admission(admitted == 1, int(used))
+            admitted, used = await self._decide(decision)
+            if admitted == -1:
+                raise StoreUnavailable(
+                    "Redis", redact_url(self._url), "the usage hash vanished while restored"
+                )
+        return Admission(admitted == 1, used)
+
+    def _decide(self, decision: _Decision) -> asyncio.Future[tuple[int, int]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, int]] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._send_batch)
+        self._batch.append((decision, future))
+        return future
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
-        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        if self._pipe.connected:
+            self._write(batch, retried=False)
+        else:
+            self._spawn(self._connect_and_write(batch))
 
-    async def _run_batch(
-        self, batch: list[tuple[str, tuple[int, int, str], asyncio.Future[list[int]]]]
-    ) -> None:
+    def _write(self, batch: _Batch, *, retried: bool) -> None:
+        keys = [decision[0] for decision, _ in batch]
+        args = [value for decision, _ in batch for value in decision[1:]]
         try:
-            results = await self._evalsha_all(batch)
+            reply = self._pipe.send("EVALSHA", self._admit.sha, len(keys), *keys, *args)
         except RedisError as exc:
-            error = self._unavailable(exc)
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            self._fail_batch(batch, exc)
+            return
+        reply.add_done_callback(functools.partial(self._deliver, batch, retried))
+
+    def _deliver(self, batch: _Batch, retried: bool, reply: asyncio.Future[Any]) -> None:
+        error = reply.exception()
+        flat = None if error is not None else reply.result()
+        if isinstance(flat, ResponseError):
+            if str(flat).startswith("NOSCRIPT") and not retried:  # Redis restarted or flushed
+                self._spawn(self._load_and_write(batch))
+                return
+            error = flat
+        if error is not None or not isinstance(flat, list):
+            self._fail_batch(batch, error or ResponseError(f"unexpected reply {flat!r}"))
             return
         self.breaker.succeeded()
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for index, (_, future) in enumerate(batch):
             if not future.done():
-                future.set_result(result)
+                future.set_result((flat[2 * index], flat[2 * index + 1]))
 
-    async def _evalsha_all(
-        self, batch: list[tuple[str, tuple[int, int, str], asyncio.Future[list[int]]]]
-    ) -> list[list[int]]:
-        """The whole batch in one script call (the Script object reloads it after a flush)."""
-        args = [value for _, decision, _ in batch for value in decision]
-        flat = await self._admit(keys=[name for name, _, _ in batch], args=args)
-        return [[int(flat[i]), int(flat[i + 1])] for i in range(0, len(flat), 2)]
+    def _fail_batch(self, batch: _Batch, exc: BaseException) -> None:
+        error = (
+            self._unavailable(exc)
+            if isinstance(exc, RedisError)
+            else StoreUnavailable("Redis", redact_url(self._url), repr(exc))
+        )
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _connect_and_write(self, batch: _Batch) -> None:
+        try:
+            await self._pipe.connect()
+        except RedisError as exc:
+            self._fail_batch(batch, exc)
+            return
+        self._write(batch, retried=False)
+
+    async def _load_and_write(self, batch: _Batch) -> None:
+        try:
+            await self._redis.script_load(_ADMIT_SCRIPT)
+        except RedisError as exc:
+            self._fail_batch(batch, exc)
+            return
+        if self._pipe.connected:
+            self._write(batch, retried=True)
+        else:
+            self._fail_batch(batch, RedisConnectionError("Redis connection lost"))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
         """Add tallies in one pipeline, after restoring any hash the ledger must fill first
         (a tally added to a lost hash would otherwise hide the loss from the next decision)."""
         keys = list(increments)
         self._allow()
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hexists(self._key(key), HYDRATED)
-                present = await pipe.execute()
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
+        present = await self._read_all(
+            lambda pipe: [pipe.hexists(self._key(key), HYDRATED) for key in keys]
+        )
         for key, hydrated in zip(keys, present, strict=True):
             if not hydrated:
                 await self._hydrate(key)
@@ -344,15 +391,26 @@ class RedisCounters(_DirtyKeys):
         self.breaker.succeeded()
         self._dirty.update(increments)
 
-    async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int]]:
-        self._allow()
+    async def _read_all(self, queue: Callable[[Pipeline], object]) -> list[Any]:
+        """Run read-only commands in one pipeline. A pooled connection found dead (Redis came
+        back after an outage) is replaced once: redis-py retries single commands, not
+        pipelines, and reads are safe to repeat."""
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hgetall(self._key(key))
-                results = await pipe.execute()
+            try:
+                return await self._pipeline(queue)
+            except RedisConnectionError:
+                return await self._pipeline(queue)  # once more, on a fresh connection
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+
+    async def _pipeline(self, queue: Callable[[Pipeline], object]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            return list(await pipe.execute())
+
+    async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int]]:
+        self._allow()
+        results = await self._read_all(lambda pipe: [pipe.hgetall(self._key(key)) for key in keys])
         self.breaker.succeeded()
         return [
             {
@@ -398,4 +456,5 @@ class RedisCounters(_DirtyKeys):
         self.breaker.succeeded()
 
     async def close(self) -> None:
+        await self._pipe.close()
         await self._redis.aclose()

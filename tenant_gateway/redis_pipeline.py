@@ -1,0 +1,210 @@
+"""One pipelined Redis connection for the hot path's quota decisions.
+
+redis-py spends most of a round trip in Python: a pool checkout under a lock, a task per
+timed write, a timeout context per read, response callbacks. The quota decision needs none of
+that. Here a command is packed and written at once, from a plain callback, without waiting for
+earlier replies (RESP pipelining); Redis answers in order, and each reply — parsed by hiredis
+— resolves the next waiting future. One timer, not one per command, bounds how long the
+oldest command may wait: past ``timeout`` the connection is aborted and every command in
+flight fails.
+
+Errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``), so callers
+handle one exception tree whichever client took the call. The connection is opened lazily and
+again after any failure; URLs are read by redis-py's ``parse_url`` (``redis://``, ``rediss://``,
+``unix://``, user, password, database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any, cast
+
+import hiredis
+from redis import exceptions as errors
+from redis.asyncio.connection import SSLConnection, parse_url
+
+__all__ = ["PipelinedRedis", "pack_command"]
+
+Arg = bytes | str | int
+
+
+def pack_command(args: tuple[Arg, ...] | list[Arg]) -> bytes:
+    """A command as a RESP array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class _Connection(asyncio.Protocol):
+    """One socket: writes commands, matches replies to the futures in order."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._reader = hiredis.Reader(replyError=errors.ResponseError)
+        self._pending: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._failure: errors.RedisError | None = None
+        self.closed = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        pending = self._pending
+        try:
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                if not pending:
+                    raise errors.ConnectionError("Redis sent a reply nobody asked for")
+                _, future = pending.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except (errors.RedisError, hiredis.ProtocolError) as exc:
+            self._fail(
+                exc if isinstance(exc, errors.RedisError) else errors.ConnectionError(str(exc))
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        failure = self._failure or errors.ConnectionError(
+            f"Connection to Redis lost: {exc}" if exc else "Connection closed by Redis"
+        )
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        while self._pending:
+            _, future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(failure)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        if self.closed or self._transport is None:
+            raise errors.ConnectionError("Redis connection is closed")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        now = self._loop.time()
+        self._transport.write(command)
+        self._pending.append((now, future))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(now + self._timeout, self._check_deadline)
+        return future
+
+    def _check_deadline(self) -> None:
+        self._watchdog = None
+        if not self._pending:
+            return
+        oldest = self._pending[0][0]
+        if self._loop.time() - oldest >= self._timeout:
+            self._fail(errors.TimeoutError(f"Redis did not answer within {self._timeout:g} s"))
+        else:
+            self._watchdog = self._loop.call_at(oldest + self._timeout, self._check_deadline)
+
+    def _fail(self, failure: errors.RedisError) -> None:
+        """Abort the socket: every command in flight fails with ``failure``."""
+        if self._failure is None:
+            self._failure = failure
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost follows and fails what is pending
+        else:
+            self.connection_lost(None)
+
+    def close(self) -> None:
+        self._fail(errors.ConnectionError("Redis connection closed by the client"))
+
+
+class PipelinedRedis:
+    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+        self._params = parse_url(url)
+        self._timeout = timeout
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.closed
+
+    def send(self, *args: Arg) -> asyncio.Future[Any]:
+        """Write one command now; the future gets its reply (a ``ResponseError`` reply is
+        returned, not raised, so one bad command does not look like a dead server). Raises
+        ``ConnectionError`` when not connected: ``await connect()`` first."""
+        if self._connection is None or self._connection.closed:
+            raise errors.ConnectionError("Redis connection is not open")
+        return self._connection.send(pack_command(args))
+
+    async def connect(self) -> None:
+        """Open the connection unless it is open; concurrent callers share one attempt."""
+        if self.connected:
+            return
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._open())
+        self._connection = await asyncio.shield(self._connecting)
+
+    async def _open(self) -> _Connection:
+        params = self._params
+        loop = asyncio.get_running_loop()
+        connection: _Connection | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                if "path" in params:
+                    _, connection = await loop.create_unix_connection(
+                        lambda: _Connection(self._timeout), str(params["path"])
+                    )
+                else:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(self._timeout),
+                        str(params.get("host", "localhost")),
+                        int(params.get("port", 6379)),
+                        ssl=self._ssl_context(),
+                    )
+                for command in self._handshake():
+                    answer = await connection.send(pack_command(command))
+                    if isinstance(answer, errors.ResponseError):
+                        raise answer
+        except BaseException as exc:
+            if connection is not None:
+                connection.close()
+            if isinstance(exc, TimeoutError):  # the builtin, from asyncio.timeout
+                raise errors.TimeoutError("Timeout connecting to Redis") from exc
+            if isinstance(exc, OSError):
+                raise errors.ConnectionError(f"Error connecting to Redis: {exc}") from exc
+            raise
+        return connection
+
+    def _handshake(self) -> list[tuple[Arg, ...]]:
+        """AUTH and SELECT, as the URL asks."""
+        params = self._params
+        commands: list[tuple[Arg, ...]] = []
+        if params.get("password"):
+            user = params.get("username")
+            password = str(params["password"])
+            commands.append(("AUTH", str(user), password) if user else ("AUTH", password))
+        if params.get("db"):
+            commands.append(("SELECT", int(params["db"])))
+        return commands
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self._params.get("connection_class") is not SSLConnection:
+            return None
+        context = ssl.create_default_context()
+        if str(self._params.get("ssl_cert_reqs", "required")).lower() == "none":
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

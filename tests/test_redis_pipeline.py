@@ -1,0 +1,151 @@
+"""The hot path's pipelined Redis connection, against the real server (and a proxy to cut)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+from tenant_gateway.exceptions import StoreUnavailable
+from tenant_gateway.quota import RedisCounters
+from tenant_gateway.redis_pipeline import PipelinedRedis, pack_command
+
+from .tcp_proxy import TcpProxy
+from .test_faults import proxy_to, through
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[TcpProxy]:
+    proxy = await proxy_to(redis_url)
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+async def reference(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the same database, to check what the pipeline wrote."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def test_pack_command_is_resp() -> None:
+    assert pack_command(("SET", b"k\r\n", 12)) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$2\r\n12\r\n"
+
+
+async def test_replies_come_back_in_order(
+    redis_url: str, redis_prefix: str, reference: aioredis.Redis
+) -> None:
+    pipe = PipelinedRedis(redis_url)
+    await pipe.connect()
+    key = redis_prefix + "n"
+    futures = [pipe.send("INCR", key) for _ in range(2_000)]  # all written before any reply
+    assert await asyncio.gather(*futures) == list(range(1, 2_001))
+    assert await reference.get(key) == "2000"  # the URL's database was selected
+    await pipe.close()
+
+
+async def test_an_error_reply_is_returned_not_raised(redis_url: str) -> None:
+    pipe = PipelinedRedis(redis_url)
+    await pipe.connect()
+    failed, fine = pipe.send("NO-SUCH-COMMAND"), pipe.send("PING")
+    assert isinstance(await failed, ResponseError)
+    assert await fine == b"PONG"
+    await pipe.close()
+
+
+async def test_sending_needs_a_connection(redis_url: str) -> None:
+    pipe = PipelinedRedis(redis_url)
+    with pytest.raises(ConnectionError):
+        pipe.send("PING")
+    await pipe.connect()
+    await pipe.close()
+    with pytest.raises(ConnectionError):
+        pipe.send("PING")
+
+
+async def test_a_refused_handshake_fails_the_connect(redis_url: str) -> None:
+    # This server has no password: AUTH is refused, and so is the connection.
+    pipe = PipelinedRedis(redis_url.replace("redis://", "redis://:wrong@"))
+    with pytest.raises(ResponseError):
+        await pipe.connect()
+    assert not pipe.connected
+
+
+async def test_nothing_listening_is_a_connection_error() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(ConnectionError):
+        await PipelinedRedis(f"redis://127.0.0.1:{port}/0").connect()
+
+
+async def test_a_stalled_server_times_out_every_command_in_flight(
+    redis_url: str, proxy: TcpProxy
+) -> None:
+    pipe = PipelinedRedis(through(redis_url, proxy), timeout=0.2)
+    await pipe.connect()
+    proxy.stall()
+    in_flight = [pipe.send("PING") for _ in range(10)]
+    results = await asyncio.gather(*in_flight, return_exceptions=True)
+    assert all(isinstance(result, TimeoutError) for result in results)
+    assert not pipe.connected
+    proxy.stall(False)
+    await pipe.connect()  # a new connection, through the unstalled proxy
+    assert await pipe.send("PING") == b"PONG"
+    await pipe.close()
+
+
+async def test_a_cut_connection_fails_what_is_in_flight_and_reconnects(
+    redis_url: str, proxy: TcpProxy
+) -> None:
+    pipe = PipelinedRedis(through(redis_url, proxy))
+    await pipe.connect()
+    proxy.stall()  # hold the replies, so the commands are still in flight at the cut
+    in_flight = [pipe.send("PING") for _ in range(5)]
+    await asyncio.sleep(0)
+    proxy.cut()
+    results = await asyncio.gather(*in_flight, return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in results)
+    proxy.stall(False)
+    await pipe.connect()
+    assert await pipe.send("PING") == b"PONG"
+    assert proxy.accepted == 2
+    await pipe.close()
+
+
+async def test_concurrent_connects_share_one_attempt(redis_url: str, proxy: TcpProxy) -> None:
+    pipe = PipelinedRedis(through(redis_url, proxy))
+    await asyncio.gather(*(pipe.connect() for _ in range(20)))
+    assert proxy.accepted == 1
+    await pipe.close()
+
+
+async def test_decisions_survive_a_script_flush(
+    redis_url: str, redis_prefix: str, reference: aioredis.Redis
+) -> None:
+    counters = RedisCounters(redis_url, key_prefix=redis_prefix)
+    key = ("tenant", "2026-11")
+    assert (await counters.admit(key, "01", 10, False)).used == 1
+    await reference.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
+    results = await asyncio.gather(*(counters.admit(key, "01", 10, False) for _ in range(12)))
+    assert sum(result.admitted for result in results) == 9
+    assert (await counters.read(key))["calls"] == 10
+    await counters.close()
+
+
+async def test_a_stalled_redis_fails_decisions_within_the_timeout(
+    redis_url: str, redis_prefix: str, proxy: TcpProxy
+) -> None:
+    counters = RedisCounters(through(redis_url, proxy), key_prefix=redis_prefix, timeout=0.2)
+    key = ("tenant", "2026-11")
+    assert (await counters.admit(key, "01", 10, False)).admitted
+    proxy.stall()
+    with pytest.raises(StoreUnavailable) as failure:
+        await asyncio.wait_for(counters.admit(key, "01", 10, False), timeout=5)
+    assert "did not answer" in str(failure.value)
+    await counters.close()
