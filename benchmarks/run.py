@@ -17,6 +17,10 @@ wrapped app itself answered in that process. wrk does not count requests still i
 stops (at most one per connection per wrk run), so the first comparison can differ by that much;
 it is reported as MISMATCH all the same. Usage: ``.venv/bin/python benchmarks/run.py``.
 
+Besides req/s, each run reports the server process's CPU time per request (``/proc/<pid>/stat``,
+user + system) and the CPU steal the machine saw meanwhile: on a shared virtual machine steal
+moves req/s from run to run, while CPU time per request leaves it out.
+
 Event loop and HTTP parser: by default uvloop and httptools when importable (else asyncio and
 h11), as uvicorn itself would choose; ``--uvloop`` requires uvloop + httptools, ``--asyncio``
 forces asyncio + h11. The choice is printed in the table title.
@@ -183,7 +187,51 @@ class RunRecord:
     result: WrkResult
     warmup: WrkResult
     usage: UsageCheck | None
+    cpu: CpuSample
     server_log: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu.server_seconds / max(1, self.result.requests) * 1e6
+
+
+# -- CPU accounting -------------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(all ticks, steal ticks) of every CPU, from ``/proc/stat``."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(values[:8]), values[7]
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    server_seconds: float
+    """CPU time the server process used during the measured run."""
+    steal_share: float
+    """Share of the machine's CPU time the hypervisor gave to others meanwhile (steal)."""
+
+
+@contextlib.contextmanager
+def cpu_sampler(pid: int) -> Iterator[list[CpuSample]]:
+    taken: list[CpuSample] = []
+    server_before, (total_before, steal_before) = process_cpu_seconds(pid), machine_ticks()
+    yield taken
+    total, steal = machine_ticks()
+    taken.append(
+        CpuSample(
+            server_seconds=process_cpu_seconds(pid) - server_before,
+            steal_share=(steal - steal_before) / max(1, total - total_before),
+        )
+    )
 
 
 # -- environment ----------------------------------------------------------------------------
@@ -289,7 +337,10 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: flo
 
 
 @contextlib.contextmanager
-def serve(variant: Variant, env: dict[str, str], log: Path, mode: ServerMode) -> Iterator[int]:
+def serve(
+    variant: Variant, env: dict[str, str], log: Path, mode: ServerMode
+) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a fresh server (``taskset`` execs Python: the pid is the server's)."""
     port = free_port()
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
@@ -303,7 +354,7 @@ def serve(variant: Variant, env: dict[str, str], log: Path, mode: ServerMode) ->
     _live.append(proc)
     try:
         wait_ready(proc, port, log, timeout=60)
-        yield port
+        yield port, proc.pid
     finally:
         stop(proc)
 
@@ -393,14 +444,15 @@ def measure(
 ) -> RunRecord:
     run_id = f"{variant.name.lower()}-{round_number}-{secrets.token_hex(3)}"
     log = log_dir / f"{run_id}.log"
-    with serve(variant, env, log, args.mode) as port:
+    with serve(variant, env, log, args.mode) as (port, pid):
         tenant_id = key = None
         if variant.plan is not None:
             tenant_id, key = register_tenant(port, variant.plan, run_id)
         elif variant.sends_key:
             key = f"bench-{run_id}"  # no tenant: only slowapi's key_func reads it
         warmup = run_wrk(wrk, port, key, args.warmup, args.connections)
-        result = run_wrk(wrk, port, key, args.duration, args.connections)
+        with cpu_sampler(pid) as cpu:
+            result = run_wrk(wrk, port, key, args.duration, args.connections)
         usage = None
         if tenant_id is not None and key is not None:
             time.sleep(args.settle)
@@ -414,7 +466,7 @@ def measure(
                 connections=args.connections,
             )
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return RunRecord(variant, round_number, result, warmup, usage, lines)
+    return RunRecord(variant, round_number, result, warmup, usage, cpu[0], lines)
 
 
 def print_run(record: RunRecord) -> None:
@@ -422,7 +474,9 @@ def print_run(record: RunRecord) -> None:
     print(
         f"[round {record.round}] {record.variant.name:8} {r.requests_per_second:9.0f} req/s"
         f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  requests {r.requests}"
-        f" (+{w.requests} warm-up)  non-2xx {r.non_2xx} (+{w.non_2xx} warm-up)",
+        f" (+{w.requests} warm-up)  non-2xx {r.non_2xx} (+{w.non_2xx} warm-up)"
+        f"  server CPU {record.cpu_us_per_request:.1f} µs/request"
+        f"  steal {record.cpu.steal_share:.1%}",
         flush=True,
     )
     for label, res in (("warm-up", w), ("measured", r)):
@@ -447,6 +501,8 @@ class Row:
     p99: float
     ratio: float
     added_p99: float
+    cpu_us: float
+    cpu_ratio: float
     non_2xx: int
     usage: str
 
@@ -463,6 +519,11 @@ def summarise(records: list[RunRecord], variants: Sequence[Variant]) -> list[Row
         if runs
     }
     base = medians.get("A")
+    cpu = {
+        name: statistics.median(r.cpu_us_per_request for r in runs)
+        for name, runs in by_name.items()
+        if runs
+    }
     rows = []
     for name, runs in by_name.items():
         if not runs:
@@ -481,6 +542,8 @@ def summarise(records: list[RunRecord], variants: Sequence[Variant]) -> list[Row
                 p99=p99,
                 ratio=rps / base[0] if base else float("nan"),
                 added_p99=p99 - base[2] if base else float("nan"),
+                cpu_us=cpu[name],
+                cpu_ratio=cpu["A"] / cpu[name] if "A" in cpu else float("nan"),
                 non_2xx=sum(r.result.non_2xx + r.warmup.non_2xx for r in runs),
                 usage=usage,
             )
@@ -488,7 +551,8 @@ def summarise(records: list[RunRecord], variants: Sequence[Variant]) -> list[Row
     return rows
 
 
-HEADERS = ("variant", "req/s (median)", "p50 ms", "p99 ms", "vs A", "+p99 vs A ms", "non-2xx",
+HEADERS = ("variant", "req/s (median)", "p50 ms", "p99 ms", "vs A", "+p99 vs A ms",
+           "server CPU µs/req", "A's CPU / CPU", "non-2xx",
            "usage = wrk 2xx / app served")  # fmt: skip
 
 
@@ -500,6 +564,8 @@ def cells(row: Row) -> tuple[str, ...]:
         f"{row.p99:.2f}",
         f"{row.ratio:.2f}",
         f"{row.added_p99:+.2f}",
+        f"{row.cpu_us:.1f}",
+        f"{row.cpu_ratio:.2f}",
         str(row.non_2xx),
         row.usage,
     )
@@ -516,7 +582,10 @@ def text_table(rows: list[Row]) -> str:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] + ["---:"] * 7) + "|"]
+    lines = [
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|",
+    ]
     lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -650,6 +719,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"usage checks: {wrk_mismatches}/{len(checks)} differ from wrk's 2xx count,"
         f" {app_mismatches}/{len(checks)} from the pings the app answered;"
         f" non-2xx responses in total: {non_2xx}"
+    )
+    steal = sorted(r.cpu.steal_share for r in records)
+    print(
+        f"CPU steal (time the hypervisor gave to other guests) during measured runs:"
+        f" median {statistics.median(steal):.1%}, max {steal[-1]:.1%}."
+        " Server CPU µs/request leaves steal out, so its ratio is the steadier of the two."
     )
     return 1 if app_mismatches or non_2xx else 0
 

@@ -63,11 +63,15 @@ def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest.hexdigest()}"
 
 
-def crossed_thresholds(used: int, limit: int) -> list[int]:
-    """The thresholds whose mark is exactly ``used`` (the call that reaches it)."""
-    if limit <= 0:
-        return []
-    return [t for t in THRESHOLDS if used == math.ceil(limit * t / 100)]
+def threshold_marks(limit: int) -> dict[int, tuple[int, ...]]:
+    """Call count → the thresholds that call reaches (``ceil(limit × t%)``; 80 and 100 meet
+    on a tiny limit)."""
+    marks: dict[int, tuple[int, ...]] = {}
+    if limit > 0:
+        for threshold in THRESHOLDS:
+            mark = math.ceil(limit * threshold / 100)
+            marks[mark] = (*marks.get(mark, ()), threshold)
+    return marks
 
 
 class EventDispatcher:
@@ -91,12 +95,16 @@ class EventDispatcher:
         self._timeout = timeout
         self._queue: asyncio.Queue[QuotaEvent] = asyncio.Queue(maxsize=10_000)
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._marks: dict[int, dict[int, tuple[int, ...]]] = {}
 
     def observe(self, tenant_id: str, period: str, used: int, limit: int | None) -> None:
         """Called after each admitted call; queues an event when a mark is reached. No I/O."""
         if limit is None:
             return
-        for threshold in crossed_thresholds(used, limit):
+        marks = self._marks.get(limit)
+        if marks is None:
+            marks = self._marks[limit] = threshold_marks(limit)
+        for threshold in marks.get(used, ()):
             event = QuotaEvent(
                 tenant_id,
                 period,

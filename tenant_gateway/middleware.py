@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_gateway import problems
 from tenant_gateway.admin.app import build_admin_app
-from tenant_gateway.admin.auth import ROLE_ACTIONS, Action, OperatorAuth
+from tenant_gateway.admin.auth import OperatorAuth
 from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
 from tenant_gateway.keys import api_key_from
-from tenant_gateway.metering import Meter, Metered
-from tenant_gateway.models import Tenant
-from tenant_gateway.plans import Plan, load_plans
+from tenant_gateway.metering import Meter
+from tenant_gateway.plans import load_plans
 from tenant_gateway.ratelimit import BurstLimiter
 from tenant_gateway.services import Services
 
@@ -39,16 +38,18 @@ __all__ = ["TenantGateway"]
 logger = logging.getLogger("tenant_gateway")
 
 _UNMATCHED_ROUTE = "(unmatched)"
+Header = tuple[bytes, bytes]
 
 
 class _BodyTooLarge(Exception):
     """Raised from the wrapped ``receive`` when a streamed body passes the limit."""
 
 
-def _scan_headers(scope: Scope) -> tuple[str | None, str | None]:
-    """(API key, Content-Length) in one pass over the raw headers (the hot path's only parse);
-    the key rules are those of ``extract_api_key``."""
+def _scan_headers(scope: Scope) -> tuple[str | None, str | None, bool]:
+    """(API key, Content-Length, Transfer-Encoding present) in one pass over the raw headers
+    (the hot path's only parse); the key rules are those of ``extract_api_key``."""
     authorization = api_key = length = None
+    encoded = False
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = value.decode("latin-1")
@@ -56,7 +57,9 @@ def _scan_headers(scope: Scope) -> tuple[str | None, str | None]:
             api_key = value.decode("latin-1")
         elif name == b"content-length":
             length = value.decode("latin-1")
-    return api_key_from(authorization, api_key), length
+        elif name == b"transfer-encoding":
+            encoded = True
+    return api_key_from(authorization, api_key), length, encoded
 
 
 def route_template(scope: Scope, root_path: str) -> str:
@@ -108,6 +111,7 @@ class TenantGateway:
         self.liveness_path, self.readiness_path = health_paths or ("", "")
         self.app = app
         self.admin_prefix = admin_prefix
+        self._admin_subpaths = admin_prefix + "/"
         self.public_paths = frozenset(public_paths)
         self.max_body_bytes = max_body_bytes
         operators = (
@@ -143,6 +147,7 @@ class TenantGateway:
             self.services.recorder,
             redis_fail_mode,
         )
+        self._plans = dict(self.services.plans)  # a plain dict: the hot path's lookup
         self.admin_app = build_admin_app(self.services, admin_prefix, timeout=admin_timeout)
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -228,7 +233,7 @@ class TenantGateway:
                 await _refuse(problems.service_unavailable(str(exc)), scope, receive, send)
                 return
         path: str = scope["path"]
-        if path == self.admin_prefix or path.startswith(self.admin_prefix + "/"):
+        if path == self.admin_prefix or path.startswith(self._admin_subpaths):
             await self.admin_app(scope, receive, send)
         elif path == self.liveness_path and scope["type"] == "http":
             await JSONResponse({"status": "ok"})(scope, receive, send)
@@ -255,21 +260,14 @@ class TenantGateway:
         )
         await problems.problem_response(problem)(scope, receive, send)
 
-    async def _admit(self, scope: Scope) -> tuple[Tenant, Plan, Metered]:
-        """Authenticate and meter one request, or raise the Problem that refuses it."""
-        raw_key, length = _scan_headers(scope)
-        if raw_key is None:
-            raise problems.missing_api_key()
-        principal = await self.services.resolver.resolve(raw_key)
-        if Action.CALL_API not in ROLE_ACTIONS[principal.key.role]:
-            raise problems.forbidden(f"A {principal.key.role.value} key may not call the API.")
-        tenant = principal.tenant
-        plan = self.services.plans.get(tenant.plan)
-        if plan is None:
-            raise problems.service_unavailable(f"plan {tenant.plan!r} is not configured")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+    def _framed(self, length: str | None) -> bool:
+        """Whether the server frames the body by its Content-Length, so it needs no counting
+        as it streams in. Raises 413 for a declared length over the limit."""
+        if length is None or not length.isdigit():
+            return False
+        if int(length) > self.max_body_bytes:
             raise problems.payload_too_large(self.max_body_bytes)
-        return tenant, plan, await self.meter.admit(tenant, plan)
+        return True
 
     def _log_outage(self, exc: StoreUnavailable) -> None:
         """One warning per store per 10 s, not one per refused request (an outage under load
@@ -280,8 +278,26 @@ class TenantGateway:
             logger.warning("refusing requests: %s", exc)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Authenticate and meter, or refuse. Written inline, with no coroutine for the steps
+        # that need no I/O (a warm key, a plan without limits): each level of coroutine costs
+        # as much as a step.
         try:
-            tenant, plan, metered = await self._admit(scope)
+            raw_key, length, encoded = _scan_headers(scope)
+            if raw_key is None:
+                raise problems.missing_api_key()
+            resolver = self.services.resolver
+            principal = resolver.cached(raw_key) or await resolver.resolve(raw_key)
+            if not principal.may_call_api:
+                raise problems.forbidden(f"A {principal.key.role.value} key may not call the API.")
+            tenant = principal.tenant
+            plan = self._plans.get(tenant.plan)
+            if plan is None:
+                raise problems.service_unavailable(f"plan {tenant.plan!r} is not configured")
+            # Most calls have no body (HTTP/1, neither header): decided here without a call.
+            bodiless = length is None and not encoded and scope.get("http_version", "1.1") < "2"
+            unframed = not bodiless and not self._framed(length)
+            meter = self.meter
+            metered = meter.admit_locally(tenant, plan) or await meter.admit(tenant, plan)
         except Problem as problem:
             await _refuse(problem, scope, receive, send)
             return
@@ -295,57 +311,93 @@ class TenantGateway:
             await _refuse(unavailable, scope, receive, send)
             return
 
-        scope.setdefault("state", {})["tenant"] = tenant
-        root_path = scope.get("root_path", "")
-        status = 500
-        response_started = False
-        body_limit = self.max_body_bytes
-        received = 0
-        overflow = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, overflow
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > body_limit:
-                    overflow = True
-                    raise _BodyTooLarge
-            return message
-
-        async def metered_send(message: Message) -> None:
-            nonlocal status, response_started
-            if overflow:
-                return  # the 413 below replaces whatever the app tries to say
-            if message["type"] in ("http.response.start", "websocket.accept"):
-                response_started = True
-                status = message.get("status", 101)
-                if message["type"] == "http.response.start":
-                    message["headers"] = list(message.get("headers", [])) + metered.headers
-            await send(message)
-
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = {"tenant": tenant}
+        else:
+            state["tenant"] = tenant
+        exchange = _Exchange(send, metered.headers, receive, self.max_body_bytes)
+        app_receive = exchange.receive if unframed and scope["type"] == "http" else receive
+        root_path = scope.get("root_path", "")  # before the app's router extends it
         tenant_token = current_tenant.set(tenant)
-        database_token = current_database.set(self.services.database)
+        database = self.services.database
+        database_token = None if database is None else current_database.set(database)
         try:
-            await self.app(
-                scope, limited_receive if scope["type"] == "http" else receive, metered_send
-            )
+            await self.app(scope, app_receive, exchange.send)
         except _BodyTooLarge:
             pass
         except Exception:
-            if not overflow:
+            if not exchange.overflow:
                 raise
         finally:
             current_tenant.reset(tenant_token)
-            current_database.reset(database_token)
-            if overflow:
-                status = 413
+            if database_token is not None:
+                current_database.reset(database_token)
+            status = 413 if exchange.overflow else exchange.status
             recorder = self.services.recorder
             recorder.record(metered.usage_key, route_template(scope, root_path), status)
             if status >= 500 and not plan.count_server_errors:
                 recorder.refund(metered.usage_key, metered.day)
-        if overflow and not response_started:
-            await _refuse(problems.payload_too_large(body_limit), scope, receive, send)
+        if exchange.overflow and not exchange.started:
+            await _refuse(problems.payload_too_large(self.max_body_bytes), scope, receive, send)
+
+
+class _Exchange:
+    """One admitted request's way through the app: adds the rate-limit headers to the
+    response, notes its status, and counts a body the server does not frame against the limit.
+    (A small class rather than closures: one object per request, no cell variables.)"""
+
+    __slots__ = (
+        "_headers",
+        "_limit",
+        "_receive",
+        "_send",
+        "overflow",
+        "received",
+        "started",
+        "status",
+    )
+
+    def __init__(
+        self, send: Send, headers: tuple[Header, ...], receive: Receive, limit: int
+    ) -> None:
+        self._send = send
+        self._headers = headers
+        self._receive = receive
+        self._limit = limit
+        self.received = 0
+        self.status = 500
+        self.started = False
+        self.overflow = False
+
+    def send(self, message: Message) -> Awaitable[None]:
+        """Not ``async``: it hands back the server's own awaitable, so a response message costs
+        no extra coroutine (ASGI's ``send`` need only return something awaitable)."""
+        if self.overflow:
+            return _ignored()  # the 413 the gateway answers replaces what the app tries to say
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            if self._headers:
+                message["headers"] = [*message.get("headers", ()), *self._headers]
+        elif kind == "websocket.accept":
+            self.started = True
+            self.status = 101
+        return self._send(message)
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self._limit:
+                self.overflow = True
+                raise _BodyTooLarge
+        return message
+
+
+async def _ignored() -> None:
+    return None
 
 
 async def _refuse(problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tenant_gateway import problems
@@ -22,7 +22,7 @@ from tenant_gateway.clock import Clock
 from tenant_gateway.directory import TenantDirectory
 from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.keys import hash_api_key, is_well_formed, verify_api_key
-from tenant_gateway.models import ApiKeyRecord, Tenant, TenantStatus
+from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus
 
 __all__ = ["KeyResolver", "Principal"]
 
@@ -33,6 +33,13 @@ class Principal:
 
     tenant: Tenant
     key: ApiKeyRecord
+    may_call_api: bool = True
+    """Whether the key's role may call the wrapped API, decided once when the key loads."""
+    ids: tuple[str, str] = field(init=False)
+    """(tenant id, key id): where this key's last use is noted."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", (self.tenant.id, self.key.id))
 
 
 # (entry expires at, principal or a cached miss, the key usable until)
@@ -52,13 +59,24 @@ class KeyResolver:
         *,
         ttl: float = 1.0,
         max_entries: int = 100_000,
+        api_roles: frozenset[Role] = frozenset(Role),
     ) -> None:
         self._directory = directory
         self._clock = clock
         self._ttl = ttl
         self._max_entries = max_entries
+        self._api_roles = api_roles
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._last_used: dict[tuple[str, str], float] = {}
+
+    def cached(self, raw_key: str) -> Principal | None:
+        """The principal for a warm key, without I/O (and without a coroutine: this is the
+        hot path); None when the key must be loaded first. Refusals raise, as in ``resolve``."""
+        now = self._clock()
+        entry = self._cache.get(raw_key)
+        if entry is None or entry[0] <= now:
+            return None
+        return self._admit(entry, now)
 
     async def resolve(self, raw_key: str) -> Principal:
         """The principal for ``raw_key``, or a ``Problem`` (401 invalid key, 403 suspended)."""
@@ -75,14 +93,18 @@ class KeyResolver:
                 # The directory is down: keep serving what we knew, and try again next TTL.
                 entry = (now + self._ttl, entry[1], entry[2])
                 self._cache[raw_key] = entry
+        return self._admit(entry, now)
+
+    def _admit(self, entry: _Entry, now: float) -> Principal:
         principal = entry[1]
         if principal is None or now >= entry[2]:
             raise problems.invalid_api_key()
-        if principal.tenant.status is TenantStatus.DELETED:
-            raise problems.invalid_api_key()
-        if principal.tenant.status is TenantStatus.SUSPENDED:
-            raise problems.tenant_suspended()
-        self._last_used[(principal.tenant.id, principal.key.id)] = now
+        status = principal.tenant.status
+        if status is not TenantStatus.ACTIVE:
+            if status is TenantStatus.SUSPENDED:
+                raise problems.tenant_suspended()
+            raise problems.invalid_api_key()  # deleted
+        self._last_used[principal.ids] = now
         return principal
 
     def drain_last_used(self) -> dict[tuple[str, str], datetime]:
@@ -108,7 +130,7 @@ class KeyResolver:
         else:
             entry = (
                 now + self._ttl,
-                Principal(tenant=found[1], key=found[0]),
+                Principal(found[1], found[0], found[0].role in self._api_roles),
                 _usable_until(found[0]),
             )
         self._cache[raw_key] = entry

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from tenant_gateway.admin.auth import OperatorAuth
+from tenant_gateway.admin.auth import ROLE_ACTIONS, Action, OperatorAuth
 from tenant_gateway.billing import Billing
 from tenant_gateway.clock import Clock
 from tenant_gateway.directory import MemoryDirectory, TenantDirectory
@@ -88,7 +88,13 @@ class Services:
             if redis_url
             else MemoryCounters(hydrate_from=ledger.read)
         )
-        resolver = KeyResolver(directory, clock, ttl=key_cache_ttl, max_entries=key_cache_size)
+        resolver = KeyResolver(
+            directory,
+            clock,
+            ttl=key_cache_ttl,
+            max_entries=key_cache_size,
+            api_roles=frozenset(r for r, can in ROLE_ACTIONS.items() if Action.CALL_API in can),
+        )
         invalidator = (
             RedisInvalidator(resolver, redis_url, channel=f"{redis_key_prefix}invalidate")
             if redis_url

@@ -21,6 +21,7 @@ from tenant_gateway.quota import CounterStore, UsageKey
 
 __all__ = ["UsageRecorder", "usage_csv", "usage_report"]
 
+
 class UsageRecorder:
     def __init__(self, counters: CounterStore) -> None:
         self._counters = counters

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tenant_gateway import TenantGateway
-from tenant_gateway.events import QuotaEvent
+from tenant_gateway.events import QuotaEvent, threshold_marks
 from tenant_gateway.quota import MemoryCounters
 
 from .apps import echo_app
@@ -180,6 +180,19 @@ async def test_past_periods_come_from_the_ledger(stores: Stores, client_for: Any
 
 
 # -- threshold events ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limit", "marks"),
+    [
+        (1000, {800: (80,), 1000: (100,)}),
+        (3, {3: (80, 100)}),  # ceil(2.4) = 3: one call reaches both
+        (7, {6: (80,), 7: (100,)}),
+        (0, {}),
+    ],
+)
+def test_threshold_marks(limit: int, marks: dict[int, tuple[int, ...]]) -> None:
+    assert threshold_marks(limit) == marks
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:

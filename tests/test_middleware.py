@@ -134,6 +134,19 @@ async def test_first_call_on_free_plan_shows_999(stores: Stores, client_for: Any
     assert response.headers["ratelimit"].startswith('"monthly";r=999;t=')
 
 
+async def test_a_plan_without_limits_sends_no_rate_limit_headers(
+    stores: Stores, client_for: Any
+) -> None:
+    unlimited = {"max_users": None, "monthly_calls": None, "burst_per_second": None}
+    plans = {"plans": {"open": {**unlimited, "price_cents": 0}}}
+    client = await client_for(gateway(stores, plans=plans))
+    tenant = await register(client, plan="open")
+    response = await client.get("/whoami", headers=auth(tenant))
+    assert response.status_code == 200
+    assert "ratelimit-policy" not in response.headers  # an empty list is an absent field
+    assert "ratelimit" not in response.headers
+
+
 async def test_burst_limit(stores: Stores, client_for: Any) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)  # free: 10 per second
@@ -203,6 +216,38 @@ async def test_body_limit(stores: Stores, client_for: Any) -> None:
     assert_problem(
         await client.post("/echo", content=chunks(), headers=auth(tenant)), 413, "payload_too_large"
     )
+
+
+async def test_body_limit_without_content_length_over_http2(
+    stores: Stores, client_for: Any
+) -> None:
+    """HTTP/2 frames a body without Content-Length: the gateway counts it as it streams."""
+    gw = gateway(stores, max_body_bytes=100)
+    tenant = await register(await client_for(gw))
+    chunks = [b"z" * 60, b"z" * 60, b""]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        body = chunks.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "http_version": "2",
+        "method": "POST",
+        "path": "/echo",
+        "raw_path": b"/echo",
+        "root_path": "",
+        "scheme": "https",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {tenant['api_key']}".encode())],
+    }
+    await gw(scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    assert b"payload_too_large" in sent[1]["body"]
 
 
 async def test_usage_by_route_template_and_status(
