@@ -8,10 +8,19 @@ time when an entry is loaded. Entries live ``ttl`` seconds
 worker process can go unseen. Changes made through this process's admin API evict at once.
 Unknown keys are cached too (as misses), so a flood of well-formed fake keys cannot hammer
 the database.
+
+Loads are single-flight: the requests that find a key cold together share one directory
+query. A key in use is refreshed ahead: a use in the last quarter of its entry's life starts a
+background reload, so a busy key never expires under its traffic (without it, every busy key
+stalls all its concurrent requests on a query once per TTL). An entry is never served past its
+TTL, so refreshing ahead does not stretch the revocation bound; a load that overlaps an
+eviction (``forget_*``) is not cached.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -42,6 +51,11 @@ class Principal:
         object.__setattr__(self, "ids", (self.tenant.id, self.key.id))
 
 
+logger = logging.getLogger("tenant_gateway")
+
+REFRESH_AHEAD = 0.25
+"""Share of an entry's TTL, before it expires, in which a use starts a background reload."""
+
 # (entry expires at, principal or a cached miss, the key usable until)
 _Entry = tuple[float, Principal | None, float]
 
@@ -66,8 +80,12 @@ class KeyResolver:
         self._ttl = ttl
         self._max_entries = max_entries
         self._api_roles = api_roles
+        self._refresh_window = ttl * REFRESH_AHEAD
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._last_used: dict[tuple[str, str], float] = {}
+        self._loads: dict[str, asyncio.Task[_Entry]] = {}
+        self._generation = 0
+        """Bumped by every eviction: a load that started before one is not cached."""
 
     def cached(self, raw_key: str) -> Principal | None:
         """The principal for a warm key, without I/O (and without a coroutine: this is the
@@ -76,6 +94,8 @@ class KeyResolver:
         entry = self._cache.get(raw_key)
         if entry is None or entry[0] <= now:
             return None
+        if entry[0] - now < self._refresh_window and raw_key not in self._loads:
+            self._start_load(raw_key, now)
         return self._admit(entry, now)
 
     async def resolve(self, raw_key: str) -> Principal:
@@ -86,7 +106,7 @@ class KeyResolver:
             if not is_well_formed(raw_key):
                 raise problems.invalid_api_key()
             try:
-                entry = await self._load(raw_key, now)
+                entry = await asyncio.shield(self._start_load(raw_key, now))
             except StoreUnavailable:
                 if entry is None:  # never seen: nothing to fall back on (503)
                     raise
@@ -122,7 +142,26 @@ class KeyResolver:
         moment = self._last_used.get((tenant_id, key_id))
         return None if moment is None else datetime.fromtimestamp(moment, UTC)
 
+    def _start_load(self, raw_key: str, now: float) -> asyncio.Task[_Entry]:
+        """The load of ``raw_key`` in flight, or a new one (single-flight)."""
+        task = self._loads.get(raw_key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(raw_key, now))
+            self._loads[raw_key] = task
+            task.add_done_callback(lambda done: self._loaded(raw_key, done))
+        return task
+
+    def _loaded(self, raw_key: str, task: asyncio.Task[_Entry]) -> None:
+        if self._loads.get(raw_key) is task:
+            del self._loads[raw_key]
+        # Retrieved here, so a background refresh nobody awaits cannot fail unheard: the entry
+        # expires as usual and the next use tries again (the stale entry serves meanwhile
+        # if the directory is down).
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.debug("loading a key failed: %s", error)
+
     async def _load(self, raw_key: str, now: float) -> _Entry:
+        generation = self._generation
         found = await self._directory.find_key(hash_api_key(raw_key))
         entry: _Entry
         if found is None or not verify_api_key(raw_key, found[0].key_hash):
@@ -133,6 +172,8 @@ class KeyResolver:
                 Principal(found[1], found[0], found[0].role in self._api_roles),
                 _usable_until(found[0]),
             )
+        if generation != self._generation:
+            return entry  # evicted meanwhile: answer the callers who asked, cache nothing
         self._cache[raw_key] = entry
         self._cache.move_to_end(raw_key)
         while len(self._cache) > self._max_entries:
@@ -140,10 +181,17 @@ class KeyResolver:
         return entry
 
     def forget_all(self) -> None:
+        self._evicting()
         self._cache.clear()
+
+    def _evicting(self) -> None:
+        """Loads in flight may have read what is being changed: new callers start afresh."""
+        self._generation += 1
+        self._loads.clear()
 
     def forget_tenant(self, tenant_id: str) -> None:
         """Evict every cached key of a tenant (after a change to the tenant or its keys)."""
+        self._evicting()
         stale = [
             raw_key
             for raw_key, (_, principal, _) in self._cache.items()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+from tenant_gateway.directory import MemoryDirectory
 from tenant_gateway.exceptions import Problem
 from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix
 from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus, User
@@ -89,3 +92,103 @@ async def test_unknown_keys_are_cached_as_misses_and_the_cache_is_bounded() -> N
         with pytest.raises(Problem):
             await resolver.resolve(generate_api_key())
     assert len(resolver) == 10
+
+
+class GatedDirectory(CountingDirectory):
+    """Lookups wait until the test opens the gate: loads stay in flight as long as needed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def find_key(self, key_hash: bytes) -> Any:
+        await self.gate.wait()
+        return await super().find_key(key_hash)
+
+
+async def test_concurrent_misses_share_one_lookup() -> None:
+    directory, clock = GatedDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0)
+    secret, tenant = await add_tenant(directory)
+    directory.gate.clear()
+    waiting = [asyncio.ensure_future(resolver.resolve(secret)) for _ in range(50)]
+    await asyncio.sleep(0)
+    directory.gate.set()
+    assert {p.tenant.id for p in await asyncio.gather(*waiting)} == {tenant.id}
+    assert directory.lookups == 1
+
+
+async def test_a_key_in_use_is_refreshed_ahead_and_never_goes_cold() -> None:
+    directory, clock = GatedDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0)
+    secret, tenant = await add_tenant(directory)
+    await resolver.resolve(secret)
+    clock.advance(0.5)
+    assert resolver.cached(secret) is not None and directory.lookups == 1  # early: no refresh
+    clock.advance(0.3)  # in the last quarter of the entry's second: this use refreshes it
+    directory.gate.clear()
+    assert resolver.cached(secret) is not None
+    assert resolver.cached(secret) is not None  # the refresh in flight is not started twice
+    directory.gate.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert directory.lookups == 2
+    clock.advance(0.5)  # past the first entry's expiry, within the refreshed one's
+    principal = resolver.cached(secret)
+    assert principal is not None and principal.tenant.id == tenant.id
+
+
+async def test_a_refresh_never_serves_past_the_ttl() -> None:
+    directory, clock = GatedDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0)
+    secret, _ = await add_tenant(directory)
+    await resolver.resolve(secret)
+    clock.advance(0.9)
+    directory.gate.clear()  # the refresh started now hangs
+    assert resolver.cached(secret) is not None
+    clock.advance(0.2)
+    assert resolver.cached(secret) is None  # expired: the caller must wait for the load
+    directory.gate.set()
+    await resolver.resolve(secret)
+    assert directory.lookups == 1 + 1  # the resolve joined the refresh already in flight
+
+
+class SlowAnswerDirectory(GatedDirectory):
+    """Reads at once, answers when the gate opens: the answer can be stale on arrival."""
+
+    async def find_key(self, key_hash: bytes) -> Any:
+        self.lookups += 1
+        found = await MemoryDirectory.find_key(self, key_hash)
+        await self.gate.wait()
+        return found
+
+
+async def test_a_load_that_overlaps_an_eviction_is_not_cached() -> None:
+    directory, clock = SlowAnswerDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0)
+    secret, tenant = await add_tenant(directory)
+    directory.gate.clear()
+    before = asyncio.ensure_future(resolver.resolve(secret))
+    while directory.lookups == 0:  # until its load has read the directory
+        await asyncio.sleep(0)
+    await directory.set_status(tenant.id, TenantStatus.SUSPENDED)
+    resolver.forget_tenant(tenant.id)  # what the admin API does after the change
+    after = asyncio.ensure_future(resolver.resolve(secret))
+    directory.gate.set()
+    assert (await before).tenant.status is TenantStatus.ACTIVE  # it read before the change
+    with pytest.raises(Problem) as refused:
+        await after  # started after the eviction: a load of its own, which sees the change
+    assert refused.value.code == "tenant_suspended"
+    resolver.forget_tenant(tenant.id)
+    directory.gate.clear()
+    late = asyncio.ensure_future(resolver.resolve(secret))  # reads now, answers when let go
+    while directory.lookups < 3:
+        await asyncio.sleep(0)
+    await directory.set_status(tenant.id, TenantStatus.ACTIVE)
+    resolver.forget_tenant(tenant.id)
+    directory.gate.set()
+    with pytest.raises(Problem):
+        await late  # answered with what it read: suspended
+    assert resolver.cached(secret) is None  # but that answer, stale on arrival, was not cached
+    assert (await resolver.resolve(secret)).tenant.status is TenantStatus.ACTIVE
