@@ -1,6 +1,7 @@
 """Usage counters: the monthly quota decision and the per-period tallies.
 
-One hash per tenant and period (``{prefix}usage:{tenant}:{YYYY-MM}``) holds every tally, and
+One hash per tenant and period (``<prefix>usage:{<tenant id>}:<YYYY-MM>``; the braces are literal,
+a Redis Cluster hash tag: all of a tenant's periods map to one slot) holds every tally, and
 every field only ever grows (so a snapshot of it can be written to the ledger idempotently):
 
     calls         admitted calls              refunded       admitted calls not billed (5xx)
@@ -250,7 +251,7 @@ class RedisCounters(_DirtyKeys):
         self._inflight: set[asyncio.Task[None]] = set()
 
     def _key(self, key: UsageKey) -> str:
-        return f"{self._prefix}usage:{key[0]}:{key[1]}"
+        return f"{self._prefix}usage:{{{key[0]}}}:{key[1]}"
 
     def _unavailable(self, exc: RedisError) -> StoreUnavailable:
         self.breaker.failed()

@@ -172,7 +172,7 @@ async def test_past_periods_come_from_the_ledger(stores: Stores, client_for: Any
     if stores.name == "real":  # the live counters are gone: only the ledger can answer
         assert stores.redis_url is not None
         raw = aioredis.Redis.from_url(stores.redis_url)
-        await raw.delete(f"{stores.redis_key_prefix}usage:{tenant['id']}:2026-10")
+        await raw.delete(f"{stores.redis_key_prefix}usage:{{{tenant['id']}}}:2026-10")
         await raw.aclose()
     october = await usage(client, tenant, period="2026-10")
     assert october["api_calls"] == 5 and october["by_day"][0]["date"] == "2026-10-31"

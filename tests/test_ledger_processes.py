@@ -84,7 +84,7 @@ async def redis_calls(redis_url: str, prefix: str, tenant_id: str) -> int:
     client = aioredis.Redis.from_url(redis_url)
     try:
         value = await client.hget(
-            f"{prefix}usage:{tenant_id}:{datetime.now(UTC).strftime('%Y-%m')}", "calls"
+            f"{prefix}usage:{{{tenant_id}}}:{datetime.now(UTC).strftime('%Y-%m')}", "calls"
         )
     finally:
         await client.aclose()
