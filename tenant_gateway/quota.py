@@ -25,7 +25,6 @@ import functools
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -35,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from tenant_gateway.breaker import Breaker
 from tenant_gateway.clock import Clock
+from tenant_gateway.decisions import ADMIT_SCRIPT, Admission, Decision, DecisionBatch, bulk
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
 from tenant_gateway.redis_pipeline import PipelinedRedis
 
@@ -55,9 +55,7 @@ HydrateSource = Callable[[UsageKey], Awaitable[Mapping[str, int]]]
 """Where a missing hash is restored from: the ledger's last snapshot."""
 
 HYDRATED = "hydrated"
-_Decision = tuple[str, int, int, str]
-"""Hash name, limit (-1: none), overage allowed (0/1), day of month."""
-_Batch = list[tuple[_Decision, "asyncio.Future[tuple[int, int]]"]]
+_PACKED_CACHE_SIZE = 100_000
 _HISTORY_SECONDS = 400 * 86_400  # keep a period's tallies for 13 months
 
 
@@ -65,17 +63,10 @@ async def _nothing_to_restore(key: UsageKey) -> Mapping[str, int]:
     return {}
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    admitted: bool
-    used: int
-    """Billable calls in the period, this one included when admitted."""
-
-
 class CounterStore(Protocol):
-    async def admit(
+    def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
-    ) -> Admission:
+    ) -> Awaitable[Admission]:
         """Count one call if the quota allows it, else count a ``quota`` refusal."""
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
@@ -169,38 +160,6 @@ class MemoryCounters(_DirtyKeys):
         return None
 
 
-# One call decides a whole batch: KEYS[i] with ARGV[3i-2..3i] = limit (-1: none), overage
-# allowed (0/1), day. Returns admitted (1, 0, or -1: not restored yet), used, for each.
-# Each decision is atomic and they run in order, exactly as separate calls would.
-_ADMIT_SCRIPT = """
-local out = {}
-for i = 1, #KEYS do
-  local key = KEYS[i]
-  local base = (i - 1) * 3
-  local counts = redis.call('HMGET', key, 'hydrated', 'calls', 'refunded')
-  if not counts[1] then
-    out[#out + 1] = -1
-    out[#out + 1] = 0
-  else
-    local used = tonumber(counts[2] or '0') - tonumber(counts[3] or '0')
-    local limit = tonumber(ARGV[base + 1])
-    if limit >= 0 and used >= limit and ARGV[base + 2] == '0' then
-      redis.call('HINCRBY', key, 'rejected', 1)
-      redis.call('HINCRBY', key, 'rejected:quota', 1)
-      redis.call('HINCRBY', key, 'rday:' .. ARGV[base + 3], 1)
-      out[#out + 1] = 0
-      out[#out + 1] = used
-    else
-      redis.call('HINCRBY', key, 'calls', 1)
-      redis.call('HINCRBY', key, 'day:' .. ARGV[base + 3], 1)
-      out[#out + 1] = 1
-      out[#out + 1] = used + 1
-    end
-  end
-end
-return out
-"""
-
 # ARGV: ttl, then field, amount pairs. Adds the ledger's counts to whatever arrived meanwhile
 # (only breakdowns can: decisions wait for this), then marks the hash whole. Runs once.
 _HYDRATE_SCRIPT = """
@@ -243,12 +202,16 @@ class RedisCounters(_DirtyKeys):
             socket_connect_timeout=timeout,
         )
         self._redis = aioredis.Redis(connection_pool=pool)
-        self._admit = self._redis.register_script(_ADMIT_SCRIPT)
+        self._admit = self._redis.register_script(ADMIT_SCRIPT)
+        self._packed_sha = bulk(self._admit.sha)
         self._hydrate_script = self._redis.register_script(_HYDRATE_SCRIPT)
         # The hot path's decisions bypass redis-py: see ``redis_pipeline.py``.
         self._pipe = PipelinedRedis(url, timeout=timeout)
-        self._batch: _Batch = []
+        self._batch = DecisionBatch()
         self._inflight: set[asyncio.Task[None]] = set()
+        # RESP bytes reused by every decision (cleared if they ever grow large).
+        self._packed_names: dict[UsageKey, bytes] = {}
+        self._packed_terms: dict[tuple[int | None, bool, str], bytes] = {}
 
     def _key(self, key: UsageKey) -> str:
         return f"{self._prefix}usage:{{{key[0]}}}:{key[1]}"
@@ -274,51 +237,65 @@ class RedisCounters(_DirtyKeys):
             raise self._unavailable(exc) from exc
         self.breaker.succeeded()
 
-    async def admit(
+    def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
-    ) -> Admission:
+    ) -> asyncio.Future[Admission]:
         """Decisions taken in the same event-loop turn travel together: one script call on the
-        pipelined connection, one round trip. Each decision in it is still atomic and they run
-        in order: batching changes the cost, never the count."""
+        pipelined connection, one round trip (see ``decisions.py``). Each is still decided
+        atomically and in order: batching changes the cost, never the count. Not ``async``:
+        the caller awaits the decision's own future, with no coroutine in between."""
         self._allow()
         self._dirty.add(key)
-        decision = (self._key(key), -1 if limit is None else limit, int(allow_overage), day)
-        admitted, used = await self._decide(decision)
-        if admitted == -1:  # not restored yet: fill from the ledger, then decide
-            await self._hydrate(key)
-            admitted, used = await self._decide(decision)
-            if admitted == -1:
-                raise StoreUnavailable(
-                    "Redis", redact_url(self._url), "the usage hash vanished while restored"
-                )
-        return Admission(admitted == 1, used)
-
-    def _decide(self, decision: _Decision) -> asyncio.Future[tuple[int, int]]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[int, int]] = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._send_batch)
-        self._batch.append((decision, future))
+        future: asyncio.Future[Admission] = asyncio.get_running_loop().create_future()
+        self._add(((key, day, limit, allow_overage), False), future)
         return future
 
+    def _add(self, entry: tuple[Decision, bool], future: asyncio.Future[Admission]) -> None:
+        key, day, limit, allow_overage = entry[0]
+        name = self._packed_names.get(key)
+        if name is None:
+            if len(self._packed_names) >= _PACKED_CACHE_SIZE:
+                self._packed_names.clear()
+            name = self._packed_names[key] = bulk(self._key(key))
+        terms = self._packed_terms.get((limit, allow_overage, day))
+        if terms is None:
+            if len(self._packed_terms) >= _PACKED_CACHE_SIZE:
+                self._packed_terms.clear()
+            terms = bulk(-1 if limit is None else limit) + bulk(int(allow_overage)) + bulk(day)
+            self._packed_terms[(limit, allow_overage, day)] = terms
+        if not self._batch.futures:  # the first of this turn: send when the turn ends
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        self._batch.add(name, terms, entry, future)
+
+    async def _restore_then_decide(
+        self, decision: Decision, future: asyncio.Future[Admission]
+    ) -> None:
+        """A decision found its hash unrestored: fill it from the ledger, then decide again."""
+        try:
+            await self._hydrate(decision[0])
+        except Exception as exc:  # the request fails with it, whatever it is
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            self._add((decision, True), future)
+
     def _send_batch(self) -> None:
-        batch, self._batch = self._batch, []
+        batch, self._batch = self._batch, DecisionBatch()
         if self._pipe.connected:
             self._write(batch, retried=False)
         else:
             self._spawn(self._connect_and_write(batch))
 
-    def _write(self, batch: _Batch, *, retried: bool) -> None:
-        keys = [decision[0] for decision, _ in batch]
-        args = [value for decision, _ in batch for value in decision[1:]]
+    def _write(self, batch: DecisionBatch, *, retried: bool) -> None:
         try:
-            reply = self._pipe.send("EVALSHA", self._admit.sha, len(keys), *keys, *args)
+            reply = self._pipe.send_packed(batch.command(self._packed_sha))
         except RedisError as exc:
             self._fail_batch(batch, exc)
             return
         reply.add_done_callback(functools.partial(self._deliver, batch, retried))
 
-    def _deliver(self, batch: _Batch, retried: bool, reply: asyncio.Future[Any]) -> None:
+    def _deliver(self, batch: DecisionBatch, retried: bool, reply: asyncio.Future[Any]) -> None:
         error = reply.exception()
         flat = None if error is not None else reply.result()
         if isinstance(flat, ResponseError):
@@ -330,21 +307,31 @@ class RedisCounters(_DirtyKeys):
             self._fail_batch(batch, error or ResponseError(f"unexpected reply {flat!r}"))
             return
         self.breaker.succeeded()
-        for index, (_, future) in enumerate(batch):
-            if not future.done():
-                future.set_result((flat[2 * index], flat[2 * index + 1]))
+        for index, future in enumerate(batch.futures):
+            if future.done():
+                continue  # the request was cancelled
+            admitted = flat[2 * index]
+            if admitted != -1:
+                future.set_result(Admission(admitted == 1, flat[2 * index + 1]))
+                continue
+            decision, restored = batch.entries[index]
+            if restored:  # restored just before, and already gone again
+                reason = "the usage hash vanished while it was restored"
+                future.set_exception(StoreUnavailable("Redis", redact_url(self._url), reason))
+            else:
+                self._spawn(self._restore_then_decide(decision, future))
 
-    def _fail_batch(self, batch: _Batch, exc: BaseException) -> None:
+    def _fail_batch(self, batch: DecisionBatch, exc: BaseException) -> None:
         error = (
             self._unavailable(exc)
             if isinstance(exc, RedisError)
             else StoreUnavailable("Redis", redact_url(self._url), repr(exc))
         )
-        for _, future in batch:
+        for future in batch.futures:
             if not future.done():
                 future.set_exception(error)
 
-    async def _connect_and_write(self, batch: _Batch) -> None:
+    async def _connect_and_write(self, batch: DecisionBatch) -> None:
         try:
             await self._pipe.connect()
         except RedisError as exc:
@@ -352,9 +339,9 @@ class RedisCounters(_DirtyKeys):
             return
         self._write(batch, retried=False)
 
-    async def _load_and_write(self, batch: _Batch) -> None:
+    async def _load_and_write(self, batch: DecisionBatch) -> None:
         try:
-            await self._redis.script_load(_ADMIT_SCRIPT)
+            await self._redis.script_load(ADMIT_SCRIPT)
         except RedisError as exc:
             self._fail_batch(batch, exc)
             return

@@ -138,9 +138,13 @@ class PipelinedRedis:
         """Write one command now; the future gets its reply (a ``ResponseError`` reply is
         returned, not raised, so one bad command does not look like a dead server). Raises
         ``ConnectionError`` when not connected: ``await connect()`` first."""
+        return self.send_packed(pack_command(args))
+
+    def send_packed(self, command: bytes) -> asyncio.Future[Any]:
+        """``send`` for a command already packed as RESP."""
         if self._connection is None or self._connection.closed:
             raise errors.ConnectionError("Redis connection is not open")
-        return self._connection.send(pack_command(args))
+        return self._connection.send(command)
 
     async def connect(self) -> None:
         """Open the connection unless it is open; concurrent callers share one attempt."""

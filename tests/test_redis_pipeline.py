@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
+from tenant_gateway.decisions import DecisionBatch, bulk
 from tenant_gateway.exceptions import StoreUnavailable
-from tenant_gateway.quota import RedisCounters
+from tenant_gateway.quota import MemoryCounters, RedisCounters
 from tenant_gateway.redis_pipeline import PipelinedRedis, pack_command
 
 from .tcp_proxy import TcpProxy
@@ -149,3 +151,59 @@ async def test_a_stalled_redis_fails_decisions_within_the_timeout(
         await asyncio.wait_for(counters.admit(key, "01", 10, False), timeout=5)
     assert "did not answer" in str(failure.value)
     await counters.close()
+
+
+def test_a_batch_packs_each_hash_once() -> None:
+    batch = DecisionBatch()
+    loop = asyncio.new_event_loop()
+    try:
+        a, b = bulk("tg:usage:{a}:2026-11"), bulk("tg:usage:{b}:2026-11")
+        terms = bulk(10) + bulk(0) + bulk("01")
+        for name in (a, b, a):
+            batch.add(
+                name, terms, ((("t", "2026-11"), "01", 10, False), False), loop.create_future()
+            )
+        sha = "f" * 40
+        expected = pack_command(
+            ("EVALSHA", sha, 2, "tg:usage:{a}:2026-11", "tg:usage:{b}:2026-11",
+             1, 10, 0, "01", 2, 10, 0, "01", 1, 10, 0, "01")
+        )  # fmt: skip
+        assert batch.command(bulk(sha)) == expected
+    finally:
+        loop.close()
+
+
+async def test_one_batch_decides_as_calls_one_by_one_would(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Many tenants, limits, overage and days mixed in each batch: the aggregated script must
+    answer every decision as the memory store, deciding them one by one, does. (The hashes
+    are restored first: decisions that wait for a restore are re-sent in whatever order the
+    restores finish, which concurrent requests never had a claim to anyway.)"""
+    rng = random.Random(20261126)
+    plans = [(3, False), (5, True), (None, False), (0, False), (8, False)]
+    for trial in range(5):
+        redis_counters = RedisCounters(redis_url, key_prefix=f"{redis_prefix}{trial}:")
+        memory_counters = MemoryCounters()
+        calls = [
+            ((f"tenant{rng.randrange(4)}", "2026-11"), rng.choice(["01", "02"]), rng.randrange(5))
+            for _ in range(120)
+        ]
+        # The same tenant keeps its plan within a trial, as on a real gateway.
+        plan_of = {f"tenant{n}": plans[(n + trial) % len(plans)] for n in range(4)}
+        for tenant, (limit, overage) in plan_of.items():
+            for store in (redis_counters, memory_counters):
+                await store.admit((tenant, "2026-11"), "01", limit, overage)
+        batched = await asyncio.gather(
+            *(redis_counters.admit(key, day, *plan_of[key[0]]) for key, day, _ in calls)
+        )
+        one_by_one = [
+            await memory_counters.admit(key, day, *plan_of[key[0]]) for key, day, _ in calls
+        ]
+        assert batched == one_by_one
+        for tenant in plan_of:
+            key = (tenant, "2026-11")
+            redis_tallies = await redis_counters.read(key)
+            memory_tallies = await memory_counters.read(key)
+            assert redis_tallies == memory_tallies
+        await redis_counters.close()
