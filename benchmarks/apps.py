@@ -35,20 +35,22 @@ SLOWAPI_REDIS_URL = "redis://127.0.0.1:6379/13"
 SLOWAPI_LIMIT = "1000000/minute"  # never refuses at the rates one worker reaches
 """How many ping calls this process's app has answered; a public (unmetered) path."""
 
-# "bench" has no burst limit (the default enterprise plan's 1,000/s would throttle wrk) and no
-# monthly quota; "bench_quota" has a large finite quota, so every call takes the exact quota path.
+# Shaped like the default plans, with limits no benchmark reaches (the enterprise plan's
+# 1,000/s would throttle wrk): "bench" like enterprise — a burst limit, no monthly quota;
+# "bench_quota" like free and professional — a burst limit and a finite monthly quota. So every
+# call takes the burst limit, and on "bench_quota" the exact quota decision too.
 BENCH_PLANS: dict[str, Any] = {
     "plans": {
         "bench": {
             "max_users": None,
             "monthly_calls": None,
-            "burst_per_second": None,
+            "burst_per_second": 1_000_000_000,
             "price_cents": 0,
         },
         "bench_quota": {
             "max_users": None,
             "monthly_calls": 1_000_000_000,
-            "burst_per_second": None,
+            "burst_per_second": 1_000_000_000,
             "price_cents": 0,
         },
     }

@@ -1,8 +1,8 @@
 """Where a request's time goes: the gateway's hot path in process, with no server or socket.
 
 Builds the bare ping app (``apps.bare_app``) and a ``TenantGateway`` around it on the embedded
-memory stores (``apps.BENCH_PLANS``: "bench" has no limit at all, "bench_quota" a finite monthly
-quota, so each call takes the quota path), registers one tenant per plan through the directory,
+memory stores (``apps.BENCH_PLANS``: "bench" has a burst limit and no monthly quota,
+"bench_quota" both, so each call takes the quota path too), registers one tenant per plan,
 and calls each app directly as an ASGI callable in a tight loop: a new HTTP scope per request
 (what a server builds), a ``receive`` that returns an empty body, a ``send`` that keeps the
 status. Every 1,000 requests the loop yields to the event loop once, so the gateway's
@@ -234,8 +234,8 @@ async def main_async(args: argparse.Namespace) -> None:
         tenants = {plan: await register(gateway, plan) for plan in ("bench", "bench_quota")}
         cases = [
             Case("bare app", bare_app(), headers_for(None)),
-            Case("gateway, plan without limits", gateway, headers_for(tenants["bench"][1])),
-            Case("gateway, monthly quota", gateway, headers_for(tenants["bench_quota"][1])),
+            Case("gateway, burst limit", gateway, headers_for(tenants["bench"][1])),
+            Case("gateway, burst + monthly quota", gateway, headers_for(tenants["bench_quota"][1])),
         ]
         timings = await time_cases(cases, args.requests, args.repeat)
         made = WARMUP + args.requests * args.repeat

@@ -3,9 +3,12 @@
 Variants, each served alone by one uvicorn worker pinned to core 0 (wrk runs on core 1):
 
     A        the bare app (``benchmarks.apps:bare_app``)
-    M        the app behind TenantGateway with the embedded memory stores
-    R        the app behind TenantGateway on PostgreSQL + Redis, a plan with no quota
-    R-quota  as R, on a plan with a large finite monthly quota (the exact Lua quota path)
+    M        the app behind TenantGateway with the embedded memory stores, a plan with a burst
+             limit and no monthly quota (like the default enterprise plan)
+    M-quota  as M, on a plan with a burst limit and a finite monthly quota (like free and pro)
+    R        as M, on PostgreSQL + Redis
+    R-quota  as M-quota, on PostgreSQL + Redis (the exact quota decision in Redis)
+    (``apps.BENCH_PLANS``: limits set so high that no call is refused, but every one is checked)
     S        the bare app behind slowapi (``SlowAPIMiddleware``, Redis storage, a limit keyed by
              the API key header that never refuses): the baseline the issue names; skipped with a
              message when slowapi is not installed (``pip install slowapi``)
@@ -90,6 +93,7 @@ class Variant:
 VARIANTS = (
     Variant("A", "benchmarks.apps:bare_app"),
     Variant("M", "benchmarks.apps:gateway_app", plan="bench"),
+    Variant("M-quota", "benchmarks.apps:gateway_app", plan="bench_quota"),
     Variant("R", "benchmarks.apps:gateway_app", database=True, redis=True, plan="bench"),
     Variant(
         "R-quota", "benchmarks.apps:gateway_app", database=True, redis=True, plan="bench_quota"

@@ -16,7 +16,7 @@ from tenant_gateway.headers import policy_header, remaining_header
 from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore, UsageKey
-from tenant_gateway.ratelimit import BurstLimiter
+from tenant_gateway.ratelimit import BurstDecision, BurstLimiter
 from tenant_gateway.usage import UsageRecorder
 
 __all__ = ["Meter", "Metered"]
@@ -92,36 +92,61 @@ class Meter:
         return moment
 
     def admit_locally(self, tenant: Tenant, plan: Plan) -> Metered | None:
-        """The admission of a plan with neither limit: counted in process, nothing to await
-        (no coroutine either: this is the hot path). None for any other plan."""
-        if plan.monthly_calls is not None or plan.burst_per_second is not None:
+        """The admission of a plan without a monthly quota whose burst window (if any) is in
+        process: decided and counted inline, nothing to await (and no coroutine: this is the
+        hot path). None for any other plan: ``await admit(…)``."""
+        if plan.monthly_calls is not None:
             return None
+        rate = plan.burst_per_second
+        burst = None
+        if rate is not None:
+            burst = self._burst.acquire_now(tenant.id, rate)
+            if burst is None:
+                return None
         moment = self._now()
         usage_key = (tenant.id, moment.period)
-        self._recorder.admitted(usage_key, moment.day)
-        return Metered(usage_key, moment.day, self._policies[plan.name])
+        return self._unmetered(usage_key, moment.day, plan, burst)
+
+    def _unmetered(
+        self, usage_key: UsageKey, day: str, plan: Plan, burst: BurstDecision | None
+    ) -> Metered:
+        """A call with no quota to decide (after the burst limit): counted in process."""
+        headers = self._policies[plan.name]
+        if burst is not None:
+            if not burst.allowed:
+                raise self._burst_refusal(usage_key, day, plan, burst)
+            remaining = remaining_header("burst", burst.remaining, 1)
+            headers = (*headers, (b"ratelimit", remaining))
+        self._recorder.admitted(usage_key, day)
+        return Metered(usage_key, day, headers)
+
+    def _burst_refusal(
+        self, usage_key: UsageKey, day: str, plan: Plan, burst: BurstDecision
+    ) -> Problem:
+        self._recorder.rejected(usage_key, day, "burst")
+        rate = plan.burst_per_second or 0
+        refused = remaining_header("burst", 0, burst.retry_after)
+        return _with_headers(
+            problems.rate_limited(rate, burst.retry_after),
+            (*self._policies[plan.name], (b"ratelimit", refused)),
+        )
 
     async def admit(self, tenant: Tenant, plan: Plan) -> Metered:
         moment = self._now()
         reset, day = moment.reset, moment.day
         usage_key = (tenant.id, moment.period)
         headers = self._policies[plan.name]
-        if plan.burst_per_second is not None:
-            if not await self._burst.hit(tenant.id, plan.burst_per_second):
-                self._recorder.rejected(usage_key, day, "burst")
-                stats = await self._burst.stats(tenant.id, plan.burst_per_second)
-                raise _with_headers(
-                    problems.rate_limited(plan.burst_per_second, stats.retry_after),
-                    (*headers, (b"ratelimit", remaining_header("burst", 0, stats.retry_after))),
-                )
+        rate = plan.burst_per_second
+        burst = None
+        if rate is not None:
+            burst = self._burst.acquire_now(tenant.id, rate) or await self._burst.acquire(
+                tenant.id, rate
+            )
         limit = plan.monthly_calls
         if limit is None:  # nothing to decide: count locally, no round trip
-            self._recorder.admitted(usage_key, day)
-            if plan.burst_per_second is not None:
-                stats = await self._burst.stats(tenant.id, plan.burst_per_second)
-                remaining = remaining_header("burst", stats.remaining, 1)
-                return Metered(usage_key, day, (*headers, (b"ratelimit", remaining)))
-            return Metered(usage_key, day, headers)
+            return self._unmetered(usage_key, day, plan, burst)
+        if burst is not None and not burst.allowed:
+            raise self._burst_refusal(usage_key, day, plan, burst)
         try:
             admission = await self._counters.admit(usage_key, day, limit, plan.allows_overage)
         except StoreUnavailable:

@@ -159,6 +159,27 @@ async def test_burst_limit(stores: Stores, client_for: Any) -> None:
     assert usage["api_calls"] == 10 and usage["rejected_calls"] == 1
 
 
+async def test_burst_limit_in_a_window_shared_on_redis(
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    """``burst_storage`` on Redis: two gateways (as two processes would) draw on one window."""
+    shared: dict[str, Any] = {
+        "database_url": postgres_url,
+        "redis_url": redis_url,
+        "redis_key_prefix": redis_prefix,
+        "burst_storage": "async+" + redis_url,
+    }
+    client = await client_for(TenantGateway(echo_app(), **shared))
+    other = await client_for(TenantGateway(echo_app(), **shared))
+    tenant = await register(client)  # free: 10 per second
+    statuses = [
+        (await c.get("/whoami", headers=auth(tenant))).status_code
+        for c in (client, other, client, other, client, other)
+        for _ in range(2)
+    ]
+    assert statuses.count(200) == 10 and statuses.count(429) == 2
+
+
 async def test_quota_exact_under_1100_concurrent_requests(stores: Stores, client_for: Any) -> None:
     """In-process concurrency (the HTTP version, with >= 50 in flight, is in test_server.py)."""
     plans = {

@@ -157,16 +157,40 @@ async def test_projects_are_tenant_scoped(server: Server) -> None:
         assert (await client.get(f"/api/v1/projects/{project_id}", headers=a)).status_code == 404
 
 
+QUOTA_PLANS = (
+    '{"plans": {"free": {"max_users": 5, "monthly_calls": 1000,'
+    ' "burst_per_second": null, "price_cents": 0}}}'
+)
+
+
 async def test_quota_exact_over_http_with_50_in_flight(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
     """1,100 calls over 64 connections against 1,000 calls/month → exactly 1,000 admitted."""
     plans = tmp_path / "plans.json"
-    plans.write_text(
-        '{"plans": {"free": {"max_users": 5, "monthly_calls": 1000,'
-        ' "burst_per_second": null, "price_cents": 0}}}'
-    )
-    server = serve("--plans", str(plans))
+    plans.write_text(QUOTA_PLANS)
+    await assert_exact_quota(serve("--plans", str(plans)))
+
+
+async def test_quota_exact_across_worker_processes(
+    postgres_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """The same with two worker processes sharing the quota through Redis."""
+    plans = tmp_path / "plans.json"
+    plans.write_text(QUOTA_PLANS)
+    server = Server(
+        "--database-url", postgres_url, "--redis-url", redis_url,
+        "--redis-key-prefix", redis_prefix, "--plans", str(plans), "--workers", "2",
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        await assert_exact_quota(server)
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log, log
+
+
+async def assert_exact_quota(server: Server) -> None:
     async with httpx.AsyncClient(base_url=server.base) as client:
         tenant = (
             await client.post(
