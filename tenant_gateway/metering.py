@@ -139,9 +139,13 @@ class Meter:
         rate = plan.burst_per_second
         burst = None
         if rate is not None:
-            burst = self._burst.acquire_now(tenant.id, rate) or await self._burst.acquire(
-                tenant.id, rate
-            )
+            try:
+                burst = self._burst.acquire_now(tenant.id, rate) or await self._burst.acquire(
+                    tenant.id, rate
+                )
+            except StoreUnavailable:  # the shared burst window is away
+                if (plan.fail_mode or self._fail_mode) != "open":
+                    raise
         limit = plan.monthly_calls
         if limit is None:  # nothing to decide: count locally, no round trip
             return self._unmetered(usage_key, day, plan, burst)

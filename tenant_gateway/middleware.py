@@ -260,14 +260,17 @@ class TenantGateway:
         )
         await problems.problem_response(problem)(scope, receive, send)
 
-    def _framed(self, length: str | None) -> bool:
+    def _framed(self, length: str | None, encoded: bool) -> bool:
         """Whether the server frames the body by its Content-Length, so it needs no counting
-        as it streams in. Raises 413 for a declared length over the limit."""
+        as it streams in: not when a Transfer-Encoding is declared too (a server that accepts
+        both frames by the encoding and ignores the length). Raises 413 for a declared length
+        over the limit, however many digits it has."""
         if length is None or not length.isdigit():
             return False
-        if int(length) > self.max_body_bytes:
+        digits = length.lstrip("0")
+        if len(digits) > 18 or int(digits or "0") > self.max_body_bytes:
             raise problems.payload_too_large(self.max_body_bytes)
-        return True
+        return not encoded
 
     def _log_outage(self, exc: StoreUnavailable) -> None:
         """One warning per store per 10 s, not one per refused request (an outage under load
@@ -295,7 +298,7 @@ class TenantGateway:
                 raise problems.service_unavailable(f"plan {tenant.plan!r} is not configured")
             # Most calls have no body (HTTP/1, neither header): decided here without a call.
             bodiless = length is None and not encoded and scope.get("http_version", "1.1") < "2"
-            unframed = not bodiless and not self._framed(length)
+            unframed = not bodiless and not self._framed(length, encoded)
             meter = self.meter
             metered = meter.admit_locally(tenant, plan) or await meter.admit(tenant, plan)
         except Problem as problem:

@@ -282,6 +282,8 @@ class RedisCounters(_DirtyKeys):
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, DecisionBatch()
+        if not batch.futures:  # failed by close() meanwhile
+            return
         if self._pipe.connected:
             self._write(batch, retried=False)
         else:
@@ -334,8 +336,10 @@ class RedisCounters(_DirtyKeys):
     async def _connect_and_write(self, batch: DecisionBatch) -> None:
         try:
             await self._pipe.connect()
-        except RedisError as exc:
+        except BaseException as exc:  # cancelled at close included: no future left waiting
             self._fail_batch(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         self._write(batch, retried=False)
 
@@ -444,5 +448,12 @@ class RedisCounters(_DirtyKeys):
         self.breaker.succeeded()
 
     async def close(self) -> None:
+        """Fail what is still waiting, stop the work in flight, close both clients."""
+        batch, self._batch = self._batch, DecisionBatch()
+        if batch.futures:
+            self._fail_batch(batch, RedisConnectionError("the counter store was closed"))
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
         await self._pipe.close()
         await self._redis.aclose()

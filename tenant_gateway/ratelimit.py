@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from limits.storage import storage_from_string
+from redis.exceptions import RedisError
 
 from tenant_gateway.clock import Clock
-from tenant_gateway.exceptions import ConfigurationError
+from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
 
 __all__ = ["BurstDecision", "BurstLimiter"]
 
 IN_PROCESS = "async+memory://"
-_SWEEP_EVERY = 10_000  # decisions between sweeps of idle tenants' windows
+_SWEEP_EVERY = 10_000  # new tenant windows between sweeps of idle ones
 
 
 @dataclass(slots=True)  # not frozen: one per call on the hot path
@@ -77,8 +79,12 @@ class BurstLimiter:
         item = self._items.get(per_second)
         if item is None:
             item = self._items[per_second] = RateLimitItemPerSecond(per_second)
-        allowed = await self._shared.hit(item, tenant_id)
-        stats = await self._shared.get_window_stats(item, tenant_id)
+        try:
+            allowed = await self._shared.hit(item, tenant_id)
+            stats = await self._shared.get_window_stats(item, tenant_id)
+        except (RedisError, StorageError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise StoreUnavailable("Redis", "the shared burst window", reason) from exc
         wait = max(1, math.ceil(stats.reset_time - self._clock()))
         return BurstDecision(allowed, stats.remaining, wait)
 

@@ -105,10 +105,13 @@ class KeyResolver:
         if entry is None or entry[0] <= now:
             if not is_well_formed(raw_key):
                 raise problems.invalid_api_key()
+            generation = self._generation
             try:
                 entry = await asyncio.shield(self._start_load(raw_key, now))
             except StoreUnavailable:
-                if entry is None:  # never seen: nothing to fall back on (503)
+                # Never seen, or evicted meanwhile (the entry may be a revoked key's): nothing
+                # safe to fall back on (503).
+                if entry is None or generation != self._generation:
                     raise
                 # The directory is down: keep serving what we knew, and try again next TTL.
                 entry = (now + self._ttl, entry[1], entry[2])

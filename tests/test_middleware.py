@@ -180,6 +180,17 @@ async def test_burst_limit_in_a_window_shared_on_redis(
     assert statuses.count(200) == 10 and statuses.count(429) == 2
 
 
+async def test_a_shared_burst_window_that_is_down(stores: Stores, client_for: Any) -> None:
+    """Its Redis unreachable: 503 quota_unavailable, or admitted on a fail-open plan."""
+    nothing = "async+redis://127.0.0.1:1/0"
+    closed = await client_for(gateway(stores, burst_storage=nothing))
+    tenant = await register(closed)
+    assert_problem(await closed.get("/whoami", headers=auth(tenant)), 503, "quota_unavailable")
+    lenient = await client_for(gateway(stores, burst_storage=nothing, redis_fail_mode="open"))
+    tenant = await register(lenient)
+    assert (await lenient.get("/whoami", headers=auth(tenant))).status_code == 200
+
+
 async def test_quota_exact_under_1100_concurrent_requests(stores: Stores, client_for: Any) -> None:
     """In-process concurrency (the HTTP version, with >= 50 in flight, is in test_server.py)."""
     plans = {
@@ -269,6 +280,55 @@ async def test_body_limit_without_content_length_over_http2(
     await gw(scope, receive, send)  # type: ignore[arg-type]
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
     assert b"payload_too_large" in sent[1]["body"]
+
+
+async def call(
+    gw: TenantGateway, key: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+) -> list[dict[str, Any]]:
+    """One raw ASGI POST /echo over HTTP/1.1 with these extra headers and body chunks."""
+    sent: list[dict[str, Any]] = []
+    pending = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        body = pending.pop(0) if pending else b""
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/echo",
+        "raw_path": b"/echo",
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {key}".encode()), *headers],
+    }
+    await gw(scope, receive, send)  # type: ignore[arg-type]
+    return sent
+
+
+async def test_a_length_beside_a_transfer_encoding_is_not_trusted(
+    stores: Stores, client_for: Any
+) -> None:
+    """A server that accepts both frames by the encoding: the body is counted as it streams."""
+    gw = gateway(stores, max_body_bytes=100)
+    tenant = await register(await client_for(gw))
+    both = [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")]
+    sent = await call(gw, tenant["api_key"], both, [b"z" * 60, b"z" * 60])
+    assert sent[0]["status"] == 413
+
+
+async def test_a_content_length_of_any_size_is_answered(stores: Stores, client_for: Any) -> None:
+    gw = gateway(stores, max_body_bytes=100)
+    tenant = await register(await client_for(gw))
+    huge = [(b"content-length", b"9" * 5000)]
+    assert (await call(gw, tenant["api_key"], huge, [b"x"]))[0]["status"] == 413
+    padded = [(b"content-length", b"0" * 5000 + b"3")]  # leading zeros: 3 bytes
+    assert (await call(gw, tenant["api_key"], padded, [b"abc"]))[0]["status"] == 200
 
 
 async def test_usage_by_route_template_and_status(

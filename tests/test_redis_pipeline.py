@@ -207,3 +207,13 @@ async def test_one_batch_decides_as_calls_one_by_one_would(
             memory_tallies = await memory_counters.read(key)
             assert redis_tallies == memory_tallies
         await redis_counters.close()
+
+
+async def test_closing_fails_decisions_still_waiting(redis_url: str, redis_prefix: str) -> None:
+    counters = RedisCounters(redis_url, key_prefix=redis_prefix)
+    waiting = counters.admit(("tenant", "2026-11"), "01", 10, False)  # not sent yet
+    await counters.close()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(waiting, timeout=5)
+    await asyncio.sleep(0)  # the send scheduled for that turn finds nothing to send
+    assert not counters._pipe.connected

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tenant_gateway.directory import MemoryDirectory
-from tenant_gateway.exceptions import Problem
+from tenant_gateway.exceptions import Problem, StoreUnavailable
 from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix
 from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus, User
 from tenant_gateway.resolver import KeyResolver
@@ -192,3 +192,37 @@ async def test_a_load_that_overlaps_an_eviction_is_not_cached() -> None:
         await late  # answered with what it read: suspended
     assert resolver.cached(secret) is None  # but that answer, stale on arrival, was not cached
     assert (await resolver.resolve(secret)).tenant.status is TenantStatus.ACTIVE
+
+
+class FlakyDirectory(GatedDirectory):
+    """Lookups wait for the gate, then answer, or fail as an outage does while ``down``."""
+
+    down = False
+
+    async def find_key(self, key_hash: bytes) -> Any:
+        self.lookups += 1
+        await self.gate.wait()
+        if self.down:
+            raise StoreUnavailable("PostgreSQL", "postgresql://db", "down")
+        return await MemoryDirectory.find_key(self, key_hash)
+
+
+async def test_an_outage_does_not_bring_back_an_evicted_entry() -> None:
+    directory, clock = FlakyDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0)
+    secret, tenant = await add_tenant(directory)
+    await resolver.resolve(secret)
+    directory.down = True
+    clock.advance(1.01)
+    assert (await resolver.resolve(secret)).tenant.id == tenant.id  # an outage alone: stale serves
+    clock.advance(1.01)
+    directory.gate.clear()
+    during = asyncio.ensure_future(resolver.resolve(secret))
+    while directory.lookups < 3:
+        await asyncio.sleep(0)
+    resolver.forget_tenant(tenant.id)  # revoked meanwhile: what was cached may be stale
+    directory.gate.set()
+    with pytest.raises(StoreUnavailable):
+        await during
+    with pytest.raises(StoreUnavailable):
+        await resolver.resolve(secret)  # nor cached again
