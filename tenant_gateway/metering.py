@@ -66,7 +66,7 @@ class Meter:
         self._fail_mode = fail_mode
         # A plan with neither limit has an empty policy: no header (RFC 8941: an empty list
         # is an absent field).
-        self._policies = {
+        self._policies: dict[str, tuple[Header, ...]] = {
             name: ((b"ratelimit-policy", policy),) if (policy := policy_header(plan)) else ()
             for name, plan in plans.items()
         }
