@@ -34,9 +34,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from tenant_gateway.breaker import Breaker
 from tenant_gateway.clock import Clock
-from tenant_gateway.decisions import ADMIT_SCRIPT, Admission, Decision, DecisionBatch, bulk
+from tenant_gateway.decisions import ADMIT_SCRIPT, Admission, Decision, DecisionBatch
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
-from tenant_gateway.redis_pipeline import PipelinedRedis
+from tenant_gateway.flights import Flights
+from tenant_gateway.redis_pipeline import PipelinedRedis, bulk
 
 __all__ = [
     "HYDRATED",
@@ -92,9 +93,17 @@ class CounterStore(Protocol):
 
 
 class _DirtyKeys:
+    """What both stores share: the keys changed since the last drain, and the restores from
+    the ledger (one read per hash however many calls find it missing at once)."""
+
     def __init__(self, hydrate_from: HydrateSource | None) -> None:
         self._dirty: set[UsageKey] = set()
         self._hydrate_from = hydrate_from or _nothing_to_restore
+        self._restores: Flights[UsageKey, Mapping[str, int]] = Flights("restoring usage")
+
+    async def _restored(self, key: UsageKey) -> Mapping[str, int]:
+        """The ledger's counts for ``key``."""
+        return await self._restores.join(key, lambda: self._hydrate_from(key))
 
     def drain_dirty(self) -> set[UsageKey]:
         dirty, self._dirty = self._dirty, set()
@@ -114,7 +123,7 @@ class MemoryCounters(_DirtyKeys):
     async def _hydrate(self, key: UsageKey) -> Counter[str]:
         tally = self._tallies[key]
         if HYDRATED not in tally:
-            restored = await self._hydrate_from(key)
+            restored = await self._restored(key)
             tally = self._tallies[key]  # no await between this check and the update below
             if HYDRATED not in tally:
                 tally.update(restored)
@@ -150,6 +159,7 @@ class MemoryCounters(_DirtyKeys):
         }
 
     async def forget(self, keys: Iterable[UsageKey]) -> None:
+        self._restores.forget()
         for key in keys:
             self._tallies.pop(key, None)
 
@@ -202,8 +212,7 @@ class RedisCounters(_DirtyKeys):
             socket_connect_timeout=timeout,
         )
         self._redis = aioredis.Redis(connection_pool=pool)
-        self._admit = self._redis.register_script(ADMIT_SCRIPT)
-        self._packed_sha = bulk(self._admit.sha)
+        self._packed_sha = bulk(self._redis.register_script(ADMIT_SCRIPT).sha)
         self._hydrate_script = self._redis.register_script(_HYDRATE_SCRIPT)
         # The hot path's decisions bypass redis-py: see ``redis_pipeline.py``.
         self._pipe = PipelinedRedis(url, timeout=timeout)
@@ -226,7 +235,7 @@ class RedisCounters(_DirtyKeys):
             raise StoreUnavailable("Redis", redact_url(self._url), "circuit open after failures")
 
     async def _hydrate(self, key: UsageKey) -> None:
-        restored = await self._hydrate_from(key)
+        restored = await self._restored(key)
         args: list[int | str] = [_HISTORY_SECONDS]
         for field, amount in restored.items():
             if field != HYDRATED:
@@ -431,6 +440,7 @@ class RedisCounters(_DirtyKeys):
         }
 
     async def forget(self, keys: Iterable[UsageKey]) -> None:
+        self._restores.forget()
         names = [self._key(key) for key in keys]
         if not names:
             return

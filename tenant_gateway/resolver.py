@@ -19,8 +19,6 @@ eviction (``forget_*``) is not cached.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from tenant_gateway import problems
 from tenant_gateway.clock import Clock
 from tenant_gateway.directory import TenantDirectory
 from tenant_gateway.exceptions import StoreUnavailable
+from tenant_gateway.flights import Flights
 from tenant_gateway.keys import hash_api_key, is_well_formed, verify_api_key
 from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus
 
@@ -50,8 +49,6 @@ class Principal:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ids", (self.tenant.id, self.key.id))
 
-
-logger = logging.getLogger("tenant_gateway")
 
 REFRESH_AHEAD = 0.25
 """Share of an entry's TTL, before it expires, in which a use starts a background reload."""
@@ -83,7 +80,7 @@ class KeyResolver:
         self._refresh_window = ttl * REFRESH_AHEAD
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._last_used: dict[tuple[str, str], float] = {}
-        self._loads: dict[str, asyncio.Task[_Entry]] = {}
+        self._loads: Flights[str, _Entry] = Flights("loading a key")
         self._generation = 0
         """Bumped by every eviction: a load that started before one is not cached."""
 
@@ -95,7 +92,7 @@ class KeyResolver:
         if entry is None or entry[0] <= now:
             return None
         if entry[0] - now < self._refresh_window and raw_key not in self._loads:
-            self._start_load(raw_key, now)
+            self._loads.start(raw_key, lambda: self._load(raw_key, now))
         return self._admit(entry, now)
 
     async def resolve(self, raw_key: str) -> Principal:
@@ -107,7 +104,7 @@ class KeyResolver:
                 raise problems.invalid_api_key()
             generation = self._generation
             try:
-                entry = await asyncio.shield(self._start_load(raw_key, now))
+                entry = await self._loads.join(raw_key, lambda: self._load(raw_key, now))
             except StoreUnavailable:
                 # Never seen, or evicted meanwhile (the entry may be a revoked key's): nothing
                 # safe to fall back on (503).
@@ -145,24 +142,6 @@ class KeyResolver:
         moment = self._last_used.get((tenant_id, key_id))
         return None if moment is None else datetime.fromtimestamp(moment, UTC)
 
-    def _start_load(self, raw_key: str, now: float) -> asyncio.Task[_Entry]:
-        """The load of ``raw_key`` in flight, or a new one (single-flight)."""
-        task = self._loads.get(raw_key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(raw_key, now))
-            self._loads[raw_key] = task
-            task.add_done_callback(lambda done: self._loaded(raw_key, done))
-        return task
-
-    def _loaded(self, raw_key: str, task: asyncio.Task[_Entry]) -> None:
-        if self._loads.get(raw_key) is task:
-            del self._loads[raw_key]
-        # Retrieved here, so a background refresh nobody awaits cannot fail unheard: the entry
-        # expires as usual and the next use tries again (the stale entry serves meanwhile
-        # if the directory is down).
-        if not task.cancelled() and (error := task.exception()) is not None:
-            logger.debug("loading a key failed: %s", error)
-
     async def _load(self, raw_key: str, now: float) -> _Entry:
         generation = self._generation
         found = await self._directory.find_key(hash_api_key(raw_key))
@@ -190,7 +169,7 @@ class KeyResolver:
     def _evicting(self) -> None:
         """Loads in flight may have read what is being changed: new callers start afresh."""
         self._generation += 1
-        self._loads.clear()
+        self._loads.forget()
 
     def forget_tenant(self, tenant_id: str) -> None:
         """Evict every cached key of a tenant (after a change to the tenant or its keys)."""
