@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-__all__ = ["ADMIT_SCRIPT", "Admission", "Decision", "DecisionBatch", "bulk"]
+from tenant_gateway.redis_pipeline import bulk
+
+__all__ = ["ADMIT_SCRIPT", "Admission", "Decision", "DecisionBatch"]
 
 
 @dataclass(slots=True)  # not frozen: one is built per call, and frozen doubles that cost
@@ -82,12 +84,6 @@ return out
 """
 
 
-def bulk(value: bytes | str | int) -> bytes:
-    """One RESP bulk string."""
-    data = value if isinstance(value, bytes) else str(value).encode()
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
 _INDEXES = [bulk(index) for index in range(1024)]
 """``bulk(i)`` for the hash indexes a batch usually needs."""
 
@@ -104,9 +100,6 @@ class DecisionBatch:
         self._packed: list[bytes] = []
         self.entries: list[tuple[Decision, bool]] = []
         self.futures: list[asyncio.Future[Admission]] = []
-
-    def __len__(self) -> int:
-        return len(self.futures)
 
     def add(
         self,

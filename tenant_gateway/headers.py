@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from tenant_gateway.plans import Plan
 
-__all__ = ["policy_header", "remaining_header"]
+__all__ = ["Header", "policy_header", "remaining_header"]
+
+Header = tuple[bytes, bytes]
+"""A raw ASGI header: (lower-case name, value)."""
 
 
 def policy_header(plan: Plan) -> bytes:

@@ -12,7 +12,7 @@ from tenant_gateway import problems
 from tenant_gateway.clock import Clock, Period
 from tenant_gateway.events import EventDispatcher
 from tenant_gateway.exceptions import Problem, StoreUnavailable
-from tenant_gateway.headers import policy_header, remaining_header
+from tenant_gateway.headers import Header, policy_header, remaining_header
 from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore, UsageKey
@@ -21,7 +21,6 @@ from tenant_gateway.usage import UsageRecorder
 
 __all__ = ["Meter", "Metered"]
 
-Header = tuple[bytes, bytes]
 _SECONDS_PER_DAY = 86_400
 
 
@@ -91,6 +90,9 @@ class Meter:
             )
         return moment
 
+    def _fails_open(self, plan: Plan) -> bool:
+        return (plan.fail_mode or self._fail_mode) == "open"
+
     def admit_locally(self, tenant: Tenant, plan: Plan) -> Metered | None:
         """The admission of a plan without a monthly quota whose burst window (if any) is in
         process: decided and counted inline, nothing to await (and no coroutine: this is the
@@ -144,7 +146,7 @@ class Meter:
                     tenant.id, rate
                 )
             except StoreUnavailable:  # the shared burst window is away
-                if (plan.fail_mode or self._fail_mode) != "open":
+                if not self._fails_open(plan):
                     raise
         limit = plan.monthly_calls
         if limit is None:  # nothing to decide: count locally, no round trip
@@ -154,7 +156,7 @@ class Meter:
         try:
             admission = await self._counters.admit(usage_key, day, limit, plan.allows_overage)
         except StoreUnavailable:
-            if (plan.fail_mode or self._fail_mode) != "open":
+            if not self._fails_open(plan):
                 raise
             # Fail open: admit, count in process; the batch reaches Redis when it is back.
             self._recorder.admitted(usage_key, day)

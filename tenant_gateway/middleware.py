@@ -27,6 +27,7 @@ from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
+from tenant_gateway.headers import Header
 from tenant_gateway.keys import api_key_from
 from tenant_gateway.metering import Meter
 from tenant_gateway.plans import load_plans
@@ -38,7 +39,6 @@ __all__ = ["TenantGateway"]
 logger = logging.getLogger("tenant_gateway")
 
 _UNMATCHED_ROUTE = "(unmatched)"
-Header = tuple[bytes, bytes]
 
 
 class _BodyTooLarge(Exception):

@@ -25,18 +25,20 @@ import hiredis
 from redis import exceptions as errors
 from redis.asyncio.connection import SSLConnection, parse_url
 
-__all__ = ["PipelinedRedis", "pack_command"]
+__all__ = ["PipelinedRedis", "bulk", "pack_command"]
 
 Arg = bytes | str | int
 
 
+def bulk(value: Arg) -> bytes:
+    """One RESP bulk string."""
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def pack_command(args: tuple[Arg, ...] | list[Arg]) -> bytes:
     """A command as a RESP array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    return b"*%d\r\n%s" % (len(args), b"".join(bulk(arg) for arg in args))
 
 
 class _Connection(asyncio.Protocol):
