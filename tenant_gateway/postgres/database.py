@@ -31,6 +31,8 @@ __all__ = [
     "RUNTIME_ROLE",
     "TENANT_SETTING",
     "Database",
+    "as_owner",
+    "as_tenant",
     "isolate_table",
     "tenant_transaction",
 ]
@@ -135,7 +137,7 @@ class Database:
         """A transaction as the table-owning role, for the gateway's own cross-tenant queries
         (key lookup by hash, registration, operator listings). Never handed to the app."""
         async with self.connection() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL ROLE {OWNER_ROLE}")
+            await as_owner(conn)
             yield conn
 
     @asynccontextmanager
@@ -145,13 +147,24 @@ class Database:
         if not tenant_id:
             raise NoTenantContext("a tenant transaction needs a tenant id")
         async with self.connection() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT set_config('role', $1, true), set_config($2, $3, true)",
-                RUNTIME_ROLE,
-                TENANT_SETTING,
-                tenant_id,
-            )
+            await as_tenant(conn, tenant_id)
             yield conn
+
+
+async def as_owner(conn: Connection) -> None:
+    """For the rest of the transaction: the table-owning role (cross-tenant gateway work)."""
+    await conn.execute(f"SET LOCAL ROLE {OWNER_ROLE}")
+
+
+async def as_tenant(conn: Connection, tenant_id: str) -> None:
+    """For the rest of the transaction: the runtime role, with the tenant context the isolation
+    policies read (``set_config(…, true)``: undone at commit or rollback)."""
+    await conn.execute(
+        "SELECT set_config('role', $1, true), set_config($2, $3, true)",
+        RUNTIME_ROLE,
+        TENANT_SETTING,
+        tenant_id,
+    )
 
 
 async def migrate(conn: Connection) -> list[str]:

@@ -25,7 +25,13 @@ import asyncpg
 
 from tenant_gateway.clock import format_timestamp
 from tenant_gateway.postgres.catalog import application_tables
-from tenant_gateway.postgres.database import OWNER_ROLE, RUNTIME_ROLE, TENANT_SETTING, Database
+from tenant_gateway.postgres.database import (
+    OWNER_ROLE,
+    RUNTIME_ROLE,
+    Database,
+    as_owner,
+    as_tenant,
+)
 
 if TYPE_CHECKING:
     from tenant_gateway.postgres.database import Connection
@@ -148,19 +154,6 @@ async def _describe(conn: Connection, name: str, tenant_column: str) -> _Table:
     return table
 
 
-async def _as_owner(conn: Connection) -> None:
-    await conn.execute(f"SET LOCAL ROLE {OWNER_ROLE}")
-
-
-async def _as_tenant(conn: Connection, tenant_id: str) -> None:
-    await conn.execute(
-        "SELECT set_config('role', $1, true), set_config($2, $3, true)",
-        RUNTIME_ROLE,
-        TENANT_SETTING,
-        tenant_id,
-    )
-
-
 def _select(table: _Table, excluded: frozenset[str], *, scoped_by_policy: bool) -> str:
     columns = ", ".join(f'"{c}"' for c in table.columns if c not in excluded)
     where = "" if scoped_by_policy else f' WHERE "{table.tenant_column}" = $1'
@@ -175,7 +168,7 @@ async def export_tenant(
     """The tenant's data as NDJSON, read in one repeatable-read snapshot, row by row."""
     async with database.connection() as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            await _as_owner(conn)
+            await as_owner(conn)
             gateway = [
                 await _describe(conn, name, column) for name, (column, _, _) in _GATEWAY.items()
             ]
@@ -187,7 +180,7 @@ async def export_tenant(
                     f'SELECT count(*) FROM "{table.name}" WHERE "{table.tenant_column}" = $1',
                     tenant_id,
                 )
-            await _as_tenant(conn, tenant_id)
+            await as_tenant(conn, tenant_id)
             for table in app:
                 counts[table.name] = await conn.fetchval(f'SELECT count(*) FROM "{table.name}"')
             header = {
@@ -205,14 +198,14 @@ async def export_tenant(
                 ],
             }
             yield json.dumps(header, separators=(",", ":")).encode() + b"\n"
-            await _as_owner(conn)
+            await as_owner(conn)
             for table in gateway:
                 excluded = _GATEWAY[table.name][2]
                 query = _select(table, excluded, scoped_by_policy=False)
                 prefix = b'{"table":"' + table.name.encode() + b'","row":'
                 async for record in conn.cursor(query, tenant_id, prefetch=500):
                     yield prefix + record[0].encode() + b"}\n"
-            await _as_tenant(conn, tenant_id)
+            await as_tenant(conn, tenant_id)
             for table in app:
                 query = _select(table, frozenset(), scoped_by_policy=True)
                 prefix = b'{"table":"' + table.name.encode() + b'","row":'
@@ -272,9 +265,9 @@ class _Importer:
         wanted = OWNER_ROLE if table in _GATEWAY else RUNTIME_ROLE
         if wanted != self._role:
             await (
-                _as_owner(self.conn)
+                as_owner(self.conn)
                 if wanted == OWNER_ROLE
-                else _as_tenant(self.conn, self.tenant_id)
+                else as_tenant(self.conn, self.tenant_id)
             )
             self._role = wanted
 
@@ -306,9 +299,8 @@ class _Importer:
         )
         if name == "tg_usage":  # usage adds up: the target keeps its own and gains the source's
             insert += _ADD_USAGE
-        try:
-            async with self.conn.transaction():  # a savepoint: a failure is reported, not a 500
-                await self.conn.execute(insert, json.dumps(row))
+        try:  # a failure is reported (and the whole import rolled back), not a 500
+            await self.conn.execute(insert, json.dumps(row))
         except asyncpg.PostgresError as exc:
             raise ImportRejected(line, name, _reason(exc)) from None
         self.imported[name] = self.imported.get(name, 0) + 1
@@ -349,7 +341,7 @@ async def import_tenant(
         transaction = conn.transaction()
         await transaction.start()
         try:
-            await _as_owner(conn)
+            await as_owner(conn)
             tables = {
                 name: await _describe(conn, name, column)
                 for name, (column, _, _) in _GATEWAY.items()
@@ -381,7 +373,7 @@ async def import_tenant(
                         f"the stream is truncated or padded: {found} rows, the header says {rows}",
                     )
             if seat_limit is not None:
-                await _as_owner(conn)
+                await as_owner(conn)
                 users = await conn.fetchval(
                     "SELECT count(*) FROM tg_users WHERE tenant_id = $1", tenant_id
                 )
