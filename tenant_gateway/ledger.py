@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Protocol
 
-from tenant_gateway.quota import HYDRATED, UsageKey
+from tenant_gateway.quota import HYDRATED, CounterStore, UsageKey
 
-__all__ = ["MemoryLedger", "UsageLedger", "merge_tallies"]
+__all__ = ["MemoryLedger", "UsageLedger", "merge_tallies", "period_tallies"]
 
 
 class UsageLedger(Protocol):
@@ -36,6 +36,14 @@ def merge_tallies(*tallies: Mapping[str, int]) -> dict[str, int]:
             if value > merged.get(field, value - 1):
                 merged[field] = value
     return merged
+
+
+async def period_tallies(
+    ledger: UsageLedger, counters: CounterStore, key: UsageKey
+) -> dict[str, int]:
+    """A period's tallies: the ledger, plus what the counters hold that it has not had yet."""
+    live = await counters.snapshots([key])
+    return merge_tallies(await ledger.read(key), live.get(key, {}))
 
 
 class MemoryLedger:

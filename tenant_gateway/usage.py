@@ -19,7 +19,7 @@ from typing import Any
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.quota import CounterStore, UsageKey
 
-__all__ = ["UsageRecorder", "usage_csv", "usage_report"]
+__all__ = ["UsageRecorder", "billed_calls", "usage_csv", "usage_report"]
 
 
 class UsageRecorder:
@@ -66,6 +66,11 @@ class UsageRecorder:
                 raise
 
 
+def billed_calls(tallies: Mapping[str, int]) -> int:
+    """Admitted calls less refunded ones: what the usage report and the invoice count."""
+    return tallies.get("calls", 0) - tallies.get("refunded", 0)
+
+
 def usage_report(
     *,
     tenant_id: str,
@@ -75,7 +80,7 @@ def usage_report(
     users: int,
     max_users: int | None,
 ) -> dict[str, object]:
-    calls = tallies.get("calls", 0) - tallies.get("refunded", 0)
+    calls = billed_calls(tallies)
     days: defaultdict[str, dict[str, int]] = defaultdict(
         lambda: {"api_calls": 0, "rejected_calls": 0}
     )

@@ -43,7 +43,7 @@ from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.directory import TenantChanges
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
 from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix, new_id
-from tenant_gateway.ledger import merge_tallies
+from tenant_gateway.ledger import period_tallies
 from tenant_gateway.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -360,9 +360,8 @@ class AdminAPI:
         if period == Period.containing(self.s.clock()):
             await self.s.recorder.flush()  # this process's pending tallies: reads are exact
             tallies = await self.s.counters.read(key)
-        else:  # the ledger, plus anything not yet flushed there
-            live = await self.s.counters.snapshots([key])
-            tallies = merge_tallies(await self.s.ledger.read(key), live.get(key, {}))
+        else:
+            tallies = await period_tallies(self.s.ledger, self.s.counters, key)
         plan = self._plan(tenant.plan)
         report = usage_report(
             tenant_id=tenant.id,
