@@ -26,10 +26,11 @@ from tenant_gateway.clock import Clock, Period, format_timestamp
 from tenant_gateway.directory import TenantDirectory
 from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.invoices import InvoiceStore
-from tenant_gateway.ledger import UsageLedger, merge_tallies
+from tenant_gateway.ledger import UsageLedger, period_tallies
 from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore
+from tenant_gateway.usage import billed_calls
 
 __all__ = ["Billing", "Segment", "build_invoice", "plan_segments", "round_half_up"]
 
@@ -80,7 +81,7 @@ def plan_segments(
             break
         if current is not None and at > cursor:
             segments.append(Segment(_plan(plans, current), cursor, at))
-        current, cursor = name, max(cursor, at)
+        current, cursor = name, at  # sorted, and past start: never behind the cursor
     if current is None:
         current = tenant.plan
     segments.append(Segment(_plan(plans, current), cursor, end))
@@ -89,23 +90,18 @@ def plan_segments(
 
 def _line(
     description: str, quantity: int, unit_amount: Fraction | int, **extra: object
-) -> dict[str, object]:
+) -> tuple[int, dict[str, object]]:
+    """(amount in cents, the invoice line)."""
     amount = round_half_up(Fraction(unit_amount) * quantity)
     unit = round_half_up(Fraction(unit_amount))
-    return {
+    line = {
         "description": description,
         "quantity": quantity,
         "unit_amount_cents": unit,
         "amount_cents": amount,
         **extra,
     }
-
-
-def _amount(line: dict[str, object]) -> int:
-    amount = line["amount_cents"]
-    if not isinstance(amount, int):  # every line is built with an int amount
-        raise TypeError("amount_cents must be an integer")
-    return amount
+    return amount, line
 
 
 def build_invoice(
@@ -122,7 +118,7 @@ def build_invoice(
 ) -> dict[str, object]:
     segments = plan_segments(history, tenant, period, plans)
     period_seconds = int((period.end - period.start).total_seconds())
-    lines: list[dict[str, object]] = []
+    priced: list[tuple[int, dict[str, object]]] = []
     for segment in segments:
         fraction = Fraction(segment.seconds, period_seconds)
         whole = segment.seconds == period_seconds
@@ -132,25 +128,23 @@ def build_invoice(
             else f" (prorated {segment.seconds:,} of {period_seconds:,} s,"
             f" {format_timestamp(segment.start)} to {format_timestamp(segment.end)})"
         )
-        amount = round_half_up(segment.plan.price_cents * fraction)
-        lines.append(
-            {
-                "description": description,
-                "quantity": 1,
-                "unit_amount_cents": amount,
-                "amount_cents": amount,
-                "plan": segment.plan.name,
-                "period_start": format_timestamp(segment.start),
-                "period_end": format_timestamp(segment.end),
-                "proration": {"seconds": segment.seconds, "of_seconds": period_seconds},
-            }
+        priced.append(
+            _line(
+                description,
+                1,
+                segment.plan.price_cents * fraction,
+                plan=segment.plan.name,
+                period_start=format_timestamp(segment.start),
+                period_end=format_timestamp(segment.end),
+                proration={"seconds": segment.seconds, "of_seconds": period_seconds},
+            )
         )
     final = segments[-1].plan if segments else _plan(plans, tenant.plan)
     quota = final.monthly_calls
     if final.overage_cents_per_1000 is not None and quota is not None and api_calls > quota:
         over = api_calls - quota
         started_thousands = -(-over // 1000)
-        lines.append(
+        priced.append(
             _line(
                 f"Overage: {over:,} calls beyond {quota:,}, billed per started 1,000",
                 started_thousands,
@@ -159,7 +153,7 @@ def build_invoice(
         )
     if final.seat_price_cents is not None and users > final.included_seats:
         extra = users - final.included_seats
-        lines.append(
+        priced.append(
             _line(
                 f"Additional seats: {users} users, {final.included_seats} included",
                 extra,
@@ -176,8 +170,8 @@ def build_invoice(
         "issued_at": None if issued_at is None else format_timestamp(issued_at),
         "api_calls": api_calls,
         "users": users,
-        "lines": lines,
-        "total_cents": sum(_amount(line) for line in lines),
+        "lines": [line for _, line in priced],
+        "total_cents": sum(amount for amount, _ in priced),
     }
 
 
@@ -208,9 +202,7 @@ class Billing:
         return datetime.fromtimestamp(self._clock(), UTC)
 
     async def _api_calls(self, key: tuple[str, str]) -> int:
-        live = await self._counters.snapshots([key])
-        tallies = merge_tallies(await self._ledger.read(key), live.get(key, {}))
-        return tallies.get("calls", 0) - tallies.get("refunded", 0)
+        return billed_calls(await period_tallies(self._ledger, self._counters, key))
 
     async def _render(self, tenant: Tenant, period: Period, status: str) -> dict[str, object]:
         return build_invoice(
