@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     load = commands.add_parser("import", help="load an export from stdin into a tenant")
     load.add_argument("--tenant", required=True)
     load.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL"))
+    load.add_argument(
+        "--redis-url",
+        default=os.environ.get("TG_REDIS_URL") or None,
+        help="the servers' Redis: its counters for the imported periods are reset (restored"
+        " from the ledger on next use); with the embedded counters, restart the servers",
+    )
+    load.add_argument("--redis-key-prefix", default="tg:")
     load.add_argument("--plans", metavar="FILE", default=None)
     load.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
     load.add_argument("--app-only", action="store_true", help="skip the gateway's own tables")
@@ -242,15 +249,20 @@ async def _transfer(args: argparse.Namespace) -> int:
             result = await import_tenant(
                 database,
                 tenant.id,
-                numbered_lines(_stdin_chunks(), 16 * 1024 * 1024),
+                numbered_lines(_stdin_chunks()),
                 dry_run=args.dry_run,
                 app_only=args.app_only,
                 seat_limit=effective_seat_limit(plan, tenant) if plan else None,
             )
         except ImportRejected as exc:
             return _fail(f"nothing was imported: {exc}")
-        result.pop("ledger_periods")
-        print(json.dumps(result))
+        if args.redis_url and result.ledger_periods:
+            counters = RedisCounters(args.redis_url, key_prefix=args.redis_key_prefix)
+            try:
+                await counters.forget((tenant.id, period) for period in result.ledger_periods)
+            finally:
+                await counters.close()
+        print(json.dumps(result.summary))
         return 0
     finally:
         await database.close()

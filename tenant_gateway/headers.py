@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from tenant_gateway.plans import Plan
 
-__all__ = ["Header", "policy_header", "remaining_header"]
+__all__ = ["Header", "declared_over", "policy_header", "remaining_header"]
 
 Header = tuple[bytes, bytes]
 """A raw ASGI header: (lower-case name, value)."""
+
+
+def declared_over(content_length: str | None, limit: int) -> bool:
+    """Whether a Content-Length value declares more than ``limit`` bytes (a value that is not
+    a plain decimal is left to the server; any number of digits is handled)."""
+    if content_length is None or not content_length.isdigit():
+        return False
+    digits = content_length.lstrip("0")
+    return len(digits) > 18 or int(digits or "0") > limit
 
 
 def policy_header(plan: Plan) -> bytes:

@@ -27,7 +27,7 @@ from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
-from tenant_gateway.headers import Header
+from tenant_gateway.headers import Header, declared_over
 from tenant_gateway.keys import api_key_from
 from tenant_gateway.metering import Meter
 from tenant_gateway.plans import load_plans
@@ -267,8 +267,7 @@ class TenantGateway:
         over the limit, however many digits it has."""
         if length is None or not length.isdigit():
             return False
-        digits = length.lstrip("0")
-        if len(digits) > 18 or int(digits or "0") > self.max_body_bytes:
+        if declared_over(length, self.max_body_bytes):
             raise problems.payload_too_large(self.max_body_bytes)
         return not encoded
 

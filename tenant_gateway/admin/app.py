@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from starlette.applications import Starlette
@@ -37,6 +36,7 @@ from tenant_gateway.admin.schemas import (
     UpdateTenantRequest,
     UpdateUserRequest,
     WebhookRequest,
+    limited_stream,
     parse_body,
 )
 from tenant_gateway.clock import Period, format_timestamp
@@ -67,23 +67,12 @@ from tenant_gateway.usage import usage_csv, usage_report
 
 __all__ = ["build_admin_app"]
 
-MAX_LINE_BYTES = 16 * 1024 * 1024
 _PAGE_DEFAULT = 50
 _PAGE_MAX = 500
 
 
 def _field_error(field: str, message: str, detail: str = "Invalid request.") -> Problem:
     return problems.validation_error(detail, [{"field": field, "message": message}])
-
-
-async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    """The request body, stopping with 413 once it passes ``limit`` bytes."""
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise problems.payload_too_large(limit)
-        yield chunk
 
 
 def _page_size(request: Request) -> int:
@@ -436,9 +425,7 @@ class AdminAPI:
     async def import_(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MOVE_DATA)
         database = self._database()
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.s.import_max_bytes:
-            raise problems.payload_too_large(self.s.import_max_bytes)
+        body = limited_stream(request, self.s.import_max_bytes)  # 413 now if declared too large
         flags = {name: request.query_params.get(name, "false") for name in ("dry_run", "app_only")}
         for name, value in flags.items():
             if value not in ("true", "false"):
@@ -448,7 +435,7 @@ class AdminAPI:
             result = await import_tenant(
                 database,
                 tenant.id,
-                numbered_lines(_limited(request.stream(), self.s.import_max_bytes), MAX_LINE_BYTES),
+                numbered_lines(body),
                 dry_run=flags["dry_run"] == "true",
                 app_only=flags["app_only"] == "true",
                 seat_limit=effective_seat_limit(self._plan(tenant.plan), tenant),
@@ -462,11 +449,10 @@ class AdminAPI:
             ) from exc
         except ImportRejected as exc:
             raise problems.import_rejected(exc.line, exc.table, exc.reason) from exc
-        periods = result.pop("ledger_periods")
-        if not result["dry_run"]:
-            await self.s.counters.forget((tenant.id, period) for period in periods)
+        if not result.summary["dry_run"]:
+            await self.s.counters.forget((tenant.id, p) for p in result.ledger_periods)
             await self._audit(request, caller, tenant.id, "tenant.import")
-        return JSONResponse(result)
+        return JSONResponse(result.summary)
 
     async def get_webhook(self, request: Request) -> Response:
         _, tenant = await self._tenant(request, Action.READ_TENANT)

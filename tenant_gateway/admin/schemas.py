@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from pydantic import (
 from starlette.requests import Request
 
 from tenant_gateway import problems
+from tenant_gateway.headers import declared_over
 from tenant_gateway.models import Role
 
 __all__ = [
@@ -104,19 +106,26 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives, refusing (413) at once if its declared length is over
+    ``limit``, else as soon as what arrived passes it."""
+    if declared_over(request.headers.get("content-length"), limit):
         raise problems.payload_too_large(limit)
-    chunks = []
+    return _counted(request.stream(), limit)
+
+
+async def _counted(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise problems.payload_too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, refused (413) past ``limit`` bytes."""
+    return b"".join([chunk async for chunk in limited_stream(request, limit)])
 
 
 async def parse_body(

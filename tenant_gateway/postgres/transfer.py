@@ -38,8 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT",
+    "MAX_LINE_BYTES",
     "VERSION",
     "ImportRejected",
+    "ImportResult",
     "LineTooLong",
     "export_tenant",
     "import_tenant",
@@ -90,8 +92,21 @@ class LineTooLong(ImportRejected):
     """A line longer than the limit (a guard against a hostile "2 GB line")."""
 
 
+MAX_LINE_BYTES = 16 * 1024 * 1024
+"""The longest line an import accepts (one row; a larger one is refused, 413 over HTTP)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    summary: dict[str, Any]
+    """What the caller reports: rows imported and skipped per table, ``dry_run``."""
+    ledger_periods: list[str]
+    """The periods whose usage the import added to: live counters for them must be dropped
+    (``CounterStore.forget``) so the next call restores them from the ledger."""
+
+
 async def numbered_lines(
-    chunks: AsyncIterator[bytes], max_line_bytes: int
+    chunks: AsyncIterator[bytes], max_line_bytes: int = MAX_LINE_BYTES
 ) -> AsyncIterator[tuple[int, bytes]]:
     """Split a byte stream into numbered lines without ever holding more than one line."""
     buffer = b""
@@ -333,7 +348,7 @@ async def import_tenant(
     dry_run: bool = False,
     app_only: bool = False,
     seat_limit: int | None = None,
-) -> dict[str, Any]:
+) -> ImportResult:
     """Load an export into ``tenant_id`` in one transaction: every row, or none."""
     header_line = await anext(lines, None)
     expected = _header(header_line[1] if header_line else None)
@@ -390,12 +405,12 @@ async def import_tenant(
             await transaction.rollback()
         else:
             await transaction.commit()
-    return {
+    summary = {
         "imported": dict(sorted(importer.imported.items())),
         "skipped": dict(sorted(importer.skipped.items())),
         "dry_run": dry_run,
-        "ledger_periods": sorted(importer.periods),
     }
+    return ImportResult(summary, [] if dry_run else sorted(importer.periods))
 
 
 def _line_count(importer: _Importer) -> int:
