@@ -83,7 +83,7 @@ async def test_zero_limit_refuses_the_first_call(counters: CounterStore) -> None
     assert not decision.admitted and decision.used == 0
 
 
-async def test_reject_and_add_tallies(counters: CounterStore) -> None:
+async def test_added_tallies_restore_first_and_add_up(counters: CounterStore) -> None:
     await counters.add({KEY: {"rejected": 1, "rejected:burst": 1, "rday:02": 1}})
     await counters.add({KEY: {"route|2xx|GET /x": 2}, ("t2", "2026-11"): {"route|5xx|GET /y": 1}})
     tallies = await counters.read(KEY)

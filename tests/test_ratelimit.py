@@ -44,12 +44,13 @@ def test_tenants_have_their_own_windows_and_idle_ones_are_forgotten() -> None:
     clock = FakeClock()
     clock.now = 1_000.0
     limiter = BurstLimiter("async+memory://", clock)
-    assert allowed(limiter, 10, tenant="a") == 10
-    assert allowed(limiter, 10, tenant="b") == 10
+    assert allowed(limiter, 10, tenant="idle") == 10
     clock.now = 1_010.0
-    for n in range(10_001):  # enough new tenants to trigger a sweep of idle windows
+    assert allowed(limiter, 10, tenant="busy") == 10
+    for n in range(9_998):  # the 10,000th new window triggers a sweep of idle ones
         limiter.acquire_now(f"new{n}", 10)
-    assert len(limiter) <= 10_001  # "a" and "b" went in the sweep
+    assert len(limiter) == 9_999  # of 10,000 windows "idle" went; "busy" and the new stay
+    assert allowed(limiter, 1, tenant="busy") == 0  # still full: its window was kept
 
 
 async def test_a_shared_window_lives_in_redis(redis_url: str) -> None:
