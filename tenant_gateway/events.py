@@ -85,6 +85,7 @@ class EventDispatcher:
         attempts: int = 5,
         first_backoff: float = 0.5,
         timeout: float = 5.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._ledger = ledger
         self._directory = directory
@@ -93,6 +94,7 @@ class EventDispatcher:
         self._attempts = attempts
         self._first_backoff = first_backoff
         self._timeout = timeout
+        self._sleep = sleep  # injected by tests: the backoff schedule without the waiting
         self._queue: asyncio.Queue[QuotaEvent] = asyncio.Queue(maxsize=10_000)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._marks: dict[int, dict[int, tuple[int, ...]]] = {}
@@ -186,5 +188,5 @@ class EventDispatcher:
                 error = type(exc).__name__
             logger.warning("webhook %s attempt %d failed: %s", event.id, attempt, error)
             if attempt < self._attempts:
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 delay *= 2

@@ -224,7 +224,7 @@ async def test_threshold_events_fire_once_each(stores: Stores, client_for: Any) 
     assert sorted(e.threshold for e in hooked) == [80, 100]
 
 
-async def test_two_processes_still_fire_once(
+async def test_two_gateways_still_fire_once(
     postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
 ) -> None:
     kwargs: dict[str, Any] = {
@@ -263,18 +263,56 @@ async def test_a_hanging_receiver_never_slows_requests(stores: Stores, client_fo
         assert receiver.attempts >= 1
 
 
-async def test_webhook_retries_with_backoff(stores: Stores, client_for: Any) -> None:
+@pytest.mark.parametrize(
+    ("failures", "attempts", "waits"), [(2, 3, [0.5, 1.0]), (99, 5, [0.5, 1.0, 2.0, 4.0])]
+)
+async def test_webhook_retries_with_backoff(
+    stores: Stores, client_for: Any, failures: int, attempts: int, waits: list[float]
+) -> None:
+    """Doubling waits from 0.5 s between attempts, five attempts at most."""
     gw = gateway(stores)
-    gw.services.events._first_backoff = 0.01  # keep the test fast; the schedule is the same
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the schedule, without the waiting
+        waited.append(seconds)
+
+    gw.services.events._sleep = sleep
     client = await client_for(gw)
     tenant = await register(client, plan="hundred")
-    async with WebhookReceiver(fail_first=2) as receiver:
+    async with WebhookReceiver(fail_first=failures) as receiver:
         await client.put(
             f"{T}/{tenant['id']}/webhook", json={"url": receiver.url}, headers=auth(tenant)
         )
         await calls(client, tenant, 80)
         await gw.services.events.drain()
-        assert receiver.attempts == 3 and len(receiver.deliveries) == 1
+        assert receiver.attempts == attempts
+        assert len(receiver.deliveries) == (1 if failures < attempts else 0)
+    assert waited == waits
+
+
+async def test_a_crossing_replayed_after_a_redis_loss_fires_once(
+    stores: Stores, client_for: Any
+) -> None:
+    """The 80th call fires; the counters are then lost before the ledger saw it, so the next
+    call is the 80th again. The outbox (claimed once per tenant, period and threshold) keeps
+    it to one event."""
+    hooked: list[QuotaEvent] = []
+    gw = gateway(stores, on_quota_threshold=hooked.append, usage_flush_interval=3600)
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    assert (await calls(client, tenant, 79)).count(200) == 79
+    await gw.flush()  # the ledger holds 79
+    assert (await calls(client, tenant, 1)) == [200]  # the 80th: fires
+    period = datetime.now(UTC).strftime("%Y-%m")
+    if stores.name == "real":
+        raw = aioredis.Redis.from_url(stores.redis_url or "")
+        assert await raw.delete(f"{stores.redis_key_prefix}usage:{{{tenant['id']}}}:{period}")
+        await raw.aclose()
+    else:
+        await gw.services.counters.forget([(tenant["id"], period)])
+    assert (await calls(client, tenant, 1)) == [200]  # restored to 79: the 80th again
+    await gw.services.events.drain()
+    assert [event.threshold for event in hooked] == [80]
 
 
 @pytest.mark.parametrize(
