@@ -1,4 +1,5 @@
-"""Helpers the benchmark scripts share: loopback ports and throw-away databases."""
+"""Helpers the benchmark scripts share: loopback ports, throw-away databases, Redis keys of a
+run, and the result tables."""
 
 from __future__ import annotations
 
@@ -7,17 +8,23 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import redis
 
 __all__ = [
     "HOST",
     "PG_ADMIN_URL",
+    "check_redis",
     "create_database",
+    "delete_redis_keys",
     "drop_database",
     "free_port",
     "http_json",
+    "markdown_table",
+    "text_table",
 ]
 
 HOST = "127.0.0.1"
@@ -67,3 +74,46 @@ def http_json(
             return answer
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"{method} {url} → {exc.code}: {exc.read().decode()}") from exc
+
+
+def check_redis(url: str) -> None:
+    """Raise (redis.RedisError) unless Redis at ``url`` answers."""
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def delete_redis_keys(url: str, *patterns: str) -> int:
+    """Delete the keys matching any of ``patterns``; how many went."""
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        deleted = 0
+        for pattern in patterns:
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                deleted += int(client.delete(*keys))
+        return deleted
+    finally:
+        client.close()
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to width: the first left-aligned, the others right-aligned."""
+    table = [tuple(headers), *(tuple(row) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(value.rjust(width) if i else value.ljust(width)
+                  for i, (value, width) in enumerate(zip(line, widths, strict=True)))
+        for line in table
+    )  # fmt: skip
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import common  # noqa: E402
 from benchmarks.apps import BENCH_PLANS, bare_app  # noqa: E402
 from benchmarks.records import new_tenant  # noqa: E402
 from tenant_gateway import TenantGateway  # noqa: E402
@@ -185,19 +186,11 @@ def cells(result: dict[str, Any]) -> tuple[str, ...]:
 
 
 def text_table(results: list[dict[str, Any]]) -> str:
-    table = [HEADERS, *(cells(result) for result in results)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
-    return "\n".join(
-        "  ".join(value.rjust(width) if i else value.ljust(width)
-                  for i, (value, width) in enumerate(zip(line, widths, strict=True)))
-        for line in table
-    )  # fmt: skip
+    return common.text_table(HEADERS, [cells(result) for result in results])
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] + ["---:"] * 9) + "|"]
-    lines += ["| " + " | ".join(cells(result)) + " |" for result in results]
-    return "\n".join(lines)
+    return common.markdown_table(HEADERS, [cells(result) for result in results])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

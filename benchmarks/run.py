@@ -56,9 +56,12 @@ REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(REPO))
 
+from benchmarks import common  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     HOST,
+    check_redis,
     create_database,
+    delete_redis_keys,
     drop_database,
     free_port,
     http_json,
@@ -276,25 +279,8 @@ SLOWAPI_KEYS = "LIMITS:LIMITER/{prefix}*"  # limits' storage prefix + slowapi's 
 
 
 def clean_redis(prefix: str) -> None:
-    """Delete the gateway's keys (``prefix…``) and slowapi's (S) for this run."""
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=10)
-    try:
-        deleted = 0
-        for pattern in (prefix + "*", SLOWAPI_KEYS.format(prefix=prefix)):
-            keys = list(client.scan_iter(match=pattern, count=1000))
-            if keys:
-                deleted += int(client.delete(*keys))
-        print(f"deleted {deleted} Redis keys of this run (prefix {prefix!r})", flush=True)
-    finally:
-        client.close()
-
-
-def check_redis() -> None:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        client.ping()
-    finally:
-        client.close()
+    deleted = delete_redis_keys(REDIS_URL, prefix + "*", SLOWAPI_KEYS.format(prefix=prefix))
+    print(f"deleted {deleted} Redis keys of this run (prefix {prefix!r})", flush=True)
 
 
 # -- servers --------------------------------------------------------------------------------
@@ -576,22 +562,11 @@ def cells(row: Row) -> tuple[str, ...]:
 
 
 def text_table(rows: list[Row]) -> str:
-    table = [HEADERS, *(cells(row) for row in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
-    return "\n".join(
-        "  ".join(value.rjust(width) if i else value.ljust(width)
-                  for i, (value, width) in enumerate(zip(line, widths, strict=True)))
-        for line in table
-    )  # fmt: skip
+    return common.text_table(HEADERS, [cells(row) for row in rows])
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = [
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
-    return "\n".join(lines)
+    return common.markdown_table(HEADERS, [cells(row) for row in rows])
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -676,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
             database_url = None
             if uses_redis:
-                check_redis()
+                check_redis(REDIS_URL)
             if uses_database:
                 database_url = create_database(database)
                 database_created = True

@@ -61,7 +61,9 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 
 from benchmarks.common import (  # noqa: E402
     HOST,
+    check_redis,
     create_database,
+    delete_redis_keys,
     drop_database,
     free_port,
     http_json,
@@ -89,23 +91,6 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
-
-
-def delete_redis_keys(prefix: str) -> int:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=10)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        return int(client.delete(*keys)) if keys else 0
-    finally:
-        client.close()
-
-
-def check_redis() -> None:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        client.ping()
-    finally:
-        client.close()
 
 
 def plans_document(quota: int, burst: int) -> dict[str, Any]:
@@ -612,14 +597,14 @@ def resources(token: str) -> Iterator[tuple[str, str, Path]]:
     """(database URL, Redis prefix, a temporary directory), all removed at the end."""
     database = f"tg_soak_{token}"
     prefix = f"soak:{token}:"
-    check_redis()
+    check_redis(REDIS_URL)
     database_url = create_database(database)
     try:
         with tempfile.TemporaryDirectory(prefix="tg-soak-") as tmp:
             yield database_url, prefix, Path(tmp)
     finally:
         try:
-            deleted = delete_redis_keys(prefix)
+            deleted = delete_redis_keys(REDIS_URL, prefix + "*")
             print(f"deleted {deleted} Redis keys under {prefix!r} (db 11)", flush=True)
         except redis.RedisError as exc:
             print(f"could not delete Redis keys under {prefix!r}: {exc}", flush=True)
@@ -735,7 +720,7 @@ def run(args: argparse.Namespace) -> int:
             code = server.stop()
             if code != 0:
                 failures.append(f"server exited with {code} on SIGTERM")
-            deleted = delete_redis_keys(prefix)
+            deleted = delete_redis_keys(REDIS_URL, prefix + "*")
             print(f"SIGTERM: server exited {code}; deleted {deleted} Redis keys (a Redis loss)")
             server = Server(serve_args, log, pinning)
             server.wait_ready()
