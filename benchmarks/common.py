@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -21,6 +24,7 @@ __all__ = [
     "create_database",
     "delete_redis_keys",
     "drop_database",
+    "ensure_installed",
     "free_port",
     "http_json",
     "markdown_table",
@@ -29,6 +33,39 @@ __all__ = [
 
 HOST = "127.0.0.1"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _run(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    print("+ " + " ".join(command), flush=True)
+    return subprocess.run(command, check=False, timeout=900, text=True, capture_output=True)
+
+
+def ensure_installed(command: str, package: str) -> str:
+    """The path of ``command``, installing Debian's ``package`` with apt-get if it is missing
+    (a load generator or profiler the benchmarks need, not a Python package)."""
+    found = shutil.which(command)
+    if found:
+        return found
+    print(f"{command} is not installed; installing {package} with apt-get", flush=True)
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            raise SystemExit(f"{command} is missing and apt-get needs root (no sudo found)")
+        prefix = ["sudo"]
+    install = [*prefix, "apt-get", "install", "-y", package]
+    attempt = _run(install)
+    if attempt.returncode != 0:
+        update = _run([*prefix, "apt-get", "update"])
+        if update.returncode != 0:
+            raise SystemExit(f"apt-get update failed:\n{update.stderr}")
+        attempt = _run(install)
+        if attempt.returncode != 0:
+            raise SystemExit(f"apt-get install {package} failed:\n{attempt.stderr}")
+    found = shutil.which(command)
+    if found is None:
+        raise SystemExit(f"apt-get reported success but {command} is not on PATH")
+    print(f"installed {found}", flush=True)
+    return found
 
 
 def free_port() -> int:

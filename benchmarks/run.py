@@ -37,7 +37,6 @@ import importlib.util
 import os
 import re
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +62,7 @@ from benchmarks.common import (  # noqa: E402
     create_database,
     delete_redis_keys,
     drop_database,
+    ensure_installed,
     free_port,
     http_json,
 )
@@ -244,35 +244,8 @@ def cpu_sampler(pid: int) -> Iterator[list[CpuSample]]:
 # -- environment ----------------------------------------------------------------------------
 
 
-def run_command(command: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    print("+ " + " ".join(command), flush=True)
-    return subprocess.run(command, check=False, timeout=timeout, text=True, capture_output=True)
-
-
 def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    print("wrk is not installed; installing it with apt-get", flush=True)
-    prefix: list[str] = []
-    if os.geteuid() != 0:
-        if shutil.which("sudo") is None:
-            raise SystemExit("wrk is missing and apt-get needs root (no sudo found)")
-        prefix = ["sudo"]
-    env_install = [*prefix, "apt-get", "install", "-y", "wrk"]
-    attempt = run_command(env_install, timeout=900)
-    if attempt.returncode != 0:
-        update = run_command([*prefix, "apt-get", "update"], timeout=900)
-        if update.returncode != 0:
-            raise SystemExit(f"apt-get update failed:\n{update.stderr}")
-        attempt = run_command(env_install, timeout=900)
-        if attempt.returncode != 0:
-            raise SystemExit(f"apt-get install wrk failed:\n{attempt.stderr}")
-    found = shutil.which("wrk")
-    if found is None:
-        raise SystemExit("apt-get reported success but wrk is not on PATH")
-    print(f"installed {found}", flush=True)
-    return found
+    return ensure_installed("wrk", "wrk")
 
 
 SLOWAPI_KEYS = "LIMITS:LIMITER/{prefix}*"  # limits' storage prefix + slowapi's key_prefix

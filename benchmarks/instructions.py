@@ -1,0 +1,210 @@
+"""CPU instructions per request, counted by valgrind: the bare app against the gateway.
+
+req/s on a shared virtual machine moves by ±20 % between runs (CPU steal, neighbours); an
+instruction count does not. Each variant of ``run.py`` is served by one uvicorn worker running
+under ``valgrind --tool=callgrind``; after a warm-up load the counters are zeroed, wrk loads the
+server for a fixed time, the counters are dumped, and the instructions the whole server process
+executed (event loop, HTTP parser, app, gateway, background tasks) are divided by the pings the
+app answered meanwhile. Repeated runs agree within about 0.2 %.
+
+Instructions are not time: a request's instructions run slower in a loaded server than in a
+micro-benchmark (caches, system calls), and the count leaves out the kernel's work and the
+time spent waiting on Redis or PostgreSQL. On this machine the ratio of instructions has matched
+the ratio of req/s ``run.py`` measured (0.74 by both for M before this script existed), so it
+is the figure to steer hot-path work by; ``run.py`` stays the measure of throughput and latency.
+
+Usage: ``.venv/bin/python benchmarks/instructions.py [--variants A,M,M-quota,R,R-quota]``.
+Needs valgrind (installed with apt-get if missing) and wrk; PostgreSQL and Redis for R*.
+About 40 s a variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import common, run  # noqa: E402
+from benchmarks.common import (  # noqa: E402  # noqa: E402
+    HOST,
+    check_redis,
+    create_database,
+    drop_database,
+    ensure_installed,
+    free_port,
+)
+
+SERVER_CORE, WRK_CORE = run.SERVER_CORE, run.WRK_CORE
+_SUMMARY = re.compile(rb"^summary: (\d+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    variant: str
+    requests: int
+    instructions: int
+
+    @property
+    def per_request(self) -> float:
+        return self.instructions / self.requests
+
+
+def callgrind_command(factory: str, port: int, mode: run.ServerMode, out: Path) -> list[str]:
+    return [
+        "taskset", "-c", SERVER_CORE,
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
+        "--dump-instr=no", "--collect-jumps=no",
+        sys.executable, "-m", "uvicorn", factory, "--factory",
+        "--host", HOST, "--port", str(port), "--workers", "1",
+        "--log-level", "warning", "--no-access-log", *mode.args,
+    ]  # fmt: skip
+
+
+def load(wrk: str, port: int, key: str | None, seconds: int, connections: int) -> None:
+    result = run.run_wrk(wrk, port, key, seconds, connections)
+    if result.non_2xx or result.socket_errors:
+        raise RuntimeError(f"{result.non_2xx} non-2xx, socket errors: {result.socket_errors}")
+
+
+def count(
+    variant: run.Variant, args: argparse.Namespace, wrk: str, env: dict[str, str], tmp: Path
+) -> Count:
+    """Instructions the server executed while wrk loaded it, and the pings answered."""
+    port = free_port()
+    out = tmp / f"callgrind.{variant.name}"
+    log = tmp / f"{variant.name}.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            callgrind_command(variant.factory, port, args.mode, out),
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        run.wait_ready(proc, port, log, timeout=300)  # valgrind starts Python ~50x slower
+        key = None
+        if variant.plan is not None:
+            _, key = run.register_tenant(port, variant.plan, secrets.token_hex(3))
+        load(wrk, port, key, args.warmup, args.connections)
+        before = run.read_hits(port)
+        # valgrind runs the program in place: the pid is the server's.
+        subprocess.run(
+            ["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True
+        )
+        load(wrk, port, key, args.seconds, args.connections)
+        subprocess.run(
+            ["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True
+        )
+        requests = run.read_hits(port) - before
+    finally:
+        run.stop(proc)
+    dump = Path(f"{out}.{proc.pid}.1")
+    found = _SUMMARY.search(dump.read_bytes())
+    if found is None:
+        raise RuntimeError(f"no instruction summary in {dump}")
+    return Count(variant.name, requests, int(found.group(1)))
+
+
+HEADERS = ("variant", "requests", "instructions / request", "vs A", "added / request")
+
+
+def rows(counts: Sequence[Count]) -> list[tuple[str, ...]]:
+    base = next((c.per_request for c in counts if c.variant == "A"), None)
+    return [
+        (
+            c.variant,
+            f"{c.requests:,}",
+            f"{c.per_request:,.0f}",
+            f"{base / c.per_request:.3f}" if base else "—",
+            f"{c.per_request - base:+,.0f}" if base else "—",
+        )
+        for c in counts
+    ]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--variants", default="A,M,M-quota,R,R-quota")
+    parser.add_argument("--seconds", type=int, default=8, help="measured load per variant")
+    parser.add_argument("--warmup", type=int, default=4, help="seconds of load before counting")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections")
+    parser.add_argument("--asyncio", action="store_true", help="asyncio + h11, not uvloop")
+    args = parser.parse_args(argv)
+    known = {v.name: v for v in run.VARIANTS if v.requires is None}
+    chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
+    if not chosen or set(chosen) - set(known):
+        parser.error(f"choose variants from {sorted(known)}")
+    if args.seconds < 1 or args.warmup < 1 or args.connections < 1:
+        parser.error("--seconds, --warmup and --connections must be positive")
+    args.variants = [known[name] for name in chosen]
+    args.mode = run.server_mode("asyncio" if args.asyncio else None)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    variants: list[run.Variant] = args.variants
+    ensure_installed("valgrind", "valgrind")
+    ensure_installed("callgrind_control", "valgrind")
+    wrk = run.ensure_wrk()
+    token = secrets.token_hex(4)
+    database, prefix = f"tg_bench_{token}", f"tgbench:{token}:"
+    uses_database = any(v.database for v in variants)
+    uses_redis = any(v.redis for v in variants)
+    database_url = None
+    counts: list[Count] = []
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
+    try:
+        if uses_redis:
+            check_redis(run.REDIS_URL)
+        if uses_database:
+            database_url = create_database(database)
+        with tempfile.TemporaryDirectory(prefix="tg-instructions-") as tmp:
+            for variant in variants:
+                env = dict(base_env)
+                if variant.database and database_url is not None:
+                    env["TG_BENCH_DATABASE_URL"] = database_url
+                if variant.redis:
+                    env["TG_BENCH_REDIS_URL"] = run.REDIS_URL
+                    env["TG_BENCH_REDIS_PREFIX"] = prefix
+                started = time.monotonic()
+                counted = count(variant, args, wrk, env, Path(tmp))
+                counts.append(counted)
+                print(
+                    f"{variant.name:8} {counted.per_request:10,.0f} instructions/request"
+                    f" over {counted.requests:,} requests ({time.monotonic() - started:.0f} s)",
+                    flush=True,
+                )
+    finally:
+        if uses_redis:
+            run.clean_redis(prefix)
+        if database_url is not None:
+            drop_database(database)
+    title = (
+        f"instructions per request (callgrind), uvicorn 1 worker, {args.mode.describe()};"
+        f" wrk -c{args.connections}, {args.seconds}s counted after {args.warmup}s"
+    )
+    print()
+    print(title)
+    print(common.text_table(HEADERS, rows(counts)))
+    print()
+    print(common.markdown_table(HEADERS, rows(counts)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
