@@ -16,7 +16,7 @@ from tenant_gateway.headers import Header, policy_header, remaining_header
 from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore, UsageKey
-from tenant_gateway.ratelimit import BurstDecision, BurstLimiter
+from tenant_gateway.ratelimit import BurstLimiter, BurstRefused
 from tenant_gateway.usage import UsageRecorder
 
 __all__ = ["Meter", "Metered"]
@@ -97,40 +97,39 @@ class Meter:
         """The admission of a plan without a monthly quota whose burst window (if any) is in
         process: decided and counted inline, nothing to await (and no coroutine: this is the
         hot path). None for any other plan: ``await admit(…)``."""
-        if plan.monthly_calls is not None:
-            return None
         rate = plan.burst_per_second
-        burst = None
-        if rate is not None:
-            burst = self._burst.acquire_now(tenant.id, rate)
-            if burst is None:
-                return None
+        if plan.monthly_calls is not None or (rate is not None and self._burst.shared):
+            return None
         moment = self._now()
         usage_key = (tenant.id, moment.period)
-        return self._unmetered(usage_key, moment.day, plan, burst)
+        headers = self._policies[plan.name]
+        if rate is not None:
+            try:
+                left = self._burst.take(tenant.id, rate)
+            except BurstRefused as refused:
+                raise self._burst_refusal(usage_key, moment.day, plan, refused) from None
+        else:
+            left = None
+        return self._unmetered(usage_key, moment.day, headers, left)
 
     def _unmetered(
-        self, usage_key: UsageKey, day: str, plan: Plan, burst: BurstDecision | None
+        self, usage_key: UsageKey, day: str, headers: tuple[Header, ...], burst_left: int | None
     ) -> Metered:
         """A call with no quota to decide (after the burst limit): counted in process."""
-        headers = self._policies[plan.name]
-        if burst is not None:
-            if not burst.allowed:
-                raise self._burst_refusal(usage_key, day, plan, burst)
-            remaining = remaining_header("burst", burst.remaining, 1)
-            headers = (*headers, (b"ratelimit", remaining))
+        if burst_left is not None:
+            headers = (*headers, (b"ratelimit", remaining_header("burst", burst_left, 1)))
         self._recorder.admitted(usage_key, day)
         return Metered(usage_key, day, headers)
 
     def _burst_refusal(
-        self, usage_key: UsageKey, day: str, plan: Plan, burst: BurstDecision
+        self, usage_key: UsageKey, day: str, plan: Plan, refused: BurstRefused
     ) -> Problem:
         self._recorder.rejected(usage_key, day, "burst")
         rate = plan.burst_per_second or 0
-        refused = remaining_header("burst", 0, burst.retry_after)
+        refusal = remaining_header("burst", 0, refused.retry_after)
         return _with_headers(
-            problems.rate_limited(rate, burst.retry_after),
-            (*self._policies[plan.name], (b"ratelimit", refused)),
+            problems.rate_limited(rate, refused.retry_after),
+            (*self._policies[plan.name], (b"ratelimit", refusal)),
         )
 
     async def admit(self, tenant: Tenant, plan: Plan) -> Metered:
@@ -139,20 +138,23 @@ class Meter:
         usage_key = (tenant.id, moment.period)
         headers = self._policies[plan.name]
         rate = plan.burst_per_second
-        burst = None
+        burst_left = None
         if rate is not None:
             try:
-                burst = self._burst.acquire_now(tenant.id, rate) or await self._burst.acquire(
-                    tenant.id, rate
+                burst = self._burst
+                burst_left = (
+                    await burst.acquire(tenant.id, rate)
+                    if burst.shared
+                    else burst.take(tenant.id, rate)
                 )
+            except BurstRefused as refused:
+                raise self._burst_refusal(usage_key, day, plan, refused) from None
             except StoreUnavailable:  # the shared burst window is away
                 if not self._fails_open(plan):
                     raise
         limit = plan.monthly_calls
         if limit is None:  # nothing to decide: count locally, no round trip
-            return self._unmetered(usage_key, day, plan, burst)
-        if burst is not None and not burst.allowed:
-            raise self._burst_refusal(usage_key, day, plan, burst)
+            return self._unmetered(usage_key, day, headers, burst_left)
         try:
             admission = await self._counters.admit(usage_key, day, limit, plan.allows_overage)
         except StoreUnavailable:

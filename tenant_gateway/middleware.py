@@ -38,8 +38,6 @@ __all__ = ["TenantGateway"]
 
 logger = logging.getLogger("tenant_gateway")
 
-_UNMATCHED_ROUTE = "(unmatched)"
-
 
 class _BodyTooLarge(Exception):
     """Raised from the wrapped ``receive`` when a streamed body passes the limit."""
@@ -60,16 +58,6 @@ def _scan_headers(scope: Scope) -> tuple[str | None, str | None, bool]:
         elif name == b"transfer-encoding":
             encoded = True
     return api_key_from(authorization, api_key), length, encoded
-
-
-def route_template(scope: Scope, root_path: str) -> str:
-    """``GET /api/v1/projects/{id}``: the template of the route the app matched, not the path."""
-    route = scope.get("route")
-    template = getattr(route, "path", None)
-    if not isinstance(template, str):
-        return f"{scope.get('method', 'WS')} {_UNMATCHED_ROUTE}"
-    mount_prefix = scope.get("root_path", "")[len(root_path) :]
-    return f"{scope.get('method', 'WS')} {mount_prefix}{template}"
 
 
 class TenantGateway:
@@ -337,7 +325,13 @@ class TenantGateway:
                 current_database.reset(database_token)
             status = 413 if exchange.overflow else exchange.status
             recorder = self.services.recorder
-            recorder.record(metered.usage_key, route_template(scope, root_path), status)
+            recorder.record(
+                metered.usage_key,
+                scope.get("method", "WS"),
+                getattr(scope.get("route"), "path", None),
+                scope.get("root_path", "")[len(root_path) :],
+                status,
+            )
             if status >= 500 and not plan.count_server_errors:
                 recorder.refund(metered.usage_key, metered.day)
         if exchange.overflow and not exchange.started:

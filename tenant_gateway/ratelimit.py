@@ -15,7 +15,6 @@ across processes: then ``limits``' moving window decides, at one more round trip
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import Storage
@@ -27,18 +26,19 @@ from redis.exceptions import RedisError
 from tenant_gateway.clock import Clock
 from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
 
-__all__ = ["BurstDecision", "BurstLimiter"]
+__all__ = ["BurstLimiter", "BurstRefused"]
 
 IN_PROCESS = "async+memory://"
 _SWEEP_EVERY = 10_000  # new tenant windows between sweeps of idle ones
 
 
-@dataclass(slots=True)  # not frozen: one per call on the hot path
-class BurstDecision:
-    allowed: bool
-    remaining: int
-    retry_after: int
-    """Whole seconds until a call would be allowed again (at least 1)."""
+class BurstRefused(Exception):
+    """The tenant's burst window is full (an answer, not a failure: the caller refuses 429)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"burst window full, retry in {retry_after} s")
+        self.retry_after = retry_after
+        """Whole seconds until a call would be allowed again (at least 1)."""
 
 
 class _Window:
@@ -65,30 +65,14 @@ class BurstLimiter:
                 raise ConfigurationError(f"burst storage {storage_uri!r} is not an async+ storage")
             self._shared = MovingWindowRateLimiter(storage)
 
-    def acquire_now(self, tenant_id: str, per_second: int) -> BurstDecision | None:
-        """Take one slot in the tenant's sliding second, decided inline; None when the window
-        is shared (``await acquire(…)`` instead)."""
-        if self._shared is not None:
-            return None
-        return self._in_process(tenant_id, per_second)
+    @property
+    def shared(self) -> bool:
+        """Whether the window lives in a shared store (``await acquire(…)``), not in process."""
+        return self._shared is not None
 
-    async def acquire(self, tenant_id: str, per_second: int) -> BurstDecision:
-        """Take one slot, wherever the window lives."""
-        if self._shared is None:
-            return self._in_process(tenant_id, per_second)
-        item = self._items.get(per_second)
-        if item is None:
-            item = self._items[per_second] = RateLimitItemPerSecond(per_second)
-        try:
-            allowed = await self._shared.hit(item, tenant_id)
-            stats = await self._shared.get_window_stats(item, tenant_id)
-        except (RedisError, StorageError, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise StoreUnavailable("Redis", "the shared burst window", reason) from exc
-        wait = max(1, math.ceil(stats.reset_time - self._clock()))
-        return BurstDecision(allowed, stats.remaining, wait)
-
-    def _in_process(self, tenant_id: str, per_second: int) -> BurstDecision:
+    def take(self, tenant_id: str, per_second: int) -> int:
+        """Take one slot in the tenant's in-process sliding second, inline: the slots left after
+        it, or ``BurstRefused``. (An int, not a decision object: this is the hot path.)"""
         now = self._clock()
         second = int(now)
         window = self._windows.get(tenant_id)
@@ -101,9 +85,26 @@ class BurstLimiter:
             window.second = second
         estimate = window.previous * (1.0 - (now - second)) + window.current
         if estimate + 1 > per_second:
-            return BurstDecision(False, 0, 1)
+            raise BurstRefused(1)
         window.current += 1
-        return BurstDecision(True, int(per_second - estimate - 1), 1)
+        return int(per_second - estimate - 1)
+
+    async def acquire(self, tenant_id: str, per_second: int) -> int:
+        """Take one slot, wherever the window lives: the slots left, or ``BurstRefused``."""
+        if self._shared is None:
+            return self.take(tenant_id, per_second)
+        item = self._items.get(per_second)
+        if item is None:
+            item = self._items[per_second] = RateLimitItemPerSecond(per_second)
+        try:
+            allowed = await self._shared.hit(item, tenant_id)
+            stats = await self._shared.get_window_stats(item, tenant_id)
+        except (RedisError, StorageError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise StoreUnavailable("Redis", "the shared burst window", reason) from exc
+        if not allowed:
+            raise BurstRefused(max(1, math.ceil(stats.reset_time - self._clock())))
+        return stats.remaining
 
     def _sweep(self, second: int) -> None:
         """Now and then, forget tenants idle for two seconds (their windows are empty)."""

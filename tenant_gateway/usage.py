@@ -22,22 +22,55 @@ from tenant_gateway.quota import CounterStore, UsageKey
 __all__ = ["UsageRecorder", "billed_calls", "usage_csv", "usage_report"]
 
 
+_UNMATCHED_ROUTE = "(unmatched)"
+
+_Answered = tuple[UsageKey, str, object, str, int]
+"""A call answered: (usage key, method, the matched route's ``path``, mount prefix, status
+class). The route template is spelled out from these once per flush, not once per call."""
+
+
+def _route_template(method: str, template: object, mount_prefix: str) -> str:
+    """``GET /api/v1/projects/{id}``: the template of the route the app matched, not the path."""
+    if not isinstance(template, str):
+        return f"{method} {_UNMATCHED_ROUTE}"
+    return f"{method} {mount_prefix}{template}"
+
+
 class UsageRecorder:
     def __init__(self, counters: CounterStore) -> None:
         self._counters = counters
         self._pending: defaultdict[UsageKey, Counter[str]] = defaultdict(Counter)
+        # The two tallies every call makes, kept as plain counts by tuple until the flush
+        # (a third of the cost of formatting and counting fields per call).
+        self._admitted: dict[tuple[UsageKey, str], int] = {}
+        self._answered: dict[_Answered, int] = {}
         self._lock = asyncio.Lock()
 
-    def record(self, key: UsageKey, route: str, status: int) -> None:
-        """Tally one answered call; synchronous and allocation-light, safe on the hot path."""
-        self._pending[key][f"route|{status // 100}xx|{route}"] += 1
+    def record(
+        self, key: UsageKey, method: str, template: object, mount_prefix: str, status: int
+    ) -> None:
+        """Tally one answered call by route and status class (hot path: no I/O, one count)."""
+        answered = (key, method, template, mount_prefix, status // 100)
+        self._answered[answered] = self._answered.get(answered, 0) + 1
 
     def admitted(self, key: UsageKey, day: str) -> None:
         """Count a call of a plan with no monthly quota: no decision depends on the count, so
         it needs no round trip; it reaches the counters with the next batch."""
-        pending = self._pending[key]
-        pending["calls"] += 1
-        pending["day:" + day] += 1
+        admitted = (key, day)
+        self._admitted[admitted] = self._admitted.get(admitted, 0) + 1
+
+    def _spell_out(self) -> None:
+        """Add the per-call tallies to the pending fields the counter store keeps."""
+        admitted, self._admitted = self._admitted, {}
+        answered, self._answered = self._answered, {}
+        pending = self._pending
+        for (key, day), calls in admitted.items():
+            fields = pending[key]
+            fields["calls"] += calls
+            fields["day:" + day] += calls
+        for (key, method, template, prefix, status_class), calls in answered.items():
+            route = _route_template(method, template, prefix)
+            pending[key][f"route|{status_class}xx|{route}"] += calls
 
     def rejected(self, key: UsageKey, day: str, reason: str) -> None:
         """Count a call refused before the quota decision (the burst limit)."""
@@ -55,6 +88,7 @@ class UsageRecorder:
     async def flush(self) -> None:
         """Move the pending tallies to the counter store; on failure they stay pending."""
         async with self._lock:
+            self._spell_out()
             if not self._pending:
                 return
             batch, self._pending = self._pending, defaultdict(Counter)

@@ -6,25 +6,33 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from tenant_gateway.ratelimit import BurstLimiter
+import pytest
+
+from tenant_gateway.ratelimit import BurstLimiter, BurstRefused
 
 from .conftest import FakeClock
 
 
 def allowed(limiter: BurstLimiter, calls: int, rate: int = 10, tenant: str = "t") -> int:
-    decisions = [limiter.acquire_now(tenant, rate) for _ in range(calls)]
-    assert all(decision is not None for decision in decisions)
-    return sum(decision.allowed for decision in decisions if decision is not None)
+    taken = 0
+    for _ in range(calls):
+        try:
+            limiter.take(tenant, rate)
+        except BurstRefused:
+            continue
+        taken += 1
+    return taken
 
 
 def test_a_full_second_refuses_and_says_when_to_retry() -> None:
     clock = FakeClock()
     clock.now = 1_000.0
     limiter = BurstLimiter("async+memory://", clock)
-    remaining = [limiter.acquire_now("t", 10) for _ in range(10)]
-    assert [d.remaining for d in remaining if d is not None] == list(range(9, -1, -1))
-    refused = limiter.acquire_now("t", 10)
-    assert refused is not None and not refused.allowed and refused.retry_after == 1
+    assert not limiter.shared
+    assert [limiter.take("t", 10) for _ in range(10)] == list(range(9, -1, -1))
+    with pytest.raises(BurstRefused) as refused:
+        limiter.take("t", 10)
+    assert refused.value.retry_after == 1
 
 
 def test_the_window_slides_over_the_previous_second() -> None:
@@ -48,7 +56,7 @@ def test_tenants_have_their_own_windows_and_idle_ones_are_forgotten() -> None:
     clock.now = 1_010.0
     assert allowed(limiter, 10, tenant="busy") == 10
     for n in range(9_998):  # the 10,000th new window triggers a sweep of idle ones
-        limiter.acquire_now(f"new{n}", 10)
+        limiter.take(f"new{n}", 10)
     assert len(limiter) == 9_999  # of 10,000 windows "idle" went; "busy" and the new stay
     assert allowed(limiter, 1, tenant="busy") == 0  # still full: its window was kept
 
@@ -59,10 +67,14 @@ async def test_a_shared_window_lives_in_redis(redis_url: str) -> None:
     uri = "async+" + redis_url
     first, second = BurstLimiter(uri, clock), BurstLimiter(uri, clock)
     tenant = f"tenant-{uuid.uuid4().hex}"
-    assert first.acquire_now(tenant, 5) is None  # not decidable inline: shared
-    decisions = await asyncio.gather(
-        *(limiter.acquire(tenant, 5) for limiter in (first, second) for _ in range(4))
+    assert first.shared and second.shared  # not decidable inline
+    answers = await asyncio.gather(
+        *(limiter.acquire(tenant, 5) for limiter in (first, second) for _ in range(4)),
+        return_exceptions=True,
     )
-    assert sum(decision.allowed for decision in decisions) == 5
-    refused = [decision for decision in decisions if not decision.allowed]
-    assert all(decision.retry_after >= 1 for decision in refused)
+    left = [answer for answer in answers if isinstance(answer, int)]
+    assert len(left) == 5  # the stats are read after the hit: concurrent calls see lower counts
+    assert all(0 <= slots <= 4 for slots in left)
+    refused = [answer for answer in answers if not isinstance(answer, int)]
+    assert len(refused) == 3
+    assert all(isinstance(r, BurstRefused) and r.retry_after >= 1 for r in refused)
