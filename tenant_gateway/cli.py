@@ -37,15 +37,24 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenant-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    # The stores every command that touches them names the same way (environment as fallback).
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL") or None)
+    stores = argparse.ArgumentParser(add_help=False, parents=[database])
+    stores.add_argument(
+        "--redis-url",
+        default=os.environ.get("TG_REDIS_URL") or None,
+        help="the servers' Redis (none: the embedded counters)",
+    )
+    stores.add_argument("--redis-key-prefix", default="tg:")
+    stores.add_argument("--plans", metavar="FILE", default=None)
 
-    serve = commands.add_parser("serve", help="run the demo app behind the gateway")
+    serve = commands.add_parser(
+        "serve", parents=[stores], help="run the demo app behind the gateway"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL") or None)
-    serve.add_argument("--redis-url", default=os.environ.get("TG_REDIS_URL") or None)
-    serve.add_argument("--plans", metavar="FILE", default=None)
     serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--redis-key-prefix", default="tg:")
     serve.add_argument(
         "--flush-interval",
         type=float,
@@ -55,34 +64,29 @@ def _parser() -> argparse.ArgumentParser:
 
     billing = commands.add_parser("billing", help="billing operations")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
-    close = billing_commands.add_parser("close", help="issue every tenant's invoice for a month")
-    close.add_argument("--period", required=True, metavar="YYYY-MM")
-    close.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL"))
-    close.add_argument("--redis-url", default=os.environ.get("TG_REDIS_URL") or None)
-    close.add_argument("--redis-key-prefix", default="tg:")
-    close.add_argument("--plans", metavar="FILE", default=None)
-
-    export = commands.add_parser("export", help="write a tenant's data as NDJSON to stdout")
-    export.add_argument("--tenant", required=True)
-    export.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL"))
-
-    load = commands.add_parser("import", help="load an export from stdin into a tenant")
-    load.add_argument("--tenant", required=True)
-    load.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL"))
-    load.add_argument(
-        "--redis-url",
-        default=os.environ.get("TG_REDIS_URL") or None,
-        help="the servers' Redis: its counters for the imported periods are reset (restored"
-        " from the ledger on next use); with the embedded counters, restart the servers",
+    close = billing_commands.add_parser(
+        "close", parents=[stores], help="issue every tenant's invoice for a month"
     )
-    load.add_argument("--redis-key-prefix", default="tg:")
-    load.add_argument("--plans", metavar="FILE", default=None)
+    close.add_argument("--period", required=True, metavar="YYYY-MM")
+
+    export = commands.add_parser(
+        "export", parents=[database], help="write a tenant's data as NDJSON to stdout"
+    )
+    export.add_argument("--tenant", required=True)
+
+    load = commands.add_parser(
+        "import",
+        parents=[stores],
+        help="load an export from stdin into a tenant (with --redis-url, the imported"
+        " periods' counters are reset, restored from the ledger on next use; with the"
+        " embedded counters, restart the servers)",
+    )
+    load.add_argument("--tenant", required=True)
     load.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
     load.add_argument("--app-only", action="store_true", help="skip the gateway's own tables")
 
-    migrate = commands.add_parser("migrate", help="apply the database schema (idempotent)")
-    migrate.add_argument(
-        "--database-url", default=os.environ.get("TG_DATABASE_URL"), required=False
+    commands.add_parser(
+        "migrate", parents=[database], help="apply the database schema (idempotent)"
     )
     return parser
 

@@ -108,6 +108,16 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def real_stores(postgres_url: str, redis_url: str, redis_prefix: str) -> tuple[str, ...]:
+    """The CLI arguments that put a server on the real PostgreSQL and Redis (this test's keys)."""
+    return (
+        "--database-url", postgres_url,
+        "--redis-url", redis_url,
+        "--redis-key-prefix", redis_prefix,
+    )  # fmt: skip
+
+
+@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 11, 10, 12, 0, tzinfo=UTC))
 

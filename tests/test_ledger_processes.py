@@ -39,20 +39,8 @@ def plans_file(tmp_path: Path) -> str:
     return str(path)
 
 
-def start(postgres_url: str, redis_url: str, prefix: str, plans: str, *extra: str) -> Server:
-    server = Server(
-        "--database-url",
-        postgres_url,
-        "--redis-url",
-        redis_url,
-        "--redis-key-prefix",
-        prefix,
-        "--plans",
-        plans,
-        "--flush-interval",
-        str(INTERVAL),
-        *extra,
-    )
+def start(real_stores: tuple[str, ...], plans: str, *extra: str) -> Server:
+    server = Server(*real_stores, "--plans", plans, "--flush-interval", str(INTERVAL), *extra)
     server.wait_ready()
     return server
 
@@ -124,9 +112,13 @@ class Load:
 
 
 async def test_sigkill_loses_at_most_one_flush_interval(
-    postgres_url: str, redis_url: str, redis_prefix: str, plans_file: str
+    postgres_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    plans_file: str,
+    real_stores: tuple[str, ...],
 ) -> None:
-    server = start(postgres_url, redis_url, redis_prefix, plans_file)
+    server = start(real_stores, plans_file)
     tenant = await register(server.base, "kill")
     load = Load(server.base, tenant["api_key"])
     load.start()
@@ -147,7 +139,7 @@ async def test_sigkill_loses_at_most_one_flush_interval(
     assert 0 <= shortfall <= last_interval, measured
     # After a restart the ledger catches up with Redis. On a plan without a monthly quota the
     # calls are counted in process and sent in batches, so Redis too can miss the last interval.
-    server = start(postgres_url, redis_url, redis_prefix, plans_file)
+    server = start(real_stores, plans_file)
     async with httpx.AsyncClient(base_url=server.base) as client:
         headers = {"X-API-Key": tenant["api_key"]}
         assert (await client.get("/api/v1/projects", headers=headers)).status_code == 200
@@ -159,9 +151,13 @@ async def test_sigkill_loses_at_most_one_flush_interval(
 
 
 async def test_sigterm_under_load_loses_nothing(
-    postgres_url: str, redis_url: str, redis_prefix: str, plans_file: str
+    postgres_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    plans_file: str,
+    real_stores: tuple[str, ...],
 ) -> None:
-    server = start(postgres_url, redis_url, redis_prefix, plans_file)
+    server = start(real_stores, plans_file)
     tenant = await register(server.base, "term")
     load = Load(server.base, tenant["api_key"])
     load.start()
@@ -178,9 +174,9 @@ async def test_sigterm_under_load_loses_nothing(
 
 
 async def test_two_workers_three_tenants_ledger_equals_2xx(
-    postgres_url: str, redis_url: str, redis_prefix: str, plans_file: str
+    postgres_url: str, plans_file: str, real_stores: tuple[str, ...]
 ) -> None:
-    server = start(postgres_url, redis_url, redis_prefix, plans_file, "--workers", "2")
+    server = start(real_stores, plans_file, "--workers", "2")
     tenants = [await register(server.base, f"w{n}") for n in range(3)]
     ok = {t["id"]: 0 for t in tenants}
 

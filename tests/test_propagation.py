@@ -59,18 +59,9 @@ async def test_pubsub_invalidates_another_process_cache(
 
 
 async def test_revocation_reaches_both_uvicorn_workers_within_a_second(
-    postgres_url: str, redis_url: str, redis_prefix: str
+    real_stores: tuple[str, ...],
 ) -> None:
-    server = Server(
-        "--workers",
-        "2",
-        "--database-url",
-        postgres_url,
-        "--redis-url",
-        redis_url,
-        "--redis-key-prefix",
-        redis_prefix,
-    )
+    server = Server("--workers", "2", *real_stores)
     try:
         server.wait_ready()
         async with httpx.AsyncClient(base_url=server.base) as admin:

@@ -70,16 +70,9 @@ class Server:
 @pytest.fixture(params=["memory", "real"])
 def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
     """``serve(*extra_args)`` starts the CLI server on the parametrised stores."""
-    store_args: list[str] = []
+    store_args: tuple[str, ...] = ()
     if request.param == "real":
-        store_args = [
-            "--database-url",
-            request.getfixturevalue("postgres_url"),
-            "--redis-url",
-            request.getfixturevalue("redis_url"),
-            "--redis-key-prefix",
-            request.getfixturevalue("redis_prefix"),
-        ]
+        store_args = request.getfixturevalue("real_stores")
     started: list[Server] = []
 
     def start(*extra: str) -> Server:
@@ -173,15 +166,12 @@ async def test_quota_exact_over_http_with_50_in_flight(
 
 
 async def test_quota_exact_across_worker_processes(
-    postgres_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
+    tmp_path: Path, real_stores: tuple[str, ...]
 ) -> None:
     """The same with two worker processes sharing the quota through Redis."""
     plans = tmp_path / "plans.json"
     plans.write_text(QUOTA_PLANS)
-    server = Server(
-        "--database-url", postgres_url, "--redis-url", redis_url,
-        "--redis-key-prefix", redis_prefix, "--plans", str(plans), "--workers", "2",
-    )  # fmt: skip
+    server = Server(*real_stores, "--plans", str(plans), "--workers", "2")
     try:
         server.wait_ready()
         await assert_exact_quota(server)

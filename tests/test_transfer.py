@@ -405,12 +405,10 @@ async def test_seat_limit_holds_on_import(client: httpx.AsyncClient, postgres_ur
     assert await contents(postgres_url, target["id"]) == before
 
 
-async def test_export_is_streamed(postgres_url: str, redis_url: str, redis_prefix: str) -> None:
+async def test_export_is_streamed(postgres_url: str, real_stores: tuple[str, ...]) -> None:
     """Over real HTTP (an in-process transport buffers whole bodies): rows arrive as they are
     read, and the server's memory does not grow with the tenant."""
-    server = Server(
-        "--database-url", postgres_url, "--redis-url", redis_url, "--redis-key-prefix", redis_prefix
-    )
+    server = Server(*real_stores)
     try:
         server.wait_ready()
         async with httpx.AsyncClient(base_url=server.base, timeout=60) as http:
