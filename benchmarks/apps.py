@@ -11,12 +11,14 @@ Configuration comes from environment variables that ``run.py`` sets for each ser
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_gateway import TenantGateway
 
@@ -26,6 +28,7 @@ __all__ = [
     "SLOWAPI_REDIS_URL",
     "api_key_of",
     "bare_app",
+    "floor_app",
     "gateway_app",
     "slowapi_app",
 ]
@@ -74,6 +77,40 @@ def bare_app() -> Starlette:
             Route(HITS_PATH, hits, methods=["GET"]),
         ]
     )
+
+
+_FLOOR_HEADERS = [
+    (b"ratelimit-policy", b'"burst";q=1000000000;w=1, "monthly";q=1000000000'),
+    (b"ratelimit", b'"monthly";r=999999999;t=2592000'),
+]
+
+
+def floor_app() -> ASGIApp:
+    """(F) The least any gateway does: a pure-ASGI middleware that reads the key header, counts
+    the call per key in a dict, and adds the two rate-limit headers (constant values, as long
+    as the gateway's). No tenant, no limit, no usage report: the cost of being a middleware
+    that answers with two more headers, which no gateway can go below."""
+    app = bare_app()
+    calls: dict[bytes, int] = {}
+
+    async def floor(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == HITS_PATH:
+            await app(scope, receive, send)
+            return
+        key = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                key = value
+        calls[key] = calls.get(key, 0) + 1
+
+        def with_headers(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *_FLOOR_HEADERS]
+            return send(message)
+
+        await app(scope, receive, with_headers)
+
+    return floor
 
 
 def gateway_app() -> TenantGateway:

@@ -13,7 +13,7 @@ time spent waiting on Redis or PostgreSQL. On this machine the ratio of instruct
 the ratio of req/s ``run.py`` measured (0.74 by both for M before this script existed), so it
 is the figure to steer hot-path work by; ``run.py`` stays the measure of throughput and latency.
 
-Usage: ``.venv/bin/python benchmarks/instructions.py [--variants A,M,M-quota,R,R-quota]``.
+Usage: ``.venv/bin/python benchmarks/instructions.py [--variants A,F,M,M-quota,R,R-quota]``.
 Needs valgrind (installed with apt-get if missing) and wrk; PostgreSQL and Redis for R*.
 About 40 s a variant.
 """
@@ -99,6 +99,8 @@ def count(
         key = None
         if variant.plan is not None:
             _, key = run.register_tenant(port, variant.plan, secrets.token_hex(3))
+        elif variant.sends_key:
+            key = f"bench-{secrets.token_hex(3)}"  # no tenant: only the floor's count reads it
         load(wrk, port, key, args.warmup, args.connections)
         before = run.read_hits(port)
         # valgrind runs the program in place: the pid is the server's.
@@ -138,7 +140,7 @@ def rows(counts: Sequence[Count]) -> list[tuple[str, ...]]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--variants", default="A,M,M-quota,R,R-quota")
+    parser.add_argument("--variants", default="A,F,M,M-quota,R,R-quota")
     parser.add_argument("--seconds", type=int, default=8, help="measured load per variant")
     parser.add_argument("--warmup", type=int, default=4, help="seconds of load before counting")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections")

@@ -3,6 +3,8 @@
 Variants, each served alone by one uvicorn worker pinned to core 0 (wrk runs on core 1):
 
     A        the bare app (``benchmarks.apps:bare_app``)
+    F        the floor: a minimal pure-ASGI middleware that counts per key and adds the two
+             rate-limit headers (``apps.floor_app``): what no gateway can go below
     M        the app behind TenantGateway with the embedded memory stores, a plan with a burst
              limit and no monthly quota (like the default enterprise plan)
     M-quota  as M, on a plan with a burst limit and a finite monthly quota (like free and pro)
@@ -95,6 +97,7 @@ class Variant:
 
 VARIANTS = (
     Variant("A", "benchmarks.apps:bare_app"),
+    Variant("F", "benchmarks.apps:floor_app", sends_key=True),
     Variant("M", "benchmarks.apps:gateway_app", plan="bench"),
     Variant("M-quota", "benchmarks.apps:gateway_app", plan="bench_quota"),
     Variant("R", "benchmarks.apps:gateway_app", database=True, redis=True, plan="bench"),
