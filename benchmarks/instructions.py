@@ -88,7 +88,7 @@ def count(
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             callgrind_command(variant.factory, port, args.mode, out),
-            cwd=REPO,
+            cwd=args.server_dir,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -145,6 +145,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=4, help="seconds of load before counting")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections")
     parser.add_argument("--asyncio", action="store_true", help="asyncio + h11, not uvloop")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="serve the build with the mypyc-compiled hot path (setup.py), not the checkout",
+    )
     args = parser.parse_args(argv)
     known = {v.name: v for v in run.VARIANTS if v.requires is None}
     chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
@@ -176,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if uses_database:
             database_url = create_database(database)
         with tempfile.TemporaryDirectory(prefix="tg-instructions-") as tmp:
+            args.server_dir = common.build_compiled(REPO, Path(tmp)) if args.compiled else REPO
             for variant in variants:
                 env = dict(base_env)
                 if variant.database and database_url is not None:
@@ -197,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if database_url is not None:
             drop_database(database)
     title = (
-        f"instructions per request (callgrind), uvicorn 1 worker, {args.mode.describe()};"
+        f"instructions per request (callgrind), {'compiled (mypyc), ' if args.compiled else ''}"
+        f"uvicorn 1 worker, {args.mode.describe()};"
         f" wrk -c{args.connections}, {args.seconds}s counted after {args.warmup}s"
     )
     print()

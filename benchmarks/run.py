@@ -60,6 +60,7 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 from benchmarks import common  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     HOST,
+    build_compiled,
     check_redis,
     create_database,
     delete_redis_keys,
@@ -304,14 +305,14 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: flo
 
 @contextlib.contextmanager
 def serve(
-    variant: Variant, env: dict[str, str], log: Path, mode: ServerMode
+    variant: Variant, env: dict[str, str], log: Path, mode: ServerMode, cwd: Path = REPO
 ) -> Iterator[tuple[int, int]]:
     """(port, pid) of a fresh server (``taskset`` execs Python: the pid is the server's)."""
     port = free_port()
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             uvicorn_command(variant.factory, port, mode),
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -410,7 +411,7 @@ def measure(
 ) -> RunRecord:
     run_id = f"{variant.name.lower()}-{round_number}-{secrets.token_hex(3)}"
     log = log_dir / f"{run_id}.log"
-    with serve(variant, env, log, args.mode) as (port, pid):
+    with serve(variant, env, log, args.mode, args.server_dir) as (port, pid):
         tenant_id = key = None
         if variant.plan is not None:
             tenant_id, key = register_tenant(port, variant.plan, run_id)
@@ -575,6 +576,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         const="asyncio",
         help="serve with --loop asyncio --http h11",
     )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="serve the build with the mypyc-compiled hot path (setup.py), not the checkout",
+    )
     args = parser.parse_args(argv)
     known = {v.name for v in VARIANTS}
     chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
@@ -625,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
     try:
         with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
+            args.server_dir = build_compiled(REPO, Path(tmp)) if args.compiled else REPO
             database_url = None
             if uses_redis:
                 check_redis(REDIS_URL)
@@ -655,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = summarise(records, variants)
     title = (
+        f"{'compiled hot path (mypyc), ' if args.compiled else ''}"
         f"uvicorn 1 worker, {mode.describe()}; wrk -t1 -c{args.connections};"
         f" {args.duration}s x {args.rounds} interleaved rounds (+{args.warmup}s warm-up each)"
     )

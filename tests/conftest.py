@@ -32,6 +32,15 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKENDS = ["memory", "real"]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """scripts/test's second pass must test the compiled build, not this checkout again."""
+    if os.environ.get("TG_EXPECT_COMPILED") == "1":
+        import tenant_gateway.middleware
+
+        if not tenant_gateway.middleware.__file__.endswith(".so"):
+            pytest.exit(f"not the compiled build: {tenant_gateway.middleware.__file__}", 1)
+
+
 def _unavailable(what: str, exc: BaseException) -> None:
     message = f"{what} is not reachable: {exc}"
     if IN_CI:

@@ -320,8 +320,9 @@ async def test_closing_twice_issues_once(stores: Stores, client_for: Any) -> Non
     issued = await asyncio.gather(
         gw.services.billing.close_period(october), gw.services.billing.close_period(october)
     )
-    # two closers at once (as two workers would): one issues all three, the other none
-    assert sorted(issued) == [0, 3]
+    # Two closers at once (as two workers would): each invoice is issued exactly once, by
+    # whichever closer reaches its tenant first (how they split the three is timing).
+    assert sum(issued) == 3
     numbers = []
     for t in tenants:
         document = (await client.get(f"{T}/{t['id']}/billing/invoices", headers=auth(t))).json()

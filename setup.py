@@ -1,0 +1,31 @@
+"""Setuptools entry point: everything is declared in pyproject.toml, except this opt-in.
+
+With ``TENANT_GATEWAY_COMPILE=1`` in the environment, the request hot path is also compiled
+with mypyc into C extension modules that sit beside the (identical) Python sources and are
+imported in their place: about 28 % fewer of the CPU instructions the gateway adds to a
+request (README, Performance). It needs mypy and a C compiler where the package is built::
+
+    TENANT_GATEWAY_COMPILE=1 pip install --no-build-isolation '.[dev]'
+
+Without the variable the package is pure Python, as every editable install is.
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import setup
+
+HOT_PATH = ("middleware", "metering", "ratelimit", "usage", "resolver", "headers", "keys")
+"""The modules every request runs through, compiled when asked to."""
+
+
+def compiled_modules() -> list[object]:
+    if os.environ.get("TENANT_GATEWAY_COMPILE") != "1":
+        return []
+    from mypyc.build import mypycify
+
+    return list(mypycify([f"tenant_gateway/{name}.py" for name in HOT_PATH], opt_level="3"))
+
+
+setup(ext_modules=compiled_modules())
