@@ -88,7 +88,7 @@ def count(
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             callgrind_command(variant.factory, port, args.mode, out),
-            cwd=args.server_dir,
+            cwd=args.server_dirs[variant.compiled],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -148,7 +148,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compiled",
         action="store_true",
-        help="serve the build with the mypyc-compiled hot path (setup.py), not the checkout",
+        help="also count each gateway variant on the build with the mypyc-compiled hot path"
+        " (setup.py), as a twin named VARIANT+mypyc",
     )
     args = parser.parse_args(argv)
     known = {v.name: v for v in run.VARIANTS if v.requires is None}
@@ -158,6 +159,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.seconds < 1 or args.warmup < 1 or args.connections < 1:
         parser.error("--seconds, --warmup and --connections must be positive")
     args.variants = [known[name] for name in chosen]
+    if args.compiled:
+        args.variants = run.with_compiled_twins(args.variants)
     args.mode = run.server_mode("asyncio" if args.asyncio else None)
     return args
 
@@ -181,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if uses_database:
             database_url = create_database(database)
         with tempfile.TemporaryDirectory(prefix="tg-instructions-") as tmp:
-            args.server_dir = common.build_compiled(REPO, Path(tmp)) if args.compiled else REPO
+            args.server_dirs = run.server_dirs(variants, Path(tmp))
             for variant in variants:
                 env = dict(base_env)
                 if variant.database and database_url is not None:
@@ -203,8 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if database_url is not None:
             drop_database(database)
     title = (
-        f"instructions per request (callgrind), {'compiled (mypyc), ' if args.compiled else ''}"
-        f"uvicorn 1 worker, {args.mode.describe()};"
+        f"instructions per request (callgrind), uvicorn 1 worker, {args.mode.describe()};"
         f" wrk -c{args.connections}, {args.seconds}s counted after {args.warmup}s"
     )
     print()

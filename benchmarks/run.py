@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import re
@@ -90,6 +91,8 @@ class Variant:
     """Send a made-up API key although no tenant is registered (slowapi keys its limit on it)."""
     requires: str | None = None
     """A module the variant needs (pip installs it under the same name)."""
+    compiled: bool = False
+    """Served from the build with the mypyc-compiled hot path (``setup.py``), not the checkout."""
 
     @property
     def gated(self) -> bool:
@@ -107,6 +110,25 @@ VARIANTS = (
     ),
     Variant("S", "benchmarks.apps:slowapi_app", redis=True, sends_key=True, requires="slowapi"),
 )
+
+
+def with_compiled_twins(variants: Sequence[Variant]) -> list[Variant]:
+    """Each gateway variant followed by its twin on the compiled build, in the same rounds."""
+    chosen: list[Variant] = []
+    for variant in variants:
+        chosen.append(variant)
+        if variant.gated:
+            chosen.append(dataclasses.replace(variant, name=variant.name + "+mypyc", compiled=True))
+    return chosen
+
+
+def server_dirs(variants: Sequence[Variant], tmp: Path) -> dict[bool, Path]:
+    """Where the servers run from: this checkout, and the compiled build if a variant needs it
+    (``python -m uvicorn`` imports the package of its working directory first)."""
+    dirs = {False: REPO}
+    if any(variant.compiled for variant in variants):
+        dirs[True] = build_compiled(REPO, tmp)
+    return dirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,7 +433,7 @@ def measure(
 ) -> RunRecord:
     run_id = f"{variant.name.lower()}-{round_number}-{secrets.token_hex(3)}"
     log = log_dir / f"{run_id}.log"
-    with serve(variant, env, log, args.mode, args.server_dir) as (port, pid):
+    with serve(variant, env, log, args.mode, args.server_dirs[variant.compiled]) as (port, pid):
         tenant_id = key = None
         if variant.plan is not None:
             tenant_id, key = register_tenant(port, variant.plan, run_id)
@@ -579,7 +601,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compiled",
         action="store_true",
-        help="serve the build with the mypyc-compiled hot path (setup.py), not the checkout",
+        help="also serve each gateway variant from the build with the mypyc-compiled hot path"
+        " (setup.py), as a twin named VARIANT+mypyc in the same rounds",
     )
     args = parser.parse_args(argv)
     known = {v.name for v in VARIANTS}
@@ -603,6 +626,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.variants.append(variant)
     if not args.variants:
         parser.error("no variant left to run")
+    if args.compiled:
+        args.variants = with_compiled_twins(args.variants)
     args.mode = server_mode(args.loop)
     return args
 
@@ -631,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
     try:
         with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
-            args.server_dir = build_compiled(REPO, Path(tmp)) if args.compiled else REPO
+            args.server_dirs = server_dirs(variants, Path(tmp))
             database_url = None
             if uses_redis:
                 check_redis(REDIS_URL)
@@ -662,7 +687,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = summarise(records, variants)
     title = (
-        f"{'compiled hot path (mypyc), ' if args.compiled else ''}"
         f"uvicorn 1 worker, {mode.describe()}; wrk -t1 -c{args.connections};"
         f" {args.duration}s x {args.rounds} interleaved rounds (+{args.warmup}s warm-up each)"
     )
