@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
     sys.path.insert(0, str(REPO))
 
 from benchmarks import common, run  # noqa: E402
-from benchmarks.common import (  # noqa: E402  # noqa: E402
+from benchmarks.common import (  # noqa: E402
     HOST,
     check_redis,
     create_database,
