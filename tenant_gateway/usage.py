@@ -24,14 +24,14 @@ __all__ = ["UsageRecorder", "billed_calls", "usage_csv", "usage_report"]
 
 _UNMATCHED_ROUTE = "(unmatched)"
 
-_Answered = tuple[UsageKey, str, object, str, int]
+_Answered = tuple[UsageKey, str, str | None, str, int]
 """A call answered: (usage key, method, the matched route's ``path``, mount prefix, status
 class). The route template is spelled out from these once per flush, not once per call."""
 
 
-def _route_template(method: str, template: object, mount_prefix: str) -> str:
+def _route_template(method: str, template: str | None, mount_prefix: str) -> str:
     """``GET /api/v1/projects/{id}``: the template of the route the app matched, not the path."""
-    if not isinstance(template, str):
+    if template is None:
         return f"{method} {_UNMATCHED_ROUTE}"
     return f"{method} {mount_prefix}{template}"
 
@@ -49,8 +49,16 @@ class UsageRecorder:
     def record(
         self, key: UsageKey, method: str, template: object, mount_prefix: str, status: int
     ) -> None:
-        """Tally one answered call by route and status class (hot path: no I/O, one count)."""
-        answered = (key, method, template, mount_prefix, status // 100)
+        """Tally one answered call by route and status class (hot path: no I/O, one count).
+        ``template`` is the matched route's ``path``: anything but a string (no route matched,
+        or an app's own route type) counts as unmatched, and never reaches the dict key."""
+        answered = (
+            key,
+            method,
+            template if isinstance(template, str) else None,
+            mount_prefix,
+            status // 100,
+        )
         self._answered[answered] = self._answered.get(answered, 0) + 1
 
     def admitted(self, key: UsageKey, day: str) -> None:

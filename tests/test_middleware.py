@@ -355,6 +355,27 @@ async def test_usage_by_route_template_and_status(
     ]
 
 
+async def test_a_route_whose_path_is_not_a_string_counts_as_unmatched(
+    stores: Stores, client_for: Any
+) -> None:
+    """An app's own route type may carry any ``path`` (here an unhashable list): the call is
+    answered and tallied, never a 500 from the usage tally."""
+
+    class OddRoute:
+        path = ["not", "a", "template"]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["route"] = OddRoute()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    client = await client_for(TenantGateway(app, **stores.kwargs()))
+    tenant = await register(client, plan="enterprise")
+    assert (await client.get("/anything", headers=auth(tenant))).status_code == 200
+    usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=auth(tenant))).json()
+    assert usage["by_route"] == [{"route": "GET (unmatched)", "calls": 1, "by_status": {"2xx": 1}}]
+
+
 async def test_other_scopes_pass_through(stores: Stores) -> None:
     seen: list[str] = []
 
