@@ -253,11 +253,9 @@ class TenantGateway:
         as it streams in: not when a Transfer-Encoding is declared too (a server that accepts
         both frames by the encoding and ignores the length). Raises 413 for a declared length
         over the limit, however many digits it has."""
-        if length is None or not length.isdigit():
-            return False
         if declared_over(length, self.max_body_bytes):
             raise problems.payload_too_large(self.max_body_bytes)
-        return not encoded
+        return length is not None and length.isdigit() and not encoded
 
     def _log_outage(self, exc: StoreUnavailable) -> None:
         """One warning per store per 10 s, not one per refused request (an outage under load

@@ -256,36 +256,19 @@ async def test_body_limit_without_content_length_over_http2(
     """HTTP/2 frames a body without Content-Length: the gateway counts it as it streams."""
     gw = gateway(stores, max_body_bytes=100)
     tenant = await register(await client_for(gw))
-    chunks = [b"z" * 60, b"z" * 60, b""]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        body = chunks.pop(0)
-        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "http_version": "2",
-        "method": "POST",
-        "path": "/echo",
-        "raw_path": b"/echo",
-        "root_path": "",
-        "scheme": "https",
-        "query_string": b"",
-        "headers": [(b"authorization", f"Bearer {tenant['api_key']}".encode())],
-    }
-    await gw(scope, receive, send)  # type: ignore[arg-type]
+    sent = await call(gw, tenant["api_key"], [], [b"z" * 60, b"z" * 60], http_version="2")
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
     assert b"payload_too_large" in sent[1]["body"]
 
 
 async def call(
-    gw: TenantGateway, key: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+    gw: TenantGateway,
+    key: str,
+    headers: list[tuple[bytes, bytes]],
+    chunks: list[bytes],
+    http_version: str = "1.1",
 ) -> list[dict[str, Any]]:
-    """One raw ASGI POST /echo over HTTP/1.1 with these extra headers and body chunks."""
+    """One raw ASGI POST /echo with these extra headers and body chunks."""
     sent: list[dict[str, Any]] = []
     pending = list(chunks)
 
@@ -298,7 +281,7 @@ async def call(
 
     scope = {
         "type": "http",
-        "http_version": "1.1",
+        "http_version": http_version,
         "method": "POST",
         "path": "/echo",
         "raw_path": b"/echo",
