@@ -5,13 +5,14 @@ instruction count does not. Each variant of ``run.py`` is served by one uvicorn 
 under ``valgrind --tool=callgrind``; after a warm-up load the counters are zeroed, wrk loads the
 server for a fixed time, the counters are dumped, and the instructions the whole server process
 executed (event loop, HTTP parser, app, gateway, background tasks) are divided by the pings the
-app answered meanwhile. Repeated runs agree within about 0.2 %.
+app answered meanwhile. Repeated runs on an idle machine agree within about 0.2 %; background
+work (flushes every second) is spread over the requests counted, so a loaded machine raises it.
 
-Instructions are not time: a request's instructions run slower in a loaded server than in a
-micro-benchmark (caches, system calls), and the count leaves out the kernel's work and the
-time spent waiting on Redis or PostgreSQL. On this machine the ratio of instructions has matched
-the ratio of req/s ``run.py`` measured (0.74 by both for M before this script existed), so it
-is the figure to steer hot-path work by; ``run.py`` stays the measure of throughput and latency.
+Instructions are not time: the count leaves out caches, the kernel's work and the time spent
+waiting on Redis or PostgreSQL. On a noisy day its ratio matched run.py's (M: 0.735 and 0.74);
+on a quiet one the time ratio was lower (M: 0.75 by instructions, 0.61 by time). It is the
+repeatable figure to compare two versions of the hot path by; ``run.py`` stays the measure of
+throughput and latency.
 
 Usage: ``.venv/bin/python benchmarks/instructions.py [--variants A,F,M,M-quota,R,R-quota]``.
 Needs valgrind (installed with apt-get if missing) and wrk; PostgreSQL and Redis for R*.
