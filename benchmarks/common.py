@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -76,17 +75,10 @@ def build_compiled(repo: Path, into: Path) -> Path:
     installed under ``into``: serve from that directory (``python -m`` puts it first on the
     path) to measure the compiled build instead of the checkout."""
     target = into / "compiled"
-    source = into / "source"  # a copy: setuptools would reuse the checkout's ./build
-    source.mkdir()
-    shutil.copytree(repo / "tenant_gateway", source / "tenant_gateway")
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy2(repo / name, source / name)
     print(f"building the mypyc-compiled package into {target} (about a minute)", flush=True)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-build-isolation", "--no-deps", "--target", str(target), str(source)],
+        [str(repo / "scripts" / "build-compiled"), str(target)],
         check=False, text=True, capture_output=True, timeout=900,
-        env={**os.environ, "TENANT_GATEWAY_COMPILE": "1"},
     )  # fmt: skip
     if built.returncode != 0:
         raise SystemExit(f"the compiled build failed:\n{built.stdout}{built.stderr}")
