@@ -227,16 +227,20 @@ class RunRecord:
     def cpu_us_per_request(self) -> float:
         return self.cpu.server_seconds / max(1, self.result.requests) * 1e6
 
+    @property
+    def kernel_us_per_request(self) -> float:
+        return self.cpu.kernel_seconds / max(1, self.result.requests) * 1e6
+
 
 # -- CPU accounting -------------------------------------------------------------------------
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (``/proc/<pid>/stat`` fields 14 and 15)."""
+def process_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU time of a process (``/proc/<pid>/stat`` fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -249,6 +253,8 @@ def machine_ticks() -> tuple[int, int]:
 class CpuSample:
     server_seconds: float
     """CPU time the server process used during the measured run."""
+    kernel_seconds: float
+    """The part of it spent in the kernel (system time: sockets, epoll)."""
     steal_share: float
     """Share of the machine's CPU time the hypervisor gave to others meanwhile (steal)."""
 
@@ -256,12 +262,17 @@ class CpuSample:
 @contextlib.contextmanager
 def cpu_sampler(pid: int) -> Iterator[list[CpuSample]]:
     taken: list[CpuSample] = []
-    server_before, (total_before, steal_before) = process_cpu_seconds(pid), machine_ticks()
+    (user_before, kernel_before), (total_before, steal_before) = (
+        process_cpu_seconds(pid),
+        machine_ticks(),
+    )
     yield taken
     total, steal = machine_ticks()
+    user, kernel = process_cpu_seconds(pid)
     taken.append(
         CpuSample(
-            server_seconds=process_cpu_seconds(pid) - server_before,
+            server_seconds=user + kernel - user_before - kernel_before,
+            kernel_seconds=kernel - kernel_before,
             steal_share=(steal - steal_before) / max(1, total - total_before),
         )
     )
@@ -465,6 +476,7 @@ def print_run(record: RunRecord) -> None:
         f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  requests {r.requests}"
         f" (+{w.requests} warm-up)  non-2xx {r.non_2xx} (+{w.non_2xx} warm-up)"
         f"  server CPU {record.cpu_us_per_request:.1f} µs/request"
+        f" ({record.kernel_us_per_request:.1f} in the kernel)"
         f"  steal {record.cpu.steal_share:.1%}",
         flush=True,
     )
@@ -491,6 +503,7 @@ class Row:
     ratio: float
     added_p99: float
     cpu_us: float
+    kernel_us: float
     cpu_ratio: float
     non_2xx: int
     usage: str
@@ -518,6 +531,7 @@ def summarise(records: list[RunRecord], variants: Sequence[Variant]) -> list[Row
         if not runs:
             continue
         rps, p50, p99 = medians[name]
+        kernel = statistics.median(r.kernel_us_per_request for r in runs)
         checks = [r.usage for r in runs if r.usage is not None]
         usage = "—"
         if checks:
@@ -532,6 +546,7 @@ def summarise(records: list[RunRecord], variants: Sequence[Variant]) -> list[Row
                 ratio=rps / base[0] if base else float("nan"),
                 added_p99=p99 - base[2] if base else float("nan"),
                 cpu_us=cpu[name],
+                kernel_us=kernel,
                 cpu_ratio=cpu["A"] / cpu[name] if "A" in cpu else float("nan"),
                 non_2xx=sum(r.result.non_2xx + r.warmup.non_2xx for r in runs),
                 usage=usage,
@@ -541,7 +556,7 @@ def summarise(records: list[RunRecord], variants: Sequence[Variant]) -> list[Row
 
 
 HEADERS = ("variant", "req/s (median)", "p50 ms", "p99 ms", "vs A", "+p99 vs A ms",
-           "server CPU µs/req", "A's CPU / CPU", "non-2xx",
+           "server CPU µs/req", "of which kernel", "A's CPU / CPU", "non-2xx",
            "usage = wrk 2xx / app served")  # fmt: skip
 
 
@@ -554,6 +569,7 @@ def cells(row: Row) -> tuple[str, ...]:
         f"{row.ratio:.2f}",
         f"{row.added_p99:+.2f}",
         f"{row.cpu_us:.1f}",
+        f"{row.kernel_us:.1f}",
         f"{row.cpu_ratio:.2f}",
         str(row.non_2xx),
         row.usage,
