@@ -280,6 +280,29 @@ def cpu_sampler(pid: int) -> Iterator[list[CpuSample]]:
 
 # -- environment ----------------------------------------------------------------------------
 
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+@contextlib.contextmanager
+def guest_halt_polling(nanoseconds: int | None) -> Iterator[None]:
+    """With a value: an idle vCPU of this KVM guest polls that long before it halts, for the
+    run, and the machine's own setting is put back after it. Waking a halted vCPU takes an
+    inter-processor interrupt, which exits to the hypervisor: when a slower server leaves wrk's
+    core idle, each response pays for one (``README``, Performance)."""
+    if nanoseconds is None:
+        yield
+        return
+    try:
+        before = HALT_POLL.read_text().strip()
+        HALT_POLL.write_text(str(nanoseconds))
+    except OSError as exc:
+        message = f"--halt-poll-ns needs a writable {HALT_POLL} (a KVM guest, root): {exc}"
+        raise SystemExit(message) from exc
+    try:
+        yield
+    finally:
+        HALT_POLL.write_text(before)
+
 
 def ensure_wrk() -> str:
     return ensure_installed("wrk", "wrk")
@@ -620,6 +643,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also serve each gateway variant from the build with the mypyc-compiled hot path"
         " (setup.py), as a twin named VARIANT+mypyc in the same rounds",
     )
+    parser.add_argument(
+        "--halt-poll-ns",
+        type=int,
+        metavar="NS",
+        help=f"for the run, set {HALT_POLL} (idle vCPUs poll NS ns before halting; restored"
+        " after): takes the guest's wake-up interrupts out of the comparison",
+    )
     args = parser.parse_args(argv)
     known = {v.name for v in VARIANTS}
     chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
@@ -628,6 +658,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {sorted(known)}")
     if args.duration < 1 or args.rounds < 1 or args.warmup < 1 or args.connections < 1:
         parser.error("--duration, --rounds, --warmup and --connections must be positive")
+    if args.halt_poll_ns is not None and args.halt_poll_ns < 0:
+        parser.error("--halt-poll-ns must not be negative")
     args.variants = []
     for variant in VARIANTS:
         if variant.name not in chosen:
@@ -671,7 +703,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     records: list[RunRecord] = []
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
     try:
-        with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp,
+            guest_halt_polling(args.halt_poll_ns),
+        ):
             args.server_dirs = server_dirs(variants, Path(tmp))
             database_url = None
             if uses_redis:
@@ -706,6 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"uvicorn 1 worker, {mode.describe()}; wrk -t1 -c{args.connections};"
         f" {args.duration}s x {args.rounds} interleaved rounds (+{args.warmup}s warm-up each)"
     )
+    if args.halt_poll_ns is not None:
+        title += f"; guest halt-polling {args.halt_poll_ns:,} ns"
     print()
     print(title)
     print(text_table(rows))
