@@ -288,7 +288,7 @@ def guest_halt_polling(nanoseconds: int | None) -> Iterator[None]:
     """With a value: an idle vCPU of this KVM guest polls that long before it halts, for the
     run, and the machine's own setting is put back after it. Waking a halted vCPU takes an
     inter-processor interrupt, which exits to the hypervisor: when a slower server leaves wrk's
-    core idle, each response pays for one (``README``, Performance)."""
+    core idle, nearly every response pays for one (``README``, Performance)."""
     if nanoseconds is None:
         yield
         return
