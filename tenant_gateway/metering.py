@@ -141,12 +141,7 @@ class Meter:
         burst_left = None
         if rate is not None:
             try:
-                burst = self._burst
-                burst_left = (
-                    await burst.acquire(tenant.id, rate)
-                    if burst.shared
-                    else burst.take(tenant.id, rate)
-                )
+                burst_left = await self._burst.acquire(tenant.id, rate)
             except BurstRefused as refused:
                 raise self._burst_refusal(usage_key, day, plan, refused) from None
             except StoreUnavailable:  # the shared burst window is away
