@@ -39,15 +39,12 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 
 from benchmarks import common, run  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    HOST,
     check_redis,
     create_database,
     drop_database,
     ensure_installed,
-    free_port,
 )
 
-SERVER_CORE, WRK_CORE = run.SERVER_CORE, run.WRK_CORE
 _SUMMARY = re.compile(rb"^summary: (\d+)$", re.MULTILINE)
 
 
@@ -62,15 +59,12 @@ class Count:
         return self.instructions / self.requests
 
 
-def callgrind_command(factory: str, port: int, mode: run.ServerMode, out: Path) -> list[str]:
-    return [
-        "taskset", "-c", SERVER_CORE,
+def callgrind(out: Path) -> tuple[str, ...]:
+    """valgrind's command line around the server: one dump file per process under ``out``."""
+    return (
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
         "--dump-instr=no", "--collect-jumps=no",
-        sys.executable, "-m", "uvicorn", factory, "--factory",
-        "--host", HOST, "--port", str(port), "--workers", "1",
-        "--log-level", "warning", "--no-access-log", *mode.args,
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def load(wrk: str, port: int, key: str | None, seconds: int, connections: int) -> None:
@@ -83,20 +77,16 @@ def count(
     variant: run.Variant, args: argparse.Namespace, wrk: str, env: dict[str, str], tmp: Path
 ) -> Count:
     """Instructions the server executed while wrk loaded it, and the pings answered."""
-    port = free_port()
     out = tmp / f"callgrind.{variant.name}"
-    log = tmp / f"{variant.name}.log"
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            callgrind_command(variant.factory, port, args.mode, out),
-            cwd=args.server_dirs[variant.compiled],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        run.wait_ready(proc, port, log, timeout=300)  # valgrind starts Python ~50x slower
+    with run.serve(
+        variant,
+        env,
+        tmp / f"{variant.name}.log",
+        args.mode,
+        args.server_dirs[variant.compiled],
+        wrapper=callgrind(out),
+        ready_timeout=300,  # valgrind starts Python ~50x slower
+    ) as (port, pid):
         key = None
         if variant.plan is not None:
             _, key = run.register_tenant(port, variant.plan, secrets.token_hex(3))
@@ -104,18 +94,11 @@ def count(
             key = f"bench-{secrets.token_hex(3)}"  # no tenant: only the floor's count reads it
         load(wrk, port, key, args.warmup, args.connections)
         before = run.read_hits(port)
-        # valgrind runs the program in place: the pid is the server's.
-        subprocess.run(
-            ["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True
-        )
+        subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
         load(wrk, port, key, args.seconds, args.connections)
-        subprocess.run(
-            ["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True
-        )
+        subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
         requests = run.read_hits(port) - before
-    finally:
-        run.stop(proc)
-    dump = Path(f"{out}.{proc.pid}.1")
+    dump = Path(f"{out}.{pid}.1")
     found = _SUMMARY.search(dump.read_bytes())
     if found is None:
         raise RuntimeError(f"no instruction summary in {dump}")

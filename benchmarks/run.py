@@ -262,10 +262,8 @@ class CpuSample:
 @contextlib.contextmanager
 def cpu_sampler(pid: int) -> Iterator[list[CpuSample]]:
     taken: list[CpuSample] = []
-    (user_before, kernel_before), (total_before, steal_before) = (
-        process_cpu_seconds(pid),
-        machine_ticks(),
-    )
+    user_before, kernel_before = process_cpu_seconds(pid)
+    total_before, steal_before = machine_ticks()
     yield taken
     total, steal = machine_ticks()
     user, kernel = process_cpu_seconds(pid)
@@ -322,9 +320,12 @@ def clean_redis(prefix: str) -> None:
 _live: list[subprocess.Popen[bytes]] = []
 
 
-def uvicorn_command(factory: str, port: int, mode: ServerMode) -> list[str]:
+def uvicorn_command(
+    factory: str, port: int, mode: ServerMode, wrapper: Sequence[str] = ()
+) -> list[str]:
+    """The server's command line, pinned to the server core; ``wrapper`` runs it (valgrind)."""
     return [
-        "taskset", "-c", SERVER_CORE,
+        "taskset", "-c", SERVER_CORE, *wrapper,
         sys.executable, "-m", "uvicorn", factory, "--factory",
         "--host", HOST, "--port", str(port), "--workers", "1",
         "--log-level", "warning", "--no-access-log", *mode.args,
@@ -361,13 +362,20 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: flo
 
 @contextlib.contextmanager
 def serve(
-    variant: Variant, env: dict[str, str], log: Path, mode: ServerMode, cwd: Path = REPO
+    variant: Variant,
+    env: dict[str, str],
+    log: Path,
+    mode: ServerMode,
+    cwd: Path = REPO,
+    wrapper: Sequence[str] = (),
+    ready_timeout: float = 60.0,
 ) -> Iterator[tuple[int, int]]:
-    """(port, pid) of a fresh server (``taskset`` execs Python: the pid is the server's)."""
+    """(port, pid) of a fresh server (``taskset`` execs the wrapper or Python, and valgrind
+    runs its program in place: the pid is the server's)."""
     port = free_port()
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            uvicorn_command(variant.factory, port, mode),
+            uvicorn_command(variant.factory, port, mode, wrapper),
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -376,7 +384,7 @@ def serve(
         )
     _live.append(proc)
     try:
-        wait_ready(proc, port, log, timeout=60)
+        wait_ready(proc, port, log, timeout=ready_timeout)
         yield port, proc.pid
     finally:
         stop(proc)
