@@ -5,7 +5,8 @@ instruction count does not. Each variant of ``run.py`` is served by one uvicorn 
 under ``valgrind --tool=callgrind``; after a warm-up load the counters are zeroed, wrk loads the
 server for a fixed time, the counters are dumped, and the instructions the whole server process
 executed (event loop, HTTP parser, app, gateway, background tasks) are divided by the pings the
-app answered meanwhile. Repeated runs on an idle machine agree within about 0.2 %; background
+app answered meanwhile. Repeated runs on an idle machine agree within about 0.2 % (R-quota, whose
+Redis decisions batch by timing, within ~1.5 %: 317,778 and 322,649 in two runs); background
 work (flushes every second) is spread over the requests counted, so a loaded machine raises it.
 
 Instructions are not time: the count leaves out caches, the kernel's work and the time spent
