@@ -2,7 +2,7 @@
 
 With ``TENANT_GATEWAY_COMPILE=1`` in the environment, the request hot path is also compiled
 with mypyc into C extension modules that sit beside the (identical) Python sources and are
-imported in their place: about 28 % fewer of the CPU instructions the gateway adds to a
+imported in their place: about 27 % fewer of the CPU instructions the gateway adds to a
 request (README, Performance). It needs mypy and a C compiler where the package is built::
 
     TENANT_GATEWAY_COMPILE=1 pip install --no-build-isolation '.[dev]'
