@@ -23,7 +23,6 @@ About 40 s a variant.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import secrets
 import subprocess
@@ -40,9 +39,6 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 
 from benchmarks import common, run  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    check_redis,
-    create_database,
-    drop_database,
     ensure_installed,
 )
 
@@ -156,40 +152,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_installed("valgrind", "valgrind")
     ensure_installed("callgrind_control", "valgrind")
     wrk = run.ensure_wrk()
-    token = secrets.token_hex(4)
-    database, prefix = f"tg_bench_{token}", f"tgbench:{token}:"
-    uses_database = any(v.database for v in variants)
-    uses_redis = any(v.redis for v in variants)
-    database_url = None
     counts: list[Count] = []
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
-    try:
-        if uses_redis:
-            check_redis(run.REDIS_URL)
-        if uses_database:
-            database_url = create_database(database)
-        with tempfile.TemporaryDirectory(prefix="tg-instructions-") as tmp:
-            args.server_dirs = run.server_dirs(variants, Path(tmp))
-            for variant in variants:
-                env = dict(base_env)
-                if variant.database and database_url is not None:
-                    env["TG_BENCH_DATABASE_URL"] = database_url
-                if variant.redis:
-                    env["TG_BENCH_REDIS_URL"] = run.REDIS_URL
-                    env["TG_BENCH_REDIS_PREFIX"] = prefix
-                started = time.monotonic()
-                counted = count(variant, args, wrk, env, Path(tmp))
-                counts.append(counted)
-                print(
-                    f"{variant.name:8} {counted.per_request:10,.0f} instructions/request"
-                    f" over {counted.requests:,} requests ({time.monotonic() - started:.0f} s)",
-                    flush=True,
-                )
-    finally:
-        if uses_redis:
-            run.clean_redis(prefix)
-        if database_url is not None:
-            drop_database(database)
+    with (
+        run.bench_stores(variants) as environment,
+        tempfile.TemporaryDirectory(prefix="tg-instructions-") as tmp,
+    ):
+        args.server_dirs = run.server_dirs(variants, Path(tmp))
+        for variant in variants:
+            started = time.monotonic()
+            counted = count(variant, args, wrk, environment(variant), Path(tmp))
+            counts.append(counted)
+            print(
+                f"{variant.name:8} {counted.per_request:10,.0f} instructions/request"
+                f" over {counted.requests:,} requests ({time.monotonic() - started:.0f} s)",
+                flush=True,
+            )
     title = (
         f"instructions per request (callgrind), uvicorn 1 worker, {args.mode.describe()};"
         f" wrk -c{args.connections}, {args.seconds}s counted after {args.warmup}s"

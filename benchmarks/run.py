@@ -47,7 +47,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -390,6 +390,44 @@ def serve(
         stop(proc)
 
 
+@contextlib.contextmanager
+def bench_stores(variants: Sequence[Variant]) -> Iterator[Callable[[Variant], dict[str, str]]]:
+    """A throw-away PostgreSQL database and Redis key prefix for the variants that use them,
+    removed afterwards with every server still running; yields what gives a variant's server
+    its environment (``benchmarks.apps`` reads the ``TG_BENCH_*`` variables)."""
+    token = secrets.token_hex(4)
+    database, prefix = f"tg_bench_{token}", f"tgbench:{token}:"
+    uses_redis = any(v.redis for v in variants)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
+    if uses_redis:
+        check_redis(REDIS_URL)
+    database_url: str | None = None
+
+    def environment(variant: Variant) -> dict[str, str]:
+        env = dict(base)
+        if variant.database and database_url is not None:
+            env["TG_BENCH_DATABASE_URL"] = database_url
+        if variant.redis:
+            env["TG_BENCH_REDIS_URL"] = REDIS_URL
+            env["TG_BENCH_REDIS_PREFIX"] = prefix
+        return env
+
+    try:
+        if any(v.database for v in variants):
+            database_url = create_database(database)
+        yield environment
+    finally:
+        for proc in list(_live):
+            stop(proc)
+        if uses_redis:
+            try:
+                clean_redis(prefix)
+            except redis.RedisError as exc:
+                print(f"could not delete Redis keys under {prefix!r}: {exc}", flush=True)
+        if database_url is not None:
+            drop_database(database)
+
+
 # -- HTTP -----------------------------------------------------------------------------------
 
 
@@ -702,47 +740,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
 
-    token = secrets.token_hex(4)
-    database = f"tg_bench_{token}"
-    prefix = f"tgbench:{token}:"
-    uses_database = any(v.database for v in variants)
-    uses_redis = any(v.redis for v in variants)
-    database_created = False
     records: list[RunRecord] = []
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp,
-            guest_halt_polling(args.halt_poll_ns),
-        ):
-            args.server_dirs = server_dirs(variants, Path(tmp))
-            database_url = None
-            if uses_redis:
-                check_redis(REDIS_URL)
-            if uses_database:
-                database_url = create_database(database)
-                database_created = True
-            for round_number in range(1, args.rounds + 1):
-                for variant in variants:
-                    env = dict(base_env)
-                    if variant.database and database_url is not None:
-                        env["TG_BENCH_DATABASE_URL"] = database_url
-                    if variant.redis:
-                        env["TG_BENCH_REDIS_URL"] = REDIS_URL
-                        env["TG_BENCH_REDIS_PREFIX"] = prefix
-                    record = measure(variant, round_number, args, wrk, env, Path(tmp))
-                    records.append(record)
-                    print_run(record)
-    finally:
-        for proc in list(_live):
-            stop(proc)
-        if uses_redis:
-            try:
-                clean_redis(prefix)
-            except redis.RedisError as exc:
-                print(f"could not delete Redis keys under {prefix!r}: {exc}", flush=True)
-        if database_created:
-            drop_database(database)
+    with (
+        bench_stores(variants) as environment,
+        tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp,
+        guest_halt_polling(args.halt_poll_ns),
+    ):
+        args.server_dirs = server_dirs(variants, Path(tmp))
+        for round_number in range(1, args.rounds + 1):
+            for variant in variants:
+                record = measure(variant, round_number, args, wrk, environment(variant), Path(tmp))
+                records.append(record)
+                print_run(record)
 
     rows = summarise(records, variants)
     title = (

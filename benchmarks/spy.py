@@ -1,0 +1,313 @@
+"""Where a served request's time goes: py-spy samples of the server under wrk's load.
+
+Each variant of ``run.py`` (by default A, M and R-quota) is served as ``run.py`` serves it (one
+uvicorn worker on core 0), warmed up, then loaded by wrk on core 1 while ``py-spy record``
+samples the server's Python stacks ``--rate`` times a second. Samples of the thread waiting in
+``epoll`` are idle and left out (py-spy's default). Each sample is charged to the innermost
+Python frame of its stack, so the C code a line calls (a socket write, the HTTP parser, a dict
+lookup) counts on that line, and the event loop's own C code (uvloop) on the frame that runs
+the loop. Printed per variant: the share of samples by the package of that frame, and the
+busiest lines. Every frame of the wrapped app runs inside the gateway's, so "tenant_gateway"
+is the gateway's own code, not what it calls.
+
+py-spy samples without stopping the server (``--nonblocking``). ``--calibrate`` shows why, on a
+program whose steps are timed alone first: on this VM (2026-11-27, 8 s per mode) a socket
+send + receive that took 34.0 % of the time got 22.1 % of the non-blocking samples, the
+Python arithmetic 58.0 % got 63.9 %, a ``getpid()`` 4.9 % got 4.9 %; py-spy's default, which
+stops the process for each sample, gave them 37.7 %, 0.3 % and 61.8 % — stops land on system
+calls. So the shares below are close for Python code and low for system calls (the kernel
+time per request is ``run.py``'s column).
+
+The sampler shares the load generator's core: the shares are proportions, not a throughput
+(``run.py`` measures that). Compiled variants are not offered: mypyc's functions are C, which
+py-spy does not see. Usage: ``.venv/bin/python benchmarks/spy.py [--variants A,M,R-quota]
+[--seconds 10] [--rate 400] [--top 12] [--calibrate]``. Needs py-spy (the ``bench`` extra) and wrk;
+PostgreSQL and Redis for R*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import common, run  # noqa: E402
+
+# One frame of py-spy's raw (collapsed) output: "function (path/to/file.py:line)".
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+# Package of a frame's file, by the first of these path fragments it contains.
+PACKAGES = (
+    ("/tenant_gateway/", "tenant_gateway"),
+    ("/benchmarks/", "the app (benchmarks.apps)"),
+    ("/starlette/", "starlette"),
+    ("/uvicorn/", "uvicorn"),
+    ("/uvloop/", "event loop (uvloop, asyncio)"),
+    ("/asyncio/", "event loop (uvloop, asyncio)"),
+    ("/redis/", "redis-py"),
+    ("/asyncpg/", "asyncpg"),
+)
+OTHER = "other (stdlib, site-packages)"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    function: str
+    file: str
+    line: str
+
+    @property
+    def package(self) -> str:
+        return next((name for part, name in PACKAGES if part in self.file), OTHER)
+
+    def describe(self) -> str:
+        file = self.file
+        for part, _ in PACKAGES:
+            if part in file:
+                file = part.strip("/") + "/" + file.split(part, 1)[1]
+                break
+        else:
+            file = Path(file).name
+        return f"{self.function} ({file}:{self.line})"
+
+
+def parse_frame(text: str) -> Frame:
+    found = _FRAME.match(text)
+    if found is None:
+        return Frame(text, "", "")
+    return Frame(found["function"], found["file"], found["line"] or "")
+
+
+@dataclass(slots=True)
+class Profile:
+    variant: str
+    samples: int = 0
+    by_package: collections.Counter[str] = field(default_factory=collections.Counter)
+    by_line: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def add(self, stack: str, count: int) -> None:
+        frames = stack.split(";")
+        leaf = parse_frame(frames[-1])
+        self.samples += count
+        self.by_package[leaf.package] += count
+        self.by_line[leaf.describe()] += count
+
+    def share(self, count: int) -> str:
+        return f"{count / max(1, self.samples):.1%}"
+
+
+def read_raw(path: Path, variant: str) -> Profile:
+    """py-spy's ``--format raw``: one line per distinct stack, "frame;frame;... count",
+    outermost frame first (with ``--threads``, a thread frame leads)."""
+    profile = Profile(variant)
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            profile.add(stack, int(count))
+    return profile
+
+
+def record(variant: run.Variant, args: argparse.Namespace, wrk: str, env: dict[str, str]) -> Path:
+    """Serve ``variant``, warm it up, and sample it while wrk loads it; the raw profile."""
+    tmp: Path = args.tmp
+    out = tmp / f"{variant.name}.raw"
+    with run.serve(variant, env, tmp / f"{variant.name}.log", args.mode) as (port, pid):
+        key = None
+        if variant.plan is not None:
+            _, key = run.register_tenant(port, variant.plan, secrets.token_hex(3))
+        elif variant.sends_key:
+            key = f"bench-{secrets.token_hex(3)}"  # no tenant: only the floor's count reads it
+        run.run_wrk(wrk, port, key, args.warmup, args.connections)
+        sample = [
+            "taskset", "-c", run.WRK_CORE, args.py_spy, "record", "--pid", str(pid),
+            "--rate", str(args.rate), "--duration", str(args.seconds),
+            "--nonblocking", "--format", "raw", "--full-filenames", "--output", str(out),
+        ]  # fmt: skip
+        sampler = subprocess.Popen(
+            sample, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            # wrk outlasts the sampler by a second at each end (py-spy attaches first).
+            result = run.run_wrk(wrk, port, key, args.seconds + 2, args.connections)
+        finally:
+            _, errors = sampler.communicate(timeout=args.seconds + 60)
+        if sampler.returncode != 0 or not out.exists():
+            raise RuntimeError(f"py-spy failed ({sampler.returncode}):\n{errors}")
+        if result.non_2xx or result.socket_errors:
+            raise RuntimeError(f"{result.non_2xx} non-2xx, socket errors: {result.socket_errors}")
+    return out
+
+
+def package_rows(profiles: Sequence[Profile]) -> list[tuple[str, ...]]:
+    ordered = dict.fromkeys([*(name for _, name in PACKAGES), OTHER])  # in order, once each
+    rows = [
+        (name, *(p.share(p.by_package[name]) for p in profiles))
+        for name in ordered
+        if any(p.by_package[name] for p in profiles)
+    ]
+    rows.append(("samples", *(f"{p.samples:,}" for p in profiles)))
+    return rows
+
+
+# -- calibration -----------------------------------------------------------------------------
+
+# A program with known proportions: each step timed alone, then all three in a loop that py-spy
+# samples. Its functions are what the samples are charged to.
+_CALIBRATION_PROGRAM = """
+import json, os, socket, sys, time
+left, right = socket.socketpair()
+PAYLOAD = b"x" * 200
+def system_calls():
+    left.send(PAYLOAD)
+    right.recv(4096)
+def python_code():
+    total = 0
+    for i in range(60):
+        total += i * i
+    return total
+def getpid_call():
+    os.getpid()
+def iteration():
+    system_calls()
+    python_code()
+    getpid_call()
+def timed(step, n=100_000):
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        step()
+    return (time.perf_counter_ns() - start) / n
+steps = {step.__name__: timed(step) for step in (system_calls, python_code, getpid_call)}
+steps["iteration"] = timed(iteration)
+print(json.dumps(steps), flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    iteration()
+"""
+CALIBRATION_STEPS = ("system_calls", "python_code", "getpid_call")
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """How far py-spy's shares are from timed ones on this machine, in both sampling modes."""
+    sampling = {"py-spy --nonblocking (this script)": ["--nonblocking"], "py-spy, stopping": []}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CALIBRATION_PROGRAM, str(2 * args.seconds + 5)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first_line = child.stdout.readline() if child.stdout is not None else ""
+        nanoseconds: dict[str, float] = json.loads(first_line)
+        sampled: dict[str, collections.Counter[str]] = {}
+        with tempfile.TemporaryDirectory(prefix="tg-spy-") as tmp:
+            for label, options in sampling.items():
+                out = Path(tmp) / "calibration.raw"
+                command = [
+                    args.py_spy, "record", "--pid", str(child.pid), *options,
+                    "--rate", str(args.rate), "--duration", str(args.seconds),
+                    "--format", "raw", "--output", str(out),
+                ]  # fmt: skip
+                subprocess.run(command, check=True, capture_output=True, timeout=120)
+                counts: collections.Counter[str] = collections.Counter()
+                for line in out.read_text().splitlines():
+                    stack, _, count = line.rpartition(" ")
+                    counts[parse_frame(stack.split(";")[-1]).function] += int(count)
+                sampled[label] = counts
+    finally:
+        child.kill()
+        child.wait()
+    # What each step takes, and the loop's own share: an iteration less its three steps.
+    own = {step: nanoseconds[step] for step in CALIBRATION_STEPS}
+    own["iteration"] = nanoseconds["iteration"] - sum(own.values())
+    rows = []
+    for step, took in own.items():
+        cells = [f"{took:,.0f} ns", f"{took / nanoseconds['iteration']:.1%}"]
+        for counts in sampled.values():
+            cells.append(f"{counts[step] / max(1, sum(counts.values())):.1%}")
+        rows.append(("the loop itself" if step == "iteration" else step, *cells))
+    print(f"py-spy calibration: {args.rate} samples/s for {args.seconds}s per mode")
+    print(common.text_table(("step", "timed alone", "timed share", *sampling), rows))
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--variants", default="A,M,R-quota")
+    parser.add_argument("--seconds", type=int, default=10, help="sampled load per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of load before sampling")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--rate", type=int, default=400, help="samples per second")
+    parser.add_argument("--top", type=int, default=12, help="busiest lines shown per variant")
+    parser.add_argument("--asyncio", action="store_true", help="asyncio + h11, not uvloop")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="instead of serving, sample a program whose steps are timed: py-spy's error here",
+    )
+    args = parser.parse_args(argv)
+    known = {v.name: v for v in run.VARIANTS if v.requires is None}
+    chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
+    if not chosen or set(chosen) - set(known):
+        parser.error(f"choose variants from {sorted(known)}")
+    if min(args.seconds, args.warmup, args.connections, args.rate, args.top) < 1:
+        parser.error("--seconds, --warmup, --connections, --rate and --top must be positive")
+    args.variants = [known[name] for name in chosen]
+    args.mode = run.server_mode("asyncio" if args.asyncio else None)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    variants: list[run.Variant] = args.variants
+    args.py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+        "py-spy"
+    )
+    if args.py_spy is None:
+        raise SystemExit("py-spy is not installed: pip install -e '.[bench]'")
+    if args.calibrate:
+        return calibrate(args)
+    wrk = run.ensure_wrk()
+    profiles: list[Profile] = []
+    with (
+        run.bench_stores(variants) as environment,
+        tempfile.TemporaryDirectory(prefix="tg-spy-") as tmp,
+    ):
+        args.tmp = Path(tmp)
+        for variant in variants:
+            raw = record(variant, args, wrk, environment(variant))
+            profiles.append(read_raw(raw, variant.name))
+            print(f"{variant.name}: {profiles[-1].samples:,} samples", flush=True)
+    title = (
+        f"py-spy, {args.rate} samples/s for {args.seconds}s under wrk -c{args.connections};"
+        f" uvicorn 1 worker, {args.mode.describe()}; share of samples by the innermost frame"
+    )
+    headers = ("where the sample was", *(p.variant for p in profiles))
+    print()
+    print(title)
+    print(common.text_table(headers, package_rows(profiles)))
+    print()
+    print(common.markdown_table(headers, package_rows(profiles)))
+    for profile in profiles:
+        print()
+        print(f"{profile.variant}: busiest lines ({profile.samples:,} samples)")
+        lines = [
+            (where, profile.share(count)) for where, count in profile.by_line.most_common(args.top)
+        ]
+        print(common.text_table(("innermost frame", "share"), lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
