@@ -262,12 +262,19 @@ class Billing:
                     issued += created
             after = page[-1].id
 
-    async def close_due(self) -> None:
-        """Close the last period that ended more than the grace ago, once per process."""
+    async def close_due(self) -> int | None:
+        """Close the last period that ended more than the grace ago, once per process and by
+        one process at a time: how many invoices this call issued, or None while another
+        process is closing that period (the next call looks again, and finds it done)."""
         due = Period.containing(self._clock() - self._grace).previous
-        if due != self._closed_through:
-            await self.close_period(due)
-            self._closed_through = due
+        if due == self._closed_through:
+            return 0
+        async with self._invoices.closing(str(due)) as mine:
+            if not mine:
+                return None
+            issued = await self.close_period(due)
+        self._closed_through = due
+        return issued
 
 
 def _dump(document: dict[str, object]) -> str:

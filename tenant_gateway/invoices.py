@@ -2,12 +2,15 @@
 
 ``issue`` is safe to call twice, or from two processes at once: the first caller stores the
 document and takes the next number; every other caller gets that same stored document back.
+``closing`` lets one process at a time close a period, so that N workers at the turn of the
+month do the work once instead of N times over.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Protocol
 
@@ -34,11 +37,27 @@ class InvoiceStore(Protocol):
 
     async def invoiced_tenants(self, period: str) -> set[str]: ...
 
+    def closing(self, period: str) -> AbstractAsyncContextManager[bool]:
+        """Whether the caller may close ``period`` now, held until the block ends: False while
+        another closer (in any process sharing the store) has it."""
+
 
 class MemoryInvoices:
     def __init__(self) -> None:
         self._documents: dict[tuple[str, str], str] = {}
         self._numbers = itertools.count(1)
+        self._closing: set[str] = set()
+
+    @asynccontextmanager
+    async def closing(self, period: str) -> AsyncIterator[bool]:
+        if period in self._closing:
+            yield False
+            return
+        self._closing.add(period)
+        try:
+            yield True
+        finally:
+            self._closing.discard(period)
 
     async def issued(self, tenant_id: str, period: str) -> str | None:
         return self._documents.get((tenant_id, period))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
@@ -14,7 +15,10 @@ import pytest
 from tenant_gateway import TenantGateway, load_plans
 from tenant_gateway.billing import build_invoice, round_half_up
 from tenant_gateway.clock import Period
+from tenant_gateway.invoices import InvoiceStore, MemoryInvoices
 from tenant_gateway.models import Tenant, TenantStatus
+from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.invoices import PostgresInvoices
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
@@ -360,6 +364,71 @@ async def test_two_processes_close_the_same_period(postgres_url: str, client_for
     ).json()
     assert len(invoices) == 1 and invoices[0]["period"] == "2026-09"
     assert invoices[0]["total_cents"] == 4900 * 21 // 30  # 10 Sept to the end: 21 of 30 days
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def two_closers(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[InvoiceStore, InvoiceStore]]:
+    """Two handles on one invoice store, as two closers see it: on PostgreSQL two pools (two
+    processes' worth of sessions), in memory one store (closers in one process)."""
+    if request.param == "memory":
+        store = MemoryInvoices()
+        yield store, store
+        return
+    url = request.getfixturevalue("postgres_url")
+    databases = [Database(url), Database(url)]
+    for database in databases:
+        await database.connect()
+    try:
+        yield PostgresInvoices(databases[0]), PostgresInvoices(databases[1])
+    finally:
+        for database in databases:
+            await database.close()
+
+
+async def test_one_closer_at_a_time_holds_a_period(
+    two_closers: tuple[InvoiceStore, InvoiceStore],
+) -> None:
+    first, second = two_closers
+    async with first.closing("2026-10") as held:
+        assert held
+        async with second.closing("2026-10") as also_held:
+            assert not also_held
+        async with second.closing("2026-09") as other_period:
+            assert other_period  # periods do not block each other
+    async with second.closing("2026-10") as held_after:
+        assert held_after
+
+
+async def test_a_worker_leaves_the_close_to_the_one_already_closing(
+    postgres_url: str, client_for: Any
+) -> None:
+    """N workers at the turn of the month: one closes, the others skip and look again."""
+    clock = FakeClock(at("2026-10-20T00:00:00"))
+    gw = TenantGateway(echo_app(), database_url=postgres_url, clock=clock)
+    client = await client_for(gw)
+    tenants = [await register(client, plan="professional") for _ in range(2)]
+    clock.set(at("2026-11-01T00:05:00"))
+    other_worker = Database(postgres_url)
+    await other_worker.connect()
+    try:
+        async with PostgresInvoices(other_worker).closing("2026-10") as held:
+            assert held
+            assert await gw.services.billing.close_due() is None
+            for tenant in tenants:
+                url = f"{T}/{tenant['id']}/billing/invoices"
+                assert (await client.get(url, headers=auth(tenant))).json() == []
+    finally:
+        await other_worker.close()
+    issued = await gw.services.billing.close_due()
+    # Tenants of other tests share this database, so the count covers theirs too.
+    assert issued is not None and issued >= len(tenants)
+    for tenant in tenants:
+        url = f"{T}/{tenant['id']}/billing/invoices"
+        (october,) = (await client.get(url, headers=auth(tenant))).json()
+        assert october["period"] == "2026-10" and october["status"] == "issued"
+    assert await gw.services.billing.close_due() == 0  # done: not even looked at again
 
 
 async def test_the_background_close_issues_last_month_once_past_the_grace(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 from tenant_gateway.invoices import Render, invoice_number
@@ -35,6 +37,22 @@ class PostgresInvoices:
         async with self._db.gateway_transaction() as conn:
             rows = await conn.fetch("SELECT tenant_id FROM tg_invoices WHERE period = $1", period)
         return {row["tenant_id"] for row in rows}
+
+    @asynccontextmanager
+    async def closing(self, period: str) -> AsyncIterator[bool]:
+        # A session lock on a connection held for the whole close; if the unlock never runs
+        # (a cancelled task), the pool's reset on release drops it (pg_advisory_unlock_all).
+        async with self._db.connection() as conn:
+            held: bool = await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtext('tg_close'), hashtext($1))", period
+            )
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock(hashtext('tg_close'), hashtext($1))", period
+                    )
 
     async def issue(
         self, tenant_id: str, period: str, at: datetime, render: Render
