@@ -393,7 +393,7 @@ def serve(
 @contextlib.contextmanager
 def bench_stores(variants: Sequence[Variant]) -> Iterator[Callable[[Variant], dict[str, str]]]:
     """A throw-away PostgreSQL database and Redis key prefix for the variants that use them,
-    removed afterwards with every server still running; yields what gives a variant's server
+    removed afterwards, once every server has stopped; yields what gives a variant's server
     its environment (``benchmarks.apps`` reads the ``TG_BENCH_*`` variables)."""
     token = secrets.token_hex(4)
     database, prefix = f"tg_bench_{token}", f"tgbench:{token}:"

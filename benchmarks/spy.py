@@ -35,6 +35,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,18 +50,41 @@ from benchmarks import common, run  # noqa: E402
 # One frame of py-spy's raw (collapsed) output: "function (path/to/file.py:line)".
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
-# Package of a frame's file, by the first of these path fragments it contains.
-PACKAGES = (
-    ("/tenant_gateway/", "tenant_gateway"),
-    ("/benchmarks/", "the app (benchmarks.apps)"),
-    ("/starlette/", "starlette"),
-    ("/uvicorn/", "uvicorn"),
-    ("/uvloop/", "event loop (uvloop, asyncio)"),
-    ("/asyncio/", "event loop (uvloop, asyncio)"),
-    ("/redis/", "redis-py"),
-    ("/asyncpg/", "asyncpg"),
-)
+EVENT_LOOP = "event loop (uvloop, asyncio)"
 OTHER = "other (stdlib, site-packages)"
+# Where a frame's file lives → the row it is counted in: the top-level package of an installed
+# distribution, or of this checkout; the standard library's asyncio.
+INSTALLED = {
+    "tenant_gateway": "tenant_gateway",
+    "starlette": "starlette",
+    "uvicorn": "uvicorn",
+    "uvloop": EVENT_LOOP,
+    "redis": "redis-py",
+    "asyncpg": "asyncpg",
+}
+CHECKOUT = {"tenant_gateway": "tenant_gateway", "benchmarks": "the app (benchmarks.apps)"}
+ROWS = (*dict.fromkeys([*INSTALLED.values(), *CHECKOUT.values()]), OTHER)
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def _top_package(file: str) -> tuple[str, str] | None:
+    """(top-level package, path inside it) for an installed or checked-out file."""
+    if "/site-packages/" in file:
+        top, _, rest = file.rsplit("/site-packages/", 1)[1].partition("/")
+        return top, rest
+    try:
+        parts = Path(file).resolve().relative_to(REPO).parts
+    except ValueError:
+        return None
+    return (parts[0], "/".join(parts[1:])) if len(parts) > 1 else None
+
+
+def _in_stdlib(file: str) -> str | None:
+    """The path inside the standard library, for a file of it."""
+    path = Path(file)
+    if not path.is_absolute() or not path.resolve().is_relative_to(_STDLIB):
+        return None
+    return path.resolve().relative_to(_STDLIB).as_posix()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +95,20 @@ class Frame:
 
     @property
     def package(self) -> str:
-        return next((name for part, name in PACKAGES if part in self.file), OTHER)
+        found = _top_package(self.file)
+        if found is not None:
+            top, _ = found
+            named = INSTALLED.get(top) if "/site-packages/" in self.file else CHECKOUT.get(top)
+            return named or OTHER
+        in_stdlib = _in_stdlib(self.file)
+        return EVENT_LOOP if in_stdlib is not None and in_stdlib.startswith("asyncio/") else OTHER
 
     def describe(self) -> str:
-        file = self.file
-        for part, _ in PACKAGES:
-            if part in file:
-                file = part.strip("/") + "/" + file.split(part, 1)[1]
-                break
+        found = _top_package(self.file)
+        if found is not None:
+            file = f"{found[0]}/{found[1]}"
         else:
-            file = Path(file).name
+            file = _in_stdlib(self.file) or Path(self.file).name
         return f"{self.function} ({file}:{self.line})"
 
 
@@ -140,10 +168,14 @@ def record(variant: run.Variant, args: argparse.Namespace, wrk: str, env: dict[s
             sample, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         try:
-            # wrk outlasts the sampler by a second at each end (py-spy attaches first).
+            # wrk runs 2 s longer than the sampler; samples taken before its load arrives find
+            # the server idle in epoll, and idle samples are dropped.
             result = run.run_wrk(wrk, port, key, args.seconds + 2, args.connections)
-        finally:
             _, errors = sampler.communicate(timeout=args.seconds + 60)
+        finally:
+            if sampler.poll() is None:
+                sampler.kill()
+                sampler.wait()
         if sampler.returncode != 0 or not out.exists():
             raise RuntimeError(f"py-spy failed ({sampler.returncode}):\n{errors}")
         if result.non_2xx or result.socket_errors:
@@ -152,10 +184,9 @@ def record(variant: run.Variant, args: argparse.Namespace, wrk: str, env: dict[s
 
 
 def package_rows(profiles: Sequence[Profile]) -> list[tuple[str, ...]]:
-    ordered = dict.fromkeys([*(name for _, name in PACKAGES), OTHER])  # in order, once each
     rows = [
         (name, *(p.share(p.by_package[name]) for p in profiles))
-        for name in ordered
+        for name in ROWS
         if any(p.by_package[name] for p in profiles)
     ]
     rows.append(("samples", *(f"{p.samples:,}" for p in profiles)))
@@ -235,7 +266,9 @@ def calibrate(args: argparse.Namespace) -> int:
     for step, took in own.items():
         cells = [f"{took:,.0f} ns", f"{took / nanoseconds['iteration']:.1%}"]
         for counts in sampled.values():
-            cells.append(f"{counts[step] / max(1, sum(counts.values())):.1%}")
+            # Of the samples in the four timed functions (the outer while loop is in none).
+            in_steps = sum(counts[name] for name in own)
+            cells.append(f"{counts[step] / max(1, in_steps):.1%}")
         rows.append(("the loop itself" if step == "iteration" else step, *cells))
     print(f"py-spy calibration: {args.rate} samples/s for {args.seconds}s per mode")
     print(common.text_table(("step", "timed alone", "timed share", *sampling), rows))

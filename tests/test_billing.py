@@ -367,17 +367,23 @@ async def test_two_processes_close_the_same_period(postgres_url: str, client_for
 
 
 @pytest.fixture(params=["memory", "postgres"])
+def closers_database(request: pytest.FixtureRequest) -> str | None:
+    """None for the memory store, else the test database (a sync fixture: the session's
+    database fixture cannot start inside a running event loop)."""
+    return None if request.param == "memory" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
 async def two_closers(
-    request: pytest.FixtureRequest,
+    closers_database: str | None,
 ) -> AsyncIterator[tuple[InvoiceStore, InvoiceStore]]:
     """Two handles on one invoice store, as two closers see it: on PostgreSQL two pools (two
     processes' worth of sessions), in memory one store (closers in one process)."""
-    if request.param == "memory":
+    if closers_database is None:
         store = MemoryInvoices()
         yield store, store
         return
-    url = request.getfixturevalue("postgres_url")
-    databases = [Database(url), Database(url)]
+    databases = [Database(closers_database), Database(closers_database)]
     for database in databases:
         await database.connect()
     try:
@@ -399,6 +405,12 @@ async def test_one_closer_at_a_time_holds_a_period(
             assert other_period  # periods do not block each other
     async with second.closing("2026-10") as held_after:
         assert held_after
+    with pytest.raises(RuntimeError):  # a close that fails lets go of the period too
+        async with first.closing("2026-08") as held:
+            assert held
+            raise RuntimeError("the close failed")
+    async with second.closing("2026-08") as held_after_failure:
+        assert held_after_failure
 
 
 async def test_a_worker_leaves_the_close_to_the_one_already_closing(
@@ -406,7 +418,11 @@ async def test_a_worker_leaves_the_close_to_the_one_already_closing(
 ) -> None:
     """N workers at the turn of the month: one closes, the others skip and look again."""
     clock = FakeClock(at("2026-10-20T00:00:00"))
-    gw = TenantGateway(echo_app(), database_url=postgres_url, clock=clock)
+    # A flush interval of an hour keeps the gateway's own closing loop (every max(interval,
+    # 10 s)) from closing October while the test does.
+    gw = TenantGateway(
+        echo_app(), database_url=postgres_url, clock=clock, usage_flush_interval=3600.0
+    )
     client = await client_for(gw)
     tenants = [await register(client, plan="professional") for _ in range(2)]
     clock.set(at("2026-11-01T00:05:00"))
@@ -428,7 +444,7 @@ async def test_a_worker_leaves_the_close_to_the_one_already_closing(
         url = f"{T}/{tenant['id']}/billing/invoices"
         (october,) = (await client.get(url, headers=auth(tenant))).json()
         assert october["period"] == "2026-10" and october["status"] == "issued"
-    assert await gw.services.billing.close_due() == 0  # done: not even looked at again
+    assert await gw.services.billing.close_due() == 0  # closed: nothing left to issue
 
 
 async def test_the_background_close_issues_last_month_once_past_the_grace(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -10,6 +11,8 @@ from tenant_gateway.invoices import Render, invoice_number
 from tenant_gateway.postgres.database import Database
 
 __all__ = ["PostgresInvoices"]
+
+logger = logging.getLogger("tenant_gateway")
 
 
 class PostgresInvoices:
@@ -50,9 +53,13 @@ class PostgresInvoices:
                 yield held
             finally:
                 if held:
-                    await conn.execute(
-                        "SELECT pg_advisory_unlock(hashtext('tg_close'), hashtext($1))", period
-                    )
+                    try:
+                        await conn.execute(
+                            "SELECT pg_advisory_unlock(hashtext('tg_close'), hashtext($1))",
+                            period,
+                        )
+                    except Exception:  # the pool's reset or the lost session drops it
+                        logger.warning("could not unlock the close of %s", period, exc_info=True)
 
     async def issue(
         self, tenant_id: str, period: str, at: datetime, render: Render
