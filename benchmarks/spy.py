@@ -11,12 +11,12 @@ busiest lines. Every frame of the wrapped app runs inside the gateway's, so "ten
 is the gateway's own code, not what it calls.
 
 py-spy samples without stopping the server (``--nonblocking``). ``--calibrate`` shows why, on a
-program whose steps are timed alone first: on this VM (2026-11-27, 8 s per mode) a socket
-send + receive that took 34.0 % of the time got 22.1 % of the non-blocking samples, the
-Python arithmetic 58.0 % got 63.9 %, a ``getpid()`` 4.9 % got 4.9 %; py-spy's default, which
-stops the process for each sample, gave them 37.7 %, 0.3 % and 61.8 % — stops land on system
-calls. So the shares below are close for Python code and low for system calls (the kernel
-time per request is ``run.py``'s column).
+program whose steps are timed alone first. On this VM (2026-11-27, three runs of 8 s per mode),
+a socket send + receive that took 34–35 % of the time got 22–32 % of the non-blocking samples,
+Python arithmetic at 53–58 % got 52–64 %, a ``getpid()`` at 5 % got 5–10 %; py-spy's default,
+which stops the process for each sample, gave them 33–39 %, 0.3–0.5 % and 61–67 %: its stops
+land on system calls. So the shares below are within about ten points for Python code and
+somewhat short on system calls (the kernel time per request is ``run.py``'s column).
 
 The sampler shares the load generator's core: the shares are proportions, not a throughput
 (``run.py`` measures that). Compiled variants are not offered: mypyc's functions are C, which
