@@ -133,13 +133,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " (setup.py), as a twin named VARIANT+mypyc",
     )
     args = parser.parse_args(argv)
-    known = {v.name: v for v in run.VARIANTS if v.requires is None}
-    chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
-    if not chosen or set(chosen) - set(known):
-        parser.error(f"choose variants from {sorted(known)}")
     if args.seconds < 1 or args.warmup < 1 or args.connections < 1:
         parser.error("--seconds, --warmup and --connections must be positive")
-    args.variants = [known[name] for name in chosen]
+    args.variants = run.pick_variants(parser, args.variants)
     if args.compiled:
         args.variants = run.with_compiled_twins(args.variants)
     args.mode = run.server_mode("asyncio" if args.asyncio else None)

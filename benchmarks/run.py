@@ -122,6 +122,16 @@ def with_compiled_twins(variants: Sequence[Variant]) -> list[Variant]:
     return chosen
 
 
+def pick_variants(parser: argparse.ArgumentParser, names: str) -> list[Variant]:
+    """The variants named in a comma-separated list, among those that need no extra module
+    (``parser.error`` for anything else)."""
+    known = {v.name: v for v in VARIANTS if v.requires is None}
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    if not chosen or set(chosen) - set(known):
+        parser.error(f"choose variants from {sorted(known)}")
+    return [known[name] for name in chosen]
+
+
 def server_dirs(variants: Sequence[Variant], tmp: Path) -> dict[bool, Path]:
     """Where the servers run from: this checkout, and the compiled build if a variant needs it
     (``python -m uvicorn`` imports the package of its working directory first)."""

@@ -290,13 +290,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="instead of serving, sample a program whose steps are timed: py-spy's error here",
     )
     args = parser.parse_args(argv)
-    known = {v.name: v for v in run.VARIANTS if v.requires is None}
-    chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
-    if not chosen or set(chosen) - set(known):
-        parser.error(f"choose variants from {sorted(known)}")
     if min(args.seconds, args.warmup, args.connections, args.rate, args.top) < 1:
         parser.error("--seconds, --warmup, --connections, --rate and --top must be positive")
-    args.variants = [known[name] for name in chosen]
+    args.variants = run.pick_variants(parser, args.variants)
     args.mode = run.server_mode("asyncio" if args.asyncio else None)
     return args
 
