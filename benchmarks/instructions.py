@@ -38,9 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
     sys.path.insert(0, str(REPO))
 
 from benchmarks import common, run  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    ensure_installed,
-)
+from benchmarks.common import ensure_installed  # noqa: E402
 
 _SUMMARY = re.compile(rb"^summary: (\d+)$", re.MULTILINE)
 
@@ -84,11 +82,7 @@ def count(
         wrapper=callgrind(out),
         ready_timeout=300,  # valgrind starts Python ~50x slower
     ) as (port, pid):
-        key = None
-        if variant.plan is not None:
-            _, key = run.register_tenant(port, variant.plan, secrets.token_hex(3))
-        elif variant.sends_key:
-            key = f"bench-{secrets.token_hex(3)}"  # no tenant: only the floor's count reads it
+        _, key = run.caller(variant, port, secrets.token_hex(3))
         load(wrk, port, key, args.warmup, args.connections)
         before = run.read_hits(port)
         subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)

@@ -450,6 +450,16 @@ def register_tenant(port: int, plan: str, run_id: str) -> tuple[str, str]:
     return str(answer["id"]), str(answer["api_key"])
 
 
+def caller(variant: Variant, port: int, run_id: str) -> tuple[str | None, str | None]:
+    """(tenant id, API key) the load generator sends: a new tenant's for a gateway variant, a
+    made-up key for a variant that only keys on it (the floor's count, slowapi), else none."""
+    if variant.plan is not None:
+        return register_tenant(port, variant.plan, run_id)
+    if variant.sends_key:
+        return None, f"bench-{run_id}"
+    return None, None
+
+
 def read_usage(port: int, tenant_id: str, key: str) -> dict[str, Any]:
     return http_json("GET", f"http://{HOST}:{port}{ADMIN_PREFIX}/{tenant_id}/usage", key=key)
 
@@ -524,11 +534,7 @@ def measure(
     run_id = f"{variant.name.lower()}-{round_number}-{secrets.token_hex(3)}"
     log = log_dir / f"{run_id}.log"
     with serve(variant, env, log, args.mode, args.server_dirs[variant.compiled]) as (port, pid):
-        tenant_id = key = None
-        if variant.plan is not None:
-            tenant_id, key = register_tenant(port, variant.plan, run_id)
-        elif variant.sends_key:
-            key = f"bench-{run_id}"  # no tenant: only slowapi's key_func reads it
+        tenant_id, key = caller(variant, port, run_id)
         warmup = run_wrk(wrk, port, key, args.warmup, args.connections)
         with cpu_sampler(pid) as cpu:
             result = run_wrk(wrk, port, key, args.duration, args.connections)

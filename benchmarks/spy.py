@@ -11,12 +11,13 @@ busiest lines. Every frame of the wrapped app runs inside the gateway's, so "ten
 is the gateway's own code, not what it calls.
 
 py-spy samples without stopping the server (``--nonblocking``). ``--calibrate`` shows why, on a
-program whose steps are timed alone first. On this VM (2026-11-27, three runs of 8 s per mode),
-a socket send + receive that took 34–35 % of the time got 22–32 % of the non-blocking samples,
-Python arithmetic at 53–58 % got 52–64 %, a ``getpid()`` at 5 % got 5–10 %; py-spy's default,
-which stops the process for each sample, gave them 33–39 %, 0.3–0.5 % and 61–67 %: its stops
-land on system calls. So the shares below are within about ten points for Python code and
-somewhat short on system calls (the kernel time per request is ``run.py``'s column).
+program whose three steps are timed alone first, then sampled in a loop. On this VM
+(2026-11-27, three runs of 8 s per mode; shares among the three steps), a socket send +
+receive at 36–42 % of the time got 28–36 % of the non-blocking samples, Python arithmetic at
+54–59 % got 55–65 %, a ``getpid()`` at 5–6 % got 7–10 %; py-spy's default, which stops the
+process for each sample, gave them 36–37 %, 0.1–0.3 % and 63–64 %: its stops land on system
+calls. So the shares below are within about ten points for Python code and somewhat short on
+system calls (the kernel time per request is ``run.py``'s column).
 
 The sampler shares the load generator's core: the shares are proportions, not a throughput
 (``run.py`` measures that). Compiled variants are not offered: mypyc's functions are C, which
@@ -125,13 +126,14 @@ class Profile:
     samples: int = 0
     by_package: collections.Counter[str] = field(default_factory=collections.Counter)
     by_line: collections.Counter[str] = field(default_factory=collections.Counter)
+    by_function: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def add(self, stack: str, count: int) -> None:
-        frames = stack.split(";")
-        leaf = parse_frame(frames[-1])
+        leaf = parse_frame(stack.rpartition(";")[2])
         self.samples += count
         self.by_package[leaf.package] += count
         self.by_line[leaf.describe()] += count
+        self.by_function[leaf.function] += count
 
     def share(self, count: int) -> str:
         return f"{count / max(1, self.samples):.1%}"
@@ -153,11 +155,7 @@ def record(variant: run.Variant, args: argparse.Namespace, wrk: str, env: dict[s
     tmp: Path = args.tmp
     out = tmp / f"{variant.name}.raw"
     with run.serve(variant, env, tmp / f"{variant.name}.log", args.mode) as (port, pid):
-        key = None
-        if variant.plan is not None:
-            _, key = run.register_tenant(port, variant.plan, secrets.token_hex(3))
-        elif variant.sends_key:
-            key = f"bench-{secrets.token_hex(3)}"  # no tenant: only the floor's count reads it
+        _, key = run.caller(variant, port, secrets.token_hex(3))
         run.run_wrk(wrk, port, key, args.warmup, args.connections)
         sample = [
             "taskset", "-c", run.WRK_CORE, args.py_spy, "record", "--pid", str(pid),
@@ -195,8 +193,8 @@ def package_rows(profiles: Sequence[Profile]) -> list[tuple[str, ...]]:
 
 # -- calibration -----------------------------------------------------------------------------
 
-# A program with known proportions: each step timed alone, then all three in a loop that py-spy
-# samples. Its functions are what the samples are charged to.
+# A program with known proportions: each step timed alone, then the three in a loop that py-spy
+# samples. The steps' functions are what the samples are charged to.
 _CALIBRATION_PROGRAM = """
 import json, os, socket, sys, time
 left, right = socket.socketpair()
@@ -211,21 +209,18 @@ def python_code():
     return total
 def getpid_call():
     os.getpid()
-def iteration():
-    system_calls()
-    python_code()
-    getpid_call()
 def timed(step, n=100_000):
     start = time.perf_counter_ns()
     for _ in range(n):
         step()
     return (time.perf_counter_ns() - start) / n
 steps = {step.__name__: timed(step) for step in (system_calls, python_code, getpid_call)}
-steps["iteration"] = timed(iteration)
 print(json.dumps(steps), flush=True)
 end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end:
-    iteration()
+    system_calls()
+    python_code()
+    getpid_call()
 """
 CALIBRATION_STEPS = ("system_calls", "python_code", "getpid_call")
 
@@ -251,25 +246,20 @@ def calibrate(args: argparse.Namespace) -> int:
                     "--format", "raw", "--output", str(out),
                 ]  # fmt: skip
                 subprocess.run(command, check=True, capture_output=True, timeout=120)
-                counts: collections.Counter[str] = collections.Counter()
-                for line in out.read_text().splitlines():
-                    stack, _, count = line.rpartition(" ")
-                    counts[parse_frame(stack.split(";")[-1]).function] += int(count)
-                sampled[label] = counts
+                sampled[label] = read_raw(out, label).by_function
     finally:
         child.kill()
         child.wait()
-    # What each step takes, and the loop's own share: an iteration less its three steps.
-    own = {step: nanoseconds[step] for step in CALIBRATION_STEPS}
-    own["iteration"] = nanoseconds["iteration"] - sum(own.values())
+    # Shares among the three steps, timed and sampled alike: the loop around them is left out
+    # of both.
+    timed_total = sum(nanoseconds[step] for step in CALIBRATION_STEPS)
     rows = []
-    for step, took in own.items():
-        cells = [f"{took:,.0f} ns", f"{took / nanoseconds['iteration']:.1%}"]
+    for step in CALIBRATION_STEPS:
+        cells = [f"{nanoseconds[step]:,.0f} ns", f"{nanoseconds[step] / timed_total:.1%}"]
         for counts in sampled.values():
-            # Of the samples in the four timed functions (the outer while loop is in none).
-            in_steps = sum(counts[name] for name in own)
+            in_steps = sum(counts[name] for name in CALIBRATION_STEPS)
             cells.append(f"{counts[step] / max(1, in_steps):.1%}")
-        rows.append(("the loop itself" if step == "iteration" else step, *cells))
+        rows.append((step, *cells))
     print(f"py-spy calibration: {args.rate} samples/s for {args.seconds}s per mode")
     print(common.text_table(("step", "timed alone", "timed share", *sampling), rows))
     return 0
