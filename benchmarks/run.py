@@ -122,14 +122,29 @@ def with_compiled_twins(variants: Sequence[Variant]) -> list[Variant]:
     return chosen
 
 
-def pick_variants(parser: argparse.ArgumentParser, names: str) -> list[Variant]:
-    """The variants named in a comma-separated list, among those that need no extra module
-    (``parser.error`` for anything else)."""
-    known = {v.name: v for v in VARIANTS if v.requires is None}
-    chosen = [name.strip() for name in names.split(",") if name.strip()]
-    if not chosen or set(chosen) - set(known):
-        parser.error(f"choose variants from {sorted(known)}")
-    return [known[name] for name in chosen]
+def pick_variants(
+    parser: argparse.ArgumentParser, names: str, optional: bool = False
+) -> list[Variant]:
+    """The variants named in a comma-separated list, in the table's order (``parser.error`` for
+    an unknown name). Those that need a module of their own (S: slowapi) are known only when
+    ``optional``, and skipped with a message if the module is missing."""
+    known = {v.name for v in VARIANTS if optional or v.requires is None}
+    chosen = {name.strip() for name in names.split(",") if name.strip()}
+    if not chosen or chosen - known:
+        parser.error(f"unknown variants {sorted(chosen - known)}; choose from {sorted(known)}")
+    picked = []
+    for variant in VARIANTS:
+        if variant.name not in chosen:
+            continue
+        if variant.requires is not None and not importable(variant.requires):
+            print(
+                f"variant {variant.name} skipped: {variant.requires} is not installed"
+                f" (pip install {variant.requires})",
+                flush=True,
+            )
+            continue
+        picked.append(variant)
+    return picked
 
 
 def server_dirs(variants: Sequence[Variant], tmp: Path) -> dict[bool, Path]:
@@ -713,27 +728,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " after): takes the guest's wake-up interrupts out of the comparison",
     )
     args = parser.parse_args(argv)
-    known = {v.name for v in VARIANTS}
-    chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
-    unknown = set(chosen) - known
-    if unknown or not chosen:
-        parser.error(f"unknown variants {sorted(unknown)}; choose from {sorted(known)}")
     if args.duration < 1 or args.rounds < 1 or args.warmup < 1 or args.connections < 1:
         parser.error("--duration, --rounds, --warmup and --connections must be positive")
     if args.halt_poll_ns is not None and args.halt_poll_ns < 0:
         parser.error("--halt-poll-ns must not be negative")
-    args.variants = []
-    for variant in VARIANTS:
-        if variant.name not in chosen:
-            continue
-        if variant.requires is not None and not importable(variant.requires):
-            print(
-                f"variant {variant.name} skipped: {variant.requires} is not installed"
-                f" (pip install {variant.requires})",
-                flush=True,
-            )
-            continue
-        args.variants.append(variant)
+    args.variants = pick_variants(parser, args.variants, optional=True)
     if not args.variants:
         parser.error("no variant left to run")
     if args.compiled:
