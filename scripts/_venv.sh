@@ -1,15 +1,36 @@
-# Sourced by scripts/serve and scripts/test: make .venv and install the project into it.
-# $1: the extras to install ("" or "[dev]").
+# Sourced by scripts/serve, scripts/test and scripts/lock: make .venv exactly what a lock file in
+# requirements/ says, then install the project into it (editable, pure Python).
+# $1: the lock to install, "serve" (the runtime) or "dev" (tests, tools, benchmarks).
+# Every package comes from the lock with its hash checked; the project is built with the locked
+# setuptools (--no-build-isolation), so nothing is taken from whatever the index holds today.
+# A .venv made from another lock (or another version of it) is made again from scratch, so no
+# package left from an earlier install can take part; serve is satisfied by a dev environment
+# (dev.txt holds serve.txt's versions).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [ ! -x .venv/bin/python ]; then
+lock="requirements/${1:?serve or dev}.txt"
+stamp() { echo "$1 $(sha256sum "requirements/$1.txt" | cut -d' ' -f1)"; }
+installed="$(cat .venv/locked 2>/dev/null || true)"
+if [ "$installed" != "$(stamp "$1")" ] && [ "$installed" != "$(stamp dev)" ]; then
+  rm -rf .venv
   python3 -m venv .venv
+  if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+      --no-deps -r "$lock" >.venv/pip.log 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" .venv/pip.log >&2
+    rm -rf .venv  # a half-made environment must not pass for a locked one next time
+    exit 1
+  fi
+  stamp "$1" >.venv/locked
 fi
-# Pure Python, whatever the environment says (setup.py compiles only when asked to).
-installed=0
-env -u TENANT_GATEWAY_COMPILE .venv/bin/python -m pip install --quiet \
-  --disable-pip-version-check -e ".${1:-}" >.venv/pip.log 2>&1 || installed=$?
-grep -v "is ignored: it is neither a file nor a directory" .venv/pip.log || true
-if [ "$installed" -ne 0 ]; then
-  exit "$installed"
+# The project itself, against what is installed (no dependency is resolved here); pure Python,
+# whatever the environment says (setup.py compiles only when asked to).
+if ! env -u TENANT_GATEWAY_COMPILE .venv/bin/python -m pip install --quiet \
+    --disable-pip-version-check --no-deps --no-build-isolation -e . >.venv/pip.log 2>&1; then
+  grep -v "is ignored: it is neither a file nor a directory" .venv/pip.log >&2
+  exit 1
+fi
+# A lock that misses a dependency of something in it fails here, not in a test.
+if ! .venv/bin/python -m pip check --disable-pip-version-check >.venv/pip.log 2>&1; then
+  cat .venv/pip.log >&2
+  exit 1
 fi

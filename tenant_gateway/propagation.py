@@ -75,7 +75,7 @@ class RedisInvalidator(Invalidator):
                 logger.warning("invalidation channel lost (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
+                await pubsub.aclose()
 
     async def close(self) -> None:
         await self._redis.aclose()
