@@ -61,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between usage flushes to the ledger (the loss window on a crash)",
     )
+    serve.add_argument(
+        "--key-cache-ttl",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long a worker trusts a resolved key before asking the database again"
+        " (admin changes also evict it at once through Redis)",
+    )
+    serve.add_argument(
+        "--key-cache-size", type=int, default=100_000, help="resolved keys kept per worker"
+    )
 
     billing = commands.add_parser("billing", help="billing operations")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
@@ -123,10 +134,14 @@ def build_app() -> TenantGateway:
         admin_jwt_secret=os.environ.get("TG_ADMIN_JWT_SECRET") or None,
         redis_key_prefix=os.environ.get("TG_REDIS_KEY_PREFIX", "tg:"),
         usage_flush_interval=float(os.environ.get("TG_FLUSH_INTERVAL", "1.0")),
+        key_cache_ttl=float(os.environ.get("TG_KEY_CACHE_TTL", "1.0")),
+        key_cache_size=int(os.environ.get("TG_KEY_CACHE_SIZE", "100000")),
     )
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.flush_interval <= 0 or args.key_cache_ttl < 0 or args.key_cache_size < 1:
+        return _fail("--flush-interval must be > 0, --key-cache-ttl >= 0 and --key-cache-size >= 1")
     if args.plans:
         load_plans(args.plans)  # fail fast with a clear message
     try:
@@ -141,6 +156,8 @@ def _serve(args: argparse.Namespace) -> int:
         ("TG_PLANS", args.plans),
         ("TG_REDIS_KEY_PREFIX", args.redis_key_prefix),
         ("TG_FLUSH_INTERVAL", str(args.flush_interval)),
+        ("TG_KEY_CACHE_TTL", str(args.key_cache_ttl)),
+        ("TG_KEY_CACHE_SIZE", str(args.key_cache_size)),
     ):
         if value:
             os.environ[name] = value

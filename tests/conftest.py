@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import httpx
@@ -52,7 +52,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(f"compiled modules {sorted(compiled)}, expected {sorted(HOT_PATH)}", 1)
 
 
-def _unavailable(what: str, exc: BaseException) -> None:
+def unavailable(what: str, exc: BaseException) -> NoReturn:
+    """The one rule for a real service that cannot be reached: skip locally, fail under CI."""
     message = f"{what} is not reachable: {exc}"
     if IN_CI:
         pytest.fail(message + " (CI=true: a missing service is a failure)")
@@ -94,7 +95,7 @@ def postgres_url() -> Iterator[str]:
     try:
         asyncio.run(run(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as exc:
-        _unavailable("PostgreSQL", exc)
+        unavailable("PostgreSQL", exc)
     try:
         yield _url_with_database(PG_ADMIN_URL, name)
     finally:
@@ -107,7 +108,7 @@ def redis_url() -> str:
     try:
         client.ping()
     except redis.RedisError as exc:
-        _unavailable("Redis", exc)
+        unavailable("Redis", exc)
     finally:
         client.close()
     return REDIS_URL

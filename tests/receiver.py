@@ -14,10 +14,13 @@ from starlette.routing import Route
 
 
 class WebhookReceiver:
-    def __init__(self, *, hang_seconds: float = 0.0, fail_first: int = 0) -> None:
+    def __init__(self, *, hang: bool = False, fail_first: int = 0) -> None:
+        """``hang``: every delivery waits, unanswered, until the test calls ``release()``."""
         self.deliveries: list[tuple[dict[str, str], bytes]] = []
         self.attempts = 0
-        self._hang = hang_seconds
+        self._released = asyncio.Event()
+        if not hang:
+            self._released.set()
         self._fail_first = fail_first
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -32,12 +35,14 @@ class WebhookReceiver:
 
     async def _hook(self, request: Request) -> Response:
         self.attempts += 1
-        if self._hang:
-            await asyncio.sleep(self._hang)
+        await self._released.wait()
         if self.attempts <= self._fail_first:
             return Response(status_code=500)
         self.deliveries.append((dict(request.headers), await request.body()))
         return Response(status_code=204)
+
+    def release(self) -> None:
+        self._released.set()
 
     async def __aenter__(self) -> WebhookReceiver:
         self._task = asyncio.create_task(self._server.serve())
@@ -46,6 +51,7 @@ class WebhookReceiver:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.release()
         self._server.should_exit = True
         self._server.force_exit = True
         if self._task is not None:

@@ -19,7 +19,7 @@ from tenant_gateway import Tenant, TenantGateway, get_current_tenant, tenant_tra
 from tenant_gateway.demo import create_projects_table
 from tenant_gateway.postgres.database import OWNER_ROLE, RUNTIME_ROLE, Database, isolate_table
 
-from .conftest import PG_ADMIN_URL, _url_with_database
+from .conftest import PG_ADMIN_URL, _url_with_database, unavailable
 
 TASKS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -57,7 +57,7 @@ def isolated_db(request: pytest.FixtureRequest) -> Iterator[str]:
             asyncio.run(_admin(f'CREATE DATABASE "{name}" OWNER "{login}"'))
             url = _url_with_database(PG_ADMIN_URL, name).replace("postgres@", f"{login}@")
     except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
+        unavailable("PostgreSQL", exc)
 
     async def prepare() -> None:
         database = Database(url)

@@ -29,23 +29,35 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self._args, self._env = args, env
+        self._spawn()
+
+    def _spawn(self) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tg-serve-{self.port}.log"
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
-            [*CLI, "serve", "--port", str(self.port), *args],
+            [*CLI, "serve", "--port", str(self.port), *self._args],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(self._env or {})},
             start_new_session=True,  # its own process group: stop() reaches every worker
         )
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the port accepts connections. The port was free when chosen; if something else
+        on the machine took it meanwhile, the server starts again on another (twice at most)."""
         deadline = time.monotonic() + timeout
+        respawns = 2
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"server exited early:\n{self.log.read_text()}")
+                log = self.stop()
+                if "address already in use" in log and respawns:
+                    respawns -= 1
+                    self._spawn()
+                    continue
+                raise AssertionError(f"server exited early:\n{log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
@@ -239,6 +251,15 @@ def test_bad_plans_file_is_one_clear_line(tmp_path: Path) -> None:
     result = run_cli("serve", "--plans", str(plans))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "plan 'x'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option", [("--key-cache-ttl", "-1"), ("--key-cache-size", "0"), ("--flush-interval", "0")]
+)
+def test_out_of_range_serve_setting_is_one_clear_line(option: tuple[str, str]) -> None:
+    result = run_cli("serve", "--port", str(free_port()), *option)
+    assert result.returncode == 2 and result.stdout == ""  # refused before anything is served
+    assert result.stderr.count("\n") == 1 and option[0] in result.stderr
 
 
 def test_migrate_is_idempotent(postgres_url: str) -> None:
