@@ -307,6 +307,24 @@ async def test_access_log_never_prints_a_key() -> None:
     assert "Traceback" not in log
 
 
+async def test_forwarded_for_is_ignored_by_default() -> None:
+    """uvicorn used to trust X-Forwarded-For from 127.0.0.1: any local peer chose its audit IP."""
+    server = Server()
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base) as client:
+            registered = await client.post(
+                "/api/v1/tenants/register",
+                json=register_body(),
+                headers={"X-Forwarded-For": "203.0.113.9"},
+            )
+            assert registered.status_code == 201, registered.text
+            assert await audit_ips(client, registered.json()) == ["127.0.0.1"]
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log, log
+
+
 async def test_client_address_follows_forwarded_for_only_from_trusted_proxies() -> None:
     """By default X-Forwarded-For is ignored: it neither sets the audit IP nor gives a client a
     fresh sign-up allowance. A proxy named by --forwarded-allow-ips is believed."""
