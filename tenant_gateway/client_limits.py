@@ -108,6 +108,7 @@ class ClientLimiter:
         """Shared window only: addresses refused, until when (the injected clock)."""
         self._until_sweep = _SWEEP_EVERY
         self._shared: MovingWindowRateLimiter | None = None
+        self._storage: Storage | None = None
         if storage_uri is not None:
             storage = storage_from_string(
                 storage_uri,
@@ -118,6 +119,7 @@ class ClientLimiter:
             )
             if not isinstance(storage, Storage):
                 raise ConfigurationError(f"{storage_uri!r} is not an async+ storage")
+            self._storage = storage
             self._shared = MovingWindowRateLimiter(storage)
 
     def over(self, address: str) -> int:
@@ -185,6 +187,13 @@ class ClientLimiter:
             del self._windows[address]
         for address in [a for a, until in self._refused.items() if until <= now]:
             del self._refused[address]
+
+    async def close(self) -> None:
+        """Close the shared window's Redis client (``limits`` has no close of its own)."""
+        bridge = getattr(self._storage, "bridge", None)
+        client: Any = getattr(bridge, "storage", None)
+        if client is not None:
+            await client.aclose()
 
     def __len__(self) -> int:
         """Addresses this process keeps state for."""

@@ -165,6 +165,8 @@ class Services:
         except StoreUnavailable as exc:
             logger.error("usage could not be flushed at shutdown: %s", exc)
         await self.invalidator.close()
+        if self.signup_limiter is not None:
+            await self.signup_limiter.close()
         await self.counters.close()
         await self.directory.close()
 
