@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from tenant_gateway import TenantGateway
-from tenant_gateway.client_limits import ClientLimiter, client_address, parse_rate
-from tenant_gateway.exceptions import ConfigurationError, Problem
+from tenant_gateway.client_limits import ClientLimiter, client_address, limiter_for, parse_rate
+from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
 from tenant_gateway.keys import generate_api_key
 from tenant_gateway.postgres.directory import PostgresDirectory
 from tenant_gateway.resolver import KeyResolver
@@ -343,3 +343,15 @@ async def test_window_and_retry_after_follow_the_injected_clock() -> None:
     assert limiter.over("a") == 0 and await limiter.hit("a") == 0
     assert limiter.over("a") == 10
     assert len(limiter) == 1
+
+
+async def test_an_unreachable_shared_window_is_a_store_outage() -> None:
+    """The admin API answers it 503 service_unavailable, as any store outage."""
+    limiter = limiter_for(
+        "3/day", "signup_rate", FakeClock(), redis_url="redis://127.0.0.1:1/0", key_prefix="x:"
+    )
+    assert limiter is not None
+    with pytest.raises(StoreUnavailable) as outage:
+        await limiter.hit("203.0.113.7")
+    assert outage.value.store == "Redis"
+    await limiter.close()
