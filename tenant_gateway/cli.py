@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 import uvicorn
 
+from tenant_gateway.accesslog import log_config
+from tenant_gateway.client_limits import parse_rate
 from tenant_gateway.clock import Period
 from tenant_gateway.demo import build_demo_app
 from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable, redact_url
@@ -72,6 +74,38 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--key-cache-size", type=int, default=100_000, help="resolved keys kept per worker"
     )
+    signup = serve.add_argument_group("sign-up and client addresses")
+    signup.add_argument(
+        "--no-signup",
+        action="store_true",
+        help="POST /register needs an operator token (env TG_ALLOW_SIGNUP=false)",
+    )
+    signup.add_argument(
+        "--signup-rate",
+        default=os.environ.get("TG_SIGNUP_RATE") or "10/minute",
+        metavar="RATE",
+        help="self-service sign-ups per client address, e.g. 10/minute (the default);"
+        " 'unlimited' turns the limit off",
+    )
+    signup.add_argument(
+        "--signup-plans",
+        default=os.environ.get("TG_SIGNUP_PLANS") or None,
+        metavar="PLAN[,PLAN…]",
+        help="the plans self-service sign-up may choose (default: all; operators: any)",
+    )
+    signup.add_argument(
+        "--auth-failure-rate",
+        default=os.environ.get("TG_AUTH_FAILURE_RATE") or "30/minute",
+        metavar="RATE",
+        help="failed key authentications per client address and worker before 429;"
+        " 'unlimited' turns the limit off",
+    )
+    signup.add_argument(
+        "--forwarded-allow-ips",
+        default=os.environ.get("TG_FORWARDED_ALLOW_IPS") or "",
+        metavar="IP[,IP|CIDR…]",
+        help="proxies whose X-Forwarded-For gives the client address (default: none)",
+    )
 
     billing = commands.add_parser("billing", help="billing operations")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
@@ -123,6 +157,18 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _env_flag(name: str) -> bool:
+    """A true/false environment setting (unset: true)."""
+    value = os.environ.get(name, "true").strip().lower()
+    if value not in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        raise ConfigurationError(f"{name} must be true or false, got {value!r}")
+    return value in ("true", "1", "yes", "on")
+
+
+def _plan_list(text: str | None) -> list[str] | None:
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
 def build_app() -> TenantGateway:
     """The app ``serve`` runs, configured from the environment (for ``--workers`` > 1)."""
     database_url = os.environ.get("TG_DATABASE_URL") or None
@@ -136,14 +182,23 @@ def build_app() -> TenantGateway:
         usage_flush_interval=float(os.environ.get("TG_FLUSH_INTERVAL", "1.0")),
         key_cache_ttl=float(os.environ.get("TG_KEY_CACHE_TTL", "1.0")),
         key_cache_size=int(os.environ.get("TG_KEY_CACHE_SIZE", "100000")),
+        allow_signup=_env_flag("TG_ALLOW_SIGNUP"),
+        signup_rate=os.environ.get("TG_SIGNUP_RATE") or "10/minute",
+        signup_plans=_plan_list(os.environ.get("TG_SIGNUP_PLANS") or None),
+        auth_failure_rate=os.environ.get("TG_AUTH_FAILURE_RATE") or "30/minute",
     )
 
 
 def _serve(args: argparse.Namespace) -> int:
     if args.flush_interval <= 0 or args.key_cache_ttl < 0 or args.key_cache_size < 1:
         return _fail("--flush-interval must be > 0, --key-cache-ttl >= 0 and --key-cache-size >= 1")
-    if args.plans:
-        load_plans(args.plans)  # fail fast with a clear message
+    catalog = load_plans(args.plans)  # fail fast with a clear message
+    allow_signup = not args.no_signup and _env_flag("TG_ALLOW_SIGNUP")
+    parse_rate(args.signup_rate, "--signup-rate")
+    parse_rate(args.auth_failure_rate, "--auth-failure-rate")
+    offered = _plan_list(args.signup_plans)
+    if offered is not None and (not offered or not set(offered) <= set(catalog)):
+        return _fail(f"--signup-plans must name plans of the catalogue: {', '.join(catalog)}")
     try:
         asyncio.run(_preflight(args.database_url, args.redis_url))
     except StoreUnavailable as exc:
@@ -158,6 +213,10 @@ def _serve(args: argparse.Namespace) -> int:
         ("TG_FLUSH_INTERVAL", str(args.flush_interval)),
         ("TG_KEY_CACHE_TTL", str(args.key_cache_ttl)),
         ("TG_KEY_CACHE_SIZE", str(args.key_cache_size)),
+        ("TG_ALLOW_SIGNUP", "true" if allow_signup else "false"),
+        ("TG_SIGNUP_RATE", args.signup_rate),
+        ("TG_SIGNUP_PLANS", args.signup_plans),
+        ("TG_AUTH_FAILURE_RATE", args.auth_failure_rate),
     ):
         if value:
             os.environ[name] = value
@@ -187,6 +246,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level="info",
         lifespan="on",
         timeout_graceful_shutdown=30,
+        # The client address (limits, audit) follows X-Forwarded-For only from these proxies.
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        log_config=log_config(),  # no tk_ key reaches the log
     )
     return 0
 

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tenant_gateway import problems
 from tenant_gateway.admin.app import build_admin_app
 from tenant_gateway.admin.auth import OperatorAuth
+from tenant_gateway.client_limits import client_address, limiter_for
 from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
@@ -77,6 +78,9 @@ class TenantGateway:
         max_body_bytes: int = 10 * 1024 * 1024,
         admin_max_body_bytes: int = 1024 * 1024,
         allow_signup: bool = True,
+        signup_rate: str | None = "10/minute",
+        signup_plans: Sequence[str] | None = None,
+        auth_failure_rate: str | None = "30/minute",
         redis_key_prefix: str = "tg:",
         burst_storage: str = "async+memory://",
         key_cache_ttl: float = 1.0,
@@ -112,8 +116,13 @@ class TenantGateway:
             if admin_jwt_secret or admin_jwt_public_key
             else None
         )
+        catalog = load_plans(plans)
+        if signup_plans is not None and (not signup_plans or not set(signup_plans) <= set(catalog)):
+            raise ConfigurationError(
+                f"signup_plans must name plans of the catalogue ({', '.join(sorted(catalog))})"
+            )
         self.services = Services.create(
-            plans=load_plans(plans),
+            plans=catalog,
             database_url=database_url,
             redis_url=redis_url,
             redis_key_prefix=redis_key_prefix,
@@ -125,6 +134,13 @@ class TenantGateway:
             key_cache_ttl=key_cache_ttl,
             key_cache_size=key_cache_size,
             on_quota_threshold=on_quota_threshold,
+            # Sign-ups are counted in Redis when there is one (one limit for every worker);
+            # failed authentications in process, inline: no I/O on a flood's path.
+            signup_limiter=limiter_for(
+                signup_rate, "signup_rate", clock, redis_url=redis_url, key_prefix=redis_key_prefix
+            ),
+            signup_plans=None if signup_plans is None else frozenset(signup_plans),
+            auth_failures=limiter_for(auth_failure_rate, "auth_failure_rate", clock),
         )
         self.meter = Meter(
             self.services.counters,
@@ -274,7 +290,9 @@ class TenantGateway:
             if raw_key is None:
                 raise problems.missing_api_key()
             resolver = self.services.resolver
-            principal = resolver.cached(raw_key) or await resolver.resolve(raw_key)
+            principal = resolver.cached(raw_key) or await resolver.resolve(
+                raw_key, client_address(scope)
+            )
             if not principal.may_call_api:
                 raise problems.forbidden(f"A {principal.key.role.value} key may not call the API.")
             tenant = principal.tenant

@@ -28,6 +28,7 @@ __all__ = [
     "rate_limited",
     "service_unavailable",
     "tenant_suspended",
+    "too_many_attempts",
     "too_many_users",
     "unauthorized",
     "user_exists",
@@ -117,6 +118,17 @@ def rate_limited(per_second: int, retry_after: int) -> Problem:
         "rate_limited",
         "Burst rate limit exceeded",
         f"The plan allows {per_second} calls per second.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def too_many_attempts(what: str, retry_after: int) -> Problem:
+    """A per-client-address limit (sign-ups, failed authentications) is used up."""
+    return Problem(
+        429,
+        "rate_limited",
+        "Too many requests from this address",
+        f"Too many {what} from this client address; try again in {retry_after} s.",
         headers={"Retry-After": str(retry_after)},
     )
 

@@ -15,6 +15,12 @@ background reload, so a busy key never expires under its traffic (without it, ev
 stalls all its concurrent requests on a query once per TTL). An entry is never served past its
 TTL, so refreshing ahead does not stretch the revocation bound; a load that overlaps an
 eviction (``forget_*``) is not cached.
+
+Failed authentications that cost a lookup (unknown, revoked or expired keys, deleted tenants)
+are counted per client address when a ``failures`` limiter is given. An address over its limit
+gets 429 for any key this process has not seen valid, before any lookup; a key it has resolved
+to a tenant before (its entry is kept, stale, until the LRU drops it) is still looked up, so the
+other clients behind a shared address (NAT) keep working.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tenant_gateway import problems
+from tenant_gateway.client_limits import ClientLimiter
 from tenant_gateway.clock import Clock
 from tenant_gateway.directory import TenantDirectory
 from tenant_gateway.exceptions import StoreUnavailable
@@ -57,6 +64,12 @@ REFRESH_AHEAD = 0.25
 _Entry = tuple[float, Principal | None, float]
 
 
+def _fails(entry: _Entry, now: float) -> bool:
+    """Whether ``_admit`` refuses the entry as an invalid key (what the failure limit counts)."""
+    principal = entry[1]
+    return principal is None or now >= entry[2] or principal.tenant.status is TenantStatus.DELETED
+
+
 def _usable_until(key: ApiKeyRecord) -> float:
     ends = [moment.timestamp() for moment in (key.expires_at, key.revoked_at) if moment]
     return min(ends) if ends else math.inf
@@ -71,8 +84,10 @@ class KeyResolver:
         ttl: float = 1.0,
         max_entries: int = 100_000,
         api_roles: frozenset[Role] = frozenset(Role),
+        failures: ClientLimiter | None = None,
     ) -> None:
         self._directory = directory
+        self._failures = failures
         self._clock = clock
         self._ttl = ttl
         self._max_entries = max_entries
@@ -95,13 +110,19 @@ class KeyResolver:
             self._loads.start(raw_key, lambda: self._load(raw_key, now))
         return self._admit(entry, now)
 
-    async def resolve(self, raw_key: str) -> Principal:
-        """The principal for ``raw_key``, or a ``Problem`` (401 invalid key, 403 suspended)."""
+    async def resolve(self, raw_key: str, client: str = "") -> Principal:
+        """The principal for ``raw_key``, or a ``Problem`` (401 invalid key, 403 suspended,
+        429 when ``client``, an address from ``client_address``, has failed too often)."""
         now = self._clock()
         entry = self._cache.get(raw_key)
         if entry is None or entry[0] <= now:
             if not is_well_formed(raw_key):
                 raise problems.invalid_api_key()
+            failures = self._failures
+            if failures is not None and (entry is None or entry[1] is None):
+                wait = failures.over(client)
+                if wait:
+                    raise problems.too_many_attempts("failed authentications", wait)
             generation = self._generation
             try:
                 entry = await self._loads.join(raw_key, lambda: self._load(raw_key, now))
@@ -113,6 +134,10 @@ class KeyResolver:
                 # The directory is down: keep serving what we knew, and try again next TTL.
                 entry = (now + self._ttl, entry[1], entry[2])
                 self._cache[raw_key] = entry
+            if failures is not None and _fails(entry, now):
+                wait = await failures.hit(client)
+                if wait:
+                    raise problems.too_many_attempts("failed authentications", wait)
         return self._admit(entry, now)
 
     def _admit(self, entry: _Entry, now: float) -> Principal:

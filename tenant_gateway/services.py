@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from tenant_gateway.admin.auth import ROLE_ACTIONS, Action, OperatorAuth
 from tenant_gateway.billing import Billing
+from tenant_gateway.client_limits import ClientLimiter
 from tenant_gateway.clock import Clock
 from tenant_gateway.directory import MemoryDirectory, TenantDirectory
 from tenant_gateway.events import EventDispatcher, QuotaHook
@@ -52,6 +53,9 @@ class Services:
     max_body_bytes: int
     flush_interval: float
     import_max_bytes: int = 256 * 1024 * 1024
+    signup_limiter: ClientLimiter | None = None
+    signup_plans: frozenset[str] | None = None
+    """The plans self-service sign-up may choose (None: all)."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -71,6 +75,9 @@ class Services:
         key_cache_size: int,
         on_quota_threshold: QuotaHook | None,
         invoice_close_grace: float = 60.0,
+        signup_limiter: ClientLimiter | None = None,
+        signup_plans: frozenset[str] | None = None,
+        auth_failures: ClientLimiter | None = None,
     ) -> Services:
         database = Database(database_url) if database_url else None
         directory: TenantDirectory
@@ -94,6 +101,7 @@ class Services:
             ttl=key_cache_ttl,
             max_entries=key_cache_size,
             api_roles=frozenset(r for r, can in ROLE_ACTIONS.items() if Action.CALL_API in can),
+            failures=auth_failures,
         )
         invalidator = (
             RedisInvalidator(resolver, redis_url, channel=f"{redis_key_prefix}invalidate")
@@ -124,6 +132,8 @@ class Services:
             allow_signup=allow_signup,
             max_body_bytes=max_body_bytes,
             flush_interval=flush_interval,
+            signup_limiter=signup_limiter,
+            signup_plans=signup_plans,
         )
 
     async def start(self) -> None:
@@ -155,6 +165,8 @@ class Services:
         except StoreUnavailable as exc:
             logger.error("usage could not be flushed at shutdown: %s", exc)
         await self.invalidator.close()
+        if self.signup_limiter is not None:
+            await self.signup_limiter.close()
         await self.counters.close()
         await self.directory.close()
 

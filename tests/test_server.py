@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .conftest import JWT_SECRET, operator_headers
+
 CLI = [sys.executable, "-m", "tenant_gateway.cli"]
 pytestmark = pytest.mark.slow
 
@@ -267,3 +269,155 @@ def test_migrate_is_idempotent(postgres_url: str) -> None:
         result = run_cli("migrate", "--database-url", postgres_url)
         assert result.returncode == 0, result.stderr
         assert "up to date" in result.stdout
+
+
+# -- sign-up controls, client addresses, the access log (issue 17) ---------------------------
+
+
+def register_body(plan: str = "free") -> dict[str, str]:
+    return {"name": "Acme Corp", "plan": plan, "admin_email": "admin@acme.com"}
+
+
+async def audit_ips(client: httpx.AsyncClient, tenant: dict[str, str]) -> list[str]:
+    headers = {"Authorization": f"Bearer {tenant['api_key']}"}
+    audit = await client.get(f"/api/v1/tenants/{tenant['id']}/audit", headers=headers)
+    assert audit.status_code == 200, audit.text
+    return [entry["ip"] for entry in audit.json()["items"]]
+
+
+async def test_access_log_never_prints_a_key() -> None:
+    """A key sent in the URL used to be printed whole by uvicorn's access log."""
+    server = Server()
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base) as client:
+            tenant = (await client.post("/api/v1/tenants/register", json=register_body())).json()
+            key = tenant["api_key"]
+            in_query = await client.get(f"/api/v1/projects?api_key={key}")
+            assert in_query.status_code == 401  # keys are read from headers only
+            await client.get(f"/api/v1/tenants/{key}", headers={"X-API-Key": key})
+            await client.get("/api/v1/projects?key=tk%5F" + key[3:])
+            assert (await client.get("/api/v1/projects", headers={"X-API-Key": key})).is_success
+    finally:
+        log = server.stop()
+    assert '"GET /api/v1/projects?api_key=tk_…redacted HTTP/1.1" 401' in log, log
+    assert '"GET /api/v1/tenants/tk_…redacted HTTP/1.1" 404' in log, log
+    assert '"GET /api/v1/projects?key=tk_…redacted HTTP/1.1" 401' in log, log
+    assert key not in log and key[3:] not in log
+    assert "Traceback" not in log
+
+
+async def test_forwarded_for_is_ignored_by_default() -> None:
+    """uvicorn used to trust X-Forwarded-For from 127.0.0.1: any local peer chose its audit IP."""
+    server = Server()
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base) as client:
+            registered = await client.post(
+                "/api/v1/tenants/register",
+                json=register_body(),
+                headers={"X-Forwarded-For": "203.0.113.9"},
+            )
+            assert registered.status_code == 201, registered.text
+            assert await audit_ips(client, registered.json()) == ["127.0.0.1"]
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log, log
+
+
+async def test_client_address_follows_forwarded_for_only_from_trusted_proxies() -> None:
+    """By default X-Forwarded-For is ignored: it neither sets the audit IP nor gives a client a
+    fresh sign-up allowance. A proxy named by --forwarded-allow-ips is believed."""
+    untrusting = Server("--signup-rate", "2/hour")
+    trusting = Server(
+        "--forwarded-allow-ips", "127.0.0.1", "--no-signup", env={"TG_ADMIN_JWT_SECRET": JWT_SECRET}
+    )
+    try:
+        untrusting.wait_ready()
+        trusting.wait_ready()
+        async with httpx.AsyncClient(base_url=untrusting.base) as client:
+            answers = []
+            for n in range(3):
+                spoofed = {"X-Forwarded-For": f"203.0.113.{n}"}
+                answers.append(
+                    await client.post(
+                        "/api/v1/tenants/register", json=register_body(), headers=spoofed
+                    )
+                )
+            assert [a.status_code for a in answers] == [201, 201, 429]
+            assert answers[2].headers["retry-after"].isdigit()
+            assert await audit_ips(client, answers[0].json()) == ["127.0.0.1"]
+        async with httpx.AsyncClient(base_url=trusting.base) as client:
+            forwarded = {"X-Forwarded-For": "203.0.113.9"}
+            anonymous = await client.post(
+                "/api/v1/tenants/register", json=register_body(), headers=forwarded
+            )
+            assert anonymous.status_code == 401  # --no-signup: an operator registers
+            registered = await client.post(
+                "/api/v1/tenants/register",
+                json=register_body(),
+                headers={**forwarded, **operator_headers()},
+            )
+            assert registered.status_code == 201, registered.text
+            assert await audit_ips(client, registered.json()) == ["203.0.113.9"]
+    finally:
+        logs = untrusting.stop() + trusting.stop()
+    assert "Traceback" not in logs, logs
+
+
+async def test_signup_limit_and_plans_hold_across_worker_processes(
+    real_stores: tuple[str, ...],
+) -> None:
+    """Sign-ups are counted in Redis: two workers, fresh connections, one limit."""
+    server = Server(
+        *real_stores,
+        "--workers", "2",
+        "--signup-rate", "3/hour",
+        "--signup-plans", "free,professional",
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        statuses = []
+        for plan in ("enterprise", "free", "professional", "free", "free"):
+            async with httpx.AsyncClient(base_url=server.base) as client:  # a new connection
+                response = await client.post("/api/v1/tenants/register", json=register_body(plan))
+                statuses.append(response.status_code)
+    finally:
+        log = server.stop()
+    assert statuses == [422, 201, 201, 429, 429]
+    assert "Traceback" not in log, log
+
+
+async def test_signup_closed_from_the_environment() -> None:
+    server = Server(env={"TG_ALLOW_SIGNUP": "false"})
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base) as client:
+            refused = await client.post("/api/v1/tenants/register", json=register_body())
+    finally:
+        server.stop()
+    assert refused.status_code == 401 and refused.json()["code"] == "missing_api_key"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (("--signup-rate", "often"), {}, "--signup-rate"),
+        (("--auth-failure-rate", "0/minute"), {}, "--auth-failure-rate"),
+        (("--signup-plans", "free,gold"), {}, "--signup-plans"),
+        ((), {"TG_ALLOW_SIGNUP": "maybe"}, "TG_ALLOW_SIGNUP"),
+        ((), {"TG_SIGNUP_RATE": "lots"}, "--signup-rate"),
+    ],
+)
+def test_bad_signup_setting_is_one_clear_line(
+    args: tuple[str, ...], env: dict[str, str], named: str
+) -> None:
+    result = subprocess.run(
+        [*CLI, "serve", "--port", str(free_port()), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and named in result.stderr, result.stderr

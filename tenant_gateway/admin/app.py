@@ -39,6 +39,7 @@ from tenant_gateway.admin.schemas import (
     limited_stream,
     parse_body,
 )
+from tenant_gateway.client_limits import client_address
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.directory import TenantChanges
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
@@ -155,7 +156,16 @@ class AdminAPI:
         )
         if not self.s.allow_signup:
             require_operator(caller)
+        elif not caller.is_operator and self.s.signup_limiter is not None:
+            # Every self-service attempt counts, valid or not; operators are not limited.
+            limiter, address = self.s.signup_limiter, client_address(request.scope)
+            wait = limiter.over(address) or await limiter.hit(address)
+            if wait:
+                raise problems.too_many_attempts("sign-ups", wait)
         body = await parse_body(request, RegisterRequest, self.s.max_body_bytes)
+        offered = self.s.signup_plans
+        if offered is not None and body.plan not in offered and not caller.is_operator:
+            raise _field_error("plan", f"must be one of {', '.join(sorted(offered))}")
         self._plan(body.plan)
         now = self._now()
         tenant = Tenant(

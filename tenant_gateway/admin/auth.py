@@ -15,6 +15,7 @@ import jwt
 from starlette.requests import Request
 
 from tenant_gateway import problems
+from tenant_gateway.client_limits import client_address
 from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.keys import KEY_PREFIX, extract_api_key
 from tenant_gateway.models import Role
@@ -136,7 +137,7 @@ async def authenticate(
             raise problems.missing_api_key()
         return Caller()
     if raw.startswith(KEY_PREFIX):
-        return Caller(principal=await resolver.resolve(raw))
+        return Caller(principal=await resolver.resolve(raw, client_address(request.scope)))
     if operators is None:
         raise problems.unauthorized("Operator tokens are not enabled on this gateway.")
     return Caller(operator=operators.verify(raw))

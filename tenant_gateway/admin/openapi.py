@@ -31,7 +31,7 @@ _MODELS: tuple[type[BaseModel], ...] = (
     WebhookRequest,
 )
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
-_AUTH_ERRORS = (401, 403, 404, 503)
+_AUTH_ERRORS = (401, 403, 404, 429, 503)  # 429: the per-address limits
 _BODY_ERRORS = (400, 413, 422)
 
 

@@ -1,0 +1,200 @@
+"""Limits per client address: sign-up attempts and failed authentications.
+
+The client is the peer address in the ASGI scope (``scope["client"]``), which uvicorn rewrites
+from ``X-Forwarded-For`` only for the proxies it is told to trust (``serve
+--forwarded-allow-ips``); a header alone never changes it. IPv4 clients are counted per address,
+IPv6 clients per /64 (one site's usual allocation: a host may pick any address inside it).
+
+Each limit is a moving window of a ``limits`` rate string (``"10/minute"``): exact, with no
+double burst at a window boundary. In process it is decided inline on the injected clock: per
+address, the times of at most ``amount`` attempts, idle addresses swept now and then. (``limits``'
+own memory storage reads the wall clock and sweeps with a thread hop per key, costly under the
+floods of addresses these limits exist for.) Given a ``limits`` async storage URI (the gateway's
+Redis), the window is ``limits``' moving window, shared by every process; an address it refuses
+is remembered in process until its window frees, so a flood from it costs no more round trips.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections import deque
+from typing import Any
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from redis.exceptions import RedisError
+
+from tenant_gateway.clock import Clock
+from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
+
+__all__ = ["ClientLimiter", "client_address", "limiter_for", "parse_rate"]
+
+UNLIMITED = "unlimited"
+_SWEEP_EVERY = 1_000  # new addresses between sweeps of idle ones
+
+
+def parse_rate(rate: str | None, setting: str) -> RateLimitItem | None:
+    """``"10/minute"`` → the ``limits`` item; None or ``"unlimited"`` → None (no limit)."""
+    if rate is None or rate.strip().lower() == UNLIMITED:
+        return None
+    try:
+        items = parse_many(rate)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{setting} {rate!r} is not a rate such as '10/minute' (or 'unlimited')"
+        ) from exc
+    if len(items) != 1 or items[0].amount < 1:
+        raise ConfigurationError(f"{setting} {rate!r} must be one rate of at least 1")
+    return items[0]
+
+
+def limiter_for(
+    rate: str | None,
+    setting: str,
+    clock: Clock,
+    *,
+    redis_url: str | None = None,
+    key_prefix: str = "",
+) -> ClientLimiter | None:
+    """The limiter for a rate setting (None when unlimited): in process, or shared on Redis."""
+    item = parse_rate(rate, setting)
+    if item is None:
+        return None
+    storage_uri = f"async+{redis_url}" if redis_url else None
+    name = setting.removesuffix("_rate")
+    return ClientLimiter(item, clock, name=name, storage_uri=storage_uri, key_prefix=key_prefix)
+
+
+def client_address(scope: Any) -> str:
+    """The address the per-client limits count under: the peer's IPv4 address, its IPv6 /64,
+    or, for a peer that is not an IP address (a Unix socket, a test client), its name."""
+    client = scope.get("client")
+    if not client:
+        return ""
+    host: str = client[0]
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+class ClientLimiter:
+    def __init__(
+        self,
+        item: RateLimitItem,
+        clock: Clock,
+        *,
+        name: str,
+        storage_uri: str | None = None,
+        key_prefix: str = "",
+    ) -> None:
+        self.item = item
+        self.name = name
+        self._amount = item.amount
+        self._seconds = float(item.get_expiry())
+        self._clock = clock
+        self._windows: dict[str, deque[float]] = {}
+        self._refused: dict[str, float] = {}
+        """Shared window only: addresses refused, until when (the injected clock)."""
+        self._until_sweep = _SWEEP_EVERY
+        self._shared: MovingWindowRateLimiter | None = None
+        self._storage: Storage | None = None
+        if storage_uri is not None:
+            storage = storage_from_string(
+                storage_uri,
+                implementation="redispy",  # limits defaults to coredis; redis-py is already here
+                key_prefix=f"{key_prefix}limits",
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+            )
+            if not isinstance(storage, Storage):
+                raise ConfigurationError(f"{storage_uri!r} is not an async+ storage")
+            self._storage = storage
+            self._shared = MovingWindowRateLimiter(storage)
+
+    def over(self, address: str) -> int:
+        """Seconds until ``address`` may try again (0: it may now), without I/O or counting."""
+        now = self._clock()
+        if self._shared is not None:
+            until = self._refused.get(address)
+            if until is None:
+                return 0
+            if until <= now:
+                del self._refused[address]
+                return 0
+            return max(1, math.ceil(until - now))
+        window = self._windows.get(address)
+        return 0 if window is None else self._wait(window, now)
+
+    async def hit(self, address: str) -> int:
+        """Count one attempt: 0 when it is within the limit, else the seconds to wait (and the
+        attempt is not counted). ``StoreUnavailable`` when the shared window is unreachable."""
+        if self._shared is None:
+            return self.take(address)
+        try:
+            if await self._shared.hit(self.item, self.name, address):
+                return 0
+            stats = await self._shared.get_window_stats(self.item, self.name, address)
+        except (RedisError, StorageError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise StoreUnavailable("Redis", f"the {self.name} limit", reason) from exc
+        # limits keeps its window by the wall clock, whatever clock was injected here.
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        now = self._clock()
+        self._refused[address] = now + wait
+        self._sweep(now)
+        return wait
+
+    def take(self, address: str) -> int:
+        """``hit`` on the in-process window, inline."""
+        now = self._clock()
+        window = self._windows.get(address)
+        if window is None:
+            window = self._windows[address] = deque()
+            self._sweep(now)
+        wait = self._wait(window, now)
+        if not wait:
+            window.append(now)
+        return wait
+
+    def _wait(self, window: deque[float], now: float) -> int:
+        """Drop the attempts the window no longer covers; the wait if it is still full."""
+        start = now - self._seconds
+        while window and window[0] <= start:
+            window.popleft()
+        if len(window) < self._amount:
+            return 0
+        return max(1, math.ceil(window[0] + self._seconds - now))
+
+    def _sweep(self, now: float) -> None:
+        """Now and then, forget addresses whose window is empty (or whose refusal is over)."""
+        self._until_sweep -= 1
+        if self._until_sweep > 0:
+            return
+        self._until_sweep = _SWEEP_EVERY
+        start = now - self._seconds
+        for address in [a for a, w in self._windows.items() if not w or w[-1] <= start]:
+            del self._windows[address]
+        for address in [a for a, until in self._refused.items() if until <= now]:
+            del self._refused[address]
+
+    async def close(self) -> None:
+        """Close the shared window's Redis client (``limits`` has no close of its own)."""
+        bridge = getattr(self._storage, "bridge", None)
+        client: Any = getattr(bridge, "storage", None)
+        if client is not None:
+            await client.aclose()
+
+    def __len__(self) -> int:
+        """Addresses this process keeps state for."""
+        return len(self._windows) + len(self._refused)
