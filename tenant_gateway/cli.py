@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--key-cache-size", type=int, default=100_000, help="resolved keys kept per worker"
     )
+    serve.add_argument(
+        "--transfer-idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long an export waits for its client to read, an import for it to send",
+    )
 
     billing = commands.add_parser("billing", help="billing operations")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
@@ -136,12 +143,15 @@ def build_app() -> TenantGateway:
         usage_flush_interval=float(os.environ.get("TG_FLUSH_INTERVAL", "1.0")),
         key_cache_ttl=float(os.environ.get("TG_KEY_CACHE_TTL", "1.0")),
         key_cache_size=int(os.environ.get("TG_KEY_CACHE_SIZE", "100000")),
+        transfer_idle_timeout=float(os.environ.get("TG_TRANSFER_IDLE_TIMEOUT", "10.0")),
     )
 
 
 def _serve(args: argparse.Namespace) -> int:
     if args.flush_interval <= 0 or args.key_cache_ttl < 0 or args.key_cache_size < 1:
         return _fail("--flush-interval must be > 0, --key-cache-ttl >= 0 and --key-cache-size >= 1")
+    if args.transfer_idle_timeout <= 0:
+        return _fail("--transfer-idle-timeout must be > 0")
     if args.plans:
         load_plans(args.plans)  # fail fast with a clear message
     try:
@@ -158,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("TG_FLUSH_INTERVAL", str(args.flush_interval)),
         ("TG_KEY_CACHE_TTL", str(args.key_cache_ttl)),
         ("TG_KEY_CACHE_SIZE", str(args.key_cache_size)),
+        ("TG_TRANSFER_IDLE_TIMEOUT", str(args.transfer_idle_timeout)),
     ):
         if value:
             os.environ[name] = value

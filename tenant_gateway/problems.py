@@ -26,9 +26,11 @@ __all__ = [
     "quota_exceeded",
     "quota_unavailable",
     "rate_limited",
+    "request_timeout",
     "service_unavailable",
     "tenant_suspended",
     "too_many_users",
+    "transfer_busy",
     "unauthorized",
     "user_exists",
     "user_limit_reached",
@@ -188,3 +190,23 @@ def service_unavailable(detail: str) -> Problem:
     return Problem(
         503, "service_unavailable", "Service unavailable", detail, headers={"Retry-After": "1"}
     )
+
+
+def transfer_busy(detail: str, *, per_tenant: bool, retry_after: int) -> Problem:
+    """429 when the tenant's own export or import is still running, 503 when the server runs as
+    many as it allows (other tenants' doing, not this caller's)."""
+    if per_tenant:
+        return Problem(
+            429,
+            "transfer_in_progress",
+            "Transfer in progress",
+            detail,
+            headers={"Retry-After": str(retry_after)},
+        )
+    return Problem(
+        503, "transfers_busy", "Transfers busy", detail, headers={"Retry-After": str(retry_after)}
+    )
+
+
+def request_timeout(detail: str) -> Problem:
+    return Problem(408, "request_timeout", "Request timeout", detail)

@@ -27,6 +27,7 @@ from tenant_gateway.postgres.ledger import PostgresLedger
 from tenant_gateway.propagation import Invalidator, RedisInvalidator
 from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
 from tenant_gateway.resolver import KeyResolver
+from tenant_gateway.transfers import TransferSlots
 from tenant_gateway.usage import UsageRecorder
 
 __all__ = ["Services"]
@@ -52,6 +53,9 @@ class Services:
     max_body_bytes: int
     flush_interval: float
     import_max_bytes: int = 256 * 1024 * 1024
+    transfers: TransferSlots = field(default_factory=lambda: TransferSlots(2))
+    transfer_idle_timeout: float = 10.0
+    """How long an export may wait for its client to read, an import for it to send."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -71,8 +75,19 @@ class Services:
         key_cache_size: int,
         on_quota_threshold: QuotaHook | None,
         invoice_close_grace: float = 60.0,
+        transfer_concurrency: int = 2,
+        transfer_idle_timeout: float = 10.0,
+        transfer_statement_timeout: float | None = None,
     ) -> Services:
-        database = Database(database_url) if database_url else None
+        database = (
+            Database(
+                database_url,
+                transfer_pool_size=transfer_concurrency,
+                transfer_statement_timeout=transfer_statement_timeout,
+            )
+            if database_url
+            else None
+        )
         directory: TenantDirectory
         ledger: UsageLedger
         invoices: InvoiceStore
@@ -124,6 +139,8 @@ class Services:
             allow_signup=allow_signup,
             max_body_bytes=max_body_bytes,
             flush_interval=flush_interval,
+            transfers=TransferSlots(transfer_concurrency),
+            transfer_idle_timeout=transfer_idle_timeout,
         )
 
     async def start(self) -> None:
