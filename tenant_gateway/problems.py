@@ -15,6 +15,7 @@ from tenant_gateway.exceptions import Problem
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
+    "client_disconnected",
     "forbidden",
     "import_rejected",
     "invalid_api_key",
@@ -209,4 +210,12 @@ def transfer_busy(detail: str, *, per_tenant: bool, retry_after: int) -> Problem
 
 
 def request_timeout(detail: str) -> Problem:
-    return Problem(408, "request_timeout", "Request timeout", detail)
+    # RFC 9110 §15.5.9: the server has stopped waiting, so it closes the connection.
+    return Problem(
+        408, "request_timeout", "Request timeout", detail, headers={"Connection": "close"}
+    )
+
+
+def client_disconnected(detail: str) -> Problem:
+    """The client left before its request was whole (nobody reads this: the access log does)."""
+    return Problem(400, "client_disconnected", "Client disconnected", detail)

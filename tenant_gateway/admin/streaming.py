@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
@@ -30,7 +31,8 @@ class _ClientIdle(Exception):
 
 async def idle_limited(chunks: AsyncIterator[bytes], idle_timeout: float) -> AsyncIterator[bytes]:
     """The request body as it arrives; 408 ``request_timeout`` when nothing arrives for
-    ``idle_timeout`` seconds (however long the whole body takes while it keeps coming)."""
+    ``idle_timeout`` seconds (however long the whole body takes while it keeps coming), and a
+    problem, not a crash, when the client goes away."""
     iterator = aiter(chunks)
     while True:
         try:
@@ -41,6 +43,10 @@ async def idle_limited(chunks: AsyncIterator[bytes], idle_timeout: float) -> Asy
         except TimeoutError:
             raise problems.request_timeout(
                 f"Nothing was imported: the client sent nothing for {idle_timeout:g} s."
+            ) from None
+        except ClientDisconnect:
+            raise problems.client_disconnected(
+                "Nothing was imported: the client closed the connection before the end."
             ) from None
         yield chunk
 
