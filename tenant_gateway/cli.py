@@ -16,7 +16,12 @@ import uvicorn
 
 from tenant_gateway.clock import Period
 from tenant_gateway.demo import build_demo_app
-from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable, redact_url
+from tenant_gateway.exceptions import (
+    ConfigurationError,
+    StoreUnavailable,
+    TransferBusy,
+    redact_url,
+)
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.models import effective_seat_limit
 from tenant_gateway.plans import load_plans
@@ -307,6 +312,8 @@ def _export_or_import(args: argparse.Namespace) -> int:
         return asyncio.run(_transfer(args))
     except StoreUnavailable as exc:
         return _fail(f"{exc}. Is PostgreSQL running and the URL right?")
+    except TransferBusy as exc:  # a server (or another command) is moving this tenant's data
+        return _fail(f"{exc} Try again once it is over.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

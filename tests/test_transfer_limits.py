@@ -370,10 +370,10 @@ async def test_one_transfer_per_tenant_and_two_per_process(
 
 
 async def test_one_transfer_per_tenant_across_processes(
-    gateways: Callable[..., Awaitable[Started]],
+    gateways: Callable[..., Awaitable[Started]], postgres_url: str
 ) -> None:
-    """Two gateways on one database (two worker processes): the tenant's transfer lock lives
-    in PostgreSQL, so the second process refuses too."""
+    """Two gateways on one database (two worker processes), and the export command: the
+    tenant's transfer lock lives in PostgreSQL, so they refuse too."""
     (_, one), (_, two) = await gateways(), await gateways()
     tenant = await register(one, "admin@two-workers.io", plan="enterprise")
     held = HeldImport(one, tenant)
@@ -385,6 +385,10 @@ async def test_one_transfer_per_tenant_across_processes(
         f"{T}/{tenant['id']}/import", content=ndjson(import_body(1)), headers=auth(tenant)
     )
     assert refused.status_code == 429 and refused.json()["code"] == "transfer_in_progress"
+    command = await asyncio.to_thread(
+        run_cli, "export", "--tenant", tenant["id"], "--database-url", postgres_url
+    )
+    assert command.returncode == 2 and "in progress" in command.stderr, command.stderr
     assert (await held.finish()).status_code == 200
     assert (await two.get(f"{T}/{tenant['id']}/export", headers=auth(tenant))).is_success
 
