@@ -35,10 +35,6 @@ class TransferSlots:
         self.limit = limit
         self._running: set[str] = set()
 
-    @property
-    def in_use(self) -> int:
-        return len(self._running)
-
     def claim(self, tenant_id: str) -> TransferSlot:
         """A slot for ``tenant_id``, or ``TransferBusy`` (the tenant's one is taken, or all are)."""
         if tenant_id in self._running:
