@@ -18,7 +18,12 @@ from tenant_gateway.accesslog import log_config
 from tenant_gateway.client_limits import parse_rate
 from tenant_gateway.clock import Period
 from tenant_gateway.demo import build_demo_app
-from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable, redact_url
+from tenant_gateway.exceptions import (
+    ConfigurationError,
+    StoreUnavailable,
+    TransferBusy,
+    redact_url,
+)
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.models import effective_seat_limit
 from tenant_gateway.plans import load_plans
@@ -106,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="IP[,IP|CIDR…]",
         help="proxies whose X-Forwarded-For gives the client address (default: none)",
     )
+    serve.add_argument(
+        "--transfer-idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long an export waits for its client to read, an import for it to send",
+    )
 
     billing = commands.add_parser("billing", help="billing operations")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
@@ -186,6 +198,7 @@ def build_app() -> TenantGateway:
         signup_rate=os.environ.get("TG_SIGNUP_RATE") or "10/minute",
         signup_plans=_plan_list(os.environ.get("TG_SIGNUP_PLANS") or None),
         auth_failure_rate=os.environ.get("TG_AUTH_FAILURE_RATE") or "30/minute",
+        transfer_idle_timeout=float(os.environ.get("TG_TRANSFER_IDLE_TIMEOUT", "10.0")),
     )
 
 
@@ -199,6 +212,8 @@ def _serve(args: argparse.Namespace) -> int:
     offered = _plan_list(args.signup_plans)
     if offered is not None and (not offered or not set(offered) <= set(catalog)):
         return _fail(f"--signup-plans must name plans of the catalogue: {', '.join(catalog)}")
+    if args.transfer_idle_timeout <= 0:
+        return _fail("--transfer-idle-timeout must be > 0")
     try:
         asyncio.run(_preflight(args.database_url, args.redis_url))
     except StoreUnavailable as exc:
@@ -217,6 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("TG_SIGNUP_RATE", args.signup_rate),
         ("TG_SIGNUP_PLANS", args.signup_plans),
         ("TG_AUTH_FAILURE_RATE", args.auth_failure_rate),
+        ("TG_TRANSFER_IDLE_TIMEOUT", str(args.transfer_idle_timeout)),
     ):
         if value:
             os.environ[name] = value
@@ -358,6 +374,8 @@ def _export_or_import(args: argparse.Namespace) -> int:
         return asyncio.run(_transfer(args))
     except StoreUnavailable as exc:
         return _fail(f"{exc}. Is PostgreSQL running and the URL right?")
+    except TransferBusy as exc:  # a server (or another command) is moving this tenant's data
+        return _fail(f"{exc} Try again once it is over.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ TenantGatewayError
 ├── ConfigurationError        bad constructor argument or plans file
 ├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
 ├── NoTenantContext           a tenant query was attempted outside a resolved request
+├── TransferBusy              an export or import cannot start now (tenant or process limit)
 └── Problem                   an HTTP-facing refusal, rendered as RFC 9457 problem+json
 """
 
@@ -18,6 +19,7 @@ __all__ = [
     "Problem",
     "StoreUnavailable",
     "TenantGatewayError",
+    "TransferBusy",
     "redact_url",
 ]
 
@@ -42,6 +44,16 @@ class StoreUnavailable(TenantGatewayError):
 
 class NoTenantContext(TenantGatewayError):
     """A tenant-scoped query was attempted without a tenant resolved by the gateway."""
+
+
+class TransferBusy(TenantGatewayError):
+    """An export or import could not start: the tenant already runs one (``per_tenant``), here
+    or in another process, or this process runs as many as it allows."""
+
+    def __init__(self, detail: str, *, per_tenant: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.per_tenant = per_tenant
 
 
 class Problem(TenantGatewayError):

@@ -90,6 +90,8 @@ class TenantGateway:
         redis_fail_mode: str = "closed",
         health_paths: tuple[str, str] | None = ("/healthz", "/readyz"),
         admin_timeout: float = 10.0,
+        transfer_concurrency: int = 2,
+        transfer_idle_timeout: float = 10.0,
         clock: Clock = system_clock,
     ) -> None:
         if not admin_prefix.startswith("/") or admin_prefix.endswith("/"):
@@ -100,6 +102,10 @@ class TenantGateway:
             raise ConfigurationError("flush interval, cache TTL and cache size must be positive")
         if redis_fail_mode not in ("open", "closed"):
             raise ConfigurationError('redis_fail_mode must be "open" or "closed"')
+        if transfer_concurrency < 1 or transfer_idle_timeout <= 0:
+            raise ConfigurationError(
+                "transfer_concurrency and transfer_idle_timeout must be positive"
+            )
         self.liveness_path, self.readiness_path = health_paths or ("", "")
         self.app = app
         self.admin_prefix = admin_prefix
@@ -141,6 +147,9 @@ class TenantGateway:
             ),
             signup_plans=None if signup_plans is None else frozenset(signup_plans),
             auth_failures=limiter_for(auth_failure_rate, "auth_failure_rate", clock),
+            transfer_concurrency=transfer_concurrency,
+            transfer_idle_timeout=transfer_idle_timeout,
+            transfer_statement_timeout=admin_timeout,  # a transfer's waits on the store
         )
         self.meter = Meter(
             self.services.counters,

@@ -15,6 +15,7 @@ from tenant_gateway.exceptions import Problem
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
+    "client_disconnected",
     "forbidden",
     "import_rejected",
     "invalid_api_key",
@@ -26,10 +27,12 @@ __all__ = [
     "quota_exceeded",
     "quota_unavailable",
     "rate_limited",
+    "request_timeout",
     "service_unavailable",
     "tenant_suspended",
     "too_many_attempts",
     "too_many_users",
+    "transfer_busy",
     "unauthorized",
     "user_exists",
     "user_limit_reached",
@@ -200,3 +203,31 @@ def service_unavailable(detail: str) -> Problem:
     return Problem(
         503, "service_unavailable", "Service unavailable", detail, headers={"Retry-After": "1"}
     )
+
+
+def transfer_busy(detail: str, *, per_tenant: bool, retry_after: int) -> Problem:
+    """429 when the tenant's own export or import is still running, 503 when the server runs as
+    many as it allows (other tenants' doing, not this caller's)."""
+    if per_tenant:
+        return Problem(
+            429,
+            "transfer_in_progress",
+            "Transfer in progress",
+            detail,
+            headers={"Retry-After": str(retry_after)},
+        )
+    return Problem(
+        503, "transfers_busy", "Transfers busy", detail, headers={"Retry-After": str(retry_after)}
+    )
+
+
+def request_timeout(detail: str) -> Problem:
+    # RFC 9110 §15.5.9: the server has stopped waiting, so it closes the connection.
+    return Problem(
+        408, "request_timeout", "Request timeout", detail, headers={"Connection": "close"}
+    )
+
+
+def client_disconnected(detail: str) -> Problem:
+    """The client left before its request was whole (nobody reads this: the access log does)."""
+    return Problem(400, "client_disconnected", "Client disconnected", detail)

@@ -28,6 +28,7 @@ from tenant_gateway.postgres.ledger import PostgresLedger
 from tenant_gateway.propagation import Invalidator, RedisInvalidator
 from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
 from tenant_gateway.resolver import KeyResolver
+from tenant_gateway.transfers import TransferSlots
 from tenant_gateway.usage import UsageRecorder
 
 __all__ = ["Services"]
@@ -56,6 +57,9 @@ class Services:
     signup_limiter: ClientLimiter | None = None
     signup_plans: frozenset[str] | None = None
     """The plans self-service sign-up may choose (None: all)."""
+    transfers: TransferSlots = field(default_factory=lambda: TransferSlots(2))
+    transfer_idle_timeout: float = 10.0
+    """How long an export may wait for its client to read, an import for it to send."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -78,8 +82,19 @@ class Services:
         signup_limiter: ClientLimiter | None = None,
         signup_plans: frozenset[str] | None = None,
         auth_failures: ClientLimiter | None = None,
+        transfer_concurrency: int = 2,
+        transfer_idle_timeout: float = 10.0,
+        transfer_statement_timeout: float | None = None,
     ) -> Services:
-        database = Database(database_url) if database_url else None
+        database = (
+            Database(
+                database_url,
+                transfer_pool_size=transfer_concurrency,
+                transfer_statement_timeout=transfer_statement_timeout,
+            )
+            if database_url
+            else None
+        )
         directory: TenantDirectory
         ledger: UsageLedger
         invoices: InvoiceStore
@@ -134,6 +149,8 @@ class Services:
             flush_interval=flush_interval,
             signup_limiter=signup_limiter,
             signup_plans=signup_plans,
+            transfers=TransferSlots(transfer_concurrency),
+            transfer_idle_timeout=transfer_idle_timeout,
         )
 
     async def start(self) -> None:

@@ -7,6 +7,7 @@ and every change is written to the tenant's audit log.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,10 +40,16 @@ from tenant_gateway.admin.schemas import (
     limited_stream,
     parse_body,
 )
+from tenant_gateway.admin.streaming import TransferStream, idle_limited
 from tenant_gateway.client_limits import client_address
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.directory import TenantChanges
-from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
+from tenant_gateway.exceptions import (
+    ConfigurationError,
+    Problem,
+    StoreUnavailable,
+    TransferBusy,
+)
 from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix, new_id
 from tenant_gateway.ledger import period_tallies
 from tenant_gateway.models import (
@@ -64,6 +71,7 @@ from tenant_gateway.postgres.transfer import (
     numbered_lines,
 )
 from tenant_gateway.services import Services
+from tenant_gateway.transfers import TransferSlot
 from tenant_gateway.usage import usage_csv, usage_report
 
 __all__ = ["build_admin_app"]
@@ -421,13 +429,36 @@ class AdminAPI:
             )
         return self.s.database
 
+    def _claim_transfer(self, tenant_id: str) -> TransferSlot:
+        """One of this process's transfer slots, or 429/503 (see ``_transfer_refusal``)."""
+        try:
+            return self.s.transfers.claim(tenant_id)
+        except TransferBusy as exc:
+            raise self._transfer_refusal(exc) from exc
+
+    def _transfer_refusal(self, exc: TransferBusy | StoreUnavailable) -> Problem:
+        if isinstance(exc, StoreUnavailable):
+            return problems.service_unavailable(str(exc))
+        # A stalled transfer is cut within the idle timeout: a fair time to try again.
+        retry = max(1, math.ceil(self.s.transfer_idle_timeout))
+        return problems.transfer_busy(exc.detail, per_tenant=exc.per_tenant, retry_after=retry)
+
     async def export(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MOVE_DATA)
         database = self._database()
-        await self.s.flush()  # the ledger holds every count this process has seen
-        await self._audit(request, caller, tenant.id, "tenant.export")
-        return StreamingResponse(
+        slot = self._claim_transfer(tenant.id)
+        try:
+            await self.s.flush()  # the ledger holds every count this process has seen
+            await self._audit(request, caller, tenant.id, "tenant.export")
+        except BaseException:
+            slot.release()
+            raise
+        _lift_deadline(request)  # the stream bounds its own waits, however long it runs
+        return TransferStream(
             export_tenant(database, tenant.id, self._now()),
+            idle_timeout=self.s.transfer_idle_timeout,
+            refusal=self._transfer_refusal,
+            on_close=slot.release,
             media_type="application/x-ndjson",
             headers={"Content-Disposition": f'attachment; filename="{tenant.id}.ndjson"'},
         )
@@ -441,11 +472,13 @@ class AdminAPI:
             if value not in ("true", "false"):
                 raise _field_error(name, "must be true or false")
         await self.s.flush()
+        slot = self._claim_transfer(tenant.id)
+        _lift_deadline(request)  # the import bounds its own waits, however long it runs
         try:
             result = await import_tenant(
                 database,
                 tenant.id,
-                numbered_lines(body),
+                numbered_lines(idle_limited(body, self.s.transfer_idle_timeout)),
                 dry_run=flags["dry_run"] == "true",
                 app_only=flags["app_only"] == "true",
                 seat_limit=effective_seat_limit(self._plan(tenant.plan), tenant),
@@ -459,6 +492,10 @@ class AdminAPI:
             ) from exc
         except ImportRejected as exc:
             raise problems.import_rejected(exc.line, exc.table, exc.reason) from exc
+        except TransferBusy as exc:  # another process runs one for this tenant
+            raise self._transfer_refusal(exc) from exc
+        finally:
+            slot.release()
         if not result.summary["dry_run"]:
             await self.s.counters.forget((tenant.id, p) for p in result.ledger_periods)
             await self._audit(request, caller, tenant.id, "tenant.import")
@@ -521,9 +558,21 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
     )
 
 
+_DEADLINE = "tenant_gateway.deadline"
+
+
+def _lift_deadline(request: Request) -> None:
+    """Take this request out of the admin deadline: it bounds each of its waits itself (a
+    transfer: on its client by the idle timeout, on the store by the statement timeout)."""
+    lifted = request.scope.get(_DEADLINE)
+    if isinstance(lifted, asyncio.Event):
+        lifted.set()
+
+
 class _Deadline:
     """Answer 503 when an admin request takes longer than ``timeout`` seconds (a wedged store
-    must not hold connections forever). Streaming responses, once started, run to the end."""
+    must not hold connections forever). Responses, once started, run to the end; so do
+    requests that lift their deadline (``_lift_deadline``)."""
 
     def __init__(self, app: ASGIApp, timeout: float) -> None:
         self.app = app
@@ -534,6 +583,7 @@ class _Deadline:
             await self.app(scope, receive, send)
             return
         started = False
+        scope[_DEADLINE] = lifted = asyncio.Event()
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -545,7 +595,7 @@ class _Deadline:
         if done:
             task.result()
             return
-        if started:  # a stream under way: let it finish
+        if started or lifted.is_set():  # a response or a transfer under way: let it finish
             await task
             return
         task.cancel()  # its clean-up (a rollback on a wedged connection) may hang: don't wait

@@ -142,15 +142,17 @@ def _paths() -> dict[str, Any]:
             ),
         ),
         "/{tenant_id}/export": _on(
-            t, get=_operation("Every tenant-scoped row as application/x-ndjson", 200, 501)
+            t, get=_operation("Every tenant-scoped row as application/x-ndjson", 200, 429, 501)
         ),
         "/{tenant_id}/import": _on(
             t,
             post=_operation(
                 "Load an export into this tenant, all or nothing",
                 200,
+                408,
                 413,
                 422,
+                429,
                 501,
                 query=[
                     _query("dry_run", {"type": "boolean"}),

@@ -1,5 +1,8 @@
 """The asyncpg pool, schema migrations, and the tenant transaction.
 
+Exports and imports run on a pool of their own (``transfer_connection``): however long their
+clients take, they never hold a connection the request path or the admin API needs.
+
 The tenant context is set per transaction only (``set_config(…, true)``), together with
 ``SET LOCAL ROLE`` to the runtime role, so nothing of it survives the transaction — not on
 commit, rollback, exception or cancellation — and the connection goes back to the pool clean.
@@ -8,6 +11,7 @@ commit, rollback, exception or cancellation — and the connection goes back to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -23,6 +27,7 @@ from tenant_gateway.exceptions import (
     ConfigurationError,
     NoTenantContext,
     StoreUnavailable,
+    TransferBusy,
     redact_url,
 )
 
@@ -30,6 +35,7 @@ __all__ = [
     "OWNER_ROLE",
     "RUNTIME_ROLE",
     "TENANT_SETTING",
+    "TRANSFER_APPLICATION_NAME",
     "Database",
     "as_owner",
     "as_tenant",
@@ -45,6 +51,10 @@ TENANT_SETTING = "tenant_gateway.tenant_id"
 _MIGRATION_LOCK = 0x7467_6D69  # an arbitrary advisory-lock id owned by tenant_gateway
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+TRANSFER_APPLICATION_NAME = "tenant_gateway.transfer"
+"""``application_name`` of the transfers' connections (visible in ``pg_stat_activity``)."""
+_TRANSFER_LOCK = "SELECT pg_try_advisory_lock(hashtext('tg_transfer'), hashtext($1))"
+_TRANSFER_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tg_transfer'), hashtext($1))"
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -73,14 +83,28 @@ def _migrations() -> list[tuple[int, str, str]]:
 
 
 class Database:
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 5.0,
+        transfer_pool_size: int = 2,
+        transfer_statement_timeout: float | None = None,
+    ):
+        """``transfer_pool_size`` connections at most for exports and imports, opened when one
+        needs it; each of their statements is bounded by ``transfer_statement_timeout`` s."""
         if urlsplit(url).scheme not in ("postgres", "postgresql"):
             raise ConfigurationError(f"database_url must be postgresql://…, got {redact_url(url)}")
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout
+        self._transfer_pool_size = transfer_pool_size
+        self._transfer_statement_timeout = transfer_statement_timeout
         self._pool: asyncpg.Pool | None = None
+        self._transfer_pool: asyncpg.Pool | None = None
 
     def unavailable(self, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable("PostgreSQL", redact_url(self.url), str(exc) or type(exc).__name__)
@@ -101,11 +125,21 @@ class Database:
         self._pool = pool
         async with self.connection() as conn:
             await migrate(conn)
+        # min_size=0: connects nothing now; a process that never transfers holds none.
+        self._transfer_pool = await asyncpg.create_pool(
+            self.url,
+            min_size=0,
+            max_size=self._transfer_pool_size,
+            timeout=self._timeout,
+            command_timeout=self._transfer_statement_timeout,
+            server_settings={"application_name": TRANSFER_APPLICATION_NAME},
+        )
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the pool; connections still held after ``timeout`` seconds are cut."""
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
+        pools = [p for p in (self._pool, self._transfer_pool) if p is not None]
+        self._pool = self._transfer_pool = None
+        for pool in pools:
             try:
                 await asyncio.wait_for(pool.close(), timeout)
             except TimeoutError:
@@ -130,6 +164,39 @@ class Database:
             try:
                 await pool.release(conn)
             except _CONNECT_ERRORS:  # died with the server: the pool has dropped it already
+                logger.debug("released a broken PostgreSQL connection", exc_info=True)
+
+    @asynccontextmanager
+    async def transfer_connection(self, tenant_id: str) -> AsyncIterator[PooledConnection]:
+        """A connection of the transfers' own pool, holding the tenant's transfer lock (a
+        session advisory lock): ``TransferBusy`` if a transfer of the tenant holds it already,
+        in any process. A statement over the pool's timeout is the store's failure here
+        (``StoreUnavailable``), like a broken connection."""
+        pool = self._transfer_pool
+        if pool is None:
+            raise StoreUnavailable("PostgreSQL", redact_url(self.url), "the pool is not open")
+        try:
+            conn = await pool.acquire(timeout=self._timeout)
+        except _CONNECT_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+        try:
+            if not await conn.fetchval(_TRANSFER_LOCK, tenant_id):
+                raise TransferBusy(
+                    "This tenant already has an export or import in progress.", per_tenant=True
+                )
+            try:
+                yield conn
+            finally:
+                # If this fails (a broken connection), the lock went with the session; if it
+                # never runs (cancelled), the pool's reset on release drops it.
+                with contextlib.suppress(*_DRIVER_ERRORS, TimeoutError, asyncpg.PostgresError):
+                    await conn.execute(_TRANSFER_UNLOCK, tenant_id)
+        except (*_DRIVER_ERRORS, TimeoutError) as exc:
+            raise self.unavailable(exc) from exc
+        finally:
+            try:
+                await pool.release(conn)
+            except _CONNECT_ERRORS:
                 logger.debug("released a broken PostgreSQL connection", exc_info=True)
 
     @asynccontextmanager

@@ -181,7 +181,7 @@ async def export_tenant(
     database: Database, tenant_id: str, now: datetime
 ) -> AsyncGenerator[bytes, None]:
     """The tenant's data as NDJSON, read in one repeatable-read snapshot, row by row."""
-    async with database.connection() as conn:
+    async with database.transfer_connection(tenant_id) as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             await as_owner(conn)
             gateway = [
@@ -352,7 +352,7 @@ async def import_tenant(
     """Load an export into ``tenant_id`` in one transaction: every row, or none."""
     header_line = await anext(lines, None)
     expected = _header(header_line[1] if header_line else None)
-    async with database.connection() as conn:
+    async with database.transfer_connection(tenant_id) as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:

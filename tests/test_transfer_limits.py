@@ -1,0 +1,492 @@
+"""Exports and imports on bounded resources (issue 17, finding 4).
+
+A transfer whose client stalls must not take what other tenants need: transfers run one per
+tenant and ``transfer_concurrency`` per process on a pool of their own, a client idle for
+``transfer_idle_timeout`` is cut, and a transfer that keeps moving is not cut by the admin
+deadline. Stalled clients are raw sockets that send a request and then neither read nor send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from starlette.types import Message
+
+from tenant_gateway import ConfigurationError, TenantGateway
+from tenant_gateway.demo import build_demo_app
+from tenant_gateway.postgres.database import Database
+
+from .conftest import JWT_SECRET, PG_ADMIN_URL, auth, operator_headers
+from .test_server import Server, free_port, run_cli
+from .test_transfer import ndjson, prepare_app_tables, register
+
+T = "/api/v1/tenants"
+TRANSFER_APPLICATION_NAME = "tenant_gateway.transfer"  # the transfers' pool's connections
+HANG_GUARD = 60.0  # seconds: only ever reached when something hangs, never a speed bound
+HEADER = {"format": "tenant-gateway-export", "version": 1}
+
+
+def _project(n: int) -> dict[str, Any]:
+    row = {"id": f"p{n}", "name": f"project {n}", "created_at": "2026-01-01T00:00:00Z"}
+    return {"table": "projects", "row": row}
+
+
+def import_body(rows: int) -> list[dict[str, Any]]:
+    return [{**HEADER, "tables": [{"name": "projects", "rows": rows}]}] + [
+        _project(n) for n in range(rows)
+    ]
+
+
+async def fill(database_url: str, tenant_id: str, rows: int) -> None:
+    """Rows enough that an export outgrows every socket buffer (so a client that does not
+    read makes the server's ``send`` wait)."""
+    database = Database(database_url)
+    await database.connect()
+    try:
+        async with database.tenant_transaction(tenant_id) as conn:
+            await conn.execute(
+                "INSERT INTO projects (tenant_id, id, name)"
+                " SELECT $1, 'p' || n, repeat('x', 500) FROM generate_series(1, $2::int) n",
+                tenant_id,
+                rows,
+            )
+    finally:
+        await database.close()
+
+
+async def project_count(database_url: str, tenant_id: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM projects WHERE tenant_id = $1", tenant_id
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def transactions_held(database_url: str) -> int:
+    """Connections to the test database sitting in an open transaction (a stalled transfer)."""
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = $1 AND state = 'idle in transaction'",
+            database_url.rsplit("/", 1)[1],
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def transfer_connections(database_url: str) -> int:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+            database_url.rsplit("/", 1)[1],
+            TRANSFER_APPLICATION_NAME,
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait for a condition (a state of the server), not for a time; fail only on a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_GUARD
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"still not the case after {HANG_GUARD} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+def stalled_export(server: Server, tenant: dict[str, Any]) -> socket.socket:
+    """Asks for an export and never reads (a tiny receive window: the server must wait)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(
+        f"GET {T}/{tenant['id']}/export HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        f"Authorization: Bearer {tenant['api_key']}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def stalled_import(server: Server, tenant: dict[str, Any]) -> socket.socket:
+    """Sends the headers, the NDJSON header line, one row and half of the next, then stops."""
+    sent = ndjson(import_body(3))
+    sent = sent[: sent.index(b"\n", sent.index(b"\n") + 1) + 20]
+    sock = socket.socket()
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(
+        f"POST {T}/{tenant['id']}/import HTTP/1.1\r\nHost: t\r\n"
+        f"Authorization: Bearer {tenant['api_key']}\r\n"
+        f"Content-Type: application/x-ndjson\r\nContent-Length: {len(sent) + 10_000}\r\n\r\n"
+        .encode() + sent
+    )  # fmt: skip
+    return sock
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a hang guard on each read)."""
+    sock.settimeout(HANG_GUARD)
+    received = bytearray()
+    while chunk := sock.recv(1 << 16):
+        received += chunk
+    return bytes(received)
+
+
+@pytest.mark.slow
+async def test_stalled_transfers_leave_the_pool_to_everyone_else(
+    postgres_url: str, real_stores: tuple[str, ...]
+) -> None:
+    """Eleven exports that are never read and eleven imports that stop sending, held open far
+    longer than any check here takes (idle timeout: 10 minutes): every other tenant's calls,
+    sign-up, the admin API and /readyz keep answering, and the stalled transfers hold at most
+    ``transfer_concurrency`` (2) connections, none of the request path's pool."""
+    server = Server(*real_stores, "--transfer-idle-timeout", "600")
+    stalled: list[socket.socket] = []
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base, timeout=HANG_GUARD) as http:
+            exporter = await register(http, "admin@exporter.io", plan="enterprise")
+            importer = await register(http, "admin@importer.io", plan="enterprise")
+            bystander = await register(http, "admin@bystander.io", plan="enterprise")
+            await fill(postgres_url, exporter["id"], 30_000)  # ~16 MB of NDJSON
+            for _ in range(11):
+                stalled.append(stalled_export(server, exporter))
+                stalled.append(stalled_import(server, importer))
+
+            async def held() -> bool:
+                return await transactions_held(postgres_url) >= 2
+
+            await eventually(held, "the stalled transfers hold their transactions")
+
+            for round_ in range(3):
+                calls = [
+                    http.post(
+                        f"{T}/register",
+                        json={"name": f"n{round_}", "admin_email": f"a@new{round_}.io"},
+                    ),
+                    http.get("/readyz"),
+                    http.get(f"{T}/{bystander['id']}", headers=auth(bystander)),
+                    http.get(f"{T}/{bystander['id']}/usage", headers=auth(bystander)),
+                    http.get(f"{T}/{exporter['id']}/users", headers=auth(exporter)),
+                    http.post("/api/v1/projects", json={"name": "x"}, headers=auth(bystander)),
+                    *[http.get("/api/v1/projects", headers=auth(bystander)) for _ in range(12)],
+                ]
+                answers = await asyncio.gather(*calls)
+                statuses = [answer.status_code for answer in answers]
+                assert all(status < 300 for status in statuses), [
+                    (a.request.url.path, a.status_code, a.text[:200])
+                    for a in answers
+                    if a.status_code >= 300
+                ]
+
+            # The stalled ones took their tenant's slot, and between them the process's two.
+            again = await http.get(f"{T}/{exporter['id']}/export", headers=auth(exporter))
+            assert again.status_code == 429, again.text
+            assert again.json()["code"] == "transfer_in_progress"
+            assert int(again.headers["Retry-After"]) >= 1
+            body = ndjson(import_body(1))
+            again = await http.post(
+                f"{T}/{importer['id']}/import", content=body, headers=auth(importer)
+            )
+            assert again.status_code == 429 and again.json()["code"] == "transfer_in_progress"
+            busy = await http.get(f"{T}/{bystander['id']}/export", headers=auth(bystander))
+            assert busy.status_code == 503, busy.text
+            assert busy.json()["code"] == "transfers_busy" and "Retry-After" in busy.headers
+            assert await transfer_connections(postgres_url) <= 2
+            assert await project_count(postgres_url, importer["id"]) == 0
+    finally:
+        for sock in stalled:
+            sock.close()
+        log = server.stop()
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.slow
+async def test_stalled_transfers_are_cut_after_the_idle_timeout(
+    postgres_url: str, real_stores: tuple[str, ...]
+) -> None:
+    """With a 1 s idle timeout: the import that stopped sending is answered 408 and wrote
+    nothing; the export that is never read is cut (its client gets a truncated stream, then
+    the end of the connection); both give their slot, lock and connection back."""
+    server = Server(*real_stores, "--transfer-idle-timeout", "1")
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base, timeout=HANG_GUARD) as http:
+            exporter = await register(http, "admin@cut-exporter.io", plan="enterprise")
+            importer = await register(http, "admin@cut-importer.io", plan="enterprise")
+            await fill(postgres_url, exporter["id"], 30_000)
+            export_socket = stalled_export(server, exporter)
+            import_socket = stalled_import(server, importer)
+            try:
+                answer = await asyncio.to_thread(read_to_end, import_socket)
+                status_line, _, rest = answer.partition(b"\r\n")
+                assert status_line.startswith(b"HTTP/1.1 408"), answer[:300]
+                problem = json.loads(rest.partition(b"\r\n\r\n")[2])
+                assert problem["code"] == "request_timeout"
+                assert await project_count(postgres_url, importer["id"]) == 0
+
+                # The exporter's slot comes back once its stalled stream is cut: until then
+                # a new export of the tenant is refused (429), never made to wait.
+                async def export_slot_free() -> bool:
+                    response = await http.get(
+                        f"{T}/{exporter['id']}/export", headers=auth(exporter)
+                    )
+                    if response.status_code == 429:
+                        return False
+                    assert response.status_code == 200, response.text
+                    lines = response.text.splitlines()
+                    rows = sum(t["rows"] for t in json.loads(lines[0])["tables"])
+                    assert len(lines) == rows + 1  # the whole export, this time
+                    return True
+
+                await eventually(export_slot_free, "the stalled export was cut")
+                stalled_copy = await asyncio.to_thread(read_to_end, export_socket)
+                assert stalled_copy.startswith(b"HTTP/1.1 200")
+                assert stalled_copy.count(b"\n") < 30_000  # cut short: it never completed
+            finally:
+                export_socket.close()
+                import_socket.close()
+
+            async def released() -> bool:
+                return await transactions_held(postgres_url) == 0
+
+            await eventually(released, "no transaction left open by a transfer")
+            retried = await http.post(
+                f"{T}/{importer['id']}/import",
+                content=ndjson(import_body(3)),
+                headers=auth(importer),
+            )
+            assert retried.status_code == 200, retried.text
+            assert await project_count(postgres_url, importer["id"]) == 3
+            assert (await http.get("/readyz")).status_code == 200
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log, log
+
+
+# -- in process ---------------------------------------------------------------------------------
+
+Started = tuple[TenantGateway, httpx.AsyncClient]
+
+
+@pytest.fixture
+async def gateways(
+    postgres_url: str, redis_url: str, redis_prefix: str
+) -> AsyncIterator[Callable[..., Awaitable[Started]]]:
+    """``await make(**settings)`` → a started gateway (real stores) and a client on it."""
+    opened: list[tuple[TenantGateway, httpx.AsyncClient]] = []
+
+    async def make(**settings: Any) -> Started:
+        gateway = TenantGateway(
+            build_demo_app(postgres_url),
+            database_url=postgres_url,
+            redis_url=redis_url,
+            redis_key_prefix=redis_prefix,
+            admin_jwt_secret=JWT_SECRET,
+            **settings,
+        )
+        await gateway.startup()
+        await prepare_app_tables(postgres_url)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gateway), base_url="http://t", timeout=HANG_GUARD
+        )
+        opened.append((gateway, client))
+        return gateway, client
+
+    yield make
+    for gateway, client in opened:
+        await client.aclose()
+        await gateway.shutdown()
+
+
+class HeldImport:
+    """An import whose body stops after the header and a row until ``finish`` is called."""
+
+    def __init__(self, http: httpx.AsyncClient, tenant: dict[str, Any], rows: int = 3) -> None:
+        self.waiting = asyncio.Event()  # the server has read the first part
+        self.go_on = asyncio.Event()
+        lines = ndjson(import_body(rows)).splitlines(keepends=True)
+        self._first, self._rest = b"".join(lines[:2]), b"".join(lines[2:])
+        self.response = asyncio.ensure_future(
+            http.post(f"{T}/{tenant['id']}/import", content=self._body(), headers=auth(tenant))
+        )
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        yield self._first
+        self.waiting.set()  # asked for more: the first part was taken, the import is under way
+        await self.go_on.wait()
+        yield self._rest
+
+    async def started(self) -> None:
+        await asyncio.wait_for(self.waiting.wait(), HANG_GUARD)
+
+    async def finish(self) -> httpx.Response:
+        self.go_on.set()
+        return await asyncio.wait_for(self.response, HANG_GUARD)
+
+
+async def test_one_transfer_per_tenant_and_two_per_process(
+    gateways: Callable[..., Awaitable[Started]],
+) -> None:
+    _, http = await gateways()
+    first, second, third = [
+        await register(http, f"admin@limit{n}.io", plan="enterprise") for n in range(3)
+    ]
+    held = HeldImport(http, first)
+    await held.started()
+    for method, path in (("GET", "export"), ("POST", "import")):
+        refused = await http.request(
+            method,
+            f"{T}/{first['id']}/{path}",
+            content=ndjson(import_body(1)) if method == "POST" else None,
+            headers=auth(first),
+        )
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "transfer_in_progress"
+        assert refused.headers["Retry-After"] == "10"  # the default idle timeout
+    other = HeldImport(http, second)  # the process's second slot
+    await other.started()
+    busy = await http.get(f"{T}/{third['id']}/export", headers=operator_headers())
+    assert busy.status_code == 503 and busy.json()["code"] == "transfers_busy"
+    assert busy.headers["Retry-After"] == "10"
+    assert (await held.finish()).status_code == 200
+    assert (await other.finish()).status_code == 200
+    for tenant in (first, second, third):  # every slot came back
+        assert (await http.get(f"{T}/{tenant['id']}/export", headers=auth(tenant))).is_success
+
+
+async def test_one_transfer_per_tenant_across_processes(
+    gateways: Callable[..., Awaitable[Started]], postgres_url: str
+) -> None:
+    """Two gateways on one database (two worker processes), and the export command: the
+    tenant's transfer lock lives in PostgreSQL, so they refuse too."""
+    (_, one), (_, two) = await gateways(), await gateways()
+    tenant = await register(one, "admin@two-workers.io", plan="enterprise")
+    held = HeldImport(one, tenant)
+    await held.started()
+    refused = await two.get(f"{T}/{tenant['id']}/export", headers=auth(tenant))
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["code"] == "transfer_in_progress"
+    refused = await two.post(
+        f"{T}/{tenant['id']}/import", content=ndjson(import_body(1)), headers=auth(tenant)
+    )
+    assert refused.status_code == 429 and refused.json()["code"] == "transfer_in_progress"
+    command = await asyncio.to_thread(
+        run_cli, "export", "--tenant", tenant["id"], "--database-url", postgres_url
+    )
+    assert command.returncode == 2 and "in progress" in command.stderr, command.stderr
+    assert (await held.finish()).status_code == 200
+    assert (await two.get(f"{T}/{tenant['id']}/export", headers=auth(tenant))).is_success
+
+
+async def test_an_import_that_keeps_moving_outlives_the_admin_deadline(
+    gateways: Callable[..., Awaitable[Started]], postgres_url: str
+) -> None:
+    """The import pauses until a request started after it has been cut by the admin deadline
+    (so it has run longer than ``admin_timeout`` without a wait over the idle timeout), then
+    completes: 200, every row."""
+    _, http = await gateways(admin_timeout=2.0, transfer_idle_timeout=HANG_GUARD)
+    tenant = await register(http, "admin@long-import.io", plan="enterprise")
+    held = HeldImport(http, tenant, rows=50)
+    await held.started()
+    never = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:  # a body that never ends: the deadline's case
+        yield b'{"name": '
+        await never.wait()
+
+    cut = await http.patch(f"{T}/{tenant['id']}", content=endless(), headers=auth(tenant))
+    assert cut.status_code == 503 and cut.json()["code"] == "service_unavailable"
+    done = await held.finish()
+    assert done.status_code == 200, done.text
+    assert done.json()["imported"] == {"projects": 50}
+    assert await project_count(postgres_url, tenant["id"]) == 50
+
+
+async def test_an_import_that_stops_sending_is_cut_and_writes_nothing(
+    gateways: Callable[..., Awaitable[Started]], postgres_url: str
+) -> None:
+    _, http = await gateways(transfer_idle_timeout=0.5)
+    tenant = await register(http, "admin@idle-import.io", plan="enterprise")
+    held = HeldImport(http, tenant)
+    response = await asyncio.wait_for(held.response, HANG_GUARD)  # never told to go on
+    assert response.status_code == 408, response.text
+    assert response.json()["code"] == "request_timeout"
+    assert await project_count(postgres_url, tenant["id"]) == 0
+    retried = await http.post(
+        f"{T}/{tenant['id']}/import", content=ndjson(import_body(3)), headers=auth(tenant)
+    )
+    assert retried.status_code == 200, retried.text
+    assert await project_count(postgres_url, tenant["id"]) == 3
+
+
+async def test_an_export_whose_client_stops_reading_is_cut(
+    gateways: Callable[..., Awaitable[Started]], postgres_url: str
+) -> None:
+    """Driven as ASGI: ``send`` blocks for good after the first body chunk, as a server's does
+    when its client reads nothing. The gateway returns, the transaction is gone, and the
+    tenant can export again."""
+    gateway, http = await gateways(transfer_idle_timeout=0.5)
+    tenant = await register(http, "admin@idle-export.io", plan="enterprise")
+    await fill(postgres_url, tenant["id"], 100)
+    sent: list[Message] = []
+    stuck = asyncio.Event()
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # no disconnect: the client is there, just not reading
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and len(sent) > 1:
+            stuck.set()
+            await asyncio.Event().wait()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": f"{T}/{tenant['id']}/export",
+        "raw_path": f"{T}/{tenant['id']}/export".encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"t"), (b"authorization", f"Bearer {tenant['api_key']}".encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("t", 80),
+    }
+    await asyncio.wait_for(gateway(scope, receive, send), HANG_GUARD)
+    assert stuck.is_set() and sent[0]["status"] == 200
+    assert not any(m.get("more_body") is False for m in sent)  # never completed
+
+    async def released() -> bool:
+        return await transactions_held(postgres_url) == 0
+
+    await eventually(released, "the export's transaction was ended")
+    again = await http.get(f"{T}/{tenant['id']}/export", headers=auth(tenant))
+    assert again.status_code == 200 and len(again.text.splitlines()) > 100
+
+
+@pytest.mark.slow
+async def test_transfer_settings_are_checked() -> None:
+    with pytest.raises(ConfigurationError):
+        TenantGateway(build_demo_app(None), transfer_concurrency=0)
+    with pytest.raises(ConfigurationError):
+        TenantGateway(build_demo_app(None), transfer_idle_timeout=0.0)
+    result = run_cli("serve", "--port", str(free_port()), "--transfer-idle-timeout", "0")
+    assert result.returncode == 2 and "--transfer-idle-timeout" in result.stderr
