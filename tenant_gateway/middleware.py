@@ -28,7 +28,7 @@ from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
 from tenant_gateway.headers import Header, declared_over
-from tenant_gateway.keys import api_key_from
+from tenant_gateway.keys import api_key_from, api_key_from_lines
 from tenant_gateway.metering import Meter
 from tenant_gateway.plans import load_plans
 from tenant_gateway.ratelimit import BurstLimiter
@@ -45,19 +45,36 @@ class _BodyTooLarge(Exception):
 
 def _scan_headers(scope: Scope) -> tuple[str | None, str | None, bool]:
     """(API key, Content-Length, Transfer-Encoding present) in one pass over the raw headers
-    (the hot path's only parse); the key rules are those of ``extract_api_key``."""
-    authorization = api_key = length = None
-    encoded = False
+    (the hot path's only parse); the key rules are those of ``extract_api_key``. Credentials
+    that differ raise ``ambiguous_credentials``; a repeated line is rare, so only then are
+    all the lines gathered again."""
+    authorization: bytes | None = None
+    api_key: bytes | None = None
+    length: str | None = None
+    encoded = repeated = False
     for name, value in scope["headers"]:
         if name == b"authorization":
-            authorization = value.decode("latin-1")
+            repeated = repeated or (authorization is not None and value != authorization)
+            authorization = value
         elif name == b"x-api-key":
-            api_key = value.decode("latin-1")
+            repeated = repeated or (api_key is not None and value != api_key)
+            api_key = value
         elif name == b"content-length":
             length = value.decode("latin-1")
         elif name == b"transfer-encoding":
             encoded = True
-    return api_key_from(authorization, api_key), length, encoded
+    if repeated:
+        lines = scope["headers"]
+        key = api_key_from_lines(
+            [value.decode("latin-1") for name, value in lines if name == b"authorization"],
+            [value.decode("latin-1") for name, value in lines if name == b"x-api-key"],
+        )
+    else:
+        key = api_key_from(
+            None if authorization is None else authorization.decode("latin-1"),
+            None if api_key is None else api_key.decode("latin-1"),
+        )
+    return key, length, encoded
 
 
 class TenantGateway:
