@@ -385,3 +385,30 @@ async def test_audit_log(stores: Stores, client_for: Any) -> None:
     ).json()
     assert [e["action"] for e in first["items"] + rest["items"]] == [a for a, _ in actions]
     assert rest["next_before"] is None
+
+
+# -- issue 17: rotation cutoffs -----------------------------------------------------------------
+
+
+async def test_a_second_rotation_never_prolongs_the_old_key(
+    stores: Stores, client_for: Any, clock: FakeClock
+) -> None:
+    client = await client_for(gateway(stores, clock))
+    tenant = await register(client)
+    old = await new_key(client, tenant, name="svc")
+    rotate = f"{T}/{tenant['id']}/keys/{old['id']}/rotate"
+    first = await client.post(rotate, json={"grace_seconds": 60}, headers=auth(tenant))
+    assert first.status_code == 201, first.text
+    clock.advance(10)  # within the grace: the old key may be rotated again …
+    second = await client.post(rotate, json={"grace_seconds": 86_400}, headers=auth(tenant))
+    assert second.status_code == 201, second.text
+    clock.advance(49)
+    assert (await client.get("/whoami", headers=auth(old))).status_code == 200
+    clock.advance(2)  # … but it still ends 60 s after the first rotation, not a day later
+    assert_problem(await client.get("/whoami", headers=auth(old)), 401, "invalid_api_key")
+    listed = (await client.get(f"{T}/{tenant['id']}/keys", headers=auth(tenant))).json()
+    revoked_at = {k["id"]: k["revoked_at"] for k in listed}[old["id"]]
+    first_cutoff = datetime.fromtimestamp(clock() - 61 + 60, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    assert revoked_at.startswith(first_cutoff), revoked_at
+    for successor in (first.json(), second.json()):
+        assert (await client.get("/whoami", headers=auth(successor))).status_code == 200

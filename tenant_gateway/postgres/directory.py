@@ -390,8 +390,9 @@ class PostgresDirectory:
             )
             if row is None or not _key(row).usable_at(new_key.created_at.timestamp()):
                 return False
-            await conn.execute(
-                "UPDATE tg_api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2",
+            await conn.execute(  # an earlier end (a rotation in its grace) is kept
+                "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
+                " WHERE tenant_id = $1 AND id = $2",
                 tenant_id,
                 key_id,
                 old_key_until,
