@@ -90,6 +90,7 @@ class TenantGateway:
         admin_jwt_public_key: str | None = None,
         admin_jwt_audience: str | None = None,
         admin_jwt_issuer: str | None = None,
+        admin_jwt_max_lifetime: float | None = 24 * 3600.0,
         public_paths: Sequence[str] = (),
         max_body_bytes: int = 10 * 1024 * 1024,
         admin_max_body_bytes: int = 1024 * 1024,
@@ -125,6 +126,7 @@ class TenantGateway:
                 public_key=admin_jwt_public_key,
                 audience=admin_jwt_audience,
                 issuer=admin_jwt_issuer,
+                max_lifetime=admin_jwt_max_lifetime,
             )
             if admin_jwt_secret or admin_jwt_public_key
             else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -202,13 +203,14 @@ async def test_each_roles_allowed_and_forbidden_endpoints(
 
 
 def _token(key: Any, algorithm: str, **claims: Any) -> dict[str, str]:
-    payload = {"sub": "ops", "role": "operator", "exp": 4_102_444_800, **claims}
+    now = int(time.time())
+    payload = {"sub": "ops", "role": "operator", "iat": now, "exp": now + 3600, **claims}
     return {"Authorization": "Bearer " + jwt.encode(payload, key, algorithm=algorithm)}
 
 
 def _none_token() -> dict[str, str]:
     header = {"alg": "none", "typ": "JWT"}
-    payload = {"sub": "ops", "role": "operator", "exp": 4_102_444_800}
+    payload = {"sub": "ops", "role": "operator", "exp": int(time.time()) + 3600}
 
     def part(value: dict[str, Any]) -> str:
         import base64
@@ -387,7 +389,7 @@ async def test_audit_log(stores: Stores, client_for: Any) -> None:
     assert rest["next_before"] is None
 
 
-# -- issue 17: rotation cutoffs -----------------------------------------------------------------
+# -- issue 17: rotation cutoffs, operator token times --------------------------------------------
 
 
 async def test_a_second_rotation_never_prolongs_the_old_key(
@@ -412,3 +414,65 @@ async def test_a_second_rotation_never_prolongs_the_old_key(
     assert revoked_at.startswith(first_cutoff), revoked_at
     for successor in (first.json(), second.json()):
         assert (await client.get("/whoami", headers=auth(successor))).status_code == 200
+
+
+def _signed(**claims: Any) -> dict[str, str]:
+    payload = {"sub": "ops", "role": "operator", **claims}
+    return {"Authorization": "Bearer " + jwt.encode(payload, JWT_SECRET, algorithm="HS256")}
+
+
+def _raw_signed(payload_json: str) -> dict[str, str]:
+    """A token whose payload is exactly this JSON text (PyJWT would not write a string exp)."""
+    token = jwt.api_jws.PyJWS().encode(payload_json.encode(), JWT_SECRET, algorithm="HS256")
+    return {"Authorization": "Bearer " + token}
+
+
+def _hour() -> int:
+    return int(time.time()) + 3600
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(lambda: _signed(exp=1e308), id="exp 1e308"),
+        pytest.param(lambda: _signed(exp=float(_hour())), id="exp a float"),
+        pytest.param(
+            lambda: _raw_signed(f'{{"sub": "ops", "role": "operator", "exp": "{_hour()}"}}'),
+            id="exp a string",
+        ),
+        pytest.param(lambda: _signed(exp=_hour(), nbf="0"), id="nbf a string"),
+        pytest.param(lambda: _signed(exp=_hour(), iat=time.time()), id="iat a float"),
+        pytest.param(lambda: _signed(exp=_hour(), iat=-1), id="iat negative"),
+        pytest.param(lambda: _signed(exp=300_000_000_000), id="exp past year 9999"),
+        pytest.param(lambda: _signed(exp=int(time.time()) + 25 * 3600), id="25 h from now"),
+        pytest.param(
+            lambda: _signed(iat=int(time.time()) - 3600, exp=int(time.time()) + 24 * 3600),
+            id="25 h from iat",
+        ),
+        pytest.param(lambda: _signed(exp=4_102_444_800), id="exp in 2100"),
+    ],
+)
+async def test_operator_tokens_with_bad_times_are_401(
+    stores: Stores, client_for: Any, headers: Any
+) -> None:
+    client = await client_for(gateway(stores))
+    assert_problem(await client.get(f"{T}/", headers=headers()), 401, "invalid_api_key")
+    assert (await client.get(f"{T}/", headers=_signed(exp=_hour()))).status_code == 200
+
+
+async def test_operator_token_lifetime_setting(stores: Stores, client_for: Any) -> None:
+    now = int(time.time())
+    default = await client_for(gateway(stores))
+    for fine in (
+        _signed(exp=now + 23 * 3600),  # no iat: measured from now
+        _signed(iat=now - 3600, exp=now + 23 * 3600),
+    ):
+        assert (await default.get(f"{T}/", headers=fine)).status_code == 200
+    short = await client_for(gateway(stores, admin_jwt_max_lifetime=60))
+    assert (await short.get(f"{T}/", headers=_signed(iat=now, exp=now + 60))).status_code == 200
+    assert_problem(
+        await short.get(f"{T}/", headers=_signed(iat=now, exp=now + 61)), 401, "invalid_api_key"
+    )
+    unlimited = await client_for(gateway(stores, admin_jwt_max_lifetime=None))
+    assert (await unlimited.get(f"{T}/", headers=_signed(exp=4_102_444_800))).status_code == 200
+    assert_problem(await unlimited.get(f"{T}/", headers=_signed(exp=1e308)), 401, "invalid_api_key")
