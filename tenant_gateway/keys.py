@@ -20,12 +20,14 @@ from starlette.datastructures import Headers
 from tenant_gateway import problems
 
 __all__ = [
+    "ID_MAX_LENGTH",
     "KEY_PREFIX",
     "api_key_from",
     "api_key_from_lines",
     "extract_api_key",
     "generate_api_key",
     "hash_api_key",
+    "is_id",
     "is_well_formed",
     "key_display_prefix",
     "new_id",
@@ -38,6 +40,8 @@ _CHECKSUM_LENGTH = 6
 _KEY_LENGTH = len(KEY_PREFIX) + _BODY_LENGTH + _CHECKSUM_LENGTH
 _KEY_RE = re.compile(r"tk_[A-Za-z0-9_-]{32}[A-Za-z0-9]{6}")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ID_MAX_LENGTH = 128
+_ID_RE = re.compile(r"[!-~]+")  # printable ASCII, no space
 
 
 def _checksum(text: str) -> str:
@@ -79,6 +83,14 @@ def key_display_prefix(key: str) -> str:
 def new_id(kind: str) -> str:
     """An opaque unique identifier such as ``tenant_k3j…`` (80 random bits, base32)."""
     return f"{kind}_{secrets.token_hex(10)}"
+
+
+def is_id(text: str) -> bool:
+    """Whether ``text`` could name a stored tenant, user or key: ``new_id`` makes
+    ``kind_<hex>``, an import may bring other ids, all printable ASCII without spaces and at
+    most ``ID_MAX_LENGTH`` long. Anything else (NUL, non-ASCII, 10,000 characters) names
+    nothing, so callers answer "not found" without asking a store."""
+    return len(text) <= ID_MAX_LENGTH and _ID_RE.fullmatch(text) is not None
 
 
 def extract_api_key(headers: Headers) -> str | None:

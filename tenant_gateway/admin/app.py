@@ -1,7 +1,8 @@
 """The admin sub-app mounted at ``/api/v1/tenants`` (SPEC §6).
 
 Admin calls are authenticated here (operator JWT or the tenant's own key), are not metered,
-and every change is written to the tenant's audit log.
+and every change is written to the tenant's audit log. Path ids that cannot name anything
+(``keys.is_id``) are 404 without a query.
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ from tenant_gateway.admin.schemas import (
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.directory import TenantChanges
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
-from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix, new_id
+from tenant_gateway.keys import (
+    ID_MAX_LENGTH,
+    generate_api_key,
+    hash_api_key,
+    is_id,
+    key_display_prefix,
+    new_id,
+)
 from tenant_gateway.ledger import period_tallies
 from tenant_gateway.models import (
     ApiKeyRecord,
@@ -75,11 +83,24 @@ def _field_error(field: str, message: str, detail: str = "Invalid request.") -> 
     return problems.validation_error(detail, [{"field": field, "message": message}])
 
 
+def _ascii_digits(raw: str, most: int) -> bool:
+    """``str.isdigit`` alone admits ``²`` and ``٣``, which ``int`` then refuses."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= most
+
+
 def _page_size(request: Request) -> int:
     raw = request.query_params.get("limit", str(_PAGE_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= _PAGE_MAX:
+    if not _ascii_digits(raw, len(str(_PAGE_MAX))) or not 1 <= int(raw) <= _PAGE_MAX:
         raise _field_error("limit", f"must be an integer from 1 to {_PAGE_MAX}")
     return int(raw)
+
+
+def _path_id(request: Request, name: str) -> str:
+    """A path id, or 404 without a query when it cannot name anything (NUL, too long…)."""
+    value: str = request.path_params[name]
+    if not is_id(value):
+        raise problems.not_found()
+    return value
 
 
 class AdminAPI:
@@ -98,7 +119,7 @@ class AdminAPI:
         tenant_id = request.path_params["tenant_id"]
         caller = await self._caller(request)
         authorize(caller, tenant_id, action)
-        tenant = await self.s.directory.get_tenant(tenant_id)
+        tenant = await self.s.directory.get_tenant(_path_id(request, "tenant_id"))
         if tenant is None:
             raise problems.not_found()
         return caller, tenant
@@ -177,6 +198,8 @@ class AdminAPI:
         require_operator(await self._caller(request))
         limit = _page_size(request)
         after = request.query_params.get("after") or None
+        if after is not None and not is_id(after):
+            raise _field_error("after", f"must be a tenant id (at most {ID_MAX_LENGTH} characters)")
         tenants = await self.s.directory.list_tenants(limit=limit + 1, after=after)
         page = tenants[:limit]
         return JSONResponse(
@@ -225,6 +248,7 @@ class AdminAPI:
         tenant_id = request.path_params["tenant_id"]
         caller = await self._caller(request)
         require_operator(caller, tenant_id)
+        tenant_id = _path_id(request, "tenant_id")
         tenant = await self.s.directory.set_status(tenant_id, status)
         if tenant is None:
             raise problems.not_found()
@@ -270,7 +294,7 @@ class AdminAPI:
 
     async def get_user(self, request: Request) -> Response:
         _, tenant = await self._tenant(request, Action.READ_USERS)
-        user = await self.s.directory.get_user(tenant.id, request.path_params["user_id"])
+        user = await self.s.directory.get_user(tenant.id, _path_id(request, "user_id"))
         if user is None:
             raise problems.not_found()
         return JSONResponse(user.to_json())
@@ -278,7 +302,7 @@ class AdminAPI:
     async def update_user(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
         body = await parse_body(request, UpdateUserRequest, self.s.max_body_bytes)
-        user_id = request.path_params["user_id"]
+        user_id = _path_id(request, "user_id")
         user = await self.s.directory.update_user(tenant.id, user_id, body.role)
         if user is None:
             raise problems.not_found()
@@ -287,7 +311,7 @@ class AdminAPI:
 
     async def delete_user(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
-        user_id = request.path_params["user_id"]
+        user_id = _path_id(request, "user_id")
         if not await self.s.directory.delete_user(tenant.id, user_id):
             raise problems.not_found()
         await self._audit(request, caller, tenant.id, "user.delete", user_id)
@@ -318,7 +342,7 @@ class AdminAPI:
 
     async def revoke_key(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
-        key_id = request.path_params["key_id"]
+        key_id = _path_id(request, "key_id")
         if not await self.s.directory.revoke_key(tenant.id, key_id, self._now()):
             raise problems.not_found()
         await self._changed(tenant.id)
@@ -328,7 +352,7 @@ class AdminAPI:
     async def rotate_key(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
         body = await parse_body(request, RotateKeyRequest, self.s.max_body_bytes, allow_empty=True)
-        key_id = request.path_params["key_id"]
+        key_id = _path_id(request, "key_id")
         old = next((k for k in await self.s.directory.list_keys(tenant.id) if k.id == key_id), None)
         if old is None:
             raise problems.not_found()
@@ -360,8 +384,11 @@ class AdminAPI:
             users=await self.s.directory.count_users(tenant.id),
             max_users=effective_seat_limit(plan, tenant),
         )
-        wants_csv = request.query_params.get("format") == "csv" or (
-            "text/csv" in request.headers.get("accept", "")
+        requested = request.query_params.get("format")
+        if requested not in (None, "json", "csv"):
+            raise _field_error("format", "must be json or csv")
+        wants_csv = requested == "csv" or (
+            requested is None and "text/csv" in request.headers.get("accept", "")
         )
         if wants_csv:
             return Response(
@@ -379,6 +406,8 @@ class AdminAPI:
         current = Period.containing(self.s.clock())
         raw = request.query_params.get("period")
         try:
+            if raw is not None and not (raw.isascii() and len(raw) == len("YYYY-MM")):
+                raise ValueError(raw)  # Period.parse's \d admits "٢٠٢٦-01", its $ a newline
             period = current if raw is None else Period.parse(raw)
         except ValueError:
             raise _field_error("period", "must be YYYY-MM") from None
@@ -478,7 +507,7 @@ class AdminAPI:
         _, tenant = await self._tenant(request, Action.READ_AUDIT)
         limit = _page_size(request)
         raw_before = request.query_params.get("before")
-        if raw_before is not None and (not raw_before.isdigit() or len(raw_before) > 18):
+        if raw_before is not None and not _ascii_digits(raw_before, 18):
             raise _field_error("before", "must be an entry id")
         entries = await self.s.directory.list_audit(
             tenant.id, limit=limit + 1, before=int(raw_before) if raw_before else None
