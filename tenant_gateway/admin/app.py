@@ -1,8 +1,8 @@
 """The admin sub-app mounted at ``/api/v1/tenants`` (SPEC §6).
 
 Admin calls are authenticated here (operator JWT or the tenant's own key), are not metered,
-and every change is written to the tenant's audit log. Path ids that cannot name anything
-(``keys.is_id``) are 404 without a query.
+and every change is written to the tenant's audit log by the directory, in the same transaction
+as the change. Path ids that cannot name anything (``keys.is_id``) are 404 without a query.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ __all__ = ["build_admin_app"]
 
 _PAGE_DEFAULT = 50
 _PAGE_MAX = 500
+_AUDIT_TEXT_MAX = 200
 
 
 def _field_error(field: str, message: str, detail: str = "Invalid request.") -> Problem:
@@ -101,6 +102,18 @@ def _path_id(request: Request, name: str) -> str:
     if not is_id(value):
         raise problems.not_found()
     return value
+
+
+def _audit_text(text: str) -> str:
+    """``text`` fit for the audit log: control and format characters (NUL, line breaks, bidi
+    overrides, zero-width), separators and lone surrogates escaped as ``\\u{hex}`` (and ``\\``
+    doubled, so an escape cannot be forged), at most 200 characters."""
+    escaped = "".join(
+        "\\\\" if c == "\\" else c if c.isprintable() else f"\\u{{{ord(c):x}}}" for c in text
+    )
+    if len(escaped) > _AUDIT_TEXT_MAX:
+        return escaped[: _AUDIT_TEXT_MAX - 1] + "…"
+    return escaped
 
 
 class AdminAPI:
@@ -130,6 +143,27 @@ class AdminAPI:
             raise _field_error("plan", f"must be one of {', '.join(sorted(self.s.plans))}")
         return plan
 
+    def _entry(
+        self,
+        request: Request,
+        caller: Caller,
+        tenant_id: str,
+        action: str,
+        target: str | None = None,
+    ) -> AuditEntry:
+        """The entry recording a change: handed to the directory call that makes the change
+        (``audit=``), which writes both in one transaction. Actor and target are made safe to
+        display."""
+        client = request.client
+        return AuditEntry(
+            tenant_id=tenant_id,
+            actor=_audit_text(caller.actor),
+            action=action,
+            target=None if target is None else _audit_text(target),
+            at=self._now(),
+            ip=client.host if client else None,
+        )
+
     async def _audit(
         self,
         request: Request,
@@ -138,17 +172,8 @@ class AdminAPI:
         action: str,
         target: str | None = None,
     ) -> None:
-        client = request.client
-        await self.s.directory.record_audit(
-            AuditEntry(
-                tenant_id=tenant_id,
-                actor=caller.actor,
-                action=action,
-                target=target,
-                at=self._now(),
-                ip=client.host if client else None,
-            )
-        )
+        """Record an action that changes nothing in the directory (an export)."""
+        await self.s.directory.record_audit(self._entry(request, caller, tenant_id, action, target))
 
     async def _changed(self, tenant_id: str) -> None:
         await self.s.invalidator.tenant_changed(tenant_id)
@@ -190,8 +215,12 @@ class AdminAPI:
         )
         admin = User(new_id("usr"), tenant.id, body.admin_email, Role.ADMIN, now)
         secret, key = self._new_key(tenant.id, "registration", Role.ADMIN, None)
-        await self.s.directory.register(tenant, admin, key)
-        await self._audit(request, caller, tenant.id, "tenant.register", tenant.id)
+        await self.s.directory.register(
+            tenant,
+            admin,
+            key,
+            audit=self._entry(request, caller, tenant.id, "tenant.register", tenant.id),
+        )
         return JSONResponse({**tenant.to_json(), "api_key": secret}, status_code=201)
 
     async def list_tenants(self, request: Request) -> Response:
@@ -228,18 +257,21 @@ class AdminAPI:
             if field in body.model_fields_set and getattr(body, field) is None:
                 raise _field_error(field, "may not be null")
         updated = await self.s.directory.update_tenant(
-            tenant.id, changes, self._plan(tenant.plan), self._now()
+            tenant.id,
+            changes,
+            self._plan(tenant.plan),
+            self._now(),
+            audit=self._entry(request, caller, tenant.id, "tenant.update", tenant.id),
         )
         if updated is None:
             raise problems.not_found()
         await self._changed(tenant.id)
-        await self._audit(request, caller, tenant.id, "tenant.update", tenant.id)
         return JSONResponse(updated.to_json())
 
     async def delete_tenant(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
-        await self._audit(request, caller, tenant.id, "tenant.delete", tenant.id)
-        if not await self.s.directory.delete_tenant(tenant.id, self._now()):
+        entry = self._entry(request, caller, tenant.id, "tenant.delete", tenant.id)
+        if not await self.s.directory.delete_tenant(tenant.id, self._now(), audit=entry):
             raise problems.not_found()
         await self._changed(tenant.id)
         return Response(status_code=204)
@@ -249,12 +281,12 @@ class AdminAPI:
         caller = await self._caller(request)
         require_operator(caller, tenant_id)
         tenant_id = _path_id(request, "tenant_id")
-        tenant = await self.s.directory.set_status(tenant_id, status)
+        action = "tenant.suspend" if status is TenantStatus.SUSPENDED else "tenant.resume"
+        entry = self._entry(request, caller, tenant_id, action, tenant_id)
+        tenant = await self.s.directory.set_status(tenant_id, status, audit=entry)
         if tenant is None:
             raise problems.not_found()
         await self._changed(tenant_id)
-        action = "tenant.suspend" if status is TenantStatus.SUSPENDED else "tenant.resume"
-        await self._audit(request, caller, tenant_id, action, tenant_id)
         return JSONResponse(tenant.to_json())
 
     async def suspend(self, request: Request) -> Response:
@@ -267,13 +299,13 @@ class AdminAPI:
         caller, tenant = await self._tenant(request, Action.CHANGE_PLAN)
         body = await parse_body(request, ChangePlanRequest, self.s.max_body_bytes)
         plan = self._plan(body.plan)
-        updated = await self.s.directory.change_plan(tenant.id, plan, self._now())
+        entry = self._entry(
+            request, caller, tenant.id, "tenant.plan", f"{tenant.plan} -> {plan.name}"
+        )
+        updated = await self.s.directory.change_plan(tenant.id, plan, self._now(), audit=entry)
         if updated is None:
             raise problems.not_found()
         await self._changed(tenant.id)
-        await self._audit(
-            request, caller, tenant.id, "tenant.plan", f"{tenant.plan} -> {plan.name}"
-        )
         return JSONResponse(updated.to_json())
 
     # -- users -----------------------------------------------------------------------------------
@@ -283,8 +315,9 @@ class AdminAPI:
         body = await parse_body(request, AddUserRequest, self.s.max_body_bytes)
         seat_limit = effective_seat_limit(self._plan(tenant.plan), tenant)
         user = User(new_id("usr"), tenant.id, body.email, body.role, self._now())
-        await self.s.directory.add_user(user, seat_limit)
-        await self._audit(request, caller, tenant.id, "user.create", user.id)
+        await self.s.directory.add_user(
+            user, seat_limit, audit=self._entry(request, caller, tenant.id, "user.create", user.id)
+        )
         return JSONResponse(user.to_json(), status_code=201)
 
     async def list_users(self, request: Request) -> Response:
@@ -303,18 +336,18 @@ class AdminAPI:
         caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
         body = await parse_body(request, UpdateUserRequest, self.s.max_body_bytes)
         user_id = _path_id(request, "user_id")
-        user = await self.s.directory.update_user(tenant.id, user_id, body.role)
+        entry = self._entry(request, caller, tenant.id, "user.update", user_id)
+        user = await self.s.directory.update_user(tenant.id, user_id, body.role, audit=entry)
         if user is None:
             raise problems.not_found()
-        await self._audit(request, caller, tenant.id, "user.update", user_id)
         return JSONResponse(user.to_json())
 
     async def delete_user(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
         user_id = _path_id(request, "user_id")
-        if not await self.s.directory.delete_user(tenant.id, user_id):
+        entry = self._entry(request, caller, tenant.id, "user.delete", user_id)
+        if not await self.s.directory.delete_user(tenant.id, user_id, audit=entry):
             raise problems.not_found()
-        await self._audit(request, caller, tenant.id, "user.delete", user_id)
         return Response(status_code=204)
 
     # -- keys ------------------------------------------------------------------------------------
@@ -325,8 +358,9 @@ class AdminAPI:
         if body.expires_at is not None and body.expires_at <= self._now():
             raise _field_error("expires_at", "must be in the future")
         secret, key = self._new_key(tenant.id, body.name, body.role, body.expires_at)
-        await self.s.directory.create_key(key)
-        await self._audit(request, caller, tenant.id, "key.create", key.id)
+        await self.s.directory.create_key(
+            key, audit=self._entry(request, caller, tenant.id, "key.create", key.id)
+        )
         return JSONResponse({**key.to_json(), "api_key": secret}, status_code=201)
 
     async def list_keys(self, request: Request) -> Response:
@@ -343,10 +377,10 @@ class AdminAPI:
     async def revoke_key(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
         key_id = _path_id(request, "key_id")
-        if not await self.s.directory.revoke_key(tenant.id, key_id, self._now()):
+        entry = self._entry(request, caller, tenant.id, "key.revoke", key_id)
+        if not await self.s.directory.revoke_key(tenant.id, key_id, self._now(), audit=entry):
             raise problems.not_found()
         await self._changed(tenant.id)
-        await self._audit(request, caller, tenant.id, "key.revoke", key_id)
         return Response(status_code=204)
 
     async def rotate_key(self, request: Request) -> Response:
@@ -358,10 +392,10 @@ class AdminAPI:
             raise problems.not_found()
         secret, key = self._new_key(tenant.id, old.name, old.role, old.expires_at)
         until = key.created_at + timedelta(seconds=body.grace_seconds)
-        if not await self.s.directory.rotate_key(tenant.id, key_id, key, until):
+        entry = self._entry(request, caller, tenant.id, "key.rotate", f"{key_id} -> {key.id}")
+        if not await self.s.directory.rotate_key(tenant.id, key_id, key, until, audit=entry):
             raise problems.not_found("The key does not exist or is no longer active.")
         await self._changed(tenant.id)
-        await self._audit(request, caller, tenant.id, "key.rotate", f"{key_id} -> {key.id}")
         return JSONResponse({**key.to_json(), "api_key": secret}, status_code=201)
 
     # -- usage and audit -------------------------------------------------------------------------
@@ -468,6 +502,7 @@ class AdminAPI:
                 dry_run=flags["dry_run"] == "true",
                 app_only=flags["app_only"] == "true",
                 seat_limit=effective_seat_limit(self._plan(tenant.plan), tenant),
+                audit=self._entry(request, caller, tenant.id, "tenant.import"),
             )
         except LineTooLong as exc:
             raise Problem(
@@ -480,7 +515,6 @@ class AdminAPI:
             raise problems.import_rejected(exc.line, exc.table, exc.reason) from exc
         if not result.summary["dry_run"]:
             await self.s.counters.forget((tenant.id, p) for p in result.ledger_periods)
-            await self._audit(request, caller, tenant.id, "tenant.import")
         return JSONResponse(result.summary)
 
     async def get_webhook(self, request: Request) -> Response:
@@ -492,15 +526,15 @@ class AdminAPI:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
         body = await parse_body(request, WebhookRequest, self.s.max_body_bytes)
         secret = "whsec_" + secrets.token_urlsafe(32)
-        if not await self.s.directory.set_webhook(tenant.id, body.url, secret):
+        entry = self._entry(request, caller, tenant.id, "webhook.set", body.url)
+        if not await self.s.directory.set_webhook(tenant.id, body.url, secret, audit=entry):
             raise problems.not_found()
-        await self._audit(request, caller, tenant.id, "webhook.set", body.url)
         return JSONResponse({"url": body.url, "secret": secret})
 
     async def delete_webhook(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
-        await self.s.directory.set_webhook(tenant.id, None, None)
-        await self._audit(request, caller, tenant.id, "webhook.delete")
+        entry = self._entry(request, caller, tenant.id, "webhook.delete")
+        await self.s.directory.set_webhook(tenant.id, None, None, audit=entry)
         return Response(status_code=204)
 
     async def audit(self, request: Request) -> Response:
