@@ -23,7 +23,7 @@ from tenant_gateway.admin.schemas import StrictBody, clean_text, parse_body
 from tenant_gateway.clock import format_timestamp
 from tenant_gateway.context import get_current_tenant
 from tenant_gateway.exceptions import Problem
-from tenant_gateway.keys import new_id
+from tenant_gateway.keys import is_id, new_id
 from tenant_gateway.postgres.database import isolate_table, tenant_transaction
 
 __all__ = ["PROJECTS_SCHEMA", "build_demo_app"]
@@ -150,21 +150,30 @@ def build_demo_app(database_url: str | None = None) -> Starlette:
     async def list_all(request: Request) -> Response:
         return JSONResponse(await projects.list())
 
+    def project_id(request: Request) -> str:
+        """The path's id, or 404 without a query when it cannot be one (NUL, too long…)."""
+        value: str = request.path_params["project_id"]
+        if not is_id(value):
+            raise problems.not_found("No such project.")
+        return value
+
     async def get_one(request: Request) -> Response:
-        project = await projects.get(request.path_params["project_id"])
+        project = await projects.get(project_id(request))
         if project is None:
             raise problems.not_found("No such project.")
         return JSONResponse(project)
 
     async def delete(request: Request) -> Response:
-        if not await projects.delete(request.path_params["project_id"]):
+        if not await projects.delete(project_id(request)):
             raise problems.not_found("No such project.")
         return Response(status_code=204)
 
     async def problem(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, Problem):  # registered for Problem only
-            raise exc
-        return problems.problem_response(exc)
+        if isinstance(exc, Problem):
+            return problems.problem_response(exc)
+        return problems.problem_response(  # never a plain-text 500 with a stack trace
+            Problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -179,6 +188,6 @@ def build_demo_app(database_url: str | None = None) -> Starlette:
             Route("/api/v1/projects/{project_id}", get_one, methods=["GET"]),
             Route("/api/v1/projects/{project_id}", delete, methods=["DELETE"]),
         ],
-        exception_handlers={Problem: problem},
+        exception_handlers={Problem: problem, Exception: problem},
         lifespan=lifespan,
     )

@@ -4,6 +4,10 @@
 ``tenant_gateway.postgres.PostgresDirectory`` the durable one. Both pass the same tests.
 Rules that need atomicity (seat limits, plan downgrades, rotation) live here, inside the
 store, so they hold under concurrent requests and across workers.
+
+Every mutating method takes the ``AuditEntry`` that records it (``audit=``) and writes it in
+the same step as the change (Postgres: the same transaction): a change is never left without
+its entry, nor an entry without its change.
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ class TenantDirectory(Protocol):
     async def close(self) -> None: ...
 
     # tenants
-    async def register(self, tenant: Tenant, admin: User, key: ApiKeyRecord) -> None:
+    async def register(
+        self, tenant: Tenant, admin: User, key: ApiKeyRecord, *, audit: AuditEntry | None = None
+    ) -> None:
         """Create the tenant, its admin user and its first key, all or nothing."""
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -58,63 +64,98 @@ class TenantDirectory(Protocol):
         """Live tenants ordered by id, ``limit`` of them, starting after the id ``after``."""
 
     async def update_tenant(
-        self, tenant_id: str, changes: TenantChanges, plan: Plan, at: datetime
+        self,
+        tenant_id: str,
+        changes: TenantChanges,
+        plan: Plan,
+        at: datetime,
+        *,
+        audit: AuditEntry | None = None,
     ) -> Tenant | None:
         """Apply ``changes``; a seat cap below the current user count is refused (409)."""
 
-    async def change_plan(self, tenant_id: str, plan: Plan, at: datetime) -> Tenant | None:
+    async def change_plan(
+        self, tenant_id: str, plan: Plan, at: datetime, *, audit: AuditEntry | None = None
+    ) -> Tenant | None:
         """Switch plan, refusing (409) when the tenant has more users than it allows."""
 
-    async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None: ...
+    async def set_status(
+        self, tenant_id: str, status: TenantStatus, *, audit: AuditEntry | None = None
+    ) -> Tenant | None: ...
 
     async def plan_history(self, tenant_id: str) -> list[tuple[str, datetime]]:
         """Every plan the tenant has had, with when it took effect, oldest first."""
 
-    async def delete_tenant(self, tenant_id: str, at: datetime) -> bool:
+    async def delete_tenant(
+        self, tenant_id: str, at: datetime, *, audit: AuditEntry | None = None
+    ) -> bool:
         """Tombstone the tenant and purge its users, keys and application rows."""
 
     # users
-    async def add_user(self, user: User, seat_limit: int | None) -> None:
+    async def add_user(
+        self, user: User, seat_limit: int | None, *, audit: AuditEntry | None = None
+    ) -> None:
         """Insert unless the seat limit is reached (403) or the email exists (409)."""
 
     async def list_users(self, tenant_id: str) -> list[User]: ...
 
     async def get_user(self, tenant_id: str, user_id: str) -> User | None: ...
 
-    async def update_user(self, tenant_id: str, user_id: str, role: Role) -> User | None: ...
+    async def update_user(
+        self, tenant_id: str, user_id: str, role: Role, *, audit: AuditEntry | None = None
+    ) -> User | None: ...
 
-    async def delete_user(self, tenant_id: str, user_id: str) -> bool: ...
+    async def delete_user(
+        self, tenant_id: str, user_id: str, *, audit: AuditEntry | None = None
+    ) -> bool: ...
 
     async def count_users(self, tenant_id: str) -> int: ...
 
     # keys
     async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None: ...
 
-    async def create_key(self, key: ApiKeyRecord) -> None: ...
+    async def create_key(self, key: ApiKeyRecord, *, audit: AuditEntry | None = None) -> None: ...
 
     async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]: ...
 
-    async def revoke_key(self, tenant_id: str, key_id: str, at: datetime) -> bool:
+    async def revoke_key(
+        self, tenant_id: str, key_id: str, at: datetime, *, audit: AuditEntry | None = None
+    ) -> bool:
         """Revoke at ``at`` (or keep an earlier revocation); False for an unknown key."""
 
     async def rotate_key(
-        self, tenant_id: str, key_id: str, new_key: ApiKeyRecord, old_key_until: datetime
+        self,
+        tenant_id: str,
+        key_id: str,
+        new_key: ApiKeyRecord,
+        old_key_until: datetime,
+        *,
+        audit: AuditEntry | None = None,
     ) -> bool:
-        """Insert ``new_key`` and end the old one at ``old_key_until``, atomically.
+        """Insert ``new_key`` and end the old one at ``old_key_until``, or keep an earlier end
+        (a second rotation during the grace never prolongs the old key), atomically.
         False when the old key is unknown or no longer usable at ``new_key.created_at``."""
 
     async def touch_keys(self, used: KeyUse) -> None:
         """Record last use times in one batch (never one write per request)."""
 
     # webhooks
-    async def set_webhook(self, tenant_id: str, url: str | None, secret: str | None) -> bool:
+    async def set_webhook(
+        self,
+        tenant_id: str,
+        url: str | None,
+        secret: str | None,
+        *,
+        audit: AuditEntry | None = None,
+    ) -> bool:
         """Set (or with ``None`` remove) the tenant's webhook; False for an unknown tenant."""
 
     async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
         """(url, signing secret) of a live tenant's webhook, if it has one."""
 
     # audit
-    async def record_audit(self, entry: AuditEntry) -> None: ...
+    async def record_audit(self, entry: AuditEntry) -> None:
+        """An entry that records no change of this directory (an export, say)."""
 
     async def list_audit(
         self, tenant_id: str, *, limit: int, before: int | None
@@ -144,11 +185,14 @@ class MemoryDirectory:
         tenant = self._tenants.get(tenant_id)
         return None if tenant is None or tenant.status is TenantStatus.DELETED else tenant
 
-    async def register(self, tenant: Tenant, admin: User, key: ApiKeyRecord) -> None:
+    async def register(
+        self, tenant: Tenant, admin: User, key: ApiKeyRecord, *, audit: AuditEntry | None = None
+    ) -> None:
         self._tenants[tenant.id] = tenant
         self._users[tenant.id] = {admin.id: admin}
         self._keys[key.key_hash] = key
         self.plan_changes.append((tenant.id, None, tenant.plan, tenant.created_at))
+        self._record(audit)
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         return self._live(tenant_id)
@@ -168,7 +212,13 @@ class MemoryDirectory:
             raise problems.too_many_users(users, limit)
 
     async def update_tenant(
-        self, tenant_id: str, changes: TenantChanges, plan: Plan, at: datetime
+        self,
+        tenant_id: str,
+        changes: TenantChanges,
+        plan: Plan,
+        at: datetime,
+        *,
+        audit: AuditEntry | None = None,
     ) -> Tenant | None:
         tenant = self._live(tenant_id)
         if tenant is None:
@@ -176,13 +226,17 @@ class MemoryDirectory:
         updated = _apply(tenant, changes)
         self._check_seats(updated, plan)
         self._tenants[tenant_id] = updated
+        self._record(audit)
         return updated
 
-    async def change_plan(self, tenant_id: str, plan: Plan, at: datetime) -> Tenant | None:
+    async def change_plan(
+        self, tenant_id: str, plan: Plan, at: datetime, *, audit: AuditEntry | None = None
+    ) -> Tenant | None:
         tenant = self._live(tenant_id)
         if tenant is None:
             return None
         self._check_seats(tenant, plan)
+        self._record(audit)
         if tenant.plan == plan.name:
             return tenant
         updated = dataclasses.replace(tenant, plan=plan.name)
@@ -190,31 +244,39 @@ class MemoryDirectory:
         self.plan_changes.append((tenant_id, tenant.plan, plan.name, at))
         return updated
 
-    async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None:
+    async def set_status(
+        self, tenant_id: str, status: TenantStatus, *, audit: AuditEntry | None = None
+    ) -> Tenant | None:
         tenant = self._live(tenant_id)
         if tenant is None:
             return None
         updated = dataclasses.replace(tenant, status=status)
         self._tenants[tenant_id] = updated
+        self._record(audit)
         return updated
 
     async def plan_history(self, tenant_id: str) -> list[tuple[str, datetime]]:
         return [(to, at) for tid, _, to, at in self.plan_changes if tid == tenant_id]
 
-    async def delete_tenant(self, tenant_id: str, at: datetime) -> bool:
-        if await self.set_status(tenant_id, TenantStatus.DELETED) is None:
+    async def delete_tenant(
+        self, tenant_id: str, at: datetime, *, audit: AuditEntry | None = None
+    ) -> bool:
+        if await self.set_status(tenant_id, TenantStatus.DELETED, audit=audit) is None:
             return False
         self._users[tenant_id] = {}
         self._keys = {h: k for h, k in self._keys.items() if k.tenant_id != tenant_id}
         return True
 
-    async def add_user(self, user: User, seat_limit: int | None) -> None:
+    async def add_user(
+        self, user: User, seat_limit: int | None, *, audit: AuditEntry | None = None
+    ) -> None:
         users = self._users[user.tenant_id]
         if any(existing.email.lower() == user.email.lower() for existing in users.values()):
             raise problems.user_exists(user.email)
         if seat_limit is not None and len(users) >= seat_limit:
             raise problems.user_limit_reached(seat_limit)
         users[user.id] = user
+        self._record(audit)
 
     async def list_users(self, tenant_id: str) -> list[User]:
         return sorted(self._users.get(tenant_id, {}).values(), key=lambda u: u.created_at)
@@ -222,15 +284,23 @@ class MemoryDirectory:
     async def get_user(self, tenant_id: str, user_id: str) -> User | None:
         return self._users.get(tenant_id, {}).get(user_id)
 
-    async def update_user(self, tenant_id: str, user_id: str, role: Role) -> User | None:
+    async def update_user(
+        self, tenant_id: str, user_id: str, role: Role, *, audit: AuditEntry | None = None
+    ) -> User | None:
         user = self._users.get(tenant_id, {}).get(user_id)
         if user is None:
             return None
         updated = self._users[tenant_id][user_id] = dataclasses.replace(user, role=role)
+        self._record(audit)
         return updated
 
-    async def delete_user(self, tenant_id: str, user_id: str) -> bool:
-        return self._users.get(tenant_id, {}).pop(user_id, None) is not None
+    async def delete_user(
+        self, tenant_id: str, user_id: str, *, audit: AuditEntry | None = None
+    ) -> bool:
+        if self._users.get(tenant_id, {}).pop(user_id, None) is None:
+            return False
+        self._record(audit)
+        return True
 
     async def count_users(self, tenant_id: str) -> int:
         return len(self._users.get(tenant_id, {}))
@@ -241,8 +311,9 @@ class MemoryDirectory:
             return None
         return record, self._tenants[record.tenant_id]
 
-    async def create_key(self, key: ApiKeyRecord) -> None:
+    async def create_key(self, key: ApiKeyRecord, *, audit: AuditEntry | None = None) -> None:
         self._keys[key.key_hash] = key
+        self._record(audit)
 
     async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
         keys = [k for k in self._keys.values() if k.tenant_id == tenant_id]
@@ -254,21 +325,30 @@ class MemoryDirectory:
                 return record
         return None
 
-    async def revoke_key(self, tenant_id: str, key_id: str, at: datetime) -> bool:
+    async def revoke_key(
+        self, tenant_id: str, key_id: str, at: datetime, *, audit: AuditEntry | None = None
+    ) -> bool:
         record = self._key(tenant_id, key_id)
         if record is None:
             return False
-        if record.revoked_at is None or record.revoked_at > at:
+        if record.revoked_at is None or record.revoked_at > at:  # never later than before
             self._keys[record.key_hash] = dataclasses.replace(record, revoked_at=at)
+        self._record(audit)
         return True
 
     async def rotate_key(
-        self, tenant_id: str, key_id: str, new_key: ApiKeyRecord, old_key_until: datetime
+        self,
+        tenant_id: str,
+        key_id: str,
+        new_key: ApiKeyRecord,
+        old_key_until: datetime,
+        *,
+        audit: AuditEntry | None = None,
     ) -> bool:
         record = self._key(tenant_id, key_id)
         if record is None or not record.usable_at(new_key.created_at.timestamp()):
             return False
-        await self.revoke_key(tenant_id, key_id, old_key_until)
+        await self.revoke_key(tenant_id, key_id, old_key_until, audit=audit)
         self._keys[new_key.key_hash] = new_key
         return True
 
@@ -281,21 +361,34 @@ class MemoryDirectory:
                 if record.last_used_at is None or record.last_used_at < moment:
                     self._keys[digest] = dataclasses.replace(record, last_used_at=moment)
 
-    async def set_webhook(self, tenant_id: str, url: str | None, secret: str | None) -> bool:
+    async def set_webhook(
+        self,
+        tenant_id: str,
+        url: str | None,
+        secret: str | None,
+        *,
+        audit: AuditEntry | None = None,
+    ) -> bool:
         if self._live(tenant_id) is None:
             return False
         if url is None or secret is None:
             self._webhooks.pop(tenant_id, None)
         else:
             self._webhooks[tenant_id] = (url, secret)
+        self._record(audit)
         return True
 
     async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
         return self._webhooks.get(tenant_id) if self._live(tenant_id) else None
 
+    def _record(self, entry: AuditEntry | None) -> None:
+        """Called in the same step as the change it records (no await between them)."""
+        if entry is not None:
+            stored = dataclasses.replace(entry, id=next(self._audit_ids))
+            self._audit.setdefault(entry.tenant_id, []).append(stored)
+
     async def record_audit(self, entry: AuditEntry) -> None:
-        stored = dataclasses.replace(entry, id=next(self._audit_ids))
-        self._audit.setdefault(entry.tenant_id, []).append(stored)
+        self._record(entry)
 
     async def list_audit(
         self, tenant_id: str, *, limit: int, before: int | None

@@ -13,15 +13,21 @@ import hmac
 import re
 import secrets
 import zlib
+from collections.abc import Iterable
 
 from starlette.datastructures import Headers
 
+from tenant_gateway import problems
+
 __all__ = [
+    "ID_MAX_LENGTH",
     "KEY_PREFIX",
     "api_key_from",
+    "api_key_from_lines",
     "extract_api_key",
     "generate_api_key",
     "hash_api_key",
+    "is_id",
     "is_well_formed",
     "key_display_prefix",
     "new_id",
@@ -34,6 +40,8 @@ _CHECKSUM_LENGTH = 6
 _KEY_LENGTH = len(KEY_PREFIX) + _BODY_LENGTH + _CHECKSUM_LENGTH
 _KEY_RE = re.compile(r"tk_[A-Za-z0-9_-]{32}[A-Za-z0-9]{6}")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ID_MAX_LENGTH = 128
+_ID_RE = re.compile(r"[!-~]+")  # printable ASCII, no space
 
 
 def _checksum(text: str) -> str:
@@ -77,15 +85,45 @@ def new_id(kind: str) -> str:
     return f"{kind}_{secrets.token_hex(10)}"
 
 
+def is_id(text: str) -> bool:
+    """Whether ``text`` could name a stored tenant, user or key: ``new_id`` makes
+    ``kind_<hex>``, an import may bring other ids, all printable ASCII without spaces and at
+    most ``ID_MAX_LENGTH`` long. Anything else (NUL, non-ASCII, 10,000 characters) names
+    nothing, so callers answer "not found" without asking a store."""
+    return len(text) <= ID_MAX_LENGTH and _ID_RE.fullmatch(text) is not None
+
+
 def extract_api_key(headers: Headers) -> str | None:
-    """The credential from ``Authorization: Bearer …`` or ``X-API-Key``; None when absent."""
-    return api_key_from(headers.get("authorization"), headers.get("x-api-key"))
+    """The credential from ``Authorization: Bearer …`` or ``X-API-Key``, every line of both
+    counted (see ``api_key_from_lines``); None when absent."""
+    return api_key_from_lines(headers.getlist("authorization"), headers.getlist("x-api-key"))
+
+
+def _bearer(authorization: str) -> str | None:
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    return credentials if credentials and scheme.lower() == "bearer" else None
 
 
 def api_key_from(authorization: str | None, x_api_key: str | None) -> str | None:
-    """A Bearer credential wins over ``X-API-Key``; blank values count as absent."""
-    if authorization is not None:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
-    return x_api_key.strip() if x_api_key is not None and x_api_key.strip() else None
+    """The credential of one ``Authorization`` line and one ``X-API-Key`` line. Blank values
+    and other schemes than Bearer count as absent; two credentials that differ raise the 400
+    ``ambiguous_credentials`` Problem (either one could be another tenant's)."""
+    bearer = None if authorization is None else _bearer(authorization)
+    other = None if x_api_key is None else x_api_key.strip() or None
+    if bearer is not None and other is not None and bearer != other:
+        raise problems.ambiguous_credentials()
+    return bearer if bearer is not None else other
+
+
+def api_key_from_lines(authorizations: Iterable[str], api_keys: Iterable[str]) -> str | None:
+    """``api_key_from`` over any number of header lines: identical repeats are one
+    credential, different ones are ambiguous."""
+    found: str | None = None
+    for credential in [*map(_bearer, authorizations), *(key.strip() for key in api_keys)]:
+        if not credential:
+            continue
+        if found is not None and credential != found:
+            raise problems.ambiguous_credentials()
+        found = credential
+    return found

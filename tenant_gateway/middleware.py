@@ -29,7 +29,7 @@ from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
 from tenant_gateway.headers import Header, declared_over
-from tenant_gateway.keys import api_key_from
+from tenant_gateway.keys import api_key_from, api_key_from_lines
 from tenant_gateway.metering import Meter
 from tenant_gateway.plans import load_plans
 from tenant_gateway.ratelimit import BurstLimiter
@@ -46,19 +46,36 @@ class _BodyTooLarge(Exception):
 
 def _scan_headers(scope: Scope) -> tuple[str | None, str | None, bool]:
     """(API key, Content-Length, Transfer-Encoding present) in one pass over the raw headers
-    (the hot path's only parse); the key rules are those of ``extract_api_key``."""
-    authorization = api_key = length = None
-    encoded = False
+    (the hot path's only parse); the key rules are those of ``extract_api_key``. Credentials
+    that differ raise ``ambiguous_credentials``; a repeated line is rare, so only then are
+    all the lines gathered again."""
+    authorization: bytes | None = None
+    api_key: bytes | None = None
+    length: str | None = None
+    encoded = repeated = False
     for name, value in scope["headers"]:
         if name == b"authorization":
-            authorization = value.decode("latin-1")
+            repeated = repeated or (authorization is not None and value != authorization)
+            authorization = value
         elif name == b"x-api-key":
-            api_key = value.decode("latin-1")
+            repeated = repeated or (api_key is not None and value != api_key)
+            api_key = value
         elif name == b"content-length":
             length = value.decode("latin-1")
         elif name == b"transfer-encoding":
             encoded = True
-    return api_key_from(authorization, api_key), length, encoded
+    if repeated:
+        lines = scope["headers"]
+        key = api_key_from_lines(
+            [value.decode("latin-1") for name, value in lines if name == b"authorization"],
+            [value.decode("latin-1") for name, value in lines if name == b"x-api-key"],
+        )
+    else:
+        key = api_key_from(
+            None if authorization is None else authorization.decode("latin-1"),
+            None if api_key is None else api_key.decode("latin-1"),
+        )
+    return key, length, encoded
 
 
 class TenantGateway:
@@ -74,6 +91,7 @@ class TenantGateway:
         admin_jwt_public_key: str | None = None,
         admin_jwt_audience: str | None = None,
         admin_jwt_issuer: str | None = None,
+        admin_jwt_max_lifetime: float | None = 24 * 3600.0,
         public_paths: Sequence[str] = (),
         max_body_bytes: int = 10 * 1024 * 1024,
         admin_max_body_bytes: int = 1024 * 1024,
@@ -118,6 +136,7 @@ class TenantGateway:
                 public_key=admin_jwt_public_key,
                 audience=admin_jwt_audience,
                 issuer=admin_jwt_issuer,
+                max_lifetime=admin_jwt_max_lifetime,
             )
             if admin_jwt_secret or admin_jwt_public_key
             else None

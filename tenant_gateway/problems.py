@@ -15,6 +15,7 @@ from tenant_gateway.exceptions import Problem
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
+    "ambiguous_credentials",
     "client_disconnected",
     "forbidden",
     "import_rejected",
@@ -90,6 +91,18 @@ def unauthorized(detail: str) -> Problem:
         "Invalid credentials",
         detail,
         headers={"WWW-Authenticate": 'Bearer realm="tenant-gateway", error="invalid_token"'},
+    )
+
+
+def ambiguous_credentials() -> Problem:
+    """Two credentials that differ in one request: answering with either could act as the
+    wrong tenant, so neither is used."""
+    return Problem(
+        400,
+        "ambiguous_credentials",
+        "Ambiguous credentials",
+        "The request carries more than one credential (repeated 'Authorization' or"
+        " 'X-API-Key' headers, or both) and they differ; send exactly one.",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -209,5 +210,8 @@ JWT_SECRET = "operator-secret-for-tests-0123456789"
 
 
 def operator_headers(secret: str = JWT_SECRET, **claims: Any) -> dict[str, str]:
-    payload = {"sub": "ops@example.com", "role": "operator", "exp": 4_102_444_800, **claims}
+    """An hour-long operator token (the gateway refuses tokens living over 24 h by default)."""
+    now = int(time.time())
+    payload = {"sub": "ops@example.com", "role": "operator", "iat": now, "exp": now + 3600}
+    payload.update(claims)
     return {"Authorization": "Bearer " + jwt.encode(payload, secret, algorithm="HS256")}

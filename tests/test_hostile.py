@@ -170,3 +170,72 @@ async def test_plan_change_refuses_hostile_bodies(gateway_client: Any) -> None:
         assert response.json()["code"] == "validation_error"
     fetched = await gateway_client.get(f"{T}/{tenant['id']}", headers=auth(tenant))
     assert fetched.json()["plan"] == "free"
+
+
+# -- more than one credential (issue 17, finding 9) ----------------------------------------------
+
+
+def _credential_lines(first: str, second: str) -> dict[str, list[tuple[str, str]]]:
+    """Two credentials in one request, every way a client can send them."""
+    return {
+        "two Authorization lines": [
+            ("Authorization", f"Bearer {first}"),
+            ("Authorization", f"Bearer {second}"),
+        ],
+        "two X-API-Key lines": [("X-API-Key", first), ("X-API-Key", second)],
+        "Authorization and X-API-Key": [
+            ("Authorization", f"Bearer {first}"),
+            ("X-API-Key", second),
+        ],
+        "X-API-Key and Authorization": [
+            ("X-API-Key", first),
+            ("Authorization", f"Bearer {second}"),
+        ],
+    }
+
+
+async def test_two_tenants_credentials_in_one_request_are_400(gateway_client: Any) -> None:
+    """The attack: the gate used the last Authorization line, the admin API the first, so one
+    request could be metered as one tenant and act as another."""
+    a, b = await register(gateway_client), await register(gateway_client)
+    for first, second in ((a, b), (b, a)):
+        for case, lines in _credential_lines(first["api_key"], second["api_key"]).items():
+            gate = await gateway_client.get("/whoami", headers=lines)
+            assert gate.status_code == 400, (case, gate.text)
+            assert gate.json()["code"] == "ambiguous_credentials"
+            assert gate.headers["content-type"] == "application/problem+json"
+            admin = await gateway_client.delete(f"{T}/{a['id']}", headers=lines)
+            assert admin.status_code == 400, (case, admin.text)
+            assert admin.json()["code"] == "ambiguous_credentials"
+    for tenant in (a, b):  # neither was deleted, both keys still work alone
+        assert (await gateway_client.get("/whoami", headers=auth(tenant))).status_code == 200
+
+
+async def test_an_operator_token_beside_a_tenant_key_is_400(gateway_client: Any) -> None:
+    tenant = await register(gateway_client)
+    token = operator_headers()["Authorization"].removeprefix("Bearer ")
+    for case, lines in _credential_lines(token, tenant["api_key"]).items():
+        response = await gateway_client.post(f"{T}/{tenant['id']}/suspend", headers=lines)
+        assert response.status_code == 400, (case, response.text)
+        assert response.json()["code"] == "ambiguous_credentials"
+    fetched = await gateway_client.get(f"{T}/{tenant['id']}", headers=auth(tenant))
+    assert fetched.json()["status"] == "active"
+
+
+async def test_the_same_credential_repeated_is_one_credential(gateway_client: Any) -> None:
+    tenant = await register(gateway_client)
+    key = tenant["api_key"]
+    for case, lines in _credential_lines(key, key).items():
+        gate = await gateway_client.get("/whoami", headers=lines)
+        assert gate.status_code == 200, (case, gate.text)
+        assert gate.json()["scope_state"] == tenant["id"]
+        admin = await gateway_client.get(f"{T}/{tenant['id']}", headers=lines)
+        assert admin.status_code == 200, (case, admin.text)
+    # another scheme, or a blank value, is no credential: the other line is the only one
+    for lines in (
+        [("Authorization", "Basic dXNlcjpwYXNz"), ("X-API-Key", key)],
+        [("Authorization", "Bearer   "), ("Authorization", f"Bearer {key}")],
+        [("X-API-Key", " "), ("Authorization", f"bearer {key}")],
+    ):
+        assert (await gateway_client.get("/whoami", headers=lines)).status_code == 200, lines
+        assert (await gateway_client.get(f"{T}/{tenant['id']}", headers=lines)).status_code == 200

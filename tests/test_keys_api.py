@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,6 +20,7 @@ from tenant_gateway import TenantGateway
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .test_hostile import tenant_count
 from .test_middleware import assert_problem
 
 T = "/api/v1/tenants"
@@ -202,13 +207,14 @@ async def test_each_roles_allowed_and_forbidden_endpoints(
 
 
 def _token(key: Any, algorithm: str, **claims: Any) -> dict[str, str]:
-    payload = {"sub": "ops", "role": "operator", "exp": 4_102_444_800, **claims}
+    now = int(time.time())
+    payload = {"sub": "ops", "role": "operator", "iat": now, "exp": now + 3600, **claims}
     return {"Authorization": "Bearer " + jwt.encode(payload, key, algorithm=algorithm)}
 
 
 def _none_token() -> dict[str, str]:
     header = {"alg": "none", "typ": "JWT"}
-    payload = {"sub": "ops", "role": "operator", "exp": 4_102_444_800}
+    payload = {"sub": "ops", "role": "operator", "exp": int(time.time()) + 3600}
 
     def part(value: dict[str, Any]) -> str:
         import base64
@@ -385,3 +391,273 @@ async def test_audit_log(stores: Stores, client_for: Any) -> None:
     ).json()
     assert [e["action"] for e in first["items"] + rest["items"]] == [a for a, _ in actions]
     assert rest["next_before"] is None
+
+
+# -- issue 17: rotation cutoffs, operator token times, an audit trail to trust -----------------
+
+
+async def test_a_second_rotation_never_prolongs_the_old_key(
+    stores: Stores, client_for: Any, clock: FakeClock
+) -> None:
+    client = await client_for(gateway(stores, clock))
+    tenant = await register(client)
+    old = await new_key(client, tenant, name="svc")
+    rotate = f"{T}/{tenant['id']}/keys/{old['id']}/rotate"
+    first = await client.post(rotate, json={"grace_seconds": 60}, headers=auth(tenant))
+    assert first.status_code == 201, first.text
+    clock.advance(10)  # within the grace: the old key may be rotated again …
+    second = await client.post(rotate, json={"grace_seconds": 86_400}, headers=auth(tenant))
+    assert second.status_code == 201, second.text
+    clock.advance(49)
+    assert (await client.get("/whoami", headers=auth(old))).status_code == 200
+    clock.advance(2)  # … but it still ends 60 s after the first rotation, not a day later
+    assert_problem(await client.get("/whoami", headers=auth(old)), 401, "invalid_api_key")
+    listed = (await client.get(f"{T}/{tenant['id']}/keys", headers=auth(tenant))).json()
+    revoked_at = {k["id"]: k["revoked_at"] for k in listed}[old["id"]]
+    first_cutoff = datetime.fromtimestamp(clock() - 61 + 60, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    assert revoked_at.startswith(first_cutoff), revoked_at
+    for successor in (first.json(), second.json()):
+        assert (await client.get("/whoami", headers=auth(successor))).status_code == 200
+
+
+def _signed(**claims: Any) -> dict[str, str]:
+    payload = {"sub": "ops", "role": "operator", **claims}
+    return {"Authorization": "Bearer " + jwt.encode(payload, JWT_SECRET, algorithm="HS256")}
+
+
+def _raw_signed(payload_json: str) -> dict[str, str]:
+    """A token whose payload is exactly this JSON text (PyJWT would not write a string exp)."""
+    token = jwt.api_jws.PyJWS().encode(payload_json.encode(), JWT_SECRET, algorithm="HS256")
+    return {"Authorization": "Bearer " + token}
+
+
+def _hour() -> int:
+    return int(time.time()) + 3600
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(lambda: _signed(exp=1e308), id="exp 1e308"),
+        pytest.param(lambda: _signed(exp=float(_hour())), id="exp a float"),
+        pytest.param(
+            lambda: _raw_signed(f'{{"sub": "ops", "role": "operator", "exp": "{_hour()}"}}'),
+            id="exp a string",
+        ),
+        pytest.param(lambda: _signed(exp=_hour(), nbf="0"), id="nbf a string"),
+        pytest.param(lambda: _signed(exp=_hour(), iat=time.time()), id="iat a float"),
+        pytest.param(lambda: _signed(exp=_hour(), iat=-1), id="iat negative"),
+        pytest.param(lambda: _signed(exp=300_000_000_000), id="exp past year 9999"),
+        pytest.param(lambda: _signed(exp=int(time.time()) + 25 * 3600), id="25 h from now"),
+        pytest.param(
+            lambda: _signed(iat=int(time.time()) - 3600, exp=int(time.time()) + 24 * 3600),
+            id="25 h from iat",
+        ),
+        pytest.param(lambda: _signed(exp=4_102_444_800), id="exp in 2100"),
+    ],
+)
+async def test_operator_tokens_with_bad_times_are_401(
+    stores: Stores, client_for: Any, headers: Any
+) -> None:
+    client = await client_for(gateway(stores))
+    assert_problem(await client.get(f"{T}/", headers=headers()), 401, "invalid_api_key")
+    assert (await client.get(f"{T}/", headers=_signed(exp=_hour()))).status_code == 200
+
+
+async def test_operator_token_lifetime_setting(stores: Stores, client_for: Any) -> None:
+    now = int(time.time())
+    default = await client_for(gateway(stores))
+    for fine in (
+        _signed(exp=now + 23 * 3600),  # no iat: measured from now
+        _signed(iat=now - 3600, exp=now + 23 * 3600),
+    ):
+        assert (await default.get(f"{T}/", headers=fine)).status_code == 200
+    short = await client_for(gateway(stores, admin_jwt_max_lifetime=60))
+    assert (await short.get(f"{T}/", headers=_signed(iat=now, exp=now + 60))).status_code == 200
+    assert_problem(
+        await short.get(f"{T}/", headers=_signed(iat=now, exp=now + 61)), 401, "invalid_api_key"
+    )
+    unlimited = await client_for(gateway(stores, admin_jwt_max_lifetime=None))
+    assert (await unlimited.get(f"{T}/", headers=_signed(exp=4_102_444_800))).status_code == 200
+    assert_problem(await unlimited.get(f"{T}/", headers=_signed(exp=1e308)), 401, "invalid_api_key")
+
+
+async def test_an_operator_subject_with_control_characters_is_recorded_escaped(
+    stores: Stores, client_for: Any
+) -> None:
+    """The finding: a NUL in ``sub`` suspended the tenant, then the audit insert failed (500,
+    no entry). A bidi override or a line break would disguise or forge an entry."""
+    client = await client_for(gateway(stores))
+    tenant = await register(client)
+    subject = "ops\x00\u202eexe.\nfake\\u{0}" + "x" * 1000
+    response = await client.post(
+        f"{T}/{tenant['id']}/suspend", headers=operator_headers(sub=subject)
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "suspended"
+    log = (await client.get(f"{T}/{tenant['id']}/audit", headers=operator_headers())).json()
+    entry = log["items"][0]
+    assert entry["action"] == "tenant.suspend"
+    expected = "operator:ops\\u{0}\\u{202e}exe.\\u{a}fake\\\\u{0}" + "x" * 1000
+    assert entry["actor"] == expected[:199] + "…" and len(entry["actor"]) == 200
+    assert entry["actor"].isprintable()
+
+
+async def test_only_changes_made_are_recorded(stores: Stores, client_for: Any) -> None:
+    """Each entry is written in the step of the change it records (deletion used to write its
+    entry before deleting), and a refused change leaves none."""
+    gw = gateway(stores)
+    client = await client_for(gw)
+    tenant = await register(client)
+    url = f"{T}/{tenant['id']}"
+    assert_problem(
+        await client.delete(f"{url}/users/usr_nope", headers=auth(tenant)), 404, "not_found"
+    )
+    duplicate = {"email": "admin@acme.com"}
+    assert_problem(
+        await client.post(f"{url}/users", json=duplicate, headers=auth(tenant)), 409, "user_exists"
+    )
+    assert_problem(
+        await client.put(f"{url}/plan", json={"plan": "nope"}, headers=auth(tenant)),
+        422,
+        "validation_error",
+    )
+    assert (await client.delete(url, headers=operator_headers())).status_code == 204
+    assert_problem(await client.delete(url, headers=operator_headers()), 404, "not_found")
+    entries = await gw.services.directory.list_audit(tenant["id"], limit=10, before=None)
+    assert [(e.action, e.actor) for e in entries] == [
+        ("tenant.delete", "operator:ops@example.com"),
+        ("tenant.register", "anonymous"),
+    ]
+
+
+@pytest.fixture
+def real(postgres_url: str, redis_url: str, redis_prefix: str) -> Stores:
+    return Stores("real", postgres_url, redis_url, redis_prefix)
+
+
+async def test_a_change_whose_audit_entry_fails_is_not_made(real: Stores, client_for: Any) -> None:
+    """A real failure of the audit insert, for one operator only: a CHECK constraint on
+    ``tg_audit`` refuses that operator's entries. Every change that operator makes must then
+    fail whole (500) and leave nothing behind."""
+    gw = gateway(real)
+    client = await client_for(gw)
+    raw = httpx.AsyncClient(  # a 500 as a response, not re-raised into the test
+        transport=httpx.ASGITransport(app=gw, raise_app_exceptions=False), base_url="http://t"
+    )
+    tenant = await register(client)
+    url = f"{T}/{tenant['id']}"
+    key = await new_key(client, tenant, name="k")
+    user = (
+        await client.post(f"{url}/users", json={"email": "u@x.io"}, headers=auth(tenant))
+    ).json()
+    exported = await client.get(f"{url}/export", headers=operator_headers())
+    assert exported.status_code == 200
+    before = await _snapshot(client, url)
+    tenants_before = await tenant_count(client)
+    constraint = f"refuse_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(real.database_url)
+    await conn.execute(
+        f"ALTER TABLE tg_audit ADD CONSTRAINT {constraint}"
+        " CHECK (actor <> 'operator:audit-fails') NOT VALID"
+    )
+    refused = operator_headers(sub="audit-fails")
+    attempts = [
+        ("POST", f"{T}/register", {"name": "N", "admin_email": "n@x.io"}),
+        ("POST", f"{url}/suspend", None),
+        ("PATCH", url, {"name": "Renamed"}),
+        ("PUT", f"{url}/plan", {"plan": "professional"}),
+        ("POST", f"{url}/users", {"email": "v@x.io"}),
+        ("PATCH", f"{url}/users/{user['id']}", {"role": "viewer"}),
+        ("DELETE", f"{url}/users/{user['id']}", None),
+        ("POST", f"{url}/keys", {"name": "new"}),
+        ("DELETE", f"{url}/keys/{key['id']}", None),
+        ("POST", f"{url}/keys/{key['id']}/rotate", {"grace_seconds": 0}),
+        ("PUT", f"{url}/webhook", {"url": "https://93.184.216.34/hook"}),
+        ("DELETE", url, None),
+    ]
+    try:
+        for method, target, body in attempts:
+            response = await raw.request(method, target, json=body, headers=refused)
+            assert response.status_code == 500, (method, target, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+        # app_only: nothing of the tenant's own export collides, the import would succeed
+        imported = await raw.post(
+            f"{url}/import?app_only=true", content=exported.content, headers=refused
+        )
+        assert imported.status_code == 500, imported.text
+    finally:
+        await conn.execute(f"ALTER TABLE tg_audit DROP CONSTRAINT {constraint}")
+        await conn.close()
+        await raw.aclose()
+    assert await _snapshot(client, url) == before
+    assert await tenant_count(client) == tenants_before
+    assert (await client.get("/whoami", headers=auth(key))).status_code == 200
+    # the same requests by another operator go through: the refusal was the audit insert's
+    again = await client.post(
+        f"{url}/import?app_only=true", content=exported.content, headers=operator_headers()
+    )
+    assert again.status_code == 200, again.text
+    assert (await client.post(f"{url}/suspend", headers=operator_headers())).status_code == 200
+
+
+async def _snapshot(client: Any, url: str) -> dict[str, Any]:
+    """What the tenant looks like to an operator: profile, users, keys, webhook, audit."""
+    headers = operator_headers()
+    return {
+        path: (await client.get(f"{url}{path}", headers=headers)).json()
+        for path in ("", "/users", "/keys", "/webhook", "/audit")
+    }
+
+
+async def test_the_audit_trail_is_append_only(real: Stores, client_for: Any) -> None:
+    """No role the gateway runs as may rewrite or erase an entry: not the owner role its own
+    work runs under, not the runtime role the app runs under; the trigger stops even the
+    superuser login the tests use."""
+    client = await client_for(gateway(real))
+    tenant = await register(client)
+    conn = await asyncpg.connect(real.database_url)
+    try:
+        statements = [
+            "UPDATE tg_audit SET actor = 'someone else'",
+            "DELETE FROM tg_audit",
+            "TRUNCATE tg_audit",
+        ]
+        roles = [
+            "SET LOCAL ROLE tenant_gateway_owner",
+            "SELECT set_config('role', 'tenant_gateway_app', true),"
+            f" set_config('tenant_gateway.tenant_id', '{tenant['id']}', true)",
+            "SELECT 1",  # the login itself (a superuser here)
+        ]
+        for role in roles:
+            for statement in statements:
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    async with conn.transaction():
+                        await conn.execute(role)
+                        await conn.execute(statement)
+        count = await conn.fetchval(
+            "SELECT count(*) FROM tg_audit WHERE tenant_id = $1 AND actor = 'anonymous'",
+            tenant["id"],
+        )
+        assert count == 1
+    finally:
+        await conn.close()
+
+
+async def test_an_import_does_not_bring_audit_entries(real: Stores, client_for: Any) -> None:
+    """An export's audit rows are a record of the source: importing them would let a tenant
+    write entries in its own trail ("operator:… deleted …") that the gateway never wrote."""
+    client = await client_for(gateway(real))
+    source = await register(client)
+    target = await register(client, admin_email="admin@target.io")
+    await new_key(client, source, name="source key")
+    exported = await client.get(f"{T}/{source['id']}/export", headers=auth(source))
+    assert b'"tg_audit"' in exported.content
+    imported = await client.post(
+        f"{T}/{target['id']}/import", content=exported.content, headers=auth(target)
+    )
+    assert imported.status_code == 200, imported.text
+    assert imported.json()["skipped"]["tg_audit"] == 3  # register, key.create, export
+    assert "tg_audit" not in imported.json()["imported"]
+    log = (await client.get(f"{T}/{target['id']}/audit", headers=auth(target))).json()
+    assert [e["action"] for e in log["items"]] == ["tenant.import", "tenant.register"]

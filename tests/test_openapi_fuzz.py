@@ -18,6 +18,7 @@ no example database.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +125,8 @@ def register() -> Registered:
 
 
 def operator_token() -> str:
-    claims = {"sub": "fuzz", "role": "operator", "exp": 4_102_444_800}
+    now = int(time.time())  # within the gateway's default 24 h token lifetime
+    claims = {"sub": "fuzz", "role": "operator", "iat": now, "exp": now + 3600}
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 

@@ -1,7 +1,8 @@
 """The admin sub-app mounted at ``/api/v1/tenants`` (SPEC §6).
 
 Admin calls are authenticated here (operator JWT or the tenant's own key), are not metered,
-and every change is written to the tenant's audit log.
+and every change is written to the tenant's audit log by the directory, in the same transaction
+as the change. Path ids that cannot name anything (``keys.is_id``) are 404 without a query.
 """
 
 from __future__ import annotations
@@ -50,7 +51,14 @@ from tenant_gateway.exceptions import (
     StoreUnavailable,
     TransferBusy,
 )
-from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix, new_id
+from tenant_gateway.keys import (
+    ID_MAX_LENGTH,
+    generate_api_key,
+    hash_api_key,
+    is_id,
+    key_display_prefix,
+    new_id,
+)
 from tenant_gateway.ledger import period_tallies
 from tenant_gateway.models import (
     ApiKeyRecord,
@@ -78,17 +86,43 @@ __all__ = ["build_admin_app"]
 
 _PAGE_DEFAULT = 50
 _PAGE_MAX = 500
+_AUDIT_TEXT_MAX = 200
 
 
 def _field_error(field: str, message: str, detail: str = "Invalid request.") -> Problem:
     return problems.validation_error(detail, [{"field": field, "message": message}])
 
 
+def _ascii_digits(raw: str, most: int) -> bool:
+    """``str.isdigit`` alone admits ``²`` and ``٣``, which ``int`` then refuses."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= most
+
+
 def _page_size(request: Request) -> int:
     raw = request.query_params.get("limit", str(_PAGE_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= _PAGE_MAX:
+    if not _ascii_digits(raw, len(str(_PAGE_MAX))) or not 1 <= int(raw) <= _PAGE_MAX:
         raise _field_error("limit", f"must be an integer from 1 to {_PAGE_MAX}")
     return int(raw)
+
+
+def _path_id(request: Request, name: str) -> str:
+    """A path id, or 404 without a query when it cannot name anything (NUL, too long…)."""
+    value: str = request.path_params[name]
+    if not is_id(value):
+        raise problems.not_found()
+    return value
+
+
+def _audit_text(text: str) -> str:
+    """``text`` fit for the audit log: control and format characters (NUL, line breaks, bidi
+    overrides, zero-width), separators and lone surrogates escaped as ``\\u{hex}`` (and ``\\``
+    doubled, so an escape cannot be forged), at most 200 characters."""
+    escaped = "".join(
+        "\\\\" if c == "\\" else c if c.isprintable() else f"\\u{{{ord(c):x}}}" for c in text
+    )
+    if len(escaped) > _AUDIT_TEXT_MAX:
+        return escaped[: _AUDIT_TEXT_MAX - 1] + "…"
+    return escaped
 
 
 class AdminAPI:
@@ -107,7 +141,7 @@ class AdminAPI:
         tenant_id = request.path_params["tenant_id"]
         caller = await self._caller(request)
         authorize(caller, tenant_id, action)
-        tenant = await self.s.directory.get_tenant(tenant_id)
+        tenant = await self.s.directory.get_tenant(_path_id(request, "tenant_id"))
         if tenant is None:
             raise problems.not_found()
         return caller, tenant
@@ -118,6 +152,27 @@ class AdminAPI:
             raise _field_error("plan", f"must be one of {', '.join(sorted(self.s.plans))}")
         return plan
 
+    def _entry(
+        self,
+        request: Request,
+        caller: Caller,
+        tenant_id: str,
+        action: str,
+        target: str | None = None,
+    ) -> AuditEntry:
+        """The entry recording a change: handed to the directory call that makes the change
+        (``audit=``), which writes both in one transaction. Actor and target are made safe to
+        display."""
+        client = request.client
+        return AuditEntry(
+            tenant_id=tenant_id,
+            actor=_audit_text(caller.actor),
+            action=action,
+            target=None if target is None else _audit_text(target),
+            at=self._now(),
+            ip=client.host if client else None,
+        )
+
     async def _audit(
         self,
         request: Request,
@@ -126,17 +181,8 @@ class AdminAPI:
         action: str,
         target: str | None = None,
     ) -> None:
-        client = request.client
-        await self.s.directory.record_audit(
-            AuditEntry(
-                tenant_id=tenant_id,
-                actor=caller.actor,
-                action=action,
-                target=target,
-                at=self._now(),
-                ip=client.host if client else None,
-            )
-        )
+        """Record an action that changes nothing in the directory (an export)."""
+        await self.s.directory.record_audit(self._entry(request, caller, tenant_id, action, target))
 
     async def _changed(self, tenant_id: str) -> None:
         await self.s.invalidator.tenant_changed(tenant_id)
@@ -187,14 +233,20 @@ class AdminAPI:
         )
         admin = User(new_id("usr"), tenant.id, body.admin_email, Role.ADMIN, now)
         secret, key = self._new_key(tenant.id, "registration", Role.ADMIN, None)
-        await self.s.directory.register(tenant, admin, key)
-        await self._audit(request, caller, tenant.id, "tenant.register", tenant.id)
+        await self.s.directory.register(
+            tenant,
+            admin,
+            key,
+            audit=self._entry(request, caller, tenant.id, "tenant.register", tenant.id),
+        )
         return JSONResponse({**tenant.to_json(), "api_key": secret}, status_code=201)
 
     async def list_tenants(self, request: Request) -> Response:
         require_operator(await self._caller(request))
         limit = _page_size(request)
         after = request.query_params.get("after") or None
+        if after is not None and not is_id(after):
+            raise _field_error("after", f"must be a tenant id (at most {ID_MAX_LENGTH} characters)")
         tenants = await self.s.directory.list_tenants(limit=limit + 1, after=after)
         page = tenants[:limit]
         return JSONResponse(
@@ -223,18 +275,21 @@ class AdminAPI:
             if field in body.model_fields_set and getattr(body, field) is None:
                 raise _field_error(field, "may not be null")
         updated = await self.s.directory.update_tenant(
-            tenant.id, changes, self._plan(tenant.plan), self._now()
+            tenant.id,
+            changes,
+            self._plan(tenant.plan),
+            self._now(),
+            audit=self._entry(request, caller, tenant.id, "tenant.update", tenant.id),
         )
         if updated is None:
             raise problems.not_found()
         await self._changed(tenant.id)
-        await self._audit(request, caller, tenant.id, "tenant.update", tenant.id)
         return JSONResponse(updated.to_json())
 
     async def delete_tenant(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
-        await self._audit(request, caller, tenant.id, "tenant.delete", tenant.id)
-        if not await self.s.directory.delete_tenant(tenant.id, self._now()):
+        entry = self._entry(request, caller, tenant.id, "tenant.delete", tenant.id)
+        if not await self.s.directory.delete_tenant(tenant.id, self._now(), audit=entry):
             raise problems.not_found()
         await self._changed(tenant.id)
         return Response(status_code=204)
@@ -243,12 +298,13 @@ class AdminAPI:
         tenant_id = request.path_params["tenant_id"]
         caller = await self._caller(request)
         require_operator(caller, tenant_id)
-        tenant = await self.s.directory.set_status(tenant_id, status)
+        tenant_id = _path_id(request, "tenant_id")
+        action = "tenant.suspend" if status is TenantStatus.SUSPENDED else "tenant.resume"
+        entry = self._entry(request, caller, tenant_id, action, tenant_id)
+        tenant = await self.s.directory.set_status(tenant_id, status, audit=entry)
         if tenant is None:
             raise problems.not_found()
         await self._changed(tenant_id)
-        action = "tenant.suspend" if status is TenantStatus.SUSPENDED else "tenant.resume"
-        await self._audit(request, caller, tenant_id, action, tenant_id)
         return JSONResponse(tenant.to_json())
 
     async def suspend(self, request: Request) -> Response:
@@ -261,13 +317,13 @@ class AdminAPI:
         caller, tenant = await self._tenant(request, Action.CHANGE_PLAN)
         body = await parse_body(request, ChangePlanRequest, self.s.max_body_bytes)
         plan = self._plan(body.plan)
-        updated = await self.s.directory.change_plan(tenant.id, plan, self._now())
+        entry = self._entry(
+            request, caller, tenant.id, "tenant.plan", f"{tenant.plan} -> {plan.name}"
+        )
+        updated = await self.s.directory.change_plan(tenant.id, plan, self._now(), audit=entry)
         if updated is None:
             raise problems.not_found()
         await self._changed(tenant.id)
-        await self._audit(
-            request, caller, tenant.id, "tenant.plan", f"{tenant.plan} -> {plan.name}"
-        )
         return JSONResponse(updated.to_json())
 
     # -- users -----------------------------------------------------------------------------------
@@ -277,8 +333,9 @@ class AdminAPI:
         body = await parse_body(request, AddUserRequest, self.s.max_body_bytes)
         seat_limit = effective_seat_limit(self._plan(tenant.plan), tenant)
         user = User(new_id("usr"), tenant.id, body.email, body.role, self._now())
-        await self.s.directory.add_user(user, seat_limit)
-        await self._audit(request, caller, tenant.id, "user.create", user.id)
+        await self.s.directory.add_user(
+            user, seat_limit, audit=self._entry(request, caller, tenant.id, "user.create", user.id)
+        )
         return JSONResponse(user.to_json(), status_code=201)
 
     async def list_users(self, request: Request) -> Response:
@@ -288,7 +345,7 @@ class AdminAPI:
 
     async def get_user(self, request: Request) -> Response:
         _, tenant = await self._tenant(request, Action.READ_USERS)
-        user = await self.s.directory.get_user(tenant.id, request.path_params["user_id"])
+        user = await self.s.directory.get_user(tenant.id, _path_id(request, "user_id"))
         if user is None:
             raise problems.not_found()
         return JSONResponse(user.to_json())
@@ -296,19 +353,19 @@ class AdminAPI:
     async def update_user(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
         body = await parse_body(request, UpdateUserRequest, self.s.max_body_bytes)
-        user_id = request.path_params["user_id"]
-        user = await self.s.directory.update_user(tenant.id, user_id, body.role)
+        user_id = _path_id(request, "user_id")
+        entry = self._entry(request, caller, tenant.id, "user.update", user_id)
+        user = await self.s.directory.update_user(tenant.id, user_id, body.role, audit=entry)
         if user is None:
             raise problems.not_found()
-        await self._audit(request, caller, tenant.id, "user.update", user_id)
         return JSONResponse(user.to_json())
 
     async def delete_user(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
-        user_id = request.path_params["user_id"]
-        if not await self.s.directory.delete_user(tenant.id, user_id):
+        user_id = _path_id(request, "user_id")
+        entry = self._entry(request, caller, tenant.id, "user.delete", user_id)
+        if not await self.s.directory.delete_user(tenant.id, user_id, audit=entry):
             raise problems.not_found()
-        await self._audit(request, caller, tenant.id, "user.delete", user_id)
         return Response(status_code=204)
 
     # -- keys ------------------------------------------------------------------------------------
@@ -319,8 +376,9 @@ class AdminAPI:
         if body.expires_at is not None and body.expires_at <= self._now():
             raise _field_error("expires_at", "must be in the future")
         secret, key = self._new_key(tenant.id, body.name, body.role, body.expires_at)
-        await self.s.directory.create_key(key)
-        await self._audit(request, caller, tenant.id, "key.create", key.id)
+        await self.s.directory.create_key(
+            key, audit=self._entry(request, caller, tenant.id, "key.create", key.id)
+        )
         return JSONResponse({**key.to_json(), "api_key": secret}, status_code=201)
 
     async def list_keys(self, request: Request) -> Response:
@@ -336,26 +394,26 @@ class AdminAPI:
 
     async def revoke_key(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
-        key_id = request.path_params["key_id"]
-        if not await self.s.directory.revoke_key(tenant.id, key_id, self._now()):
+        key_id = _path_id(request, "key_id")
+        entry = self._entry(request, caller, tenant.id, "key.revoke", key_id)
+        if not await self.s.directory.revoke_key(tenant.id, key_id, self._now(), audit=entry):
             raise problems.not_found()
         await self._changed(tenant.id)
-        await self._audit(request, caller, tenant.id, "key.revoke", key_id)
         return Response(status_code=204)
 
     async def rotate_key(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
         body = await parse_body(request, RotateKeyRequest, self.s.max_body_bytes, allow_empty=True)
-        key_id = request.path_params["key_id"]
+        key_id = _path_id(request, "key_id")
         old = next((k for k in await self.s.directory.list_keys(tenant.id) if k.id == key_id), None)
         if old is None:
             raise problems.not_found()
         secret, key = self._new_key(tenant.id, old.name, old.role, old.expires_at)
         until = key.created_at + timedelta(seconds=body.grace_seconds)
-        if not await self.s.directory.rotate_key(tenant.id, key_id, key, until):
+        entry = self._entry(request, caller, tenant.id, "key.rotate", f"{key_id} -> {key.id}")
+        if not await self.s.directory.rotate_key(tenant.id, key_id, key, until, audit=entry):
             raise problems.not_found("The key does not exist or is no longer active.")
         await self._changed(tenant.id)
-        await self._audit(request, caller, tenant.id, "key.rotate", f"{key_id} -> {key.id}")
         return JSONResponse({**key.to_json(), "api_key": secret}, status_code=201)
 
     # -- usage and audit -------------------------------------------------------------------------
@@ -378,8 +436,11 @@ class AdminAPI:
             users=await self.s.directory.count_users(tenant.id),
             max_users=effective_seat_limit(plan, tenant),
         )
-        wants_csv = request.query_params.get("format") == "csv" or (
-            "text/csv" in request.headers.get("accept", "")
+        requested = request.query_params.get("format")
+        if requested not in (None, "json", "csv"):
+            raise _field_error("format", "must be json or csv")
+        wants_csv = requested == "csv" or (
+            requested is None and "text/csv" in request.headers.get("accept", "")
         )
         if wants_csv:
             return Response(
@@ -397,6 +458,8 @@ class AdminAPI:
         current = Period.containing(self.s.clock())
         raw = request.query_params.get("period")
         try:
+            if raw is not None and not (raw.isascii() and len(raw) == len("YYYY-MM")):
+                raise ValueError(raw)  # Period.parse's \d admits "٢٠٢٦-01", its $ a newline
             period = current if raw is None else Period.parse(raw)
         except ValueError:
             raise _field_error("period", "must be YYYY-MM") from None
@@ -482,6 +545,7 @@ class AdminAPI:
                 dry_run=flags["dry_run"] == "true",
                 app_only=flags["app_only"] == "true",
                 seat_limit=effective_seat_limit(self._plan(tenant.plan), tenant),
+                audit=self._entry(request, caller, tenant.id, "tenant.import"),
             )
         except LineTooLong as exc:
             raise Problem(
@@ -498,7 +562,6 @@ class AdminAPI:
             slot.release()
         if not result.summary["dry_run"]:
             await self.s.counters.forget((tenant.id, p) for p in result.ledger_periods)
-            await self._audit(request, caller, tenant.id, "tenant.import")
         return JSONResponse(result.summary)
 
     async def get_webhook(self, request: Request) -> Response:
@@ -510,22 +573,22 @@ class AdminAPI:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
         body = await parse_body(request, WebhookRequest, self.s.max_body_bytes)
         secret = "whsec_" + secrets.token_urlsafe(32)
-        if not await self.s.directory.set_webhook(tenant.id, body.url, secret):
+        entry = self._entry(request, caller, tenant.id, "webhook.set", body.url)
+        if not await self.s.directory.set_webhook(tenant.id, body.url, secret, audit=entry):
             raise problems.not_found()
-        await self._audit(request, caller, tenant.id, "webhook.set", body.url)
         return JSONResponse({"url": body.url, "secret": secret})
 
     async def delete_webhook(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
-        await self.s.directory.set_webhook(tenant.id, None, None)
-        await self._audit(request, caller, tenant.id, "webhook.delete")
+        entry = self._entry(request, caller, tenant.id, "webhook.delete")
+        await self.s.directory.set_webhook(tenant.id, None, None, audit=entry)
         return Response(status_code=204)
 
     async def audit(self, request: Request) -> Response:
         _, tenant = await self._tenant(request, Action.READ_AUDIT)
         limit = _page_size(request)
         raw_before = request.query_params.get("before")
-        if raw_before is not None and (not raw_before.isdigit() or len(raw_before) > 18):
+        if raw_before is not None and not _ascii_digits(raw_before, 18):
             raise _field_error("before", "must be an entry id")
         entries = await self.s.directory.list_audit(
             tenant.id, limit=limit + 1, before=int(raw_before) if raw_before else None

@@ -1,13 +1,15 @@
 """Who is calling the admin API, and what they may do.
 
 An operator presents a JWT (HS256 with a shared secret, or RS256/ES256 with a public key;
-``exp`` required; ``aud``/``iss`` checked when configured; claim ``role: "operator"``) and may do
-everything. A tenant presents one of its own keys and acts on its own tenant only, within the
-key's role. Another tenant's id answers exactly as a missing one does: 404.
+``exp`` required; ``exp``, ``nbf`` and ``iat`` integers; a lifetime of at most ``max_lifetime``;
+``aud``/``iss`` checked when configured; claim ``role: "operator"``) and may do everything.
+A tenant presents one of its own keys and acts on its own tenant only, within the key's role.
+Another tenant's id answers exactly as a missing one does: 404.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -22,6 +24,7 @@ from tenant_gateway.models import Role
 from tenant_gateway.resolver import KeyResolver, Principal
 
 __all__ = [
+    "DEFAULT_MAX_LIFETIME",
     "ROLE_ACTIONS",
     "Action",
     "Caller",
@@ -63,20 +66,29 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
 }
 
 
+DEFAULT_MAX_LIFETIME = 24 * 3600.0
+"""Seconds an operator token may live, from ``iat`` (or from now without one) to ``exp``."""
+_LATEST_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z: a time claim beyond it is nonsense
+
+
 @dataclass(frozen=True, slots=True)
 class OperatorAuth:
-    """How operator tokens are verified. ``secret`` (HS256) or ``public_key`` (PEM, RS256/ES256)."""
+    """How operator tokens are verified. ``secret`` (HS256) or ``public_key`` (PEM, RS256/ES256).
+    ``max_lifetime`` (seconds, ``None`` for no limit) bounds how long a token can stay valid."""
 
     secret: str | None = None
     public_key: str | None = None
     audience: str | None = None
     issuer: str | None = None
+    max_lifetime: float | None = DEFAULT_MAX_LIFETIME
 
     def __post_init__(self) -> None:
         if (self.secret is None) == (self.public_key is None):
             raise ConfigurationError("operator auth needs exactly one of a secret or a public key")
         if self.secret is not None and len(self.secret) < 32:
             raise ConfigurationError("admin_jwt_secret must be at least 32 characters")
+        if self.max_lifetime is not None and not self.max_lifetime > 0:
+            raise ConfigurationError("admin_jwt_max_lifetime must be positive (or None)")
 
     def verify(self, token: str) -> str:
         """The operator's subject, or a 401 Problem. The algorithm list is fixed by the key
@@ -97,10 +109,34 @@ class OperatorAuth:
             )
         except jwt.PyJWTError as exc:
             raise problems.unauthorized(f"The operator token is not valid: {exc}.") from exc
+        self._check_times(claims)
         if claims.get("role") != "operator":
             raise problems.unauthorized("The token does not carry the operator role.")
         subject = claims.get("sub")
         return subject if isinstance(subject, str) and subject else "operator"
+
+    def _check_times(self, claims: dict[str, object]) -> None:
+        """PyJWT takes ``int(claim)``, so ``"exp": "4102444800"`` or ``1e308`` would pass and
+        never expire: the time claims must be JSON integers in range, and the token's lifetime
+        (``exp`` minus ``iat``, or minus now without ``iat``) at most ``max_lifetime``."""
+        times: dict[str, int] = {}
+        for name in ("exp", "nbf", "iat"):
+            if name not in claims:
+                continue
+            value = claims[name]
+            if type(value) is not int or not 0 <= value <= _LATEST_TIME:  # bool is not int here
+                raise problems.unauthorized(
+                    f"The operator token is not valid: '{name}' must be an integer time."
+                )
+            times[name] = value
+        if self.max_lifetime is None:
+            return
+        issued = times.get("iat", time.time())
+        if times["exp"] - issued > self.max_lifetime:  # exp is required, so present
+            raise problems.unauthorized(
+                "The operator token lives too long: its exp is more than"
+                f" {self.max_lifetime:g} s after its iat (or now, without one)."
+            )
 
 
 @dataclass(frozen=True, slots=True)

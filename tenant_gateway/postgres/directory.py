@@ -2,7 +2,9 @@
 
 Every method runs in a gateway transaction (``SET LOCAL ROLE tenant_gateway_owner``).
 Seat limits, downgrades and rotations lock the tenant row (``FOR UPDATE``) first, so
-concurrent requests on any worker cannot break them.
+concurrent requests on any worker cannot break them. A change's audit entry is inserted in the
+change's own transaction: if either fails, neither is kept. ``tg_audit`` is append-only
+(migration 0007): no role the gateway runs as may update, delete or truncate it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tenant_gateway.plans import Plan
 from tenant_gateway.postgres.catalog import application_tables
 from tenant_gateway.postgres.database import RUNTIME_ROLE, TENANT_SETTING, Database
 
-__all__ = ["PostgresDirectory"]
+__all__ = ["PostgresDirectory", "insert_audit"]
 
 _TENANT_COLUMNS = "id, name, plan, status, max_users, admin_email, created_at"
 _KEY_COLUMNS = (
@@ -85,7 +87,9 @@ class PostgresDirectory:
 
     # -- tenants -------------------------------------------------------------------------------
 
-    async def register(self, tenant: Tenant, admin: User, key: ApiKeyRecord) -> None:
+    async def register(
+        self, tenant: Tenant, admin: User, key: ApiKeyRecord, *, audit: AuditEntry | None = None
+    ) -> None:
         async with self._db.gateway_transaction() as conn:
             await conn.execute(
                 "INSERT INTO tg_tenants (id, name, plan, status, max_users, admin_email,"
@@ -107,6 +111,7 @@ class PostgresDirectory:
             )
             await self._insert_user(conn, admin)
             await self._insert_key(conn, key)
+            await insert_audit(conn, audit)
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         async with self._db.gateway_transaction() as conn:
@@ -146,7 +151,13 @@ class PostgresDirectory:
                 raise problems.too_many_users(users, limit)
 
     async def update_tenant(
-        self, tenant_id: str, changes: TenantChanges, plan: Plan, at: datetime
+        self,
+        tenant_id: str,
+        changes: TenantChanges,
+        plan: Plan,
+        at: datetime,
+        *,
+        audit: AuditEntry | None = None,
     ) -> Tenant | None:
         async with self._db.gateway_transaction() as conn:
             tenant = await self._locked_tenant(conn, tenant_id)
@@ -171,14 +182,18 @@ class PostgresDirectory:
                 return None
             updated = _tenant(row)
             await self._check_seats(conn, updated, plan)  # raising rolls the update back
+            await insert_audit(conn, audit)
         return updated
 
-    async def change_plan(self, tenant_id: str, plan: Plan, at: datetime) -> Tenant | None:
+    async def change_plan(
+        self, tenant_id: str, plan: Plan, at: datetime, *, audit: AuditEntry | None = None
+    ) -> Tenant | None:
         async with self._db.gateway_transaction() as conn:
             tenant = await self._locked_tenant(conn, tenant_id)
             if tenant is None:
                 return None
             await self._check_seats(conn, tenant, plan)
+            await insert_audit(conn, audit)
             if tenant.plan == plan.name:
                 return tenant
             row = await conn.fetchrow(
@@ -200,7 +215,9 @@ class PostgresDirectory:
             )
         return _tenant(row)
 
-    async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant | None:
+    async def set_status(
+        self, tenant_id: str, status: TenantStatus, *, audit: AuditEntry | None = None
+    ) -> Tenant | None:
         async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
                 "UPDATE tg_tenants SET status = $2, updated_at = now()"
@@ -208,7 +225,10 @@ class PostgresDirectory:
                 tenant_id,
                 status.value,
             )
-        return None if row is None else _tenant(row)
+            if row is None:
+                return None
+            await insert_audit(conn, audit)
+        return _tenant(row)
 
     async def plan_history(self, tenant_id: str) -> list[tuple[str, datetime]]:
         async with self._db.gateway_transaction() as conn:
@@ -219,7 +239,9 @@ class PostgresDirectory:
             )
         return [(row["to_plan"], row["changed_at"]) for row in rows]
 
-    async def delete_tenant(self, tenant_id: str, at: datetime) -> bool:
+    async def delete_tenant(
+        self, tenant_id: str, at: datetime, *, audit: AuditEntry | None = None
+    ) -> bool:
         """Tombstone the tenant row (ids are never reused; invoices keep their tenant), delete
         its keys and users, and purge its rows from every application table, in one transaction."""
         async with self._db.gateway_transaction() as conn:
@@ -231,6 +253,7 @@ class PostgresDirectory:
             )
             if deleted is None:
                 return False
+            await insert_audit(conn, audit)  # before the role below changes to the runtime one
             await conn.execute("DELETE FROM tg_api_keys WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM tg_users WHERE tenant_id = $1", tenant_id)
             tables = await application_tables(conn)
@@ -263,7 +286,9 @@ class PostgresDirectory:
         except asyncpg.UniqueViolationError as exc:
             raise problems.user_exists(user.email) from exc
 
-    async def add_user(self, user: User, seat_limit: int | None) -> None:
+    async def add_user(
+        self, user: User, seat_limit: int | None, *, audit: AuditEntry | None = None
+    ) -> None:
         async with self._db.gateway_transaction() as conn:
             await conn.execute("SELECT 1 FROM tg_tenants WHERE id = $1 FOR UPDATE", user.tenant_id)
             duplicate = await conn.fetchval(
@@ -280,6 +305,7 @@ class PostgresDirectory:
                 if users >= seat_limit:
                     raise problems.user_limit_reached(seat_limit)
             await self._insert_user(conn, user)
+            await insert_audit(conn, audit)
 
     async def list_users(self, tenant_id: str) -> list[User]:
         async with self._db.gateway_transaction() as conn:
@@ -299,7 +325,9 @@ class PostgresDirectory:
             )
         return None if row is None else _user(row)
 
-    async def update_user(self, tenant_id: str, user_id: str, role: Role) -> User | None:
+    async def update_user(
+        self, tenant_id: str, user_id: str, role: Role, *, audit: AuditEntry | None = None
+    ) -> User | None:
         async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
                 f"UPDATE tg_users SET role = $3 WHERE tenant_id = $1 AND id = $2"
@@ -308,16 +336,24 @@ class PostgresDirectory:
                 user_id,
                 role.value,
             )
-        return None if row is None else _user(row)
+            if row is None:
+                return None
+            await insert_audit(conn, audit)
+        return _user(row)
 
-    async def delete_user(self, tenant_id: str, user_id: str) -> bool:
+    async def delete_user(
+        self, tenant_id: str, user_id: str, *, audit: AuditEntry | None = None
+    ) -> bool:
         async with self._db.gateway_transaction() as conn:
             deleted = await conn.fetchval(
                 "DELETE FROM tg_users WHERE tenant_id = $1 AND id = $2 RETURNING id",
                 tenant_id,
                 user_id,
             )
-        return deleted is not None
+            if deleted is None:
+                return False
+            await insert_audit(conn, audit)
+        return True
 
     async def count_users(self, tenant_id: str) -> int:
         async with self._db.gateway_transaction() as conn:
@@ -354,9 +390,10 @@ class PostgresDirectory:
             key.expires_at,
         )
 
-    async def create_key(self, key: ApiKeyRecord) -> None:
+    async def create_key(self, key: ApiKeyRecord, *, audit: AuditEntry | None = None) -> None:
         async with self._db.gateway_transaction() as conn:
             await self._insert_key(conn, key)
+            await insert_audit(conn, audit)
 
     async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
         async with self._db.gateway_transaction() as conn:
@@ -367,7 +404,9 @@ class PostgresDirectory:
             )
         return [_key(row) for row in rows]
 
-    async def revoke_key(self, tenant_id: str, key_id: str, at: datetime) -> bool:
+    async def revoke_key(
+        self, tenant_id: str, key_id: str, at: datetime, *, audit: AuditEntry | None = None
+    ) -> bool:
         async with self._db.gateway_transaction() as conn:
             found = await conn.fetchval(
                 "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
@@ -376,10 +415,19 @@ class PostgresDirectory:
                 key_id,
                 at,
             )
-        return found is not None
+            if found is None:
+                return False
+            await insert_audit(conn, audit)
+        return True
 
     async def rotate_key(
-        self, tenant_id: str, key_id: str, new_key: ApiKeyRecord, old_key_until: datetime
+        self,
+        tenant_id: str,
+        key_id: str,
+        new_key: ApiKeyRecord,
+        old_key_until: datetime,
+        *,
+        audit: AuditEntry | None = None,
     ) -> bool:
         async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
@@ -390,13 +438,15 @@ class PostgresDirectory:
             )
             if row is None or not _key(row).usable_at(new_key.created_at.timestamp()):
                 return False
-            await conn.execute(
-                "UPDATE tg_api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2",
+            await conn.execute(  # an earlier end (a rotation in its grace) is kept
+                "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
+                " WHERE tenant_id = $1 AND id = $2",
                 tenant_id,
                 key_id,
                 old_key_until,
             )
             await self._insert_key(conn, new_key)
+            await insert_audit(conn, audit)
         return True
 
     async def touch_keys(self, used: KeyUse) -> None:
@@ -412,7 +462,14 @@ class PostgresDirectory:
 
     # -- webhooks ------------------------------------------------------------------------------
 
-    async def set_webhook(self, tenant_id: str, url: str | None, secret: str | None) -> bool:
+    async def set_webhook(
+        self,
+        tenant_id: str,
+        url: str | None,
+        secret: str | None,
+        *,
+        audit: AuditEntry | None = None,
+    ) -> bool:
         async with self._db.gateway_transaction() as conn:
             found = await conn.fetchval(
                 "UPDATE tg_tenants SET webhook_url = $2, webhook_secret = $3, updated_at = now()"
@@ -421,7 +478,10 @@ class PostgresDirectory:
                 url,
                 secret,
             )
-        return found is not None
+            if found is None:
+                return False
+            await insert_audit(conn, audit)
+        return True
 
     async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
         async with self._db.gateway_transaction() as conn:
@@ -436,16 +496,7 @@ class PostgresDirectory:
 
     async def record_audit(self, entry: AuditEntry) -> None:
         async with self._db.gateway_transaction() as conn:
-            await conn.execute(
-                "INSERT INTO tg_audit (tenant_id, at, actor, action, target, ip)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
-                entry.tenant_id,
-                entry.at,
-                entry.actor,
-                entry.action,
-                entry.target,
-                entry.ip,
-            )
+            await insert_audit(conn, entry)
 
     async def list_audit(
         self, tenant_id: str, *, limit: int, before: int | None
@@ -471,3 +522,18 @@ class PostgresDirectory:
             )
             for row in rows
         ]
+
+
+async def insert_audit(conn: Any, entry: AuditEntry | None) -> None:
+    """Write ``entry`` in the caller's transaction (a gateway one: the owner role)."""
+    if entry is not None:
+        await conn.execute(
+            "INSERT INTO tg_audit (tenant_id, at, actor, action, target, ip)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            entry.tenant_id,
+            entry.at,
+            entry.actor,
+            entry.action,
+            entry.target,
+            entry.ip,
+        )

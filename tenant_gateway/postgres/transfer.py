@@ -6,9 +6,9 @@ children. Rows are produced by PostgreSQL itself (``row_to_json``) and loaded ba
 
 Exported: the gateway's tenant tables (profile, users, key metadata without the hash, plan
 history, usage ledger, invoices, audit) and every application table under the isolation policy.
-Imported: users, the usage ledger (added to the target's), the audit trail and the application
-tables; the rest is a record of the source (keys are secrets that cannot move; invoices and plan
-history belong to the source's account) and is skipped.
+Imported: users, the usage ledger (added to the target's) and the application tables; the rest
+is a record of the source (keys are secrets that cannot move; invoices and plan history belong
+to the source's account; audit entries are written by the gateway only) and is skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from tenant_gateway.clock import format_timestamp
+from tenant_gateway.models import AuditEntry
 from tenant_gateway.postgres.catalog import application_tables
 from tenant_gateway.postgres.database import (
     OWNER_ROLE,
@@ -32,6 +33,7 @@ from tenant_gateway.postgres.database import (
     as_owner,
     as_tenant,
 )
+from tenant_gateway.postgres.directory import insert_audit
 
 if TYPE_CHECKING:
     from tenant_gateway.postgres.database import Connection
@@ -60,7 +62,7 @@ _GATEWAY: dict[str, tuple[str, bool, frozenset[str]]] = {
     "tg_plan_changes": ("tenant_id", False, frozenset()),
     "tg_usage": ("tenant_id", True, frozenset()),
     "tg_invoices": ("tenant_id", False, frozenset()),
-    "tg_audit": ("tenant_id", True, frozenset()),
+    "tg_audit": ("tenant_id", False, frozenset()),
 }
 
 
@@ -348,8 +350,10 @@ async def import_tenant(
     dry_run: bool = False,
     app_only: bool = False,
     seat_limit: int | None = None,
+    audit: AuditEntry | None = None,
 ) -> ImportResult:
-    """Load an export into ``tenant_id`` in one transaction: every row, or none."""
+    """Load an export into ``tenant_id`` in one transaction: every row, or none, and with
+    them (unless a dry run) the ``audit`` entry that records it."""
     header_line = await anext(lines, None)
     expected = _header(header_line[1] if header_line else None)
     async with database.transfer_connection(tenant_id) as conn:
@@ -398,6 +402,9 @@ async def import_tenant(
                         "tg_users",
                         f"{users} users would exceed the seat limit of {seat_limit}",
                     )
+            if not dry_run:
+                await as_owner(conn)
+                await insert_audit(conn, audit)
         except BaseException:
             await transaction.rollback()
             raise
