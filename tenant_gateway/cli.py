@@ -19,6 +19,7 @@ from tenant_gateway.demo import build_demo_app
 from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable, redact_url
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.models import effective_seat_limit
+from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
@@ -72,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--key-cache-size", type=int, default=100_000, help="resolved keys kept per worker"
     )
+    serve.add_argument(
+        "--webhook-allow-network",
+        action="append",
+        metavar="CIDR",
+        dest="webhook_allowed_networks",
+        help="a network webhooks may reach though it is not public (e.g. 10.0.0.0/8 for a"
+        " self-hosted receiver); repeatable; default TG_WEBHOOK_ALLOWED_NETWORKS (comma-separated)",
+    )
 
     billing = commands.add_parser("billing", help="billing operations")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
@@ -123,6 +132,10 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _networks(text: str) -> list[str]:
+    return [cidr.strip() for cidr in text.split(",") if cidr.strip()]
+
+
 def build_app() -> TenantGateway:
     """The app ``serve`` runs, configured from the environment (for ``--workers`` > 1)."""
     database_url = os.environ.get("TG_DATABASE_URL") or None
@@ -136,6 +149,7 @@ def build_app() -> TenantGateway:
         usage_flush_interval=float(os.environ.get("TG_FLUSH_INTERVAL", "1.0")),
         key_cache_ttl=float(os.environ.get("TG_KEY_CACHE_TTL", "1.0")),
         key_cache_size=int(os.environ.get("TG_KEY_CACHE_SIZE", "100000")),
+        webhook_allowed_networks=_networks(os.environ.get("TG_WEBHOOK_ALLOWED_NETWORKS", "")),
     )
 
 
@@ -144,6 +158,10 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail("--flush-interval must be > 0, --key-cache-ttl >= 0 and --key-cache-size >= 1")
     if args.plans:
         load_plans(args.plans)  # fail fast with a clear message
+    networks = args.webhook_allowed_networks
+    if networks is None:
+        networks = _networks(os.environ.get("TG_WEBHOOK_ALLOWED_NETWORKS", ""))
+    WebhookPolicy(networks)  # a bad CIDR fails here, with its name
     try:
         asyncio.run(_preflight(args.database_url, args.redis_url))
     except StoreUnavailable as exc:
@@ -158,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("TG_FLUSH_INTERVAL", str(args.flush_interval)),
         ("TG_KEY_CACHE_TTL", str(args.key_cache_ttl)),
         ("TG_KEY_CACHE_SIZE", str(args.key_cache_size)),
+        ("TG_WEBHOOK_ALLOWED_NETWORKS", ",".join(networks)),
     ):
         if value:
             os.environ[name] = value

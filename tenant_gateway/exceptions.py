@@ -4,6 +4,7 @@ TenantGatewayError
 ├── ConfigurationError        bad constructor argument or plans file
 ├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
 ├── NoTenantContext           a tenant query was attempted outside a resolved request
+├── WebhookTargetRefused      a webhook URL leads to an address the policy refuses
 └── Problem                   an HTTP-facing refusal, rendered as RFC 9457 problem+json
 """
 
@@ -18,6 +19,7 @@ __all__ = [
     "Problem",
     "StoreUnavailable",
     "TenantGatewayError",
+    "WebhookTargetRefused",
     "redact_url",
 ]
 
@@ -42,6 +44,10 @@ class StoreUnavailable(TenantGatewayError):
 
 class NoTenantContext(TenantGatewayError):
     """A tenant-scoped query was attempted without a tenant resolved by the gateway."""
+
+
+class WebhookTargetRefused(TenantGatewayError):
+    """A webhook URL is malformed, or leads to an address the policy refuses (``netpolicy``)."""
 
 
 class Problem(TenantGatewayError):

@@ -83,6 +83,7 @@ class TenantGateway:
         key_cache_size: int = 100_000,
         usage_flush_interval: float = 1.0,
         on_quota_threshold: QuotaHook | None = None,
+        webhook_allowed_networks: Sequence[str] = (),
         redis_fail_mode: str = "closed",
         health_paths: tuple[str, str] | None = ("/healthz", "/readyz"),
         admin_timeout: float = 10.0,
@@ -125,6 +126,7 @@ class TenantGateway:
             key_cache_ttl=key_cache_ttl,
             key_cache_size=key_cache_size,
             on_quota_threshold=on_quota_threshold,
+            webhook_allowed_networks=webhook_allowed_networks,
         )
         self.meter = Meter(
             self.services.counters,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tenant_gateway.admin.auth import ROLE_ACTIONS, Action, OperatorAuth
@@ -19,6 +20,7 @@ from tenant_gateway.events import EventDispatcher, QuotaHook
 from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.invoices import InvoiceStore, MemoryInvoices
 from tenant_gateway.ledger import MemoryLedger, UsageLedger
+from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import PlanCatalog
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
@@ -71,6 +73,7 @@ class Services:
         key_cache_size: int,
         on_quota_threshold: QuotaHook | None,
         invoice_close_grace: float = 60.0,
+        webhook_allowed_networks: Sequence[str] = (),
     ) -> Services:
         database = Database(database_url) if database_url else None
         directory: TenantDirectory
@@ -109,7 +112,13 @@ class Services:
             recorder=UsageRecorder(counters),
             resolver=resolver,
             invalidator=invalidator,
-            events=EventDispatcher(ledger, directory, clock, hook=on_quota_threshold),
+            events=EventDispatcher(
+                ledger,
+                directory,
+                clock,
+                hook=on_quota_threshold,
+                policy=WebhookPolicy(webhook_allowed_networks),
+            ),
             billing=Billing(
                 directory=directory,
                 ledger=ledger,

@@ -462,6 +462,9 @@ class AdminAPI:
     async def set_webhook(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
         body = await parse_body(request, WebhookRequest, self.s.max_body_bytes)
+        refused = await self.s.events.policy.refusal_of(body.url)
+        if refused is not None:
+            raise _field_error("url", refused, "The webhook URL is not allowed.")
         secret = "whsec_" + secrets.token_urlsafe(32)
         if not await self.s.directory.set_webhook(tenant.id, body.url, secret):
             raise problems.not_found()
