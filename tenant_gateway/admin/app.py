@@ -243,7 +243,10 @@ class AdminAPI:
         caller, tenant = await self._tenant(request, Action.CHANGE_PLAN)
         body = await parse_body(request, ChangePlanRequest, self.s.max_body_bytes)
         plan = self._plan(body.plan)
-        updated = await self.s.directory.change_plan(tenant.id, plan, self._now())
+        at = self._now()
+        if plan.name != tenant.plan:  # the calls made so far stay on the old plan's terms
+            await self.s.billing.mark_plan_change(tenant.id, at)
+        updated = await self.s.directory.change_plan(tenant.id, plan, at)
         if updated is None:
             raise problems.not_found()
         await self._changed(tenant.id)
