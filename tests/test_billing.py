@@ -23,6 +23,7 @@ from tenant_gateway.postgres.invoices import PostgresInvoices
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .test_faults import gateway_via, proxy_to
 from .test_middleware import assert_problem
 
 T = "/api/v1/tenants"
@@ -459,6 +460,28 @@ async def test_switching_away_and_back(stores: Stores, client_for: Any) -> None:
     draft = (await client.get(f"{url}/billing/invoice", headers=auth(tenant))).json()
     assert [line["amount_cents"] for line in draft["lines"]] == [333, 0, 333, 200]
     assert draft["api_calls"] == 1000 and draft["lines"][3]["calls"] == 800
+
+
+async def test_no_plan_change_without_its_snapshot(
+    redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    """With the counter store unreachable the change cannot snapshot the calls made so far:
+    it answers 503 and the plan stays as it was."""
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    plans = {"plans": {name: _raw(plan) for name, plan in PLANS.items()}}
+    proxy = await proxy_to(redis_url)
+    try:
+        gw = gateway_via(redis_url, proxy, redis_prefix, plans=plans, clock=clock)
+        client = await client_for(gw)
+        tenant = await register(client, plan="metered")
+        proxy.blackhole = True
+        proxy.cut()
+        url = f"{T}/{tenant['id']}"
+        answer = await client.put(f"{url}/plan", json={"plan": "free"}, headers=auth(tenant))
+        assert_problem(answer, 503, "service_unavailable")
+        assert (await client.get(url, headers=auth(tenant))).json()["plan"] == "metered"
+    finally:
+        await proxy.stop()
 
 
 async def test_invoice_bad_input(stores: Stores, client_for: Any) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tenant_gateway.cli import build_app, main
 from tenant_gateway.exceptions import ConfigurationError, WebhookTargetRefused
 from tenant_gateway.netpolicy import (
     IPAddress,
@@ -297,3 +298,33 @@ async def test_https_refuses_a_certificate_for_another_name(tmp_path: Path) -> N
         with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
             await post(PinnedTransport(policy, verify=trust), url)
         assert receiver.sni == ["hook.test"] and receiver.hosts == []
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_store_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("TG_DATABASE_URL", "TG_REDIS_URL", "TG_PLANS", "TG_WEBHOOK_ALLOWED_NETWORKS"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_serve_refuses_a_bad_network(
+    no_store_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--webhook-allow-network", "10.0.0.1/8"]) == 2
+    assert "10.0.0.1/8 has host bits set" in capsys.readouterr().err
+    no_store_env.setenv("TG_WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/8,nonsense")
+    assert main(["serve"]) == 2
+    assert "'nonsense' does not appear to be an IPv4 or IPv6 network" in capsys.readouterr().err
+
+
+def test_the_workers_read_the_networks_from_the_environment(
+    no_store_env: pytest.MonkeyPatch,
+) -> None:
+    no_store_env.setenv("TG_WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/8, fd00::/8")
+    networks = build_app().services.events.policy.allowed_networks
+    assert [str(network) for network in networks] == ["10.0.0.0/8", "fd00::/8"]
+    no_store_env.delenv("TG_WEBHOOK_ALLOWED_NETWORKS")
+    assert build_app().services.events.policy.allowed_networks == ()
