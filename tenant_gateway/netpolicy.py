@@ -117,7 +117,7 @@ def _parse_ipv4(host: str) -> IPv4Address | None:
     if len(parts) > 1 and parts[-1] == "":
         parts.pop()  # one trailing dot: the same host
     last = parts[-1]
-    if not last or not (last.isascii() and last.isdigit()) and _ipv4_number(last) is None:
+    if not last or not (last.isascii() and last.isdigit() or _ipv4_number(last) is not None):
         return None
     numbers = [_ipv4_number(part) if part else None for part in parts]
     if len(parts) > 4 or any(n is None for n in numbers):
