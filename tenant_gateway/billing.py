@@ -7,19 +7,29 @@ level; the total is the sum of the lines. No float ever reaches an amount.
   ``price × seconds active ÷ seconds in the period``, one line per segment. The first segment
   starts at registration when that falls inside the period. A draft (the open period) assumes
   the current plan runs to the end of the month.
-- **Overage.** On the plan in force at the end of the period: calls beyond its monthly quota
-  are billed per started 1,000 calls at its ``overage_cents_per_1000``.
-- **Seats.** On the same plan: users beyond ``included_seats`` at ``seat_price_cents`` each,
-  counted when the invoice is computed (at closing, for an issued invoice).
+- **Overage.** On each plan's own terms: a plan with ``overage_cents_per_1000`` includes its
+  monthly quota prorated exactly like its price (``quota × seconds active ÷ seconds in the
+  period``, summed over its segments, rounded half-up to whole calls); the calls made while it
+  was in force beyond that are billed per started 1,000 calls at its rate, one line per plan.
+  A plan change therefore cannot move calls already made to another plan's terms.
+- **Calls per segment.** A plan change snapshots the period's billable calls at that instant
+  (``mark_plan_change``: a ``calls@<µs>`` field of the usage hash, which the ledger keeps like
+  any tally); a segment's calls are the difference between the snapshots at its ends. A change
+  without a snapshot (made before snapshots existed) is estimated from the per-day tallies.
+- **Seats.** On the plan in force at the end: users beyond ``included_seats`` at
+  ``seat_price_cents`` each, counted when the invoice is computed (at closing, for an issued
+  invoice).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 from tenant_gateway.clock import Clock, Period, format_timestamp
@@ -32,7 +42,16 @@ from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore
 from tenant_gateway.usage import billed_calls
 
-__all__ = ["Billing", "Segment", "build_invoice", "plan_segments", "round_half_up"]
+__all__ = [
+    "Billing",
+    "Segment",
+    "build_invoice",
+    "calls_at",
+    "change_field",
+    "plan_segments",
+    "round_half_up",
+    "segment_calls",
+]
 
 logger = logging.getLogger("tenant_gateway.billing")
 
@@ -88,6 +107,45 @@ def plan_segments(
     return [segment for segment in segments if segment.seconds > 0]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY_SECONDS = 86_400
+
+
+def change_field(at: datetime) -> str:
+    """The usage-hash field holding the period's billable calls when a plan change took
+    effect at ``at`` (in integer microseconds: the instant the plan history stores)."""
+    return f"calls@{(at - _EPOCH) // timedelta(microseconds=1)}"
+
+
+def calls_at(at: datetime, tallies: Mapping[str, int], period: Period) -> int:
+    """The period's billable calls made before ``at``, a plan change inside it: the snapshot
+    the change took, else the per-day tallies (whole days before, and the day of the change
+    in proportion to the part of it gone, rounded down)."""
+    snapshot = tallies.get(change_field(at))
+    if snapshot is not None:
+        return snapshot
+    elapsed = int((at - period.start).total_seconds())
+    today = elapsed // _DAY_SECONDS + 1
+
+    def billable(day: int) -> int:
+        return tallies.get(f"day:{day:02d}", 0) - tallies.get(f"refday:{day:02d}", 0)
+
+    before = sum(billable(day) for day in range(1, today))
+    return before + billable(today) * (elapsed % _DAY_SECONDS) // _DAY_SECONDS
+
+
+def segment_calls(segments: list[Segment], tallies: Mapping[str, int], period: Period) -> list[int]:
+    """The billable calls made during each segment, from the snapshots at its ends. Bounds
+    are kept in order and within the period's total (a refund counted after a snapshot can
+    leave a snapshot above the total)."""
+    total = billed_calls(tallies)
+    bounds = [0]
+    for segment in segments[1:]:
+        bounds.append(max(bounds[-1], min(total, calls_at(segment.start, tallies, period))))
+    bounds.append(total)
+    return [end - start for start, end in itertools.pairwise(bounds)]
+
+
 def _line(
     description: str, quantity: int, unit_amount: Fraction | int, **extra: object
 ) -> tuple[int, dict[str, object]]:
@@ -104,18 +162,63 @@ def _line(
     return amount, line
 
 
+def _overage_lines(
+    segments: list[Segment], calls: list[int], period_seconds: int
+) -> list[tuple[int, dict[str, object]]]:
+    """One line per plan with an overage rate whose calls passed its prorated quota."""
+    made: dict[str, int] = {}
+    included: dict[str, Fraction] = {}
+    seconds: dict[str, int] = {}
+    plans: dict[str, Plan] = {}
+    for segment, segment_calls_made in zip(segments, calls, strict=True):
+        plan = segment.plan
+        if plan.overage_cents_per_1000 is None or plan.monthly_calls is None:
+            continue
+        plans[plan.name] = plan
+        made[plan.name] = made.get(plan.name, 0) + segment_calls_made
+        share = Fraction(plan.monthly_calls * segment.seconds, period_seconds)
+        included[plan.name] = included.get(plan.name, Fraction(0)) + share
+        seconds[plan.name] = seconds.get(plan.name, 0) + segment.seconds
+    lines = []
+    for name, plan in plans.items():
+        quota = round_half_up(included[name])
+        over = made[name] - quota
+        if over <= 0:
+            continue
+        prorated = (
+            ""
+            if seconds[name] == period_seconds
+            else f" (its {plan.monthly_calls:,} prorated to {seconds[name]:,} of"
+            f" {period_seconds:,} s; {made[name]:,} calls made on it)"
+        )
+        lines.append(
+            _line(
+                f"Overage: {over:,} calls beyond {quota:,} on {name}{prorated},"
+                " billed per started 1,000",
+                -(-over // 1000),
+                plan.overage_cents_per_1000 or 0,
+                plan=name,
+                calls=made[name],
+                included_calls=quota,
+            )
+        )
+    return lines
+
+
 def build_invoice(
     *,
     tenant: Tenant,
     period: Period,
     history: list[PlanChange],
-    api_calls: int,
+    tallies: Mapping[str, int],
     users: int,
     plans: PlanCatalog,
     status: str,
     number: str | None = None,
     issued_at: datetime | None = None,
 ) -> dict[str, object]:
+    """``tallies``: the period's usage hash (its ``calls``, refunds, per-day counts and the
+    plan changes' snapshots)."""
     segments = plan_segments(history, tenant, period, plans)
     period_seconds = int((period.end - period.start).total_seconds())
     priced: list[tuple[int, dict[str, object]]] = []
@@ -139,18 +242,9 @@ def build_invoice(
                 proration={"seconds": segment.seconds, "of_seconds": period_seconds},
             )
         )
+    api_calls = billed_calls(tallies)
+    priced += _overage_lines(segments, segment_calls(segments, tallies, period), period_seconds)
     final = segments[-1].plan if segments else _plan(plans, tenant.plan)
-    quota = final.monthly_calls
-    if final.overage_cents_per_1000 is not None and quota is not None and api_calls > quota:
-        over = api_calls - quota
-        started_thousands = -(-over // 1000)
-        priced.append(
-            _line(
-                f"Overage: {over:,} calls beyond {quota:,}, billed per started 1,000",
-                started_thousands,
-                final.overage_cents_per_1000,
-            )
-        )
     if final.seat_price_cents is not None and users > final.included_seats:
         extra = users - final.included_seats
         priced.append(
@@ -201,15 +295,22 @@ class Billing:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
-    async def _api_calls(self, key: tuple[str, str]) -> int:
-        return billed_calls(await period_tallies(self._ledger, self._counters, key))
+    async def mark_plan_change(self, tenant_id: str, at: datetime) -> None:
+        """Snapshot the period's billable calls for a plan change taking effect at ``at``;
+        called just before the change is stored, so every call counted so far is the old
+        plan's. A snapshot whose change is then refused is never read."""
+        key = (tenant_id, str(Period.containing(at.timestamp())))
+        tallies = await self._counters.read(key)
+        field = change_field(at)
+        if field not in tallies:  # adding to a new field sets it
+            await self._counters.add({key: {field: billed_calls(tallies)}})
 
     async def _render(self, tenant: Tenant, period: Period, status: str) -> dict[str, object]:
         return build_invoice(
             tenant=tenant,
             period=period,
             history=await self._directory.plan_history(tenant.id),
-            api_calls=await self._api_calls((tenant.id, str(period))),
+            tallies=await period_tallies(self._ledger, self._counters, (tenant.id, str(period))),
             users=await self._directory.count_users(tenant.id),
             plans=self._plans,
             status=status,

@@ -26,6 +26,7 @@ from tenant_gateway.exceptions import (
 )
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.models import effective_seat_limit
+from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
@@ -118,6 +119,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long an export waits for its client to read, an import for it to send",
     )
+    serve.add_argument(
+        "--webhook-allow-network",
+        action="append",
+        metavar="CIDR",
+        dest="webhook_allowed_networks",
+        help="a network webhooks may reach though it is not public (e.g. 10.0.0.0/8 for a"
+        " self-hosted receiver); repeatable; default TG_WEBHOOK_ALLOWED_NETWORKS (comma-separated)",
+    )
 
     billing = commands.add_parser("billing", help="billing operations")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
@@ -181,6 +190,10 @@ def _plan_list(text: str | None) -> list[str] | None:
     return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _networks(text: str) -> list[str]:
+    return [cidr.strip() for cidr in text.split(",") if cidr.strip()]
+
+
 def build_app() -> TenantGateway:
     """The app ``serve`` runs, configured from the environment (for ``--workers`` > 1)."""
     database_url = os.environ.get("TG_DATABASE_URL") or None
@@ -199,6 +212,7 @@ def build_app() -> TenantGateway:
         signup_plans=_plan_list(os.environ.get("TG_SIGNUP_PLANS") or None),
         auth_failure_rate=os.environ.get("TG_AUTH_FAILURE_RATE") or "30/minute",
         transfer_idle_timeout=float(os.environ.get("TG_TRANSFER_IDLE_TIMEOUT", "10.0")),
+        webhook_allowed_networks=_networks(os.environ.get("TG_WEBHOOK_ALLOWED_NETWORKS", "")),
     )
 
 
@@ -214,6 +228,10 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(f"--signup-plans must name plans of the catalogue: {', '.join(catalog)}")
     if args.transfer_idle_timeout <= 0:
         return _fail("--transfer-idle-timeout must be > 0")
+    networks = args.webhook_allowed_networks
+    if networks is None:
+        networks = _networks(os.environ.get("TG_WEBHOOK_ALLOWED_NETWORKS", ""))
+    WebhookPolicy(networks)  # a bad CIDR fails here, with its name
     try:
         asyncio.run(_preflight(args.database_url, args.redis_url))
     except StoreUnavailable as exc:
@@ -233,6 +251,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("TG_SIGNUP_PLANS", args.signup_plans),
         ("TG_AUTH_FAILURE_RATE", args.auth_failure_rate),
         ("TG_TRANSFER_IDLE_TIMEOUT", str(args.transfer_idle_timeout)),
+        ("TG_WEBHOOK_ALLOWED_NETWORKS", ",".join(networks)),
     ):
         if value:
             os.environ[name] = value

@@ -5,6 +5,8 @@ handed to exactly one request, so the request that reaches the 80 % or 100 % mar
 on any worker — with no extra round trip. The ledger's outbox claim makes the event happen
 once even if a Redis loss replays the crossing. Delivery (the Python hook, then a signed
 webhook POST with retries and backoff) runs in the background, never on the request path.
+Each attempt goes through ``PinnedTransport``: to an address the ``WebhookPolicy`` allows, no
+redirects followed; a target the policy refuses is dropped with a log line, not retried.
 
 Webhook requests carry ``Tenant-Gateway-Signature: t=<unix time>,v1=<hex>``, where ``v1`` is
 HMAC-SHA256 of ``"<t>.<body>"`` with the tenant's webhook secret (as Stripe signs its events).
@@ -19,6 +21,7 @@ import inspect
 import json
 import logging
 import math
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -27,8 +30,9 @@ import httpx
 
 from tenant_gateway.clock import Clock, format_timestamp
 from tenant_gateway.directory import TenantDirectory
-from tenant_gateway.exceptions import StoreUnavailable
+from tenant_gateway.exceptions import StoreUnavailable, WebhookTargetRefused
 from tenant_gateway.ledger import UsageLedger
+from tenant_gateway.netpolicy import PinnedTransport, WebhookPolicy
 
 __all__ = ["THRESHOLDS", "EventDispatcher", "QuotaEvent", "QuotaHook", "sign_webhook"]
 
@@ -82,6 +86,8 @@ class EventDispatcher:
         clock: Clock,
         *,
         hook: QuotaHook | None = None,
+        policy: WebhookPolicy | None = None,
+        verify: ssl.SSLContext | bool = True,
         attempts: int = 5,
         first_backoff: float = 0.5,
         timeout: float = 5.0,
@@ -91,6 +97,8 @@ class EventDispatcher:
         self._directory = directory
         self._clock = clock
         self._hook = hook
+        self.policy = policy or WebhookPolicy()
+        self._verify = verify  # tests trust their own certificate authority
         self._attempts = attempts
         self._first_backoff = first_backoff
         self._timeout = timeout
@@ -122,7 +130,10 @@ class EventDispatcher:
 
     async def run(self) -> None:
         """Claim and deliver queued events until cancelled."""
-        async with httpx.AsyncClient(timeout=self._timeout) as client:
+        transport = PinnedTransport(self.policy, verify=self._verify)
+        async with httpx.AsyncClient(
+            transport=transport, timeout=self._timeout, follow_redirects=False, trust_env=False
+        ) as client:
             while True:
                 event = await self._queue.get()
                 try:
@@ -183,7 +194,10 @@ class EventDispatcher:
                 response = await client.post(url, content=body, headers=headers)
                 if response.status_code < 300:
                     return
-                error = f"HTTP {response.status_code}"
+                error = f"HTTP {response.status_code}"  # a redirect too: never followed
+            except (WebhookTargetRefused, httpx.InvalidURL) as exc:
+                logger.warning("webhook %s dropped: %s", event.id, exc)
+                return
             except httpx.HTTPError as exc:
                 error = type(exc).__name__
             logger.warning("webhook %s attempt %d failed: %s", event.id, attempt, error)

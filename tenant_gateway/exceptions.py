@@ -5,6 +5,7 @@ TenantGatewayError
 ├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
 ├── NoTenantContext           a tenant query was attempted outside a resolved request
 ├── TransferBusy              an export or import cannot start now (tenant or process limit)
+├── WebhookTargetRefused      a webhook URL leads to an address the policy refuses
 └── Problem                   an HTTP-facing refusal, rendered as RFC 9457 problem+json
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "StoreUnavailable",
     "TenantGatewayError",
     "TransferBusy",
+    "WebhookTargetRefused",
     "redact_url",
 ]
 
@@ -54,6 +56,10 @@ class TransferBusy(TenantGatewayError):
         super().__init__(detail)
         self.detail = detail
         self.per_tenant = per_tenant
+
+
+class WebhookTargetRefused(TenantGatewayError):
+    """A webhook URL is malformed, or leads to an address the policy refuses (``netpolicy``)."""
 
 
 class Problem(TenantGatewayError):

@@ -105,6 +105,7 @@ class TenantGateway:
         key_cache_size: int = 100_000,
         usage_flush_interval: float = 1.0,
         on_quota_threshold: QuotaHook | None = None,
+        webhook_allowed_networks: Sequence[str] = (),
         redis_fail_mode: str = "closed",
         health_paths: tuple[str, str] | None = ("/healthz", "/readyz"),
         admin_timeout: float = 10.0,
@@ -169,6 +170,7 @@ class TenantGateway:
             transfer_concurrency=transfer_concurrency,
             transfer_idle_timeout=transfer_idle_timeout,
             transfer_statement_timeout=admin_timeout,  # a transfer's waits on the store
+            webhook_allowed_networks=webhook_allowed_networks,
         )
         self.meter = Meter(
             self.services.counters,

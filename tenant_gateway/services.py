@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tenant_gateway.admin.auth import ROLE_ACTIONS, Action, OperatorAuth
@@ -20,6 +21,7 @@ from tenant_gateway.events import EventDispatcher, QuotaHook
 from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.invoices import InvoiceStore, MemoryInvoices
 from tenant_gateway.ledger import MemoryLedger, UsageLedger
+from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import PlanCatalog
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
@@ -85,6 +87,7 @@ class Services:
         transfer_concurrency: int = 2,
         transfer_idle_timeout: float = 10.0,
         transfer_statement_timeout: float | None = None,
+        webhook_allowed_networks: Sequence[str] = (),
     ) -> Services:
         database = (
             Database(
@@ -132,7 +135,13 @@ class Services:
             recorder=UsageRecorder(counters),
             resolver=resolver,
             invalidator=invalidator,
-            events=EventDispatcher(ledger, directory, clock, hook=on_quota_threshold),
+            events=EventDispatcher(
+                ledger,
+                directory,
+                clock,
+                hook=on_quota_threshold,
+                policy=WebhookPolicy(webhook_allowed_networks),
+            ),
             billing=Billing(
                 directory=directory,
                 ledger=ledger,

@@ -11,9 +11,10 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tenant_gateway import TenantGateway, load_plans
-from tenant_gateway.billing import build_invoice, round_half_up
+from tenant_gateway.billing import build_invoice, calls_at, change_field, round_half_up
 from tenant_gateway.clock import Period
 from tenant_gateway.invoices import InvoiceStore, MemoryInvoices
 from tenant_gateway.models import Tenant, TenantStatus
@@ -22,6 +23,7 @@ from tenant_gateway.postgres.invoices import PostgresInvoices
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .test_faults import gateway_via, proxy_to
 from .test_middleware import assert_problem
 
 T = "/api/v1/tenants"
@@ -66,6 +68,13 @@ PLANS = load_plans(
                 "monthly_calls": None,
                 "burst_per_second": None,
                 "price_cents": 3,
+            },
+            "metered-plus": {
+                "max_users": None,
+                "monthly_calls": 10_000,
+                "burst_per_second": None,
+                "price_cents": 5000,
+                "overage_cents_per_1000": 100,
             },
         }
     }
@@ -176,7 +185,7 @@ def test_scenarios_computed_by_hand(
         tenant=tenant(history[-1][0], created),
         period=Period.parse(period),
         history=[(plan, at(since)) for plan, since in history],
-        api_calls=calls,
+        tallies={"calls": calls},
         users=users,
         plans=PLANS,
         status="issued",
@@ -190,6 +199,118 @@ def test_scenarios_computed_by_hand(
         if "proration" not in line:
             assert line["amount_cents"] == line["quantity"] * line["unit_amount_cents"]
     json.dumps(invoice)  # no float, no Fraction: plain JSON
+
+
+# Overage on each plan's own terms (November 2026: 30 days). A plan with an overage rate
+# includes its quota prorated like its price; the calls made while it was in force beyond that
+# are billed at its rate. (case, created, history [(plan, from)], calls before each change
+# (the snapshot it took), calls in the month, expected line amounts)
+OVERAGE: list[tuple[str, str, list[tuple[str, str]], list[int], int, list[int]]] = [
+    # The finding: 1,100 calls on metered, then free for the last day. metered: 29/30 of 1,000
+    # cents = 966.67 → 967, quota 29/30 of 1,000 = 966.67 → 967, 1,100 − 967 = 133 over → one
+    # started thousand at 200. (Billed on the plan in force at the end, it was 0.)
+    (
+        "switch to a plan without overage",
+        "2026-10-01",
+        [("metered", "2026-10-01"), ("free", "2026-11-30")],
+        [1100],
+        1100,
+        [967, 0, 200],
+    ),
+    # Upgrade on day 11: metered 10/30 (333.33 → 333 cents, quota 333.33 → 333), 600 calls:
+    # 267 over → 200; metered-plus 20/30 (3,333.33 → 3333, quota 6,666.67 → 6667), 9,000
+    # calls: 2,333 over → 3 × 100.
+    (
+        "upgrade",
+        "2026-10-01",
+        [("metered", "2026-10-01"), ("metered-plus", "2026-11-11")],
+        [600],
+        9600,
+        [333, 3333, 200, 300],
+    ),
+    # Downgrade on day 16: metered-plus 15/30 (2500, quota 5,000), 4,000 calls: none over;
+    # metered 15/30 (500, quota 500), 2,100 calls: 1,600 over → 2 × 200.
+    (
+        "downgrade",
+        "2026-10-01",
+        [("metered-plus", "2026-10-01"), ("metered", "2026-11-16")],
+        [4000],
+        6100,
+        [2500, 500, 400],
+    ),
+    # metered days 1-10 (700 calls), free days 11-20 (200), metered again days 21-30 (600):
+    # metered 2 × 333; its quota for 20/30 of the month is 666.67 → 667, its calls 1,300:
+    # 633 over → one started thousand (counted per plan, not per segment) → 200.
+    (
+        "switch away and back",
+        "2026-10-01",
+        [("metered", "2026-10-01"), ("free", "2026-11-11"), ("metered", "2026-11-21")],
+        [700, 900],
+        1500,
+        [333, 0, 333, 200],
+    ),
+    # From free (no overage rate) to metered on day 16: free's 900 calls are not metered's;
+    # metered 15/30 (500, quota 500), 400 calls: none over.
+    (
+        "upgrade from a plan without overage",
+        "2026-10-01",
+        [("free", "2026-10-01"), ("metered", "2026-11-16")],
+        [900],
+        1300,
+        [0, 500],
+    ),
+    # Registered on day 16: half the price, half the quota: 600 calls, 100 over → 200.
+    ("registered mid-month", "2026-11-16", [("metered", "2026-11-16")], [], 600, [500, 200]),
+]
+
+
+@pytest.mark.parametrize(
+    ("created", "history", "snapshots", "calls", "amounts"),
+    [case[1:] for case in OVERAGE],
+    ids=[case[0] for case in OVERAGE],
+)
+def test_overage_on_each_plans_terms(
+    created: str,
+    history: list[tuple[str, str]],
+    snapshots: list[int],
+    calls: int,
+    amounts: list[int],
+) -> None:
+    changes = [at(since) for _, since in history[1:]]
+    tallies = {"calls": calls} | {
+        change_field(moment): before for moment, before in zip(changes, snapshots, strict=True)
+    }
+    invoice = build_invoice(
+        tenant=tenant(history[-1][0], created),
+        period=Period(2026, 11),
+        history=[(plan, at(since)) for plan, since in history],
+        tallies=tallies,
+        users=1,
+        plans=PLANS,
+        status="draft",
+    )
+    lines: Any = invoice["lines"]
+    assert [line["amount_cents"] for line in lines] == amounts
+    assert invoice["total_cents"] == sum(amounts) and invoice["api_calls"] == calls
+
+
+def test_a_change_without_a_snapshot_is_estimated_from_the_days() -> None:
+    """A change stored before snapshots existed, at noon on day 30: days 1-29 (1,000 calls)
+    and half of day 30's 100 are metered's: 1,050. metered 29.5/30: 983.33 → 983 cents, quota
+    983.33 → 983; 67 over → 200."""
+    tallies = {"calls": 1100, "day:01": 1000, "day:30": 110, "refday:30": 10}
+    assert calls_at(at("2026-11-30T12:00:00"), tallies, Period(2026, 11)) == 1050
+    invoice = build_invoice(
+        tenant=tenant("free", "2026-10-01"),
+        period=Period(2026, 11),
+        history=[("metered", at("2026-10-01")), ("free", at("2026-11-30T12:00:00"))],
+        tallies=tallies,
+        users=1,
+        plans=PLANS,
+        status="draft",
+    )
+    lines: Any = invoice["lines"]
+    assert [line["amount_cents"] for line in lines] == [983, 0, 200]
 
 
 def test_round_half_up() -> None:
@@ -283,6 +404,84 @@ async def test_overage_is_admitted_and_billed(stores: Stores, client_for: Any) -
     assert len(at_zero) == 3  # the 1,000th call, and the two beyond the quota
     invoice = (await client.get(f"{T}/{tenant['id']}/billing/invoice", headers=auth(tenant))).json()
     assert [line["amount_cents"] for line in invoice["lines"]] == [1000, 200]
+
+
+async def test_overage_stays_on_the_plan_it_was_made_on(stores: Stores, client_for: Any) -> None:
+    """The finding, over the API: 1,100 calls on metered, then free for the last day. The
+    overage is still billed (metered 29/30: 967 cents, quota 967, 133 over → 200), in the
+    draft, after Redis lost its counters (real stores), and on the issued invoice."""
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    gw = gateway(stores, clock)
+    client = await client_for(gw)
+    tenant = await register(client, plan="metered")
+    url = f"{T}/{tenant['id']}"
+    statuses = await asyncio.gather(
+        *(client.get("/whoami", headers=auth(tenant)) for _ in range(1100))
+    )
+    assert {r.status_code for r in statuses} == {200}
+    clock.set(at("2026-11-30T00:00:00"))
+    changed = await client.put(f"{url}/plan", json={"plan": "free"}, headers=auth(tenant))
+    assert changed.status_code == 200
+    draft = (await client.get(f"{url}/billing/invoice", headers=auth(tenant))).json()
+    assert [line["amount_cents"] for line in draft["lines"]] == [967, 0, 200]
+    await gw.flush()
+    if stores.name == "real":  # the snapshot is in the ledger, not only in Redis
+        raw = aioredis.Redis.from_url(stores.redis_url or "")
+        assert await raw.delete(f"{stores.redis_key_prefix}usage:{{{tenant['id']}}}:2026-11")
+        await raw.aclose()
+    clock.set(at("2026-12-01T00:05:00"))
+    issued = (
+        await client.get(
+            f"{url}/billing/invoice", params={"period": "2026-11"}, headers=auth(tenant)
+        )
+    ).json()
+    assert issued["status"] == "issued"
+    assert [line["amount_cents"] for line in issued["lines"]] == [967, 0, 200]
+    assert issued["lines"][2]["plan"] == "metered" and issued["lines"][2]["calls"] == 1100
+
+
+async def test_switching_away_and_back(stores: Stores, client_for: Any) -> None:
+    """metered days 1-10 (700 calls), free days 11-20 (200), metered days 21-30 (100): the
+    month's 1,000 calls are within metered's whole quota, but metered was in force 20/30 of the
+    month (2 × 333 cents): its quota included is 667, its calls 800, 133 over → 200."""
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    client = await client_for(gateway(stores, clock))
+    tenant = await register(client, plan="metered")
+    url = f"{T}/{tenant['id']}"
+    for plan, day, calls in (("metered", None, 700), ("free", 11, 200), ("metered", 21, 100)):
+        if day is not None:
+            clock.set(at(f"2026-11-{day}T00:00:00"))
+            answer = await client.put(f"{url}/plan", json={"plan": plan}, headers=auth(tenant))
+            assert answer.status_code == 200
+        statuses = await asyncio.gather(
+            *(client.get("/whoami", headers=auth(tenant)) for _ in range(calls))
+        )
+        assert {r.status_code for r in statuses} == {200}
+    draft = (await client.get(f"{url}/billing/invoice", headers=auth(tenant))).json()
+    assert [line["amount_cents"] for line in draft["lines"]] == [333, 0, 333, 200]
+    assert draft["api_calls"] == 1000 and draft["lines"][3]["calls"] == 800
+
+
+async def test_no_plan_change_without_its_snapshot(
+    redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    """With the counter store unreachable the change cannot snapshot the calls made so far:
+    it answers 503 and the plan stays as it was."""
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    plans = {"plans": {name: _raw(plan) for name, plan in PLANS.items()}}
+    proxy = await proxy_to(redis_url)
+    try:
+        gw = gateway_via(redis_url, proxy, redis_prefix, plans=plans, clock=clock)
+        client = await client_for(gw)
+        tenant = await register(client, plan="metered")
+        proxy.blackhole = True
+        proxy.cut()
+        url = f"{T}/{tenant['id']}"
+        answer = await client.put(f"{url}/plan", json={"plan": "free"}, headers=auth(tenant))
+        assert_problem(answer, 503, "service_unavailable")
+        assert (await client.get(url, headers=auth(tenant))).json()["plan"] == "metered"
+    finally:
+        await proxy.stop()
 
 
 async def test_invoice_bad_input(stores: Stores, client_for: Any) -> None:

@@ -9,6 +9,7 @@ import hmac
 import io
 import json
 from datetime import UTC, datetime
+from ipaddress import ip_address
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ import redis.asyncio as aioredis
 
 from tenant_gateway import TenantGateway
 from tenant_gateway.events import QuotaEvent, threshold_marks
+from tenant_gateway.netpolicy import IPAddress
 from tenant_gateway.quota import MemoryCounters
 
 from .apps import echo_app
@@ -49,7 +51,11 @@ QUOTA_PLANS = {
 }
 
 
+LOOPBACK_ALLOWED = ["127.0.0.0/8"]  # the receivers listen on 127.0.0.1
+
+
 def gateway(stores: Stores, **kwargs: Any) -> TenantGateway:
+    kwargs.setdefault("webhook_allowed_networks", LOOPBACK_ALLOWED)
     return TenantGateway(
         echo_app(), admin_jwt_secret=JWT_SECRET, plans=QUOTA_PLANS, **stores.kwargs(), **kwargs
     )
@@ -231,6 +237,7 @@ async def test_two_gateways_still_fire_once(
         "redis_url": redis_url,
         "redis_key_prefix": redis_prefix,
         "plans": QUOTA_PLANS,
+        "webhook_allowed_networks": LOOPBACK_ALLOWED,
     }
     first, second = TenantGateway(echo_app(), **kwargs), TenantGateway(echo_app(), **kwargs)
     a, b = await client_for(first), await client_for(second)
@@ -318,22 +325,42 @@ async def test_a_crossing_replayed_after_a_redis_loss_fires_once(
     assert [event.threshold for event in hooked] == [80]
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "ftp://example.com/hook",
-        "javascript:alert(1)",
-        "file:///etc/passwd",
-        "http://",
-        "http://0.0.0.0/hook",
-        "http://169.254.169.254/latest/meta-data",
-        "http://[::]/hook",
-        "http://user:pass@example.com/hook",
-        "example.com/hook",
-    ],
-)
+BAD_WEBHOOK_URLS = [
+    "ftp://example.com/hook",
+    "javascript:alert(1)",
+    "file:///etc/passwd",
+    "http://",
+    "http://0.0.0.0/hook",
+    "http://169.254.169.254/latest/meta-data",
+    "http://[::]/hook",
+    "http://user:pass@example.com/hook",
+    "example.com/hook",
+    # the spellings of the metadata address that were accepted before
+    "http://2852039166/latest/meta-data",
+    "http://0xa9fea9fe/latest/meta-data",
+    "http://0251.0376.0251.0376/latest/meta-data",
+    "http://169.254.43518/latest/meta-data",
+    "http://[::ffff:169.254.169.254]/latest/meta-data",
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+    "http://[fe80::1]/hook",
+    "http://0/hook",
+    # loopback, private, unique-local, carrier-grade NAT, names that resolve to loopback
+    "http://127.0.0.1:8080/hook",
+    "http://2130706433:8080/hook",
+    "http://[::ffff:7f00:1]:8080/hook",
+    "http://127.1:8080/hook",
+    "http://[::1]:8080/hook",
+    "http://localhost:8080/hook",
+    "http://10.0.0.1/hook",
+    "http://192.168.1.1/hook",
+    "http://[fd00::1]/hook",
+    "http://100.64.0.1/hook",
+]
+
+
+@pytest.mark.parametrize("url", BAD_WEBHOOK_URLS)
 async def test_bad_webhook_urls(stores: Stores, client_for: Any, url: str) -> None:
-    client = await client_for(gateway(stores))
+    client = await client_for(gateway(stores, webhook_allowed_networks=()))
     tenant = await register(client, plan="hundred")
     response = await client.put(
         f"{T}/{tenant['id']}/webhook", json={"url": url}, headers=auth(tenant)
@@ -342,3 +369,104 @@ async def test_bad_webhook_urls(stores: Stores, client_for: Any, url: str) -> No
     assert (await client.get(f"{T}/{tenant['id']}/webhook", headers=auth(tenant))).json() == {
         "url": None
     }
+
+
+async def test_without_an_allowed_network_nothing_reaches_loopback(
+    stores: Stores, client_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The receiver stands for a service on the gateway's own host. Its URL is refused when
+    set; stored anyway (as before the fix), every delivery is dropped with a log line."""
+    gw = gateway(stores, webhook_allowed_networks=())
+    client = await client_for(gw)
+    async with WebhookReceiver() as receiver:
+        spellings = ["127.0.0.1", "2130706433", "[::ffff:7f00:1]", "127.1", "localhost"]
+        tenants = []
+        for host in spellings:
+            tenant = await register(client, plan="hundred")
+            url = receiver.url_for(host)
+            answer = await client.put(
+                f"{T}/{tenant['id']}/webhook", json={"url": url}, headers=auth(tenant)
+            )
+            assert_problem(answer, 422, "validation_error")
+            assert await gw.services.directory.set_webhook(tenant["id"], url, "whsec_x")
+            tenants.append(tenant)
+        with caplog.at_level("WARNING", logger="tenant_gateway.events"):
+            for tenant in tenants:
+                assert (await calls(client, tenant, 80)).count(200) == 80
+            await gw.services.events.drain()
+        assert receiver.attempts == 0
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == len(spellings)
+    assert any("2130706433 is 127.0.0.1, which is loopback" in line for line in dropped)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "[::ffff:7f00:1]", "127.1"])
+async def test_an_allowed_network_receives_in_any_spelling(
+    stores: Stores, client_for: Any, host: str
+) -> None:
+    gw = gateway(stores)  # 127.0.0.0/8 allowed
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    async with WebhookReceiver() as receiver:
+        answer = await client.put(
+            f"{T}/{tenant['id']}/webhook",
+            json={"url": receiver.url_for(host)},
+            headers=auth(tenant),
+        )
+        assert answer.status_code == 200, answer.text
+        await calls(client, tenant, 80)
+        await gw.services.events.drain()
+    ((headers, body),) = receiver.deliveries
+    assert json.loads(body)["threshold"] == 80 and headers["host"] == f"{host}:{receiver.port}"
+
+
+async def test_a_name_rebound_to_loopback_after_it_was_set_is_dropped(
+    stores: Stores, client_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DNS rebinding: the name resolves to a public address when the URL is set, to loopback
+    (where the receiver listens) at delivery. Nothing connects to loopback."""
+    gw = gateway(stores, webhook_allowed_networks=())
+    answers = {"hooks.rebind.test": ["93.184.216.34"]}
+
+    async def resolve(host: str, port: int) -> list[IPAddress]:
+        return [ip_address(address) for address in answers[host]]
+
+    gw.services.events.policy.resolver = resolve
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    async with WebhookReceiver() as receiver:
+        url = receiver.url_for("hooks.rebind.test")
+        answer = await client.put(
+            f"{T}/{tenant['id']}/webhook", json={"url": url}, headers=auth(tenant)
+        )
+        assert answer.status_code == 200
+        answers["hooks.rebind.test"] = ["127.0.0.1"]
+        with caplog.at_level("WARNING", logger="tenant_gateway.events"):
+            await calls(client, tenant, 80)
+            await gw.services.events.drain()
+        assert receiver.attempts == 0
+    assert any(
+        "hooks.rebind.test resolves to 127.0.0.1, which is loopback" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_redirects_are_not_followed(stores: Stores, client_for: Any) -> None:
+    gw = gateway(stores)
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    gw.services.events._sleep = sleep
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    async with WebhookReceiver() as inside:
+        async with WebhookReceiver(redirect_to=inside.url) as receiver:
+            await client.put(
+                f"{T}/{tenant['id']}/webhook", json={"url": receiver.url}, headers=auth(tenant)
+            )
+            await calls(client, tenant, 80)
+            await gw.services.events.drain()
+            assert receiver.attempts == 5  # a 307 is a failed attempt, retried as such
+        assert inside.attempts == 0

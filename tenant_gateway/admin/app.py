@@ -317,10 +317,13 @@ class AdminAPI:
         caller, tenant = await self._tenant(request, Action.CHANGE_PLAN)
         body = await parse_body(request, ChangePlanRequest, self.s.max_body_bytes)
         plan = self._plan(body.plan)
+        at = self._now()
+        if plan.name != tenant.plan:  # the calls made so far stay on the old plan's terms
+            await self.s.billing.mark_plan_change(tenant.id, at)
         entry = self._entry(
             request, caller, tenant.id, "tenant.plan", f"{tenant.plan} -> {plan.name}"
         )
-        updated = await self.s.directory.change_plan(tenant.id, plan, self._now(), audit=entry)
+        updated = await self.s.directory.change_plan(tenant.id, plan, at, audit=entry)
         if updated is None:
             raise problems.not_found()
         await self._changed(tenant.id)
@@ -572,6 +575,9 @@ class AdminAPI:
     async def set_webhook(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
         body = await parse_body(request, WebhookRequest, self.s.max_body_bytes)
+        refused = await self.s.events.policy.refusal_of(body.url)
+        if refused is not None:
+            raise _field_error("url", refused, "The webhook URL is not allowed.")
         secret = "whsec_" + secrets.token_urlsafe(32)
         entry = self._entry(request, caller, tenant.id, "webhook.set", body.url)
         if not await self.s.directory.set_webhook(tenant.id, body.url, secret, audit=entry):

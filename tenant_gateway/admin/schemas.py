@@ -6,12 +6,10 @@ characters, lone surrogates, absurd numbers — so bad input is a 4xx, never a 5
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +25,7 @@ from starlette.requests import Request
 from tenant_gateway import problems
 from tenant_gateway.headers import declared_over
 from tenant_gateway.models import Role
+from tenant_gateway.netpolicy import webhook_target
 
 __all__ = [
     "MAX_GRACE_SECONDS",
@@ -194,18 +193,10 @@ class UpdateUserRequest(StrictBody):
 
 
 def _webhook_url(value: str) -> str:
+    """The URL's form only: where it leads is the webhook policy's to judge (it knows the
+    networks the operator allowed, and resolves names)."""
     value = clean_text(value)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
-    if parts.username or parts.password:
-        raise ValueError("must not carry credentials")
-    try:
-        address = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        return value  # a host name
-    if address.is_unspecified or address.is_link_local or address.is_multicast:
-        raise ValueError("must point at a routable address")
+    webhook_target(value)  # ValueError says what is wrong
     return value
 
 
