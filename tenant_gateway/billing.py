@@ -7,11 +7,13 @@ level; the total is the sum of the lines. No float ever reaches an amount.
   ``price × seconds active ÷ seconds in the period``, one line per segment. The first segment
   starts at registration when that falls inside the period. A draft (the open period) assumes
   the current plan runs to the end of the month.
-- **Overage.** On each plan's own terms: a plan with ``overage_cents_per_1000`` includes its
-  monthly quota prorated exactly like its price (``quota × seconds active ÷ seconds in the
-  period``, summed over its segments, rounded half-up to whole calls); the calls made while it
-  was in force beyond that are billed per started 1,000 calls at its rate, one line per plan.
-  A plan change therefore cannot move calls already made to another plan's terms.
+- **Overage.** On the terms of the plan each call was made on, counted the way the quota
+  decision counts: the month's n-th billable call, made while plan P was in force, is overage
+  when n exceeds P's monthly quota (the counter is the tenant's and the month's, never the
+  plan's). Each plan with ``overage_cents_per_1000`` bills its overage calls per started 1,000
+  at its rate, one line per plan. So overage starts exactly where the ``RateLimit`` header shows
+  ``r=0``, a whole month on one plan bills as it always did, and a plan change cannot move
+  calls already made to another plan's terms.
 - **Calls per segment.** A plan change snapshots the period's billable calls at that instant
   (``mark_plan_change``: a ``calls@<µs>`` field of the usage hash, which the ledger keeps like
   any tally); a segment's calls are the difference between the snapshots at its ends. A change
@@ -50,7 +52,7 @@ __all__ = [
     "change_field",
     "plan_segments",
     "round_half_up",
-    "segment_calls",
+    "segment_bounds",
 ]
 
 logger = logging.getLogger("tenant_gateway.billing")
@@ -134,16 +136,18 @@ def calls_at(at: datetime, tallies: Mapping[str, int], period: Period) -> int:
     return before + billable(today) * (elapsed % _DAY_SECONDS) // _DAY_SECONDS
 
 
-def segment_calls(segments: list[Segment], tallies: Mapping[str, int], period: Period) -> list[int]:
-    """The billable calls made during each segment, from the snapshots at its ends. Bounds
-    are kept in order and within the period's total (a refund counted after a snapshot can
-    leave a snapshot above the total)."""
+def segment_bounds(
+    segments: list[Segment], tallies: Mapping[str, int], period: Period
+) -> list[tuple[int, int]]:
+    """Each segment's calls as positions in the month's count: (calls before it, calls by its
+    end), from the snapshots at its ends. Bounds are kept in order and within the period's
+    total (a refund counted after a snapshot can leave a snapshot above the total)."""
     total = billed_calls(tallies)
     bounds = [0]
     for segment in segments[1:]:
         bounds.append(max(bounds[-1], min(total, calls_at(segment.start, tallies, period))))
     bounds.append(total)
-    return [end - start for start, end in itertools.pairwise(bounds)]
+    return list(itertools.pairwise(bounds))
 
 
 def _line(
@@ -163,43 +167,32 @@ def _line(
 
 
 def _overage_lines(
-    segments: list[Segment], calls: list[int], period_seconds: int
+    segments: list[Segment], bounds: list[tuple[int, int]]
 ) -> list[tuple[int, dict[str, object]]]:
-    """One line per plan with an overage rate whose calls passed its prorated quota."""
+    """One line per plan with an overage rate on which calls passed its quota."""
     made: dict[str, int] = {}
-    included: dict[str, Fraction] = {}
-    seconds: dict[str, int] = {}
+    over: dict[str, int] = {}
     plans: dict[str, Plan] = {}
-    for segment, segment_calls_made in zip(segments, calls, strict=True):
+    for segment, (before, by_end) in zip(segments, bounds, strict=True):
         plan = segment.plan
         if plan.overage_cents_per_1000 is None or plan.monthly_calls is None:
             continue
         plans[plan.name] = plan
-        made[plan.name] = made.get(plan.name, 0) + segment_calls_made
-        share = Fraction(plan.monthly_calls * segment.seconds, period_seconds)
-        included[plan.name] = included.get(plan.name, Fraction(0)) + share
-        seconds[plan.name] = seconds.get(plan.name, 0) + segment.seconds
+        made[plan.name] = made.get(plan.name, 0) + by_end - before
+        over[plan.name] = over.get(plan.name, 0) + max(0, by_end - max(before, plan.monthly_calls))
     lines = []
     for name, plan in plans.items():
-        quota = round_half_up(included[name])
-        over = made[name] - quota
-        if over <= 0:
+        if over[name] <= 0:
             continue
-        prorated = (
-            ""
-            if seconds[name] == period_seconds
-            else f" (its {plan.monthly_calls:,} prorated to {seconds[name]:,} of"
-            f" {period_seconds:,} s; {made[name]:,} calls made on it)"
-        )
         lines.append(
             _line(
-                f"Overage: {over:,} calls beyond {quota:,} on {name}{prorated},"
-                " billed per started 1,000",
-                -(-over // 1000),
+                f"Overage: {over[name]:,} calls on {name} beyond its {plan.monthly_calls:,}"
+                " a month, billed per started 1,000",
+                -(-over[name] // 1000),
                 plan.overage_cents_per_1000 or 0,
                 plan=name,
                 calls=made[name],
-                included_calls=quota,
+                overage_calls=over[name],
             )
         )
     return lines
@@ -243,7 +236,7 @@ def build_invoice(
             )
         )
     api_calls = billed_calls(tallies)
-    priced += _overage_lines(segments, segment_calls(segments, tallies, period), period_seconds)
+    priced += _overage_lines(segments, segment_bounds(segments, tallies, period))
     final = segments[-1].plan if segments else _plan(plans, tenant.plan)
     if final.seat_price_cents is not None and users > final.included_seats:
         extra = users - final.included_seats

@@ -201,14 +201,15 @@ def test_scenarios_computed_by_hand(
     json.dumps(invoice)  # no float, no Fraction: plain JSON
 
 
-# Overage on each plan's own terms (November 2026: 30 days). A plan with an overage rate
-# includes its quota prorated like its price; the calls made while it was in force beyond that
-# are billed at its rate. (case, created, history [(plan, from)], calls before each change
-# (the snapshot it took), calls in the month, expected line amounts)
+# Overage on each plan's own terms (November 2026: 30 days). The month's n-th call, made on
+# plan P, is overage when n exceeds P's monthly quota (metered 1,000 at 200 per started
+# thousand, metered-plus 10,000 at 100); each plan's price is prorated by time. (case, created,
+# history [(plan, from)], calls before each change (the snapshot it took), calls in the month,
+# expected line amounts)
 OVERAGE: list[tuple[str, str, list[tuple[str, str]], list[int], int, list[int]]] = [
-    # The finding: 1,100 calls on metered, then free for the last day. metered: 29/30 of 1,000
-    # cents = 966.67 → 967, quota 29/30 of 1,000 = 966.67 → 967, 1,100 − 967 = 133 over → one
-    # started thousand at 200. (Billed on the plan in force at the end, it was 0.)
+    # The finding: 1,100 calls on metered, then free for the last day. metered 29/30 of 1,000
+    # cents = 966.67 → 967; calls 1,001-1,100 were made on metered: 100 over → 200. (Billed on
+    # the plan in force at the end, it was 0.)
     (
         "switch to a plan without overage",
         "2026-10-01",
@@ -217,30 +218,29 @@ OVERAGE: list[tuple[str, str, list[tuple[str, str]], list[int], int, list[int]]]
         1100,
         [967, 0, 200],
     ),
-    # Upgrade on day 11: metered 10/30 (333.33 → 333 cents, quota 333.33 → 333), 600 calls:
-    # 267 over → 200; metered-plus 20/30 (3,333.33 → 3333, quota 6,666.67 → 6667), 9,000
-    # calls: 2,333 over → 3 × 100.
+    # Upgrade on day 11 after 1,500 calls: metered 10/30 (333.33 → 333), calls 1,001-1,500 over
+    # → 200; metered-plus 20/30 (3,333.33 → 3333), calls 1,501-12,000: 10,001-12,000 over its
+    # 10,000 → 2 × 100. The calls already over metered's quota stay metered's.
     (
         "upgrade",
         "2026-10-01",
         [("metered", "2026-10-01"), ("metered-plus", "2026-11-11")],
-        [600],
-        9600,
-        [333, 3333, 200, 300],
+        [1500],
+        12000,
+        [333, 3333, 200, 200],
     ),
-    # Downgrade on day 16: metered-plus 15/30 (2500, quota 5,000), 4,000 calls: none over;
-    # metered 15/30 (500, quota 500), 2,100 calls: 1,600 over → 2 × 200.
+    # Downgrade on day 16: metered-plus 15/30 (2500), calls 1-4,000: none over; metered 15/30
+    # (500), calls 4,001-6,100 are all past its 1,000: 2,100 over → 3 × 200.
     (
         "downgrade",
         "2026-10-01",
         [("metered-plus", "2026-10-01"), ("metered", "2026-11-16")],
         [4000],
         6100,
-        [2500, 500, 400],
+        [2500, 500, 600],
     ),
-    # metered days 1-10 (700 calls), free days 11-20 (200), metered again days 21-30 (600):
-    # metered 2 × 333; its quota for 20/30 of the month is 666.67 → 667, its calls 1,300:
-    # 633 over → one started thousand (counted per plan, not per segment) → 200.
+    # metered days 1-10 (calls 1-700), free days 11-20 (701-900), metered again days 21-30
+    # (901-1,500): metered 2 × 333; its calls past 1,000: 500 → 200 (one line per plan).
     (
         "switch away and back",
         "2026-10-01",
@@ -249,18 +249,22 @@ OVERAGE: list[tuple[str, str, list[tuple[str, str]], list[int], int, list[int]]]
         1500,
         [333, 0, 333, 200],
     ),
-    # From free (no overage rate) to metered on day 16: free's 900 calls are not metered's;
-    # metered 15/30 (500, quota 500), 400 calls: none over.
+    # From free (no overage rate) to metered on day 16 after 900 calls: metered 15/30 (500),
+    # calls 901-1,300: 1,001-1,300 are over → 200. free's calls count toward the month's
+    # number, as the quota decision counts them, but are never billed as overage.
     (
         "upgrade from a plan without overage",
         "2026-10-01",
         [("free", "2026-10-01"), ("metered", "2026-11-16")],
         [900],
         1300,
-        [0, 500],
+        [0, 500, 200],
     ),
-    # Registered on day 16: half the price, half the quota: 600 calls, 100 over → 200.
-    ("registered mid-month", "2026-11-16", [("metered", "2026-11-16")], [], 600, [500, 200]),
+    # Registered on day 16: half the price, the whole quota (what the quota decision and the
+    # RateLimit header allow): 600 calls, none over.
+    ("registered mid-month", "2026-11-16", [("metered", "2026-11-16")], [], 600, [500]),
+    # ... and 1,300 calls: 300 over → 200.
+    ("registered mid-month, over", "2026-11-16", [("metered", "2026-11-16")], [], 1300, [500, 200]),
 ]
 
 
@@ -296,8 +300,8 @@ def test_overage_on_each_plans_terms(
 
 def test_a_change_without_a_snapshot_is_estimated_from_the_days() -> None:
     """A change stored before snapshots existed, at noon on day 30: days 1-29 (1,000 calls)
-    and half of day 30's 100 are metered's: 1,050. metered 29.5/30: 983.33 → 983 cents, quota
-    983.33 → 983; 67 over → 200."""
+    and half of day 30's 100 are metered's: 1,050. metered 29.5/30: 983.33 → 983 cents; 50
+    calls over its 1,000 → 200."""
     tallies = {"calls": 1100, "day:01": 1000, "day:30": 110, "refday:30": 10}
     assert calls_at(at("2026-11-30T12:00:00"), tallies, Period(2026, 11)) == 1050
     invoice = build_invoice(
@@ -441,14 +445,14 @@ async def test_overage_stays_on_the_plan_it_was_made_on(stores: Stores, client_f
 
 
 async def test_switching_away_and_back(stores: Stores, client_for: Any) -> None:
-    """metered days 1-10 (700 calls), free days 11-20 (200), metered days 21-30 (100): the
-    month's 1,000 calls are within metered's whole quota, but metered was in force 20/30 of the
-    month (2 × 333 cents): its quota included is 667, its calls 800, 133 over → 200."""
+    """metered days 1-10 (calls 1-700), free days 11-20 (701-900), metered days 21-30
+    (901-1,200): 2 × 333 cents for metered's time; of its calls, 1,001-1,200 passed its quota →
+    one started thousand, 200."""
     clock = FakeClock(at("2026-11-01T00:00:00"))
     client = await client_for(gateway(stores, clock))
     tenant = await register(client, plan="metered")
     url = f"{T}/{tenant['id']}"
-    for plan, day, calls in (("metered", None, 700), ("free", 11, 200), ("metered", 21, 100)):
+    for plan, day, calls in (("metered", None, 700), ("free", 11, 200), ("metered", 21, 300)):
         if day is not None:
             clock.set(at(f"2026-11-{day}T00:00:00"))
             answer = await client.put(f"{url}/plan", json={"plan": plan}, headers=auth(tenant))
@@ -459,7 +463,8 @@ async def test_switching_away_and_back(stores: Stores, client_for: Any) -> None:
         assert {r.status_code for r in statuses} == {200}
     draft = (await client.get(f"{url}/billing/invoice", headers=auth(tenant))).json()
     assert [line["amount_cents"] for line in draft["lines"]] == [333, 0, 333, 200]
-    assert draft["api_calls"] == 1000 and draft["lines"][3]["calls"] == 800
+    assert draft["api_calls"] == 1200
+    assert draft["lines"][3]["calls"] == 1000 and draft["lines"][3]["overage_calls"] == 200
 
 
 async def test_no_plan_change_without_its_snapshot(
