@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import io
 import json
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,8 @@ import redis.asyncio as aioredis
 
 from tenant_gateway import TenantGateway
 from tenant_gateway.events import QuotaEvent, threshold_marks
+from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.ledger import PostgresLedger
 from tenant_gateway.quota import MemoryCounters
 
 from .apps import echo_app
@@ -342,3 +345,60 @@ async def test_bad_webhook_urls(stores: Stores, client_for: Any, url: str) -> No
     assert (await client.get(f"{T}/{tenant['id']}/webhook", headers=auth(tenant))).json() == {
         "url": None
     }
+
+
+# -- bounded tallies (issue 17) --------------------------------------------------------------
+
+
+async def test_odd_method_tokens_share_one_bucket(stores: Stores, client_for: Any) -> None:
+    """Any token is a valid HTTP method: each must not become a usage field of its own."""
+    client = await client_for(gateway(stores))
+    tenant = await register(client, plan="open")
+    odd = ["FOO+1", "FOO+2", "PROPFIND", "X" * 200, "M-SEARCH"]
+    for method in odd:
+        await client.request(method, "/whoami", headers=auth(tenant))
+    await client.request("DELETE", "/whoami", headers=auth(tenant))
+    routes = {r["route"]: r["calls"] for r in (await usage(client, tenant))["by_route"]}
+    assert routes == {"OTHER /whoami": len(odd), "DELETE /whoami": 1}, routes
+
+
+async def test_a_ledger_write_keeps_every_sound_row(stores: Stores, client_for: Any) -> None:
+    """Rows the ledger cannot hold (out of range, a NUL, a field too long for its index) are
+    dropped one by one: the rest of the shared write lands."""
+    gw = gateway(stores)
+    await client_for(gw)
+    good, bad = ("tenant_good", "2026-11"), ("tenant_bad", "2026-11")
+    await gw.services.ledger.write(
+        {
+            bad: {
+                "calls": 3,
+                "refunded": -1,
+                "rejected": 2**63 - 1,
+                "route|2xx|GET /\x00": 1,
+                "route|2xx|GET /" + secrets.token_hex(10_000): 1,
+            },
+            good: {"calls": 4, "route|2xx|GET /a": 4},
+        }
+    )
+    assert await gw.services.ledger.read(good) == {"calls": 4, "route|2xx|GET /a": 4}
+    assert await gw.services.ledger.read(bad) == {"calls": 3}
+
+
+async def test_a_row_postgres_refuses_fails_only_itself(postgres_url: str) -> None:
+    """What no check here foresaw and PostgreSQL refuses (a malformed period, a NUL in an id)
+    costs its own row, not the flush of every tenant."""
+    database = Database(postgres_url)
+    await database.connect()
+    ledger = PostgresLedger(database)
+    try:
+        good = ("tenant_fine", "2026-11")
+        await ledger.write(
+            {
+                ("tenant_odd", "2026-1x"): {"calls": 1},
+                ("tenant_\x00", "2026-11"): {"calls": 1},
+                good: {"calls": 2, "rejected": 1},
+            }
+        )
+        assert await ledger.read(good) == {"calls": 2, "rejected": 1}
+    finally:
+        await database.close()
