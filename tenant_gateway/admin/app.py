@@ -36,6 +36,7 @@ from tenant_gateway.admin.schemas import (
     UpdateTenantRequest,
     UpdateUserRequest,
     WebhookRequest,
+    checked_user,
     limited_stream,
     parse_body,
 )
@@ -109,6 +110,24 @@ class AdminAPI:
             raise _field_error("plan", f"must be one of {', '.join(sorted(self.s.plans))}")
         return plan
 
+    def _entry(
+        self,
+        request: Request,
+        caller: Caller,
+        tenant_id: str,
+        action: str,
+        target: str | None = None,
+    ) -> AuditEntry:
+        client = request.client
+        return AuditEntry(
+            tenant_id=tenant_id,
+            actor=caller.actor,
+            action=action,
+            target=target,
+            at=self._now(),
+            ip=client.host if client else None,
+        )
+
     async def _audit(
         self,
         request: Request,
@@ -117,17 +136,7 @@ class AdminAPI:
         action: str,
         target: str | None = None,
     ) -> None:
-        client = request.client
-        await self.s.directory.record_audit(
-            AuditEntry(
-                tenant_id=tenant_id,
-                actor=caller.actor,
-                action=action,
-                target=target,
-                at=self._now(),
-                ip=client.host if client else None,
-            )
-        )
+        await self.s.directory.record_audit(self._entry(request, caller, tenant_id, action, target))
 
     async def _changed(self, tenant_id: str) -> None:
         await self.s.invalidator.tenant_changed(tenant_id)
@@ -439,6 +448,8 @@ class AdminAPI:
                 dry_run=flags["dry_run"] == "true",
                 app_only=flags["app_only"] == "true",
                 seat_limit=effective_seat_limit(self._plan(tenant.plan), tenant),
+                check_user=checked_user,
+                audit=self._entry(request, caller, tenant.id, "tenant.import"),
             )
         except LineTooLong as exc:
             raise Problem(
@@ -451,7 +462,6 @@ class AdminAPI:
             raise problems.import_rejected(exc.line, exc.table, exc.reason) from exc
         if not result.summary["dry_run"]:
             await self.s.counters.forget((tenant.id, p) for p in result.ledger_periods)
-            await self._audit(request, caller, tenant.id, "tenant.import")
         return JSONResponse(result.summary)
 
     async def get_webhook(self, request: Request) -> Response:
