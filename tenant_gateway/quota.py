@@ -431,17 +431,19 @@ class RedisCounters(_DirtyKeys):
         task.add_done_callback(self._inflight.discard)
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
-        """Add tallies with one script call (``lua/add.lua``), each increment on its own: one
-        Redis refuses is logged and dropped, the others applied. Exactly once: a batch whose
-        reply was lost goes again under its number, which Redis recognises (so may redis-py's
-        own retry), and increments owed meanwhile wait for it."""
+        """Add tallies with one script call (``lua/add.lua``); one hash's trouble stays its
+        own (see the script). Exactly once: a batch whose reply was lost goes again under its
+        number, which Redis recognises (so may redis-py's own retry of the call), before
+        anything owed since; what a set-aside hash did not take goes with the next call."""
         self._owe(increments)
         async with self._adding:
-            while self._unacked is not None or self._owed:
-                if self._unacked is None:
-                    self._sequence += 1
-                    self._unacked = (self._sequence, self._owed)
-                    self._owed = defaultdict(Counter)
+            if self._unacked is not None:
+                await self._send(*self._unacked)
+                self._unacked = None
+            if self._owed:
+                self._sequence += 1
+                self._unacked = (self._sequence, self._owed)
+                self._owed = defaultdict(Counter)
                 await self._send(*self._unacked)
                 self._unacked = None
 
@@ -472,7 +474,11 @@ class RedisCounters(_DirtyKeys):
         for at in range(1, len(skipped), 3):
             key = keys[int(skipped[at]) - 1]
             field, reason = (_text(part) for part in skipped[at + 1 : at + 3])
-            logger.warning("usage increment dropped: %s %s %.80r: %s", *key, field, reason)
+            if not field:  # the hash was set aside: restored and sent again by the next call
+                logger.warning("%s held values no tally can: set aside", self._key(key))
+                self._owe({key: batch[key]})
+            else:
+                logger.warning("usage increment dropped: %s %s %.80r: %s", *key, field, reason)
 
     async def _read_all(self, queue: Callable[[Pipeline], object]) -> list[Any]:
         """Run read-only commands in one pipeline; a command Redis refuses (a key of another

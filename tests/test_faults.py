@@ -442,3 +442,35 @@ async def test_a_corrupt_counter_fails_only_its_own_tenant(
         assert usage.json()["api_calls"] == 20
     finally:
         await raw.aclose()
+
+
+async def test_each_flush_step_runs_whatever_the_others_did(
+    postgres_url: str, redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+) -> None:
+    """Redis is away: the usage tallies wait, but the keys' last use still reaches PostgreSQL,
+    and the tallies arrive once Redis is back."""
+    clock = FakeClock()
+    gateway = TenantGateway(
+        echo_app(),
+        plans=POISONED_PLANS,
+        database_url=postgres_url,
+        redis_url=through(redis_url, redis_proxy),
+        redis_key_prefix=redis_prefix,
+        admin_jwt_secret=JWT_SECRET,
+        clock=clock,
+    )
+    client = await client_for(gateway)
+    tenant = await register(client, plan="unlimited")  # no quota: no Redis on the call
+    await gateway.flush()
+    redis_proxy.blackhole = True
+    redis_proxy.cut()
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    with pytest.raises(StoreUnavailable):
+        await gateway.flush()
+    keys = await gateway.services.directory.list_keys(tenant["id"])
+    assert [key.last_used_at is not None for key in keys] == [True]
+    redis_proxy.blackhole = False
+    clock.advance(2)  # past the breaker's cooldown
+    await gateway.flush()
+    usage = await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))
+    assert usage.json()["api_calls"] == 1

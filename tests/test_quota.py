@@ -186,7 +186,9 @@ async def test_one_refused_increment_fails_only_itself(
 ) -> None:
     """Fields a hostile import (or anything else) left in a hash: one at the top of the
     integer range, one that is not a number. The shared batch applies everything else, once,
-    and the breaker (which counts lost connections only) stays closed."""
+    and the breaker (which counts lost connections only) stays closed. The corrupt hash is set
+    aside, restored from the ledger, and gets its increments with the next batch."""
+    LEDGER[KEY] = {"rejected": 10}
     raw = _raw(request)
     try:
         await raw.hset(
@@ -202,10 +204,37 @@ async def test_one_refused_increment_fails_only_itself(
             )
         assert redis_counters.breaker.state is BreakerState.CLOSED
         assert (await redis_counters.read(OTHER))["route|2xx|GET /y"] == 5
-        assert (await redis_counters.read(KEY))["rejected"] == 5
-        assert await raw.hget(_name(request, KEY), "route|2xx|GET /x") == str(BIG).encode()
+        tallies = await redis_counters.read(KEY)
+        assert tallies["rejected"] == 10 + 5
+        assert tallies["route|2xx|GET /x"] == 5 and tallies["rday:01"] == 5
+        aside = await raw.hget(_name(request, KEY) + ":set-aside", "route|2xx|GET /x")
+        assert aside == str(BIG).encode()
     finally:
         await raw.aclose()
+
+
+async def test_a_sum_past_the_bound_is_dropped_alone(
+    redis_counters: RedisCounters, request: pytest.FixtureRequest
+) -> None:
+    raw = _raw(request)
+    try:
+        await raw.hset(_name(request, KEY), mapping={"hydrated": 1, "rejected": 10**15})
+        await redis_counters.add({KEY: {"rejected": 1, "rday:01": 1}, OTHER: {"rejected": 1}})
+        assert (await redis_counters.read(KEY)) == {
+            "hydrated": 1, "rejected": 10**15, "rday:01": 1
+        }  # fmt: skip
+        assert (await redis_counters.read(OTHER))["rejected"] == 1
+    finally:
+        await raw.aclose()
+
+
+async def test_refunds_never_pass_calls(counters: CounterStore) -> None:
+    """A refund is of an admitted call: one without its call would lift the quota."""
+    await counters.add({KEY: {"refunded": 1}})
+    await counters.add({KEY: {"calls": 2, "refunded": 2}})  # in one batch: the calls first
+    await counters.add({KEY: {"refunded": 1}})
+    tallies = await counters.read(KEY)
+    assert tallies["calls"] == 2 and tallies["refunded"] == 2
 
 
 POISONS: list[tuple[str, dict[str, object]]] = [
