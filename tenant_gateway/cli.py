@@ -282,7 +282,14 @@ async def _transfer(args: argparse.Namespace) -> int:
                 seat_limit=effective_seat_limit(plan, tenant) if plan else None,
                 check_user=checked_user,
                 with_usage=args.with_usage,
-                audit=AuditEntry(tenant.id, "cli", "tenant.import", None, datetime.now(UTC), None),
+                audit=AuditEntry(
+                    tenant_id=tenant.id,
+                    actor="cli",
+                    action="tenant.import",
+                    target=None,
+                    at=datetime.now(UTC),
+                    ip=None,
+                ),
             )
         except ImportRejected as exc:
             return _fail(f"nothing was imported: {exc}")
