@@ -43,9 +43,11 @@ def merge_tallies(*tallies: Mapping[str, int]) -> dict[str, int]:
 async def period_tallies(
     ledger: UsageLedger, counters: CounterStore, key: UsageKey
 ) -> dict[str, int]:
-    """A period's tallies: the ledger, plus what the counters hold that it has not had yet."""
+    """A period's tallies: the ledger, plus what the counters hold that it has not had yet.
+    Ledger rows no tally may hold (left by an import before imports were checked) are left out."""
     live = await counters.snapshots([key])
-    return merge_tallies(await ledger.read(key), live.get(key, {}))
+    stored = sound_tallies(await ledger.read(key), f"the ledger's {key[0]} {key[1]}")
+    return merge_tallies(stored, live.get(key, {}))
 
 
 class MemoryLedger:

@@ -12,6 +12,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -402,3 +403,37 @@ async def test_a_row_postgres_refuses_fails_only_itself(postgres_url: str) -> No
         assert await ledger.read(good) == {"calls": 2, "rejected": 1}
     finally:
         await database.close()
+
+
+async def test_rows_left_by_an_old_import_are_not_counted(
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    """Before imports were checked, a tenant could write its own ledger rows: a billion refunds
+    and a route tally at the top of the integer range. Reports and invoices leave them out."""
+    stores = Stores("real", postgres_url, redis_url, redis_prefix)
+    gw = gateway(stores)
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    assert await calls(client, tenant, 5) == [200] * 5
+    await gw.flush()
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.executemany(
+            "INSERT INTO tg_usage (tenant_id, period, field, value) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (tenant_id, period, field) DO UPDATE SET value = EXCLUDED.value",
+            [
+                (tenant["id"], _period_now(), "refunded", 1_000_000_000),
+                (tenant["id"], _period_now(), "route|2xx|GET /whoami", 2**63 - 1),
+            ],
+        )
+    finally:
+        await conn.close()
+    await gw.services.counters.forget([(tenant["id"], _period_now())])
+    assert (await calls(client, tenant, 96)).count(200) == 95  # the refunds lift nothing
+    report = await usage(client, tenant)
+    assert report["api_calls"] == 100 and report["refunded_calls"] == 0
+    assert report["by_route"][0]["calls"] == 100 - 5  # the planted tally is left out
+
+
+def _period_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m")
