@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import uvicorn
 
 from tenant_gateway.accesslog import log_config
+from tenant_gateway.admin.schemas import checked_user
 from tenant_gateway.client_limits import parse_rate
 from tenant_gateway.clock import Period
 from tenant_gateway.demo import build_demo_app
@@ -25,7 +26,7 @@ from tenant_gateway.exceptions import (
     redact_url,
 )
 from tenant_gateway.middleware import TenantGateway
-from tenant_gateway.models import effective_seat_limit
+from tenant_gateway.models import AuditEntry, effective_seat_limit
 from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
@@ -143,13 +144,18 @@ def _parser() -> argparse.ArgumentParser:
     load = commands.add_parser(
         "import",
         parents=[stores],
-        help="load an export from stdin into a tenant (with --redis-url, the imported"
-        " periods' counters are reset, restored from the ledger on next use; with the"
-        " embedded counters, restart the servers)",
+        help="load an export from stdin into a tenant: the app's tables and the users",
     )
     load.add_argument("--tenant", required=True)
     load.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
     load.add_argument("--app-only", action="store_true", help="skip the gateway's own tables")
+    load.add_argument(
+        "--with-usage",
+        action="store_true",
+        help="also add the usage ledger to the tenant's (every value checked; with --redis-url"
+        " the imported periods' counters are reset, restored from the ledger on next use;"
+        " with the embedded counters, restart the servers)",
+    )
 
     commands.add_parser(
         "migrate", parents=[database], help="apply the database schema (idempotent)"
@@ -371,6 +377,16 @@ async def _transfer(args: argparse.Namespace) -> int:
                 dry_run=args.dry_run,
                 app_only=args.app_only,
                 seat_limit=effective_seat_limit(plan, tenant) if plan else None,
+                check_user=checked_user,
+                with_usage=args.with_usage,
+                audit=AuditEntry(
+                    tenant_id=tenant.id,
+                    actor="cli",
+                    action="tenant.import",
+                    target=None,
+                    at=datetime.now(UTC),
+                    ip=None,
+                ),
             )
         except ImportRejected as exc:
             return _fail(f"nothing was imported: {exc}")

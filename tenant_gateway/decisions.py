@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from tenant_gateway.lua import load
 from tenant_gateway.redis_pipeline import bulk
+from tenant_gateway.tallies import MAX_TALLY
 
 __all__ = ["ADMIT_SCRIPT", "Admission", "Decision", "DecisionBatch"]
 
@@ -32,56 +34,11 @@ class Admission:
 Decision = tuple[tuple[str, str], str, int | None, bool]
 """(tenant id, period), day of month, monthly limit (None: none), overage allowed."""
 
-# KEYS: the distinct usage hashes of the batch. ARGV, four per decision in arrival order:
-# index into KEYS, limit (-1: none), overage allowed (0/1), day of month. Returns, per
-# decision, admitted (1, 0, or -1: the hash is not restored yet) and the billable calls after
-# it. A refusal counts under rejected, rejected:quota and rday:<day>.
-ADMIT_SCRIPT = """
-local hashes = {}
-for k = 1, #KEYS do
-  local counts = redis.call('HMGET', KEYS[k], 'hydrated', 'calls', 'refunded')
-  hashes[k] = {
-    whole = counts[1] ~= false,
-    used = tonumber(counts[2] or '0') - tonumber(counts[3] or '0'),
-    calls = 0, rejected = 0, days = {}, rdays = {},
-  }
-end
-local out = {}
-for i = 1, #ARGV, 4 do
-  local h = hashes[tonumber(ARGV[i])]
-  if not h.whole then
-    out[#out + 1] = -1
-    out[#out + 1] = 0
-  else
-    local limit = tonumber(ARGV[i + 1])
-    local day = ARGV[i + 3]
-    if limit >= 0 and h.used >= limit and ARGV[i + 2] == '0' then
-      h.rejected = h.rejected + 1
-      h.rdays[day] = (h.rdays[day] or 0) + 1
-      out[#out + 1] = 0
-    else
-      h.used = h.used + 1
-      h.calls = h.calls + 1
-      h.days[day] = (h.days[day] or 0) + 1
-      out[#out + 1] = 1
-    end
-    out[#out + 1] = h.used
-  end
-end
-for k = 1, #KEYS do
-  local h = hashes[k]
-  if h.calls > 0 then
-    redis.call('HINCRBY', KEYS[k], 'calls', h.calls)
-    for day, n in pairs(h.days) do redis.call('HINCRBY', KEYS[k], 'day:' .. day, n) end
-  end
-  if h.rejected > 0 then
-    redis.call('HINCRBY', KEYS[k], 'rejected', h.rejected)
-    redis.call('HINCRBY', KEYS[k], 'rejected:quota', h.rejected)
-    for day, n in pairs(h.rdays) do redis.call('HINCRBY', KEYS[k], 'rday:' .. day, n) end
-  end
-end
-return out
-"""
+# KEYS and ARGV, and what the script answers: see lua/admit.lua. A hash it cannot use (a field
+# that is not a tally, a key of another type) is set aside and answered -2 (restore it), so
+# one tenant's corrupt hash never fails the other decisions of the call.
+ADMIT_SCRIPT = load("admit")
+_PACKED_MAX = bulk(MAX_TALLY)
 
 
 _INDEXES = [bulk(index) for index in range(1024)]
@@ -121,6 +78,6 @@ class DecisionBatch:
     def command(self, packed_sha: bytes) -> bytes:
         """``EVALSHA sha numkeys KEYS… ARGV…`` as RESP (``packed_sha``: ``bulk(sha)``)."""
         hashes = len(self._hashes)
-        words = 3 + hashes + 4 * len(self.futures)
+        words = 4 + hashes + 4 * len(self.futures)
         head = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (words, packed_sha, bulk(hashes))
-        return b"".join((head, *self._hashes, *self._packed))
+        return b"".join((head, *self._hashes, _PACKED_MAX, *self._packed))

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from tenant_gateway.quota import HYDRATED, CounterStore, UsageKey
+from tenant_gateway.tallies import sound_tallies
 
 __all__ = ["MemoryLedger", "UsageLedger", "merge_tallies", "period_tallies"]
 
@@ -22,7 +23,8 @@ class UsageLedger(Protocol):
     async def read(self, key: UsageKey) -> dict[str, int]: ...
 
     async def write(self, snapshots: Mapping[UsageKey, Mapping[str, int]]) -> None:
-        """Store snapshots, keeping per field the larger of stored and written values."""
+        """Store snapshots, keeping per field the larger of stored and written values. A value
+        no tally may hold (``tallies.py``) is logged and left out; it never fails the rest."""
 
     async def claim_event(self, key: UsageKey, threshold: int, at: datetime) -> bool:
         """True for exactly one caller per (tenant, period, threshold), across all workers."""
@@ -41,9 +43,11 @@ def merge_tallies(*tallies: Mapping[str, int]) -> dict[str, int]:
 async def period_tallies(
     ledger: UsageLedger, counters: CounterStore, key: UsageKey
 ) -> dict[str, int]:
-    """A period's tallies: the ledger, plus what the counters hold that it has not had yet."""
+    """A period's tallies: the ledger, plus what the counters hold that it has not had yet.
+    Ledger rows no tally may hold (left by an import before imports were checked) are left out."""
     live = await counters.snapshots([key])
-    return merge_tallies(await ledger.read(key), live.get(key, {}))
+    stored = sound_tallies(await ledger.read(key), f"the ledger's {key[0]} {key[1]}")
+    return merge_tallies(stored, live.get(key, {}))
 
 
 class MemoryLedger:
@@ -56,7 +60,8 @@ class MemoryLedger:
 
     async def write(self, snapshots: Mapping[UsageKey, Mapping[str, int]]) -> None:
         for key, tallies in snapshots.items():
-            fields = {f: v for f, v in tallies.items() if f != HYDRATED}
+            fields = sound_tallies(tallies, f"a snapshot of {key[0]} {key[1]}")
+            fields.pop(HYDRATED, None)
             self._rows[key] = merge_tallies(self._rows.get(key, {}), fields)
 
     async def claim_event(self, key: UsageKey, threshold: int, at: datetime) -> bool:

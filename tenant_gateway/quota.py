@@ -16,12 +16,20 @@ quota of Q admit exactly min(N, Q). The hash is keyed by tenant and period, neve
 
 Rehydration: a hash without ``hydrated`` (a new period, or Redis lost its data) is first filled
 from the durable ledger, atomically and once, before any decision is taken on it.
+
+Hostile or corrupt values: every value that enters a hash is a tally in ``0..MAX_TALLY``
+(``tallies.py``). A command Redis refuses for one key (a field that is not a number, a sum past
+the bound, a key of another type) fails that entry only, never the rest of a shared batch, and
+never counts towards the circuit breaker: only a lost connection does. A hash a decision cannot
+use is set aside (``<key>:set-aside``) and restored from the ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -31,13 +39,16 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenant_gateway.breaker import Breaker
 from tenant_gateway.clock import Clock
 from tenant_gateway.decisions import ADMIT_SCRIPT, Admission, Decision, DecisionBatch
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
 from tenant_gateway.flights import Flights
+from tenant_gateway.lua import load
 from tenant_gateway.redis_pipeline import PipelinedRedis, bulk
+from tenant_gateway.tallies import MAX_TALLY, field_name, sound_tallies, tally_value
 
 __all__ = [
     "HYDRATED",
@@ -55,9 +66,12 @@ UsageKey = tuple[str, str]
 HydrateSource = Callable[[UsageKey], Awaitable[Mapping[str, int]]]
 """Where a missing hash is restored from: the ledger's last snapshot."""
 
+logger = logging.getLogger("tenant_gateway.quota")
+
 HYDRATED = "hydrated"
 _PACKED_CACHE_SIZE = 100_000
 _HISTORY_SECONDS = 400 * 86_400  # keep a period's tallies for 13 months
+_MARKER_SECONDS = 86_400  # how long Redis remembers a writer's last batch (for its retries)
 
 
 async def _nothing_to_restore(key: UsageKey) -> Mapping[str, int]:
@@ -71,7 +85,9 @@ class CounterStore(Protocol):
         """Count one call if the quota allows it, else count a ``quota`` refusal."""
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
-        """Add tallies (breakdowns, refunds) in one batch."""
+        """Add tallies (breakdowns, refunds) in one batch. The store owes them from then on:
+        each is added exactly once, now or, if this call fails, by a later one. An increment
+        the counters cannot take is logged and dropped; it never fails the others."""
 
     async def read(self, key: UsageKey) -> dict[str, int]:
         """Every tally of a period, restored from the ledger first if need be."""
@@ -93,17 +109,33 @@ class CounterStore(Protocol):
 
 
 class _DirtyKeys:
-    """What both stores share: the keys changed since the last drain, and the restores from
-    the ledger (one read per hash however many calls find it missing at once)."""
+    """What both stores share: the keys changed since the last drain, the restores from the
+    ledger (one read per hash however many calls find it missing at once), and the increments
+    owed to the counters (taken in by ``add``, not added yet)."""
 
     def __init__(self, hydrate_from: HydrateSource | None) -> None:
         self._dirty: set[UsageKey] = set()
         self._hydrate_from = hydrate_from or _nothing_to_restore
         self._restores: Flights[UsageKey, Mapping[str, int]] = Flights("restoring usage")
+        self._owed: defaultdict[UsageKey, Counter[str]] = defaultdict(Counter)
 
-    async def _restored(self, key: UsageKey) -> Mapping[str, int]:
-        """The ledger's counts for ``key``."""
-        return await self._restores.join(key, lambda: self._hydrate_from(key))
+    async def _restored(self, key: UsageKey) -> dict[str, int]:
+        """The ledger's counts for ``key`` that a counter may hold."""
+        restored = await self._restores.join(key, lambda: self._hydrate_from(key))
+        return sound_tallies(restored, f"the ledger's {key[0]} {key[1]}")
+
+    def _owe(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
+        """Take ``increments`` in; an amount that is not a tally, or a field the ledger could
+        not hold, is logged and dropped."""
+        for key, fields in increments.items():
+            for field, amount in fields.items():
+                number = tally_value(amount)
+                if number is None or field_name(field) is None:
+                    logger.warning(
+                        "usage increment dropped: %s %s %.80r += %.40r", *key, field, amount
+                    )
+                elif number:
+                    self._owed[key][field] += number
 
     def drain_dirty(self) -> set[UsageKey]:
         dirty, self._dirty = self._dirty, set()
@@ -126,7 +158,9 @@ class MemoryCounters(_DirtyKeys):
             restored = await self._restored(key)
             tally = self._tallies[key]  # no await between this check and the update below
             if HYDRATED not in tally:
-                tally.update(restored)
+                for field, amount in restored.items():
+                    if not _refused(tally[field], amount, field, None):
+                        tally[field] += amount
                 tally[HYDRATED] = 1
         return tally
 
@@ -146,9 +180,20 @@ class MemoryCounters(_DirtyKeys):
         return Admission(True, used + 1)
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
-        for key, fields in increments.items():
-            (await self._hydrate(key)).update(fields)
-        self._dirty.update(increments)
+        self._owe(increments)
+        while missing := [k for k in self._owed if HYDRATED not in self._tallies.get(k, ())]:
+            for key in missing:
+                await self._hydrate(key)  # may fail (the ledger is away): all stays owed
+        owed, self._owed = self._owed, defaultdict(Counter)
+        for key, fields in owed.items():  # no await from here: added as one step
+            tally = self._tallies[key]
+            for field, amount in _refunds_last(fields):
+                reason = _refused(tally[field], amount, field, tally["calls"])
+                if reason:
+                    logger.warning("usage increment dropped: %s %s %r: %s", *key, field, reason)
+                else:
+                    tally[field] += amount
+        self._dirty.update(owed)
 
     async def read(self, key: UsageKey) -> dict[str, int]:
         return dict(await self._hydrate(key))
@@ -170,19 +215,18 @@ class MemoryCounters(_DirtyKeys):
         return None
 
 
-# ARGV: ttl, then field, amount pairs. Adds the ledger's counts to whatever arrived meanwhile
-# (only breakdowns can: decisions wait for this), then marks the hash whole. Runs once.
-_HYDRATE_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], 'hydrated') == 1 then
-  return 0
-end
-for i = 2, #ARGV - 1, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-redis.call('HSET', KEYS[1], 'hydrated', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
+def _refunds_last(fields: Mapping[str, int]) -> list[tuple[str, int]]:
+    """A batch's increments with ``refunded`` last: its check sees the batch's own calls."""
+    return sorted(fields.items(), key=lambda item: item[0] == "refunded")
+
+
+def _refused(current: int, amount: int, field: str, calls: int | None) -> str | None:
+    """Why a tally cannot take ``amount`` (the rule of ``lua/add.lua``), or None."""
+    if current + amount > MAX_TALLY:
+        return "the sum would pass the bound"
+    if field == "refunded" and calls is not None and current + amount > calls:
+        return "more refunds than calls"
+    return None
 
 
 class RedisCounters(_DirtyKeys):
@@ -213,7 +257,14 @@ class RedisCounters(_DirtyKeys):
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._packed_sha = bulk(self._redis.register_script(ADMIT_SCRIPT).sha)
-        self._hydrate_script = self._redis.register_script(_HYDRATE_SCRIPT)
+        self._hydrate_script = self._redis.register_script(load("hydrate"))
+        self._add_script = self._redis.register_script(load("add"))
+        # Exactly-once flushes: each batch carries this writer's next number, and Redis keeps
+        # the last one applied; a batch whose reply was lost is sent again as it was.
+        self._marker = f"{key_prefix}flushed:{secrets.token_hex(8)}"
+        self._sequence = 0
+        self._unacked: tuple[int, dict[UsageKey, Counter[str]]] | None = None
+        self._adding = asyncio.Lock()
         # The hot path's decisions bypass redis-py: see ``redis_pipeline.py``.
         self._pipe = PipelinedRedis(url, timeout=timeout)
         self._batch = DecisionBatch()
@@ -226,7 +277,10 @@ class RedisCounters(_DirtyKeys):
         return f"{self._prefix}usage:{{{key[0]}}}:{key[1]}"
 
     def _unavailable(self, exc: RedisError) -> StoreUnavailable:
-        self.breaker.failed()
+        """The error the caller sees. Only a lost connection (refused, reset, timed out) counts
+        towards opening the breaker: a command Redis refused says nothing about reaching it."""
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+            self.breaker.failed()
         return StoreUnavailable("Redis", redact_url(self._url), str(exc) or type(exc).__name__)
 
     def _allow(self) -> None:
@@ -236,15 +290,18 @@ class RedisCounters(_DirtyKeys):
 
     async def _hydrate(self, key: UsageKey) -> None:
         restored = await self._restored(key)
-        args: list[int | str] = [_HISTORY_SECONDS]
+        args: list[int | str] = [MAX_TALLY, _HISTORY_SECONDS]
         for field, amount in restored.items():
             if field != HYDRATED:
                 args += [field, amount]
+        name = self._key(key)
         try:
-            await self._hydrate_script(keys=[self._key(key)], args=args)
+            outcome = await self._hydrate_script(keys=[name], args=args)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         self.breaker.succeeded()
+        if outcome == 2:
+            logger.warning("%s was not a hash: set aside, restored from the ledger", name)
 
     def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
@@ -318,14 +375,19 @@ class RedisCounters(_DirtyKeys):
             self._fail_batch(batch, error or ResponseError(f"unexpected reply {flat!r}"))
             return
         self.breaker.succeeded()
+        set_aside: set[UsageKey] = set()
         for index, future in enumerate(batch.futures):
             if future.done():
                 continue  # the request was cancelled
             admitted = flat[2 * index]
-            if admitted != -1:
+            if admitted >= 0:
                 future.set_result(Admission(admitted == 1, flat[2 * index + 1]))
                 continue
             decision, restored = batch.entries[index]
+            if admitted == -2 and decision[0] not in set_aside:
+                set_aside.add(decision[0])
+                name = self._key(decision[0])
+                logger.warning("%s held values no tally can: set aside, restoring it", name)
             if restored:  # restored just before, and already gone again
                 reason = "the usage hash vanished while it was restored"
                 future.set_exception(StoreUnavailable("Redis", redact_url(self._url), reason))
@@ -369,31 +431,58 @@ class RedisCounters(_DirtyKeys):
         task.add_done_callback(self._inflight.discard)
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
-        """Add tallies in one pipeline, after restoring any hash the ledger must fill first
-        (a tally added to a lost hash would otherwise hide the loss from the next decision)."""
-        keys = list(increments)
+        """Add tallies with one script call (``lua/add.lua``); one hash's trouble stays its
+        own (see the script). Exactly once: a batch whose reply was lost goes again under its
+        number, which Redis recognises (so may redis-py's own retry of the call), before
+        anything owed since; what a set-aside hash did not take goes with the next call."""
+        self._owe(increments)
+        async with self._adding:
+            if self._unacked is not None:
+                await self._send(*self._unacked)
+                self._unacked = None
+            if self._owed:
+                self._sequence += 1
+                self._unacked = (self._sequence, self._owed)
+                self._owed = defaultdict(Counter)
+                await self._send(*self._unacked)
+                self._unacked = None
+
+    async def _send(self, sequence: int, batch: Mapping[UsageKey, Counter[str]]) -> None:
+        """One batch, after restoring any hash the ledger must fill first (a tally added to a
+        lost hash would otherwise hide the loss from the next decision)."""
         self._allow()
+        keys = list(batch)
         present = await self._read_all(
             lambda pipe: [pipe.hexists(self._key(key), HYDRATED) for key in keys]
         )
         for key, hydrated in zip(keys, present, strict=True):
-            if not hydrated:
+            if hydrated is not True:  # missing, or not a hash (the restore sets it aside)
                 await self._hydrate(key)
+        args: list[int | str] = [MAX_TALLY, sequence, _MARKER_SECONDS, _HISTORY_SECONDS]
+        for fields in batch.values():
+            args.append(len(fields))
+            for field, amount in _refunds_last(fields):
+                args += [field, amount]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key, fields in increments.items():
-                    name = self._key(key)
-                    for field, amount in fields.items():
-                        pipe.hincrby(name, field, amount)
-                    pipe.expire(name, _HISTORY_SECONDS, nx=True)
-                await pipe.execute()
+            skipped = await self._add_script(
+                keys=[*(self._key(key) for key in keys), self._marker], args=args
+            )
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         self.breaker.succeeded()
-        self._dirty.update(increments)
+        self._dirty.update(keys)
+        for at in range(1, len(skipped), 3):
+            key = keys[int(skipped[at]) - 1]
+            field, reason = (_text(part) for part in skipped[at + 1 : at + 3])
+            if not field:  # the hash was set aside: restored and sent again by the next call
+                logger.warning("%s held values no tally can: set aside", self._key(key))
+                self._owe({key: batch[key]})
+            else:
+                logger.warning("usage increment dropped: %s %s %.80r: %s", *key, field, reason)
 
     async def _read_all(self, queue: Callable[[Pipeline], object]) -> list[Any]:
-        """Run read-only commands in one pipeline. A pooled connection found dead (Redis came
+        """Run read-only commands in one pipeline; a command Redis refuses (a key of another
+        type) answers its exception in place. A pooled connection found dead (Redis came
         back after an outage) is replaced once: redis-py retries single commands, not
         pipelines, and reads are safe to repeat."""
         try:
@@ -407,25 +496,26 @@ class RedisCounters(_DirtyKeys):
     async def _pipeline(self, queue: Callable[[Pipeline], object]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
             queue(pipe)
-            return list(await pipe.execute())
+            return list(await pipe.execute(raise_on_error=False))
 
-    async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int]]:
+    async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int] | None]:
+        """Each hash's sound tallies (see ``tallies.py``), or None for a key of another type."""
         self._allow()
         results = await self._read_all(lambda pipe: [pipe.hgetall(self._key(key)) for key in keys])
         self.breaker.succeeded()
         return [
-            {
-                (field.decode() if isinstance(field, bytes) else field): int(value)
-                for field, value in raw.items()
-            }
-            for raw in results
+            None if isinstance(raw, Exception) else sound_tallies(raw, self._key(key))
+            for key, raw in zip(keys, results, strict=True)
         ]
 
     async def read(self, key: UsageKey) -> dict[str, int]:
         (tallies,) = await self._hgetall([key])
-        if HYDRATED not in tallies:
+        if tallies is None or HYDRATED not in tallies:
             await self._hydrate(key)
             (tallies,) = await self._hgetall([key])
+        if tallies is None:  # replaced again since: this read fails, nothing else
+            reason = "the usage hash was replaced by another type"
+            raise StoreUnavailable("Redis", redact_url(self._url), reason)
         return tallies
 
     async def snapshots(self, keys: Iterable[UsageKey]) -> dict[UsageKey, dict[str, int]]:
@@ -436,7 +526,7 @@ class RedisCounters(_DirtyKeys):
         return {
             key: tallies
             for key, tallies in zip(ordered, results, strict=True)
-            if HYDRATED in tallies
+            if tallies is not None and HYDRATED in tallies
         }
 
     async def forget(self, keys: Iterable[UsageKey]) -> None:
@@ -467,3 +557,7 @@ class RedisCounters(_DirtyKeys):
         await asyncio.gather(*self._inflight, return_exceptions=True)
         await self._pipe.close()
         await self._redis.aclose()
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

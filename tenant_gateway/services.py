@@ -215,14 +215,27 @@ class Services:
         return checks
 
     async def flush(self) -> None:
-        """Route tallies and refunds → counters; counter snapshots → ledger; key last use."""
-        await self.recorder.flush()
+        """Route tallies and refunds → counters; counter snapshots → ledger; key last use.
+        Each step runs whether the others failed or not (Redis away must not stop key use
+        reaching PostgreSQL); the first failure is raised once all have run."""
+        failures: list[Exception] = []
+        for step in (self.recorder.flush, self._flush_ledger, self._flush_key_use):
+            try:
+                await step()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    async def _flush_ledger(self) -> None:
         dirty = self.counters.drain_dirty()
         try:
             await self.ledger.write(await self.counters.snapshots(dirty))
         except BaseException:  # whatever failed, these keys still owe the ledger a snapshot
             self.counters.mark_dirty(dirty)
             raise
+
+    async def _flush_key_use(self) -> None:
         used = self.resolver.drain_last_used()
         try:
             await self.directory.touch_keys(used)

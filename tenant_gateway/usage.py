@@ -23,6 +23,11 @@ __all__ = ["UsageRecorder", "billed_calls", "usage_csv", "usage_report"]
 
 
 _UNMATCHED_ROUTE = "(unmatched)"
+_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "WS")
+)
+_OTHER_METHOD = "OTHER"
+"""Any token is a valid HTTP method: those outside ``_METHODS`` share one usage field."""
 
 _Answered = tuple[UsageKey, str, str | None, str, int]
 """A call answered: (usage key, method, the matched route's ``path``, mount prefix, status
@@ -51,10 +56,11 @@ class UsageRecorder:
     ) -> None:
         """Tally one answered call by route and status class (hot path: no I/O, one count).
         ``template`` is the matched route's ``path``: anything but a string (no route matched,
-        or an app's own route type) counts as unmatched, and never reaches the dict key."""
+        or an app's own route type) counts as unmatched, and never reaches the dict key; a
+        method token outside the standard ones counts as ``OTHER``."""
         answered = (
             key,
-            method,
+            method if method in _METHODS else _OTHER_METHOD,
             template if isinstance(template, str) else None,
             mount_prefix,
             status // 100,
@@ -94,23 +100,18 @@ class UsageRecorder:
         pending["refday:" + day] += 1
 
     async def flush(self) -> None:
-        """Move the pending tallies to the counter store; on failure they stay pending."""
+        """Hand the pending tallies to the counter store, which owes them from then on: if it
+        cannot add them now it keeps them for the next flush (never re-added here, which
+        would count twice what a failed call had already added)."""
         async with self._lock:
             self._spell_out()
-            if not self._pending:
-                return
             batch, self._pending = self._pending, defaultdict(Counter)
-            try:
-                await self._counters.add(batch)
-            except BaseException:  # whatever failed, the batch waits for the next flush
-                for key, fields in batch.items():
-                    self._pending[key].update(fields)
-                raise
+            await self._counters.add(batch)
 
 
 def billed_calls(tallies: Mapping[str, int]) -> int:
     """Admitted calls less refunded ones: what the usage report and the invoice count."""
-    return tallies.get("calls", 0) - tallies.get("refunded", 0)
+    return max(0, tallies.get("calls", 0) - tallies.get("refunded", 0))
 
 
 def usage_report(

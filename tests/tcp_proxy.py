@@ -18,6 +18,12 @@ class TcpProxy:
         """When set, accept and hang up at once: the server behind seems dead."""
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._lose_after: bytes | None = None
+
+    def lose_reply_once(self, marker: bytes) -> None:
+        """The next request holding ``marker`` reaches the server, which answers it; the answer
+        is thrown away and the client's connection cut: the caller cannot know it was done."""
+        self._lose_after = marker
 
     def stall(self, stalled: bool = True) -> None:
         """Stop (or resume) passing bytes on: the server behind seems wedged."""
@@ -57,13 +63,21 @@ class TcpProxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
+        losing = False
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
+            nonlocal losing
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
                     await self._flowing.wait()
+                    if up and self._lose_after is not None and self._lose_after in data:
+                        self._lose_after, losing = None, True
+                    elif losing and not up:  # the server did it: hang up without the answer
+                        writer.close()
+                        up_writer.close()
+                        return
                     dst.write(data)
                     await dst.drain()
             dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from tenant_gateway import TenantGateway
 from tenant_gateway.breaker import BreakerState
@@ -339,3 +340,137 @@ def _period_now() -> str:
     from datetime import UTC, datetime
 
     return datetime.now(UTC).strftime("%Y-%m")
+
+
+# -- one tenant's poisoned counters (issue 17, finding 1) ------------------------------------
+
+POISONED_PLANS = {
+    "plans": {
+        **PLANS["plans"],
+        "unlimited": {
+            "max_users": None,
+            "monthly_calls": None,
+            "burst_per_second": None,
+            "price_cents": 0,
+        },
+    }
+}
+
+
+@pytest.mark.parametrize("poison", [str(2**63 - 1), "not a number"])
+async def test_a_poisoned_usage_hash_harms_no_other_tenant(
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any, poison: str
+) -> None:
+    """Tenant A's usage hash holds a route tally at the top of Redis's integer range (what an
+    import of a hostile ``tg_usage`` row left behind) or no number at all. A's next call makes
+    the shared flush refuse that increment. Everyone else's calls, usage and invoices must stay
+    exact, the breaker closed, and retried flushes must not count anything twice."""
+    gateway = TenantGateway(
+        echo_app(),
+        plans=POISONED_PLANS,
+        database_url=postgres_url,
+        redis_url=redis_url,
+        redis_key_prefix=redis_prefix,
+        admin_jwt_secret=JWT_SECRET,
+    )
+    client = await client_for(gateway)
+    counters = gateway.services.counters
+    assert isinstance(counters, RedisCounters)
+    attacker = await register(client, plan="metered")
+    metered = await register(client, plan="metered")
+    unlimited = await register(client, plan="unlimited")
+    assert (await client.get("/whoami", headers=auth(attacker))).status_code == 200
+    await gateway.flush()
+    period = _period_now()
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        name = f"{redis_prefix}usage:{{{attacker['id']}}}:{period}"
+        await raw.hset(name, "route|2xx|GET /whoami", poison)
+        for tenant in (attacker, metered, unlimited):
+            assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+        for _ in range(5):  # each flush meets the bad field again; five > breaker threshold
+            await gateway.flush()
+        assert state(counters) is BreakerState.CLOSED
+        for n in range(1, 4):
+            for tenant in (metered, unlimited):
+                assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+            await gateway.flush()
+            for tenant in (metered, unlimited):
+                usage = await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))
+                assert usage.status_code == 200, usage.text
+                report = usage.json()
+                assert report["api_calls"] == 1 + n, report
+                assert report["by_route"] == [
+                    {"route": "GET /whoami", "calls": 1 + n, "by_status": {"2xx": 1 + n}}
+                ]
+                invoice = await client.get(
+                    f"{T}/{tenant['id']}/billing/invoice", headers=auth(tenant)
+                )
+                assert invoice.status_code == 200, invoice.text
+        ledger = await gateway.services.ledger.read((unlimited["id"], period))
+        assert ledger["calls"] == 4 and ledger["route|2xx|GET /whoami"] == 4
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/whoami", headers=auth(attacker))).status_code == 200
+    finally:
+        await raw.aclose()
+
+
+async def test_a_corrupt_counter_fails_only_its_own_tenant(
+    redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    """Quota decisions of concurrent requests share one script call: a tenant whose hash
+    cannot be used must not turn the others' calls into 503s nor open the breaker."""
+    gateway = TenantGateway(
+        echo_app(), plans=PLANS, redis_url=redis_url, redis_key_prefix=redis_prefix
+    )
+    client = await client_for(gateway)
+    counters = gateway.services.counters
+    assert isinstance(counters, RedisCounters)
+    attacker = await register(client, plan="metered")
+    victim = await register(client, plan="metered")
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        name = f"{redis_prefix}usage:{{{attacker['id']}}}:{_period_now()}"
+        await raw.hset(name, mapping={"hydrated": 1, "calls": "not a number"})
+        for _ in range(4):
+            responses = await asyncio.gather(
+                *(client.get("/whoami", headers=auth(t)) for t in (attacker, victim) * 5)
+            )
+            assert [r.status_code for r in responses] == [200] * 10
+        assert state(counters) is BreakerState.CLOSED
+        usage = await client.get(f"{T}/{victim['id']}/usage", headers=auth(victim))
+        assert usage.json()["api_calls"] == 20
+    finally:
+        await raw.aclose()
+
+
+async def test_each_flush_step_runs_whatever_the_others_did(
+    postgres_url: str, redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+) -> None:
+    """Redis is away: the usage tallies wait, but the keys' last use still reaches PostgreSQL,
+    and the tallies arrive once Redis is back."""
+    clock = FakeClock()
+    gateway = TenantGateway(
+        echo_app(),
+        plans=POISONED_PLANS,
+        database_url=postgres_url,
+        redis_url=through(redis_url, redis_proxy),
+        redis_key_prefix=redis_prefix,
+        admin_jwt_secret=JWT_SECRET,
+        clock=clock,
+    )
+    client = await client_for(gateway)
+    tenant = await register(client, plan="unlimited")  # no quota: no Redis on the call
+    await gateway.flush()
+    redis_proxy.blackhole = True
+    redis_proxy.cut()
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    with pytest.raises(StoreUnavailable):
+        await gateway.flush()
+    keys = await gateway.services.directory.list_keys(tenant["id"])
+    assert [key.last_used_at is not None for key in keys] == [True]
+    redis_proxy.blackhole = False
+    clock.advance(2)  # past the breaker's cooldown
+    await gateway.flush()
+    usage = await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))
+    assert usage.json()["api_calls"] == 1

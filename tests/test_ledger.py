@@ -8,16 +8,20 @@ import hashlib
 import hmac
 import io
 import json
+import secrets
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import Any
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from tenant_gateway import TenantGateway
 from tenant_gateway.events import QuotaEvent, threshold_marks
 from tenant_gateway.netpolicy import IPAddress
+from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.ledger import PostgresLedger
 from tenant_gateway.quota import MemoryCounters
 
 from .apps import echo_app
@@ -470,3 +474,94 @@ async def test_redirects_are_not_followed(stores: Stores, client_for: Any) -> No
             await gw.services.events.drain()
             assert receiver.attempts == 5  # a 307 is a failed attempt, retried as such
         assert inside.attempts == 0
+
+
+# -- bounded tallies (issue 17) --------------------------------------------------------------
+
+
+async def test_odd_method_tokens_share_one_bucket(stores: Stores, client_for: Any) -> None:
+    """Any token is a valid HTTP method: each must not become a usage field of its own."""
+    client = await client_for(gateway(stores))
+    tenant = await register(client, plan="open")
+    odd = ["FOO+1", "FOO+2", "PROPFIND", "X" * 200, "M-SEARCH"]
+    for method in odd:
+        await client.request(method, "/whoami", headers=auth(tenant))
+    await client.request("DELETE", "/whoami", headers=auth(tenant))
+    routes = {r["route"]: r["calls"] for r in (await usage(client, tenant))["by_route"]}
+    assert routes == {"OTHER /whoami": len(odd), "DELETE /whoami": 1}, routes
+
+
+async def test_a_ledger_write_keeps_every_sound_row(stores: Stores, client_for: Any) -> None:
+    """Rows the ledger cannot hold (out of range, a NUL, a field too long for its index) are
+    dropped one by one: the rest of the shared write lands."""
+    gw = gateway(stores)
+    await client_for(gw)
+    good, bad = ("tenant_good", "2026-11"), ("tenant_bad", "2026-11")
+    await gw.services.ledger.write(
+        {
+            bad: {
+                "calls": 3,
+                "refunded": -1,
+                "rejected": 2**63 - 1,
+                "route|2xx|GET /\x00": 1,
+                "route|2xx|GET /" + secrets.token_hex(10_000): 1,
+            },
+            good: {"calls": 4, "route|2xx|GET /a": 4},
+        }
+    )
+    assert await gw.services.ledger.read(good) == {"calls": 4, "route|2xx|GET /a": 4}
+    assert await gw.services.ledger.read(bad) == {"calls": 3}
+
+
+async def test_a_row_postgres_refuses_fails_only_itself(postgres_url: str) -> None:
+    """What no check here foresaw and PostgreSQL refuses (a malformed period, a NUL in an id)
+    costs its own row, not the flush of every tenant."""
+    database = Database(postgres_url)
+    await database.connect()
+    ledger = PostgresLedger(database)
+    try:
+        good = ("tenant_fine", "2026-11")
+        await ledger.write(
+            {
+                ("tenant_odd", "2026-1x"): {"calls": 1},
+                ("tenant_\x00", "2026-11"): {"calls": 1},
+                good: {"calls": 2, "rejected": 1},
+            }
+        )
+        assert await ledger.read(good) == {"calls": 2, "rejected": 1}
+    finally:
+        await database.close()
+
+
+async def test_rows_left_by_an_old_import_are_not_counted(
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    """Before imports were checked, a tenant could write its own ledger rows: a billion refunds
+    and a route tally at the top of the integer range. Reports and invoices leave them out."""
+    stores = Stores("real", postgres_url, redis_url, redis_prefix)
+    gw = gateway(stores)
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    assert await calls(client, tenant, 5) == [200] * 5
+    await gw.flush()
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.executemany(
+            "INSERT INTO tg_usage (tenant_id, period, field, value) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (tenant_id, period, field) DO UPDATE SET value = EXCLUDED.value",
+            [
+                (tenant["id"], _period_now(), "refunded", 1_000_000_000),
+                (tenant["id"], _period_now(), "route|2xx|GET /whoami", 2**63 - 1),
+            ],
+        )
+    finally:
+        await conn.close()
+    await gw.services.counters.forget([(tenant["id"], _period_now())])
+    assert (await calls(client, tenant, 96)).count(200) == 95  # the refunds lift nothing
+    report = await usage(client, tenant)
+    assert report["api_calls"] == 100 and report["refunded_calls"] == 0
+    assert report["by_route"][0]["calls"] == 100 - 5  # the planted tally is left out
+
+
+def _period_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
+from tenant_gateway.breaker import BreakerState
+from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
+from tenant_gateway.usage import UsageRecorder
 
 from .conftest import BACKENDS
+from .test_faults import proxy_to, through
 
 LEDGER: dict[tuple[str, str], dict[str, int]] = {}
 RESTORES: list[tuple[str, str]] = []
@@ -131,3 +137,183 @@ async def test_dirty_keys_are_tracked(counters: CounterStore) -> None:
     assert counters.drain_dirty() == set()
     counters.mark_dirty([KEY])
     assert counters.drain_dirty() == {KEY}
+
+
+# -- hostile values and partial failures (issue 17) ------------------------------------------
+
+BIG = 9_223_372_036_854_775_807  # the largest value a Redis integer holds
+OTHER = ("tenant_b", "2026-11")
+
+
+async def test_out_of_range_amounts_never_reach_a_counter(counters: CounterStore) -> None:
+    await counters.add({KEY: {"calls": BIG, "refunded": -5, "rejected": 1}, OTHER: {"calls": 2}})
+    assert await counters.read(KEY) == {"rejected": 1, "hydrated": 1}
+    assert (await counters.read(OTHER))["calls"] == 2
+    await counters.add({KEY: {"rejected": 10**15}})  # within the bound, but past it once added
+    assert (await counters.read(KEY))["rejected"] == 1
+
+
+async def test_restored_values_are_bounded(counters: CounterStore) -> None:
+    """A ledger row no counter could hold (written by an old import, say) is left out."""
+    LEDGER[KEY] = {"calls": 5, "refunded": 1_000_000_000, "route|2xx|GET /a": BIG, "day:01": 5}
+    decision = await counters.admit(KEY, "01", 6, False)
+    assert decision.admitted and decision.used == 6  # the refunds cannot lift the quota
+    assert not (await counters.admit(KEY, "01", 6, False)).admitted
+    tallies = await counters.read(KEY)
+    assert "refunded" not in tallies and "route|2xx|GET /a" not in tallies
+
+
+@pytest.fixture
+async def redis_counters(request: pytest.FixtureRequest) -> AsyncIterator[RedisCounters]:
+    LEDGER.clear()
+    RESTORES.clear()
+    store = make_counters("real", request)
+    assert isinstance(store, RedisCounters)
+    yield store
+    await store.close()
+
+
+def _raw(request: pytest.FixtureRequest) -> aioredis.Redis:
+    return aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+
+
+def _name(request: pytest.FixtureRequest, key: tuple[str, str]) -> str:
+    return f"{request.getfixturevalue('redis_prefix')}usage:{{{key[0]}}}:{key[1]}"
+
+
+async def test_one_refused_increment_fails_only_itself(
+    redis_counters: RedisCounters, request: pytest.FixtureRequest
+) -> None:
+    """Fields a hostile import (or anything else) left in a hash: one at the top of the
+    integer range, one that is not a number. The shared batch applies everything else, once,
+    and the breaker (which counts lost connections only) stays closed. The corrupt hash is set
+    aside, restored from the ledger, and gets its increments with the next batch."""
+    LEDGER[KEY] = {"rejected": 10}
+    raw = _raw(request)
+    try:
+        await raw.hset(
+            _name(request, KEY),
+            mapping={"hydrated": 1, "route|2xx|GET /x": BIG, "rday:01": "not a number"},
+        )
+        for _ in range(5):  # more than the breaker's threshold of failures
+            await redis_counters.add(
+                {
+                    KEY: {"route|2xx|GET /x": 1, "rday:01": 1, "rejected": 1},
+                    OTHER: {"route|2xx|GET /y": 1},
+                }
+            )
+        assert redis_counters.breaker.state is BreakerState.CLOSED
+        assert (await redis_counters.read(OTHER))["route|2xx|GET /y"] == 5
+        tallies = await redis_counters.read(KEY)
+        assert tallies["rejected"] == 10 + 5
+        assert tallies["route|2xx|GET /x"] == 5 and tallies["rday:01"] == 5
+        aside = await raw.hget(_name(request, KEY) + ":set-aside", "route|2xx|GET /x")
+        assert aside == str(BIG).encode()
+    finally:
+        await raw.aclose()
+
+
+async def test_a_sum_past_the_bound_is_dropped_alone(
+    redis_counters: RedisCounters, request: pytest.FixtureRequest
+) -> None:
+    raw = _raw(request)
+    try:
+        await raw.hset(_name(request, KEY), mapping={"hydrated": 1, "rejected": 10**15})
+        await redis_counters.add({KEY: {"rejected": 1, "rday:01": 1}, OTHER: {"rejected": 1}})
+        assert (await redis_counters.read(KEY)) == {
+            "hydrated": 1, "rejected": 10**15, "rday:01": 1
+        }  # fmt: skip
+        assert (await redis_counters.read(OTHER))["rejected"] == 1
+    finally:
+        await raw.aclose()
+
+
+async def test_refunds_never_pass_calls(counters: CounterStore) -> None:
+    """A refund is of an admitted call: one without its call would lift the quota."""
+    await counters.add({KEY: {"refunded": 1}})
+    await counters.add({KEY: {"calls": 2, "refunded": 2}})  # in one batch: the calls first
+    await counters.add({KEY: {"refunded": 1}})
+    tallies = await counters.read(KEY)
+    assert tallies["calls"] == 2 and tallies["refunded"] == 2
+
+
+POISONS: list[tuple[str, dict[str, object]]] = [
+    ("calls at the top of the range", {"hydrated": 1, "calls": BIG}),
+    ("calls not a number", {"hydrated": 1, "calls": "abc"}),
+    ("a day tally not a number", {"hydrated": 1, "calls": 1, "day:10": "x"}),
+    ("refunds above calls", {"hydrated": 1, "calls": 3, "refunded": 1_000_000_000}),
+    ("a refusal tally at the top", {"hydrated": 1, "calls": 1, "rejected": BIG}),
+]
+
+
+@pytest.mark.parametrize("poison", [fields for _, fields in POISONS], ids=[n for n, _ in POISONS])
+async def test_a_corrupt_hash_fails_no_other_decision(
+    redis_counters: RedisCounters, request: pytest.FixtureRequest, poison: dict[str, object]
+) -> None:
+    """Decisions of one turn share one script call: a hash it cannot use is set aside and
+    restored from the ledger; the other tenants' decisions in the same call are taken."""
+    LEDGER[KEY] = {"calls": 4, "day:10": 4}
+    raw = _raw(request)
+    try:
+        await raw.hset(_name(request, KEY), mapping=poison)  # type: ignore[arg-type]
+        for _ in range(4):  # more than the breaker's threshold
+            results = await asyncio.gather(
+                *(redis_counters.admit(key, "10", 1000, False) for key in (OTHER, KEY) * 3),
+                return_exceptions=True,
+            )
+            assert not [r for r in results if isinstance(r, BaseException)], results
+        assert redis_counters.breaker.state is BreakerState.CLOSED
+        assert (await redis_counters.read(OTHER))["calls"] == 12
+        tallies = await redis_counters.read(KEY)
+        assert tallies["calls"] == 4 + 12 and tallies["day:10"] == 4 + 12  # the ledger's 4
+        assert "refunded" not in tallies and "rejected" not in tallies
+        assert await raw.exists(_name(request, KEY) + ":set-aside")  # kept for a look
+    finally:
+        await raw.aclose()
+
+
+async def test_a_key_of_another_type_fails_no_other_entry(
+    redis_counters: RedisCounters, request: pytest.FixtureRequest
+) -> None:
+    raw = _raw(request)
+    try:
+        await raw.set(_name(request, KEY), "not a hash")
+        await redis_counters.add({KEY: {"rejected": 1}, OTHER: {"rejected": 1}})
+        decisions = await asyncio.gather(
+            redis_counters.admit(KEY, "01", None, False),
+            redis_counters.admit(OTHER, "01", None, False),
+        )
+        assert [d.used for d in decisions] == [1, 1]
+        assert (await redis_counters.read(OTHER))["rejected"] == 1
+        assert (await redis_counters.snapshots([KEY, OTHER]))[OTHER]["calls"] == 1
+        assert redis_counters.breaker.state is BreakerState.CLOSED
+    finally:
+        await raw.aclose()
+
+
+async def test_a_batch_whose_reply_was_lost_is_applied_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Redis applied the flush, the answer never came back: sending it again must not count
+    it twice (nor may redis-py's own retry of the command)."""
+    proxy = await proxy_to(redis_url)
+    counters = RedisCounters(
+        through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=restore
+    )
+    recorder = UsageRecorder(counters)
+    try:
+        await counters.read(KEY)  # restored: the next flush is one write
+        recorder.rejected(KEY, "01", "lostreply")
+        recorder.rejected(OTHER, "01", "burst")
+        proxy.lose_reply_once(b"rejected:lostreply")
+        with contextlib.suppress(StoreUnavailable):
+            await recorder.flush()
+        await recorder.flush()  # whatever is still owed goes again
+        recorder.rejected(KEY, "01", "burst")
+        await recorder.flush()
+        tallies = await counters.read(KEY)
+        assert tallies["rejected:lostreply"] == 1 and tallies["rejected"] == 2
+        assert (await counters.read(OTHER))["rejected"] == 1
+    finally:
+        await counters.close()
+        await proxy.stop()

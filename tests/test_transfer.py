@@ -19,8 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from tenant_gateway import TenantGateway
+from tenant_gateway.breaker import BreakerState
 from tenant_gateway.demo import build_demo_app, create_projects_table
 from tenant_gateway.postgres.database import Database, isolate_table
+from tenant_gateway.quota import RedisCounters
 
 from .conftest import JWT_SECRET, PG_ADMIN_URL, _url_with_database, auth, operator_headers
 from .test_server import Server
@@ -182,13 +184,14 @@ async def test_round_trip_between_tenants(client: httpx.AsyncClient, postgres_ur
     result = response.json()
     assert result["imported"]["projects"] == 3 and result["imported"]["tasks"] == 2
     assert result["imported"]["tg_users"] == 3 and "tg_api_keys" in result["skipped"]
+    assert result["skipped"]["tg_usage"] > 0  # usage is the gateway's record, not the tenant's
     copied = await contents(postgres_url, target["id"])
     assert copied["projects"] == before["projects"] and copied["tasks"] == before["tasks"]
     assert copied["users"] == sorted([*before["users"], "admin@dst.io"])
-    assert copied["calls"] == before["calls"] > 0
+    assert before["calls"] > 0 and copied["calls"] == 0
     assert await contents(postgres_url, source["id"]) == before  # the source is untouched
     usage = (await client.get(f"{T}/{target['id']}/usage", headers=auth(target))).json()
-    assert usage["api_calls"] == before["calls"]  # the live counter was restored from the ledger
+    assert usage["api_calls"] == 0
 
 
 async def test_colliding_keys_are_remapped_and_children_follow(
@@ -502,26 +505,29 @@ async def test_moving_a_tenant_between_databases(
         live = f"{redis_prefix}usage:{{{target['id']}}}:{datetime.now(UTC):%Y-%m}"
         redis_client = aioredis.Redis.from_url(redis_url)
         await redis_client.hset(live, mapping={"hydrated": 1, "calls": 0})
+        command = [
+            *cli, "import", "--tenant", target["id"], "--database-url", other_url,
+            "--redis-url", redis_url, "--redis-key-prefix", redis_prefix,
+        ]  # fmt: skip
+        dry = await asyncio.to_thread(
+            subprocess.run,
+            [*command, "--dry-run"],
+            input=exported.stdout,
+            capture_output=True,
+            timeout=60,
+        )
+        assert dry.returncode == 0, dry.stderr
+        assert json.loads(dry.stdout)["skipped"]["tg_usage"] > 0  # usage moves on request only
         imported = await asyncio.to_thread(
             subprocess.run,
-            [
-                *cli,
-                "import",
-                "--tenant",
-                target["id"],
-                "--database-url",
-                other_url,
-                "--redis-url",
-                redis_url,
-                "--redis-key-prefix",
-                redis_prefix,
-            ],  # fmt: skip
+            [*command, "--with-usage"],
             input=exported.stdout,
             capture_output=True,
             timeout=60,
         )
         assert imported.returncode == 0, imported.stderr
-        assert json.loads(imported.stdout)["imported"]["projects"] == 3, imported.stdout
+        summary = json.loads(imported.stdout)
+        assert summary["imported"]["projects"] == 3 and summary["imported"]["tg_usage"] > 0
         moved = await contents(other_url, target["id"])
         original = await contents(postgres_url, source["id"])
         assert moved["projects"] == original["projects"] and moved["tasks"] == original["tasks"]
@@ -548,3 +554,277 @@ async def test_import_rights(client: httpx.AsyncClient, postgres_url: str) -> No
     assert (
         await client.get(f"{T}/{tenant['id']}/export", headers=operator_headers())
     ).status_code == 200
+
+
+# -- what an import may bring (issue 17, findings 1, 2, 3) -----------------------------------
+
+HEADER = {"format": "tenant-gateway-export", "version": 1}
+
+
+def crafted(*rows: tuple[str, dict[str, Any]]) -> bytes:
+    """A hand-made stream: a header that lists exactly the rows that follow."""
+    counts: dict[str, int] = {}
+    for table, _ in rows:
+        counts[table] = counts.get(table, 0) + 1
+    header = {**HEADER, "tables": [{"name": n, "rows": c} for n, c in counts.items()]}
+    return ndjson([header, *({"table": t, "row": r} for t, r in rows)])
+
+
+def this_period() -> str:
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
+async def audit_of(client: httpx.AsyncClient, tenant: dict[str, Any]) -> list[dict[str, Any]]:
+    response = await client.get(f"{T}/{tenant['id']}/audit", headers=operator_headers())
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def test_import_skips_the_gateways_records(
+    client: httpx.AsyncClient, postgres_url: str
+) -> None:
+    source = await register(client, "admin@src.io")
+    await seed(client, postgres_url, source)
+    stream = await export(client, source)
+    invoice = {"tenant_id": source["id"], "period": "2026-01", "number": "INV-000001"}
+    counts = {t["name"]: t["rows"] for t in stream[0]["tables"]}
+    counts["tg_invoices"] += 1
+    stream[0]["tables"] = [{"name": n, "rows": c} for n, c in counts.items()]
+    stream.append({"table": "tg_invoices", "row": invoice})
+    target = await register(client, "admin@dst.io")
+    response = await client.post(
+        f"{T}/{target['id']}/import", content=ndjson(stream), headers=auth(target)
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["imported"] == {"projects": 3, "tasks": 2, "tg_users": 3}
+    gateway_tables = ("tg_usage", "tg_audit", "tg_api_keys", "tg_invoices", "tg_tenants")
+    for table in gateway_tables:
+        assert result["skipped"][table] == counts[table] > 0, table
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        usage_rows = await conn.fetchval(
+            "SELECT count(*) FROM tg_usage WHERE tenant_id = $1", target["id"]
+        )
+    finally:
+        await conn.close()
+    assert usage_rows == 0
+    entries = await audit_of(client, target)
+    assert [e["action"] for e in entries] == ["tenant.import", "tenant.register"]
+    recorded = json.loads(entries[0]["target"])
+    assert recorded == {"imported": result["imported"], "skipped": result["skipped"]}
+    assert entries[0]["actor"].startswith("key:")
+
+
+@pytest.fixture
+async def tiny_gateway(
+    postgres_url: str, redis_url: str, redis_prefix: str
+) -> AsyncIterator[TenantGateway]:
+    plans = {
+        "plans": {
+            "tiny": {"max_users": 5, "monthly_calls": 3, "burst_per_second": None,
+                     "price_cents": 100},
+            "big": {"max_users": 5, "monthly_calls": 1000, "burst_per_second": None,
+                    "price_cents": 100},
+        }
+    }  # fmt: skip
+    started = TenantGateway(
+        build_demo_app(postgres_url),
+        plans=plans,
+        database_url=postgres_url,
+        redis_url=redis_url,
+        redis_key_prefix=redis_prefix,
+        admin_jwt_secret=JWT_SECRET,
+    )
+    await started.startup()
+    await prepare_app_tables(postgres_url)
+    yield started
+    await started.shutdown()
+
+
+async def test_import_cannot_poison_the_shared_counters(
+    tiny_gateway: TenantGateway, postgres_url: str
+) -> None:
+    """Finding 1 as the review reproduced it: a usage row at the top of Redis's integer range
+    for the current period, one call, and the shared flush used to fail for every tenant."""
+    transport = httpx.ASGITransport(app=tiny_gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        attacker = await register(client, "evil@x.io", plan="big")
+        victim = await register(client, "victim@x.io", plan="big")
+        row = {
+            "tenant_id": attacker["id"],
+            "period": this_period(),
+            "field": "route|2xx|GET /api/v1/projects",
+            "value": 2**63 - 1,
+            "updated_at": "2026-01-01T00:00:00Z",
+        }
+        response = await client.post(
+            f"{T}/{attacker['id']}/import",
+            content=crafted(("tg_usage", row)),
+            headers=auth(attacker),
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["skipped"] == {"tg_usage": 1}
+        assert (await client.get("/api/v1/projects", headers=auth(attacker))).status_code == 200
+        for n in range(1, 6):
+            assert (await client.get("/api/v1/projects", headers=auth(victim))).status_code == 200
+            await tiny_gateway.flush()  # would raise: "increment or decrement would overflow"
+            usage = await client.get(f"{T}/{victim['id']}/usage", headers=auth(victim))
+            assert usage.status_code == 200 and usage.json()["api_calls"] == n
+        invoice = await client.get(f"{T}/{victim['id']}/billing/invoice", headers=auth(victim))
+        assert invoice.status_code == 200
+        counters = tiny_gateway.services.counters
+        assert isinstance(counters, RedisCounters)
+        assert counters.breaker.state is BreakerState.CLOSED
+
+
+async def test_import_cannot_lift_a_quota(tiny_gateway: TenantGateway) -> None:
+    """Finding 2: refunds imported for the current period admitted a tenant past its quota and
+    billed nothing."""
+    transport = httpx.ASGITransport(app=tiny_gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        tenant = await register(client, "greedy@x.io", plan="tiny")
+        statuses = [
+            (await client.get("/api/v1/projects", headers=auth(tenant))).status_code
+            for _ in range(4)
+        ]
+        assert statuses == [200, 200, 200, 429]
+        before = await client.get(f"{T}/{tenant['id']}/billing/invoice", headers=auth(tenant))
+        row = {"tenant_id": tenant["id"], "period": this_period(), "field": "refunded",
+               "value": 1_000_000_000, "updated_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+        response = await client.post(
+            f"{T}/{tenant['id']}/import", content=crafted(("tg_usage", row)), headers=auth(tenant)
+        )
+        assert response.status_code == 200 and response.json()["skipped"] == {"tg_usage": 1}
+        assert (await client.get("/api/v1/projects", headers=auth(tenant))).status_code == 429
+        await tiny_gateway.flush()
+        usage = (await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))).json()
+        assert usage["api_calls"] == 3 and usage["remaining"] == 0
+        after = await client.get(f"{T}/{tenant['id']}/billing/invoice", headers=auth(tenant))
+        assert after.json()["total_cents"] == before.json()["total_cents"]
+
+
+async def test_imported_audit_rows_are_not_the_audit(client: httpx.AsyncClient) -> None:
+    """Finding 3: rows of ``tg_audit`` appeared in the audit log exactly as written."""
+    tenant = await register(client, "admin@src.io")
+    forged = {"tenant_id": tenant["id"], "id": 1, "at": "2020-01-01T00:00:00Z",
+              "actor": "operator:security-team", "action": "tenant.resume",
+              "target": tenant["id"], "ip": "10.0.0.1"}  # fmt: skip
+    response = await client.post(
+        f"{T}/{tenant['id']}/import", content=crafted(("tg_audit", forged)), headers=auth(tenant)
+    )
+    assert response.status_code == 200 and response.json()["skipped"] == {"tg_audit": 1}
+    entries = await audit_of(client, tenant)
+    assert [e["action"] for e in entries] == ["tenant.import", "tenant.register"]
+    assert all(e["actor"] != "operator:security-team" for e in entries)
+
+
+def _user(tenant_id: str, **fields: Any) -> dict[str, Any]:
+    return {"tenant_id": tenant_id, "id": "usr_imported", "email": "new@x.io",
+            "role": "developer", "created_at": "2026-01-01T00:00:00Z", **fields}  # fmt: skip
+
+
+BAD_USERS: list[tuple[str, dict[str, Any], str]] = [
+    ("bidi and markup", {"email": "not an email\u202e<script>"}, "email"),
+    ("no at sign", {"email": "plainly"}, "email"),
+    ("a control character", {"email": "a\tb@x.io"}, "email"),
+    ("a number", {"email": 5}, "email"),
+    ("no email", {"email": None}, "email"),
+    ("unknown role", {"role": "owner"}, "role"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"), [(f, n) for _, f, n in BAD_USERS], ids=[c for c, _, _ in BAD_USERS]
+)
+async def test_imported_users_are_validated(
+    client: httpx.AsyncClient, postgres_url: str, fields: dict[str, Any], field: str
+) -> None:
+    """Finding 3: users are held to the rules of ``POST /{id}/users``; one bad user and
+    nothing of the stream is written, its audit entry included."""
+    tenant = await register(client, "admin@dst.io")
+    before = await contents(postgres_url, tenant["id"])
+    project = {"tenant_id": tenant["id"], "id": "prj_1", "name": "p",
+               "created_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+    body = crafted(("projects", project), ("tg_users", _user(tenant["id"], **fields)))
+    response = await client.post(f"{T}/{tenant['id']}/import", content=body, headers=auth(tenant))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "validation_error"
+    assert problem["line"] == 3 and problem["table"] == "tg_users"
+    assert field in problem["reason"]
+    assert await contents(postgres_url, tenant["id"]) == before
+    assert [e["action"] for e in await audit_of(client, tenant)] == ["tenant.register"]
+
+
+async def test_imported_users_are_cleaned_as_the_api_would(
+    client: httpx.AsyncClient, postgres_url: str
+) -> None:
+    tenant = await register(client, "admin@dst.io")
+    body = crafted(("tg_users", _user(tenant["id"], email="  new@x.io ", role="viewer")))
+    response = await client.post(f"{T}/{tenant['id']}/import", content=body, headers=auth(tenant))
+    assert response.status_code == 200, response.text
+    users = (await client.get(f"{T}/{tenant['id']}/users", headers=auth(tenant))).json()
+    assert ("new@x.io", "viewer") in {(u["email"], u["role"]) for u in users}
+
+
+async def test_an_import_and_its_audit_entry_are_one(
+    client: httpx.AsyncClient, postgres_url: str
+) -> None:
+    """An operator whose token makes the audit insert fail for real (a NUL in its subject):
+    the rows must not be left behind without their entry, and the answer is not a 500."""
+    tenant = await register(client, "admin@dst.io")
+    project = {"tenant_id": tenant["id"], "id": "prj_1", "name": "p",
+               "created_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+    response = await client.post(
+        f"{T}/{tenant['id']}/import",
+        content=crafted(("projects", project)),
+        headers=operator_headers(sub="ops\x00"),
+    )
+    assert response.status_code < 500, response.text
+    imported = (await contents(postgres_url, tenant["id"]))["projects"] == ["p"]
+    entries = [e for e in await audit_of(client, tenant) if e["action"] == "tenant.import"]
+    assert imported == (len(entries) == 1) == (response.status_code == 200)
+
+
+def _usage(tenant_id: str, field: str, value: object, period: str = "2026-10") -> dict[str, Any]:
+    return {"tenant_id": tenant_id, "period": period, "field": field, "value": value,
+            "updated_at": "2026-10-31T00:00:00Z"}  # fmt: skip
+
+
+BAD_USAGE: list[tuple[str, list[tuple[str, object]], str]] = [
+    ("the top of the integer range", [("route|2xx|GET /a", 2**63 - 1)], "between 0 and"),
+    ("past bigint", [("calls", 2**64)], "between 0 and"),
+    ("negative", [("calls", -1)], "between 0 and"),
+    ("not an integer", [("calls", "5")], "between 0 and"),
+    ("a fraction", [("calls", 1.5)], "between 0 and"),
+    ("more refunds than calls", [("calls", 3), ("refunded", 1_000_000_000)], "refunded"),
+    ("refunds without calls", [("refunded", 1)], "refunded"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"), [(f, n) for _, f, n in BAD_USAGE], ids=[c for c, _, _ in BAD_USAGE]
+)
+async def test_usage_moved_by_the_command_is_validated(
+    client: httpx.AsyncClient, postgres_url: str, fields: list[tuple[str, object]], needle: str
+) -> None:
+    """``--with-usage`` (the operator's command; never over HTTP) holds every value to what a
+    counter may hold: nothing of a stream with one bad value is written."""
+    tenant = await register(client, "admin@dst.io")
+    before = await contents(postgres_url, tenant["id"])
+    body = crafted(*(("tg_usage", _usage(tenant["id"], f, v)) for f, v in fields))
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "tenant_gateway.cli", "import", "--tenant", tenant["id"],
+         "--database-url", postgres_url, "--with-usage"],
+        input=body,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result
+    assert b"nothing was imported" in result.stderr and needle.encode() in result.stderr
+    assert await contents(postgres_url, tenant["id"]) == before
+    assert [e["action"] for e in await audit_of(client, tenant)] == ["tenant.register"]

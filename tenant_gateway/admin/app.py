@@ -38,6 +38,7 @@ from tenant_gateway.admin.schemas import (
     UpdateTenantRequest,
     UpdateUserRequest,
     WebhookRequest,
+    checked_user,
     limited_stream,
     parse_body,
 )
@@ -548,6 +549,7 @@ class AdminAPI:
                 dry_run=flags["dry_run"] == "true",
                 app_only=flags["app_only"] == "true",
                 seat_limit=effective_seat_limit(self._plan(tenant.plan), tenant),
+                check_user=checked_user,
                 audit=self._entry(request, caller, tenant.id, "tenant.import"),
             )
         except LineTooLong as exc:

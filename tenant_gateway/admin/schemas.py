@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
@@ -37,6 +37,7 @@ __all__ = [
     "UpdateTenantRequest",
     "UpdateUserRequest",
     "StrictBody",
+    "checked_user",
     "clean_text",
     "parse_body",
 ]
@@ -86,6 +87,19 @@ class RegisterRequest(StrictBody):
 class AddUserRequest(StrictBody):
     email: Email
     role: Annotated[Role, Field(strict=False)] = Role.DEVELOPER  # JSON carries the enum's value
+
+
+def checked_user(row: Mapping[str, Any]) -> dict[str, str]:
+    """A user from elsewhere (an import's ``tg_users`` row) held to exactly the rules of
+    ``POST /{id}/users``: its ``email`` and ``role`` as that would store them, or ValueError
+    naming each field at fault."""
+    fields = {name: row[name] for name in ("email", "role") if name in row}
+    try:
+        user = AddUserRequest.model_validate(fields)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise ValueError("; ".join(f"{e['field']}: {e['message']}" for e in errors)) from None
+    return {"email": user.email, "role": user.role.value}
 
 
 class ChangePlanRequest(StrictBody):

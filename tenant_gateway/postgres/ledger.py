@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+import asyncpg
 
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.quota import HYDRATED, UsageKey
+from tenant_gateway.tallies import sound_tallies
+
+if TYPE_CHECKING:
+    from tenant_gateway.postgres.database import Connection
 
 __all__ = ["PostgresLedger"]
+
+logger = logging.getLogger("tenant_gateway.postgres")
+
+_ROW_REFUSED = ("22", "23", "54")
+"""SQLSTATE classes that are a row's own fault: data exception, integrity constraint violation,
+program limit (a field too long for the index). Anything else fails the whole write."""
+
+
+def _refused_row(exc: asyncpg.PostgresError) -> bool:
+    return str(getattr(exc, "sqlstate", ""))[:2] in _ROW_REFUSED
+
+
+async def _upsert(conn: Connection, rows: list[tuple[str, str, str, int]]) -> None:
+    tenants, periods, fields, values = (list(column) for column in zip(*rows, strict=True))
+    await conn.execute(
+        "INSERT INTO tg_usage (tenant_id, period, field, value)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
+        " ON CONFLICT (tenant_id, period, field) DO UPDATE"
+        " SET value = GREATEST(tg_usage.value, EXCLUDED.value), updated_at = now()"
+        " WHERE tg_usage.value < EXCLUDED.value",
+        tenants,
+        periods,
+        fields,
+        values,
+    )
 
 
 class PostgresLedger:
@@ -25,28 +58,35 @@ class PostgresLedger:
         return {row["field"]: row["value"] for row in rows}
 
     async def write(self, snapshots: Mapping[UsageKey, Mapping[str, int]]) -> None:
+        """Every row in one statement. A row PostgreSQL refuses (one no check here foresaw)
+        costs itself only: the statement is retried row by row and that row left out."""
         # One order for every writer, so concurrent flushes lock rows alike and never deadlock.
         rows = sorted(
             (tenant_id, period, field, value)
             for (tenant_id, period), tallies in snapshots.items()
-            for field, value in tallies.items()
+            for field, value in sound_tallies(
+                tallies, f"a snapshot of {tenant_id} {period}"
+            ).items()
             if field != HYDRATED
         )
         if not rows:
             return
-        tenants, periods, fields, values = (list(column) for column in zip(*rows, strict=True))
         async with self._db.gateway_transaction() as conn:
-            await conn.execute(
-                "INSERT INTO tg_usage (tenant_id, period, field, value)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
-                " ON CONFLICT (tenant_id, period, field) DO UPDATE"
-                " SET value = GREATEST(tg_usage.value, EXCLUDED.value), updated_at = now()"
-                " WHERE tg_usage.value < EXCLUDED.value",
-                tenants,
-                periods,
-                fields,
-                values,
-            )
+            try:
+                async with conn.transaction():  # a savepoint: a refused row leaves the rest
+                    await _upsert(conn, rows)
+                return
+            except asyncpg.PostgresError as exc:
+                if not _refused_row(exc):
+                    raise
+            for row in rows:
+                try:
+                    async with conn.transaction():
+                        await _upsert(conn, [row])
+                except asyncpg.PostgresError as exc:
+                    if not _refused_row(exc):
+                        raise
+                    logger.warning("usage row left out of the ledger: %r: %s", row, exc)
 
     async def claim_event(self, key: UsageKey, threshold: int, at: datetime) -> bool:
         async with self._db.gateway_transaction() as conn:

@@ -6,17 +6,22 @@ children. Rows are produced by PostgreSQL itself (``row_to_json``) and loaded ba
 
 Exported: the gateway's tenant tables (profile, users, key metadata without the hash, plan
 history, usage ledger, invoices, audit) and every application table under the isolation policy.
-Imported: users, the usage ledger (added to the target's) and the application tables; the rest
-is a record of the source (keys are secrets that cannot move; invoices and plan history belong
-to the source's account; audit entries are written by the gateway only) and is skipped.
+Imported: the application tables and the users (held to the rules of ``POST /{id}/users`` by the
+caller's ``check_user``, and to the seat limit). The gateway's own records are a record of the
+source and are skipped: keys are secrets that cannot move; invoices and plan history belong to
+the source's account; the audit trail is written by the gateway only; usage feeds quotas and
+invoices, so a tenant must not write its own. Moving usage between databases is the operator's
+command only (``with_usage``), every value checked. The target's audit gets one
+``tenant.import`` entry with the counts, in the import's own transaction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -34,6 +39,7 @@ from tenant_gateway.postgres.database import (
     as_tenant,
 )
 from tenant_gateway.postgres.directory import insert_audit
+from tenant_gateway.tallies import MAX_TALLY, field_name
 
 if TYPE_CHECKING:
     from tenant_gateway.postgres.database import Connection
@@ -45,6 +51,7 @@ __all__ = [
     "ImportRejected",
     "ImportResult",
     "LineTooLong",
+    "UserCheck",
     "export_tenant",
     "import_tenant",
     "numbered_lines",
@@ -54,16 +61,21 @@ FORMAT = "tenant-gateway-export"
 VERSION = 1
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-# gateway table → (column holding the tenant id, importable, columns never exported)
+# gateway table → (column holding the tenant id, importable, columns never exported);
+# tg_usage is imported by the operator's command only (``with_usage``)
 _GATEWAY: dict[str, tuple[str, bool, frozenset[str]]] = {
     "tg_tenants": ("id", False, frozenset({"webhook_secret"})),
     "tg_users": ("tenant_id", True, frozenset()),
     "tg_api_keys": ("tenant_id", False, frozenset({"key_hash"})),
     "tg_plan_changes": ("tenant_id", False, frozenset()),
-    "tg_usage": ("tenant_id", True, frozenset()),
+    "tg_usage": ("tenant_id", False, frozenset()),
     "tg_invoices": ("tenant_id", False, frozenset()),
     "tg_audit": ("tenant_id", False, frozenset()),
 }
+
+UserCheck = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+"""Holds an imported user row to the rules of adding a user: answers the columns to store
+instead (``email``, ``role``), or raises ``ValueError`` naming what is wrong."""
 
 
 _FOREIGN_KEYS = """
@@ -271,6 +283,8 @@ class _Importer:
     tenant_id: str
     tables: dict[str, _Table]
     app_only: bool
+    check_user: UserCheck
+    with_usage: bool
     imported: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)
@@ -288,15 +302,29 @@ class _Importer:
             )
             self._role = wanted
 
+    def _imports(self, name: str) -> bool:
+        if name not in _GATEWAY:
+            return True
+        if self.app_only:
+            return False
+        return _GATEWAY[name][1] or (name == "tg_usage" and self.with_usage)
+
     async def row(self, line: int, name: str, row: dict[str, Any]) -> None:
         self.seen[name] = self.seen.get(name, 0) + 1
-        if name in _GATEWAY and (self.app_only or not _GATEWAY[name][1]):
+        if not self._imports(name):
             self.skipped[name] = self.skipped.get(name, 0) + 1
             return
         table = self.tables[name]
         unknown = set(row) - set(table.columns)
         if unknown:
             raise ImportRejected(line, name, f"unknown columns {sorted(unknown)}")
+        if name == "tg_users":
+            try:
+                row = {**row, **self.check_user(row)}
+            except ValueError as exc:
+                raise ImportRejected(line, name, str(exc)) from None
+        elif name == "tg_usage":
+            _check_usage(line, row)
         row = {column: value for column, value in row.items() if column in table.insertable}
         row[table.tenant_column] = self.tenant_id  # never trusted from the file
         for child_columns, parent, parent_columns in table.parents:
@@ -336,6 +364,40 @@ class _Importer:
             self.renamed.setdefault(f"{table.name}.{column}", {})[old] = new
 
 
+def _check_usage(line: int, row: Mapping[str, Any]) -> None:
+    """A usage row must be a tally a counter can hold (``tallies.py``)."""
+    value = row.get("value")
+    if type(value) is not int or not 0 <= value <= MAX_TALLY:
+        raise ImportRejected(
+            line, "tg_usage", f"value must be an integer between 0 and {MAX_TALLY}"
+        )
+    if field_name(row.get("field")) is None:
+        raise ImportRejected(line, "tg_usage", "field must be text without NUL, at most 1 KiB")
+
+
+async def _check_usage_sums(
+    conn: Connection, tenant_id: str, periods: list[str], line: int
+) -> None:
+    """What the imported rows add up to with the target's own: still tallies, and no more
+    refunds than calls in any period (refunds would lift the quota and cancel the bill)."""
+    rows = await conn.fetch(
+        "SELECT period, field, value FROM tg_usage WHERE tenant_id = $1 AND period = ANY($2)",
+        tenant_id,
+        periods,
+    )
+    totals: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row["value"] > MAX_TALLY:
+            reason = f"period {row['period']}, {row['field']}: {row['value']} passes {MAX_TALLY}"
+            raise ImportRejected(line, "tg_usage", reason)
+        totals.setdefault(row["period"], {})[row["field"]] = row["value"]
+    for period, tallies in sorted(totals.items()):
+        refunded, calls = tallies.get("refunded", 0), tallies.get("calls", 0)
+        if refunded > calls:
+            reason = f"period {period}: refunded {refunded} would exceed calls {calls}"
+            raise ImportRejected(line, "tg_usage", reason)
+
+
 def _reason(exc: asyncpg.PostgresError) -> str:
     message = str(exc).split("\n", 1)[0]
     detail = getattr(exc, "detail", None)
@@ -347,13 +409,15 @@ async def import_tenant(
     tenant_id: str,
     lines: AsyncIterator[tuple[int, bytes]],
     *,
+    check_user: UserCheck,
     dry_run: bool = False,
     app_only: bool = False,
     seat_limit: int | None = None,
+    with_usage: bool = False,
     audit: AuditEntry | None = None,
 ) -> ImportResult:
-    """Load an export into ``tenant_id`` in one transaction: every row, or none, and with
-    them (unless a dry run) the ``audit`` entry that records it."""
+    """Load an export into ``tenant_id`` in one transaction: every row, or none, and with them
+    (unless a dry run) the ``audit`` entry that records it, its target the counts."""
     header_line = await anext(lines, None)
     expected = _header(header_line[1] if header_line else None)
     async with database.transfer_connection(tenant_id) as conn:
@@ -370,7 +434,7 @@ async def import_tenant(
             for name in expected:
                 if name not in tables:
                     raise ImportRejected(1, name, "this table cannot be imported into a tenant")
-            importer = _Importer(conn, tenant_id, tables, app_only)
+            importer = _Importer(conn, tenant_id, tables, app_only, check_user, with_usage)
             async for line, raw in lines:
                 if not raw.strip():
                     continue
@@ -391,8 +455,14 @@ async def import_tenant(
                         name,
                         f"the stream is truncated or padded: {found} rows, the header says {rows}",
                     )
+            await as_owner(conn)
+            if importer.periods:
+                await _check_usage_sums(
+                    conn, tenant_id, sorted(importer.periods), _line_count(importer)
+                )
             if seat_limit is not None:
-                await as_owner(conn)
+                # the tenant row's lock: users added meanwhile (directory.add_user) wait
+                await conn.execute("SELECT 1 FROM tg_tenants WHERE id = $1 FOR UPDATE", tenant_id)
                 users = await conn.fetchval(
                     "SELECT count(*) FROM tg_users WHERE tenant_id = $1", tenant_id
                 )
@@ -402,9 +472,13 @@ async def import_tenant(
                         "tg_users",
                         f"{users} users would exceed the seat limit of {seat_limit}",
                     )
-            if not dry_run:
-                await as_owner(conn)
-                await insert_audit(conn, audit)
+            counts = {
+                "imported": dict(sorted(importer.imported.items())),
+                "skipped": dict(sorted(importer.skipped.items())),
+            }
+            if audit is not None and not dry_run:
+                recorded = json.dumps(counts, separators=(",", ":"))
+                await _record(conn, dataclasses.replace(audit, target=recorded), importer)
         except BaseException:
             await transaction.rollback()
             raise
@@ -412,12 +486,17 @@ async def import_tenant(
             await transaction.rollback()
         else:
             await transaction.commit()
-    summary = {
-        "imported": dict(sorted(importer.imported.items())),
-        "skipped": dict(sorted(importer.skipped.items())),
-        "dry_run": dry_run,
-    }
+    summary = {**counts, "dry_run": dry_run}
     return ImportResult(summary, [] if dry_run else sorted(importer.periods))
+
+
+async def _record(conn: Connection, entry: AuditEntry, importer: _Importer) -> None:
+    """The import's audit entry, in its transaction: if it cannot be written, nothing is."""
+    try:
+        await insert_audit(conn, entry)
+    except asyncpg.PostgresError as exc:
+        reason = f"its audit entry cannot be written: {_reason(exc)}"
+        raise ImportRejected(_line_count(importer), "tg_audit", reason) from None
 
 
 def _line_count(importer: _Importer) -> int:

@@ -1,0 +1,63 @@
+-- One flush's tallies (quota.py RedisCounters.add), applied once: a batch sent again after its
+-- reply was lost (same writer, same sequence number) changes nothing. One hash's trouble stays
+-- its own: a hash holding a value no tally can (or a key that is not a hash) is set aside and
+-- reported, for the caller to restore from the ledger and send its increments again; an
+-- increment the hash cannot take (a sum past max; more refunds than calls: ``refunded`` comes
+-- last, after the batch's own calls) is skipped and reported. Everything else is applied.
+-- KEYS: the usage hashes, then the writer's marker. ARGV: max (tally.lua), sequence number,
+-- marker ttl, hash ttl, then per hash the number of its increments and field, amount pairs.
+-- Returns {1 (applied) or 0 (applied before), then key index, field, reason per one not
+-- applied}; the reason 'set aside' (field '') stands for all of that hash's increments.
+
+local marker = KEYS[#KEYS]
+local seq = tonumber(ARGV[2])
+local last = redis.pcall('GET', marker)
+if type(last) == 'string' and tonumber(last) ~= nil and seq <= tonumber(last) then
+  return {0}
+end
+
+local function sound(key, first, n)
+  for j = first, first + 2 * n - 1, 2 do
+    local current = redis.pcall('HGET', key, ARGV[j])
+    if type(current) == 'table' or tally(current) == nil then
+      return false
+    end
+  end
+  return true
+end
+
+local out = {1}
+local i = 5
+for k = 1, #KEYS - 1 do
+  local n = tonumber(ARGV[i])
+  local first = i + 1
+  i = first + 2 * n
+  if not sound(KEYS[k], first, n) then
+    set_aside(KEYS[k])
+    out[#out + 1] = k
+    out[#out + 1] = ''
+    out[#out + 1] = 'set aside'
+  else
+    for j = first, first + 2 * n - 1, 2 do
+      -- the amount goes to Redis as the string it came as (Lua prints 10^15 as 1e+15)
+      local field, text = ARGV[j], ARGV[j + 1]
+      local after = tally(redis.call('HGET', KEYS[k], field)) + tonumber(text)
+      local reason = nil
+      if after > max then
+        reason = 'the sum would pass the bound'
+      elseif field == 'refunded' and after > (tally(redis.call('HGET', KEYS[k], 'calls')) or 0) then
+        reason = 'more refunds than calls'
+      end
+      if reason then
+        out[#out + 1] = k
+        out[#out + 1] = field
+        out[#out + 1] = reason
+      else
+        redis.call('HINCRBY', KEYS[k], field, text)
+      end
+    end
+    redis.call('EXPIRE', KEYS[k], ARGV[4], 'NX')
+  end
+end
+redis.call('SET', marker, ARGV[2], 'EX', ARGV[3])
+return out
