@@ -7,8 +7,8 @@ prefix in db 11), registers five victim tenants on the professional plan and run
 traffic from 127.0.0.1: each victim calls ``GET /api/v1/projects`` ``--rate`` times a second on
 two keep-alive connections, paced (a request leaves on its schedule, not when the last answer
 came), so a slower server shows as latency, not as fewer calls. After ``--seconds`` of this
-alone, an attacker process starts, from another address (127.0.0.2), and does everything the
-security review found at once for another ``--seconds``:
+alone, an attacker process starts, each of its attacks from an address of its own (127.0.0.2
+and up), and does everything the security review found at once for another ``--seconds``:
 
 - imports whose gateway lines would poison counters (a route tally of 2^63-1, a billion
   refunds), forge audit entries and store unvalidated users;
@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,7 +64,10 @@ from tenant_gateway.keys import generate_api_key  # noqa: E402
 ADMIN = "/api/v1/tenants"
 PROJECTS = "/api/v1/projects"
 VICTIMS = 5
-ATTACKER_ADDRESS = "127.0.0.2"
+METERED_CALL = f"{PROJECTS}/prj_none"
+"""The attacker's metered calls: a 404 from the app, counted like any call. (Listing the 20,000
+projects the attacker imports, so that its exports outlast the sockets' buffers, costs the
+server several milliseconds a call: a heavy tenant of the wrapped app, not one of the attacks.)"""
 PLANS = {
     "plans": {
         "free": {"max_users": 5, "monthly_calls": 1000, "burst_per_second": 10, "price_cents": 0},
@@ -91,6 +96,9 @@ class Phase:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
+    """When each answered request left, in seconds since the phase began (``latencies``' order)."""
+    started: float = 0.0
 
 
 @dataclass(slots=True)
@@ -136,6 +144,7 @@ class Victims:
                     reader = writer = None
                     continue
                 phase.latencies.append(time.perf_counter() - sent)
+                phase.sent_at.append(time.monotonic() - phase.started)
                 phase.statuses[status] += 1
                 if 200 <= status < 300:
                     victim.ok += 1
@@ -190,12 +199,31 @@ def export_stream(rows: dict[str, list[dict[str, Any]]]) -> bytes:
 
 
 class Attacker:
-    def __init__(self, base: str, port: int, deadline: float) -> None:
-        self.base, self.port, self.deadline = base, port, deadline
+    """Each attack runs in a loop of its own, from an address of its own (127.0.0.2 and up:
+    an attacker has more than one), so one attack's refusals do not stop another's."""
+
+    def __init__(self, base: str, port: int, rate: float | None) -> None:
+        self.base, self.port, self.deadline = base, port, math.inf
+        self.interval = 1 / rate if rate else 0.0
         self.outcomes: dict[str, Counter[str]] = {}
-        transport = httpx.AsyncHTTPTransport(local_address=ATTACKER_ADDRESS)
-        self.http = httpx.AsyncClient(base_url=base, transport=transport, timeout=30)
+        self._addresses: dict[str, str] = {}
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._due: dict[str, float] = {}
         self.tenant: dict[str, Any] = {}
+
+    def address(self, attack: str) -> str:
+        """The source address of ``attack``'s connections."""
+        if attack not in self._addresses:
+            self._addresses[attack] = f"127.0.0.{len(self._addresses) + 2}"
+        return self._addresses[attack]
+
+    def client(self, attack: str) -> httpx.AsyncClient:
+        if attack not in self._clients:
+            transport = httpx.AsyncHTTPTransport(local_address=self.address(attack))
+            self._clients[attack] = httpx.AsyncClient(
+                base_url=self.base, transport=transport, timeout=30
+            )
+        return self._clients[attack]
 
     def note(self, attack: str, outcome: str) -> None:
         self.outcomes.setdefault(attack, Counter())[outcome] += 1
@@ -208,21 +236,27 @@ class Attacker:
         return {"Authorization": f"Bearer {self.tenant['api_key']}"}
 
     async def call(self, attack: str, method: str, path: str, **kwargs: Any) -> None:
+        """One request of ``attack``, at most ``rate`` a second when a rate is set."""
+        if self.interval:
+            due = self._due.get(attack, time.monotonic())
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            self._due[attack] = max(due, time.monotonic() - 1) + self.interval
         try:
-            response = await self.http.request(method, path, **kwargs)
+            response = await self.client(attack).request(method, path, **kwargs)
             self.note(attack, str(response.status_code))
         except httpx.HTTPError as exc:
             self.note(attack, type(exc).__name__)
 
     async def setup(self) -> None:
-        answer = await self.http.post(
+        answer = await self.client("setup").post(
             f"{ADMIN}/register",
             json={"name": "Mallory", "plan": "metered", "admin_email": "m@mallory.test"},
         )
         answer.raise_for_status()
         self.tenant = answer.json()
-        # Enough application rows that an export outgrows the sockets' buffers.
-        projects = [{"id": f"p{n}", "name": "x" * 200} for n in range(20_000)]
+        # Enough application rows (20 MB) that an export outgrows the sockets' buffers, which
+        # on loopback take several megabytes: a client that never reads really stalls it.
+        projects = [{"id": f"p{n}", "name": "x" * 1000} for n in range(20_000)]
         await self.call(
             "setup import",
             "POST",
@@ -252,7 +286,7 @@ class Attacker:
                     content=export_stream(stream),
                     headers=self.headers(),
                 )
-                await self.call("poisoned import", "GET", PROJECTS, headers=self.headers())
+                await self.call("poisoned import", "GET", METERED_CALL, headers=self.headers())
 
     async def _stalled(self, attack: str, request: bytes) -> None:
         """One connection that sends ``request`` and then neither reads nor writes; opened
@@ -260,7 +294,7 @@ class Attacker:
         while self.running:
             try:
                 _, writer = await asyncio.open_connection(
-                    HOST, self.port, local_addr=(ATTACKER_ADDRESS, 0)
+                    HOST, self.port, local_addr=(self.address(attack), 0)
                 )
             except OSError as exc:
                 self.note(attack, type(exc).__name__)
@@ -343,7 +377,7 @@ class Attacker:
         tid = self.tenant["id"]
         while self.running:
             for _ in range(50):
-                await self.call("overage dodge", "GET", PROJECTS, headers=self.headers())
+                await self.call("overage dodge", "GET", METERED_CALL, headers=self.headers())
             for plan in ("free", "metered"):
                 await self.call(
                     "overage dodge",
@@ -353,30 +387,58 @@ class Attacker:
                     headers=self.headers(),
                 )
 
-    async def run(self) -> dict[str, dict[str, int]]:
+    def _spin(self) -> None:
+        while self.running:
+            pass
+
+    async def run(self, only: frozenset[str], seconds: float) -> dict[str, dict[str, int]]:
+        """Set up (outside the measured time), say ``ready``, wait for a line on stdin, then
+        attack for ``seconds``."""
         await self.setup()
-        await asyncio.gather(
-            self.poisoned_imports(),
-            self.stalled_exports(12),
-            self.stalled_imports(12),
-            self.signup_flood(),
-            self.fake_keys(),
-            self.webhook_ssrf(),
-            self.bad_input(),
-            self.dodge_overage(),
-        )
-        await self.http.aclose()
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        self.deadline = time.monotonic() + seconds
+        attacks = {
+            "imports": self.poisoned_imports(),
+            "exports": self.stalled_exports(12),
+            "stalled-imports": self.stalled_imports(12),
+            "signup": self.signup_flood(),
+            "keys": self.fake_keys(),
+            "webhooks": self.webhook_ssrf(),
+            "input": self.bad_input(),
+            "overage": self.dodge_overage(),
+        }
+        if "cpu" in only:  # the control: no request at all, one core kept busy
+            attacks["cpu"] = asyncio.to_thread(self._spin)
+        chosen = [attack for name, attack in attacks.items() if not only or name in only]
+        for attack in attacks.values():
+            if attack not in chosen:
+                attack.close()  # never started
+        await asyncio.gather(*chosen)
+        for client in self._clients.values():
+            await client.aclose()
         return {attack: dict(sorted(c.items())) for attack, c in sorted(self.outcomes.items())}
 
 
-def attacker_main(base: str, seconds: float) -> int:
+def attacker_main(base: str, seconds: float, only: frozenset[str], rate: float | None) -> int:
     port = int(base.rsplit(":", 1)[1])
-    attacker = Attacker(base, port, time.monotonic() + seconds)
-    print(json.dumps(asyncio.run(attacker.run())), flush=True)
+    attacker = Attacker(base, port, rate)
+    print(json.dumps(asyncio.run(attacker.run(only, seconds))), flush=True)
     return 0
 
 
 # -- the run --------------------------------------------------------------------------------
+
+
+def timeline(phase: Phase, step: float = 5.0) -> str:
+    """p99 per ``step`` seconds of the phase: where in it the slow answers were."""
+    windows: dict[int, list[float]] = {}
+    for at, latency in zip(phase.sent_at, phase.latencies, strict=True):
+        windows.setdefault(int(at // step), []).append(latency)
+    return "  ".join(
+        f"{index * step:g}s:{percentile_ms(values, 0.99):.0f}"
+        for index, values in sorted(windows.items())
+    )
 
 
 def summary_row(name: str, phase: Phase) -> tuple[str, ...]:
@@ -416,15 +478,22 @@ def run(args: argparse.Namespace) -> int:
             attack_report: dict[str, Any] = {}
 
             async def drive() -> None:
-                traffic = asyncio.create_task(load.run())
-                await asyncio.sleep(args.seconds)
-                load.phase = "attack"
                 attacker = await asyncio.create_subprocess_exec(
                     sys.executable, __file__, "--attacker", server.base,
-                    "--seconds", str(args.seconds),
-                    stdout=subprocess.PIPE,
+                    "--seconds", str(args.seconds), "--attacks", args.attacks,
+                    *(["--attack-rate", str(args.attack_rate)] if args.attack_rate else []),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 )  # fmt: skip
-                output, _ = await attacker.communicate()
+                assert attacker.stdin is not None and attacker.stdout is not None
+                # its set-up (a big import of its own) happens before any victim call
+                if (await attacker.stdout.readline()).strip() != b"ready":
+                    raise RuntimeError("the attacker did not get ready")
+                load.phases["baseline"].started = time.monotonic()
+                traffic = asyncio.create_task(load.run())
+                await asyncio.sleep(args.seconds)
+                load.phases["attack"].started = time.monotonic()
+                load.phase = "attack"
+                output, _ = await attacker.communicate(b"go\n")
                 load.stop()
                 await traffic
                 if output.strip():
@@ -433,6 +502,8 @@ def run(args: argparse.Namespace) -> int:
             asyncio.run(drive())
             rows = [summary_row(name, phase) for name, phase in load.phases.items()]
             print(text_table(("victims", "calls", "statuses", "errors", "p50 ms", "p99 ms"), rows))
+            for name, phase in load.phases.items():
+                print(f"p99 ms every 5 s, {name}: {timeline(phase)}")
             print("attacker's answers:")
             for attack, outcomes in attack_report.items():
                 print(f"  {attack:16} {outcomes}")
@@ -465,6 +536,8 @@ def run(args: argparse.Namespace) -> int:
                     failures.append(f"usage of {victim.id} not exact")
         finally:
             server.stop()
+            if args.keep_log:
+                shutil.copyfile(server.log, args.keep_log)
             found = [line for line in log_problems(server) if "Traceback" in line]
             if found:
                 failures.append(f"{len(found)} tracebacks in the server log")
@@ -480,10 +553,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
     parser.add_argument("--rate", type=float, default=20.0, help="calls a second per victim")
+    parser.add_argument(
+        "--attacks",
+        default="",
+        help="only these attacks, comma-separated: imports, exports, stalled-imports, signup,"
+        " keys, webhooks, input, overage (default: all at once); or cpu, the control: an"
+        " attacker that sends nothing and keeps one core busy",
+    )
+    parser.add_argument(
+        "--attack-rate",
+        type=float,
+        default=None,
+        help="requests a second for each attack's loop (default: as fast as answers come)",
+    )
+    parser.add_argument("--keep-log", metavar="FILE", help="copy the server's log there")
     parser.add_argument("--attacker", metavar="BASE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    only = frozenset(name.strip() for name in args.attacks.split(",") if name.strip())
     if args.attacker:
-        return attacker_main(args.attacker, args.seconds)
+        return attacker_main(args.attacker, args.seconds, only, args.attack_rate)
     return run(args)
 
 

@@ -227,8 +227,20 @@ class Services:
         if failures:
             raise failures[0]
 
-    async def _flush_ledger(self) -> None:
+    async def flush_tenant(self, tenant_id: str) -> None:
+        """What a transfer of one tenant needs: the pending tallies in the counters, and that
+        tenant's snapshots in the ledger. The other tenants' snapshots wait for the background
+        flush, so a tenant asking for transfers in a loop cannot make every worker write
+        everyone's usage each time."""
+        await self.recorder.flush()
+        await self._flush_ledger(tenant_id)
+
+    async def _flush_ledger(self, tenant_id: str | None = None) -> None:
         dirty = self.counters.drain_dirty()
+        if tenant_id is not None:
+            others = {key for key in dirty if key[0] != tenant_id}
+            self.counters.mark_dirty(others)
+            dirty -= others
         try:
             await self.ledger.write(await self.counters.snapshots(dirty))
         except BaseException:  # whatever failed, these keys still owe the ledger a snapshot

@@ -515,7 +515,7 @@ class AdminAPI:
         database = self._database()
         slot = self._claim_transfer(tenant.id)
         try:
-            await self.s.flush()  # the ledger holds every count this process has seen
+            await self.s.flush_tenant(tenant.id)  # the ledger holds every count seen here
             await self._audit(request, caller, tenant.id, "tenant.export")
         except BaseException:
             slot.release()
@@ -538,8 +538,7 @@ class AdminAPI:
         for name, value in flags.items():
             if value not in ("true", "false"):
                 raise _field_error(name, "must be true or false")
-        await self.s.flush()
-        slot = self._claim_transfer(tenant.id)
+        slot = self._claim_transfer(tenant.id)  # before any work: a refusal costs nothing
         _lift_deadline(request)  # the import bounds its own waits, however long it runs
         try:
             result = await import_tenant(
