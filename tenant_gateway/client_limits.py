@@ -12,14 +12,25 @@ own memory storage reads the wall clock and sweeps with a thread hop per key, co
 floods of addresses these limits exist for.) Given a ``limits`` async storage URI (the gateway's
 Redis), the window is ``limits``' moving window, shared by every process; an address it refuses
 is remembered in process until its window frees, so a flood from it costs no more round trips.
+
+The addresses kept in process are bounded (``max_addresses``, 10,000 by default, about 9 MB):
+past it, the address idle the longest is forgotten, and starts afresh if it comes back. Only
+an address with no attempt since more than ``max_addresses`` others had one can be forgotten,
+and each of those others had a full window of its own: rotating addresses to forget one gains
+nothing that the rotation did not give already.
+
+``begin``/``end`` bracket an attempt that may count while it is being decided (a key lookup):
+at most ``in_flight`` at once per address, and never more than the window still has room for,
+so a burst of concurrent attempts cannot all pass the check before the first of them counts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from limits import RateLimitItem, parse_many
@@ -36,6 +47,10 @@ __all__ = ["ClientLimiter", "client_address", "limiter_for", "parse_rate"]
 
 UNLIMITED = "unlimited"
 _SWEEP_EVERY = 1_000  # new addresses between sweeps of idle ones
+MAX_ADDRESSES = 10_000
+"""Addresses one limiter keeps state for (about 900 bytes each): the least recently seen go."""
+IN_FLIGHT = 4
+"""Attempts one address may have being decided at once (``begin``)."""
 
 
 def parse_rate(rate: str | None, setting: str) -> RateLimitItem | None:
@@ -97,15 +112,24 @@ class ClientLimiter:
         name: str,
         storage_uri: str | None = None,
         key_prefix: str = "",
+        max_addresses: int = MAX_ADDRESSES,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         self.item = item
         self.name = name
         self._amount = item.amount
         self._seconds = float(item.get_expiry())
         self._clock = clock
-        self._windows: dict[str, deque[float]] = {}
-        self._refused: dict[str, float] = {}
+        self._max_addresses = max_addresses
+        self._in_flight = in_flight
+        # Least recently seen first: the end that goes when there are too many.
+        self._windows: OrderedDict[str, deque[float]] = OrderedDict()
+        self._refused: OrderedDict[str, float] = OrderedDict()
         """Shared window only: addresses refused, until when (the injected clock)."""
+        self._running: dict[str, int] = {}
+        """Attempts begun and not ended, per address."""
+        self._freed: dict[str, asyncio.Event] = {}
+        """Set when an attempt of the address ends: its waiters look again."""
         self._until_sweep = _SWEEP_EVERY
         self._shared: MovingWindowRateLimiter | None = None
         self._storage: Storage | None = None
@@ -136,6 +160,39 @@ class ClientLimiter:
         window = self._windows.get(address)
         return 0 if window is None else self._wait(window, now)
 
+    def _room(self, address: str) -> int:
+        """Attempts the address may still make in its window (after ``over`` said 0)."""
+        if self._shared is not None:
+            return self._amount  # the shared window's count is in Redis, not here
+        window = self._windows.get(address)
+        return self._amount - (0 if window is None else len(window))
+
+    async def begin(self, address: str) -> int:
+        """Start an attempt that may count: 0 when it may go ahead (then ``hit`` if it failed,
+        and ``end`` in any case), else the seconds to wait. Waits while the address has
+        ``in_flight`` attempts under way, or as many as its window has room for."""
+        while True:
+            wait = self.over(address)
+            if wait:
+                return wait
+            running = self._running.get(address, 0)
+            if running < min(self._in_flight, self._room(address)):
+                self._running[address] = running + 1
+                return 0
+            freed = self._freed.get(address)
+            if freed is None:
+                freed = self._freed[address] = asyncio.Event()
+            await freed.wait()
+
+    def end(self, address: str) -> None:
+        """An attempt ``begin`` let go ahead is decided (and counted by ``hit`` if it failed)."""
+        running = self._running.pop(address) - 1
+        if running:
+            self._running[address] = running
+        freed = self._freed.pop(address, None)
+        if freed is not None:
+            freed.set()  # every waiter looks again; one that must still wait makes a new event
+
     async def hit(self, address: str) -> int:
         """Count one attempt: 0 when it is within the limit, else the seconds to wait (and the
         attempt is not counted). ``StoreUnavailable`` when the shared window is unreachable."""
@@ -152,7 +209,10 @@ class ClientLimiter:
         wait = max(1, math.ceil(stats.reset_time - time.time()))
         now = self._clock()
         self._refused[address] = now + wait
+        self._refused.move_to_end(address)
         self._sweep(now)
+        if len(self._refused) > self._max_addresses:
+            self._refused.popitem(last=False)  # it costs one more round trip, if it comes back
         return wait
 
     def take(self, address: str) -> int:
@@ -162,6 +222,10 @@ class ClientLimiter:
         if window is None:
             window = self._windows[address] = deque()
             self._sweep(now)
+            if len(self._windows) > self._max_addresses:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end(address)
         wait = self._wait(window, now)
         if not wait:
             window.append(now)

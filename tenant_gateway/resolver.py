@@ -20,7 +20,10 @@ Failed authentications that cost a lookup (unknown, revoked or expired keys, del
 are counted per client address when a ``failures`` limiter is given. An address over its limit
 gets 429 for any key this process has not seen valid, before any lookup; a key it has resolved
 to a tenant before (its entry is kept, stale, until the LRU drops it) is still looked up, so the
-other clients behind a shared address (NAT) keep working.
+other clients behind a shared address (NAT) keep working. The lookups of keys not seen valid
+are bracketed by the limiter's ``begin``/``end``: at most a few per address at once, and never
+more than its window has room for, so concurrent fake keys cost no more lookups than
+sequential ones.
 """
 
 from __future__ import annotations
@@ -119,26 +122,37 @@ class KeyResolver:
             if not is_well_formed(raw_key):
                 raise problems.invalid_api_key()
             failures = self._failures
-            if failures is not None and (entry is None or entry[1] is None):
-                wait = failures.over(client)
+            # A key never seen valid may fail: its lookup waits for room in the address's
+            # window, so concurrent ones cannot all pass before the first failures count.
+            gate = failures if entry is None or entry[1] is None else None
+            if gate is not None:
+                wait = await gate.begin(client)
                 if wait:
                     raise problems.too_many_attempts("failed authentications", wait)
-            generation = self._generation
             try:
-                entry = await self._loads.join(raw_key, lambda: self._load(raw_key, now))
-            except StoreUnavailable:
-                # Never seen, or evicted meanwhile (the entry may be a revoked key's): nothing
-                # safe to fall back on (503).
-                if entry is None or generation != self._generation:
-                    raise
-                # The directory is down: keep serving what we knew, and try again next TTL.
-                entry = (now + self._ttl, entry[1], entry[2])
-                self._cache[raw_key] = entry
-            if failures is not None and _fails(entry, now):
-                wait = await failures.hit(client)
-                if wait:
-                    raise problems.too_many_attempts("failed authentications", wait)
+                entry = await self._lookup(raw_key, entry, now)
+                if failures is not None and _fails(entry, now):
+                    wait = await failures.hit(client)
+                    if wait:
+                        raise problems.too_many_attempts("failed authentications", wait)
+            finally:
+                if gate is not None:
+                    gate.end(client)
         return self._admit(entry, now)
+
+    async def _lookup(self, raw_key: str, entry: _Entry | None, now: float) -> _Entry:
+        generation = self._generation
+        try:
+            return await self._loads.join(raw_key, lambda: self._load(raw_key, now))
+        except StoreUnavailable:
+            # Never seen, or evicted meanwhile (the entry may be a revoked key's): nothing
+            # safe to fall back on (503).
+            if entry is None or generation != self._generation:
+                raise
+            # The directory is down: keep serving what we knew, and try again next TTL.
+            entry = (now + self._ttl, entry[1], entry[2])
+            self._cache[raw_key] = entry
+            return entry
 
     def _admit(self, entry: _Entry, now: float) -> Principal:
         principal = entry[1]

@@ -8,6 +8,7 @@ process, on the injected clock.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -89,14 +90,20 @@ async def tenant_count(client: httpx.AsyncClient, name: str) -> int:
 
 def count_lookups(gateway: TenantGateway) -> list[int]:
     """Count the key lookups the gateway's own directory object answers (on Postgres, each one
-    is a query): the real directory does the work, the count is taken on its way in."""
+    is a query): the real directory does the work, the count is taken on its way in.
+    [lookups, lookups under way now, most under way at once]."""
     directory = gateway.services.directory
     find_key = directory.find_key
-    calls = [0]
+    calls = [0, 0, 0]
 
     async def counted(key_hash: bytes) -> Any:
         calls[0] += 1
-        return await find_key(key_hash)
+        calls[1] += 1
+        calls[2] = max(calls[1], calls[2])
+        try:
+            return await find_key(key_hash)
+        finally:
+            calls[1] -= 1
 
     directory.find_key = counted  # type: ignore[method-assign]
     return calls
@@ -287,6 +294,40 @@ async def test_fake_key_flood_stops_reaching_the_directory(
     assert fresh.status_code == 401
 
 
+async def test_concurrent_fake_keys_cost_no_more_lookups_than_sequential_ones(
+    stores: Stores, connect: Connect, clock: FakeClock
+) -> None:
+    """2,000 fake keys sent at once from one address: each passed the limit's check before the
+    first lookup had failed, and each cost a lookup (2,000). Now a key never seen valid waits for
+    room in its address's window and at most 4 lookups per address run at once: exactly the
+    limit's 30 lookups, 30 answers 401 and the rest 429, while another address's valid key,
+    never seen before, is looked up and admitted in the middle of the flood."""
+    gw = gateway(stores, clock)
+    assert isinstance(gw.services.directory, PostgresDirectory) == (stores.name == "real")
+    attacker = await connect(gw, "203.0.113.7")
+    bystander = await connect(gw, "198.51.100.2")
+    stranger = await register(bystander)
+    lookups = count_lookups(gw)
+
+    async def fake() -> int:
+        response = await attacker.get("/whoami", headers={"X-API-Key": generate_api_key()})
+        if response.status_code == 429:
+            assert_limited(response, 60)
+        return response.status_code
+
+    async def valid() -> int:
+        return (await bystander.get("/whoami", headers=auth(stranger))).status_code
+
+    answers = await asyncio.gather(
+        *(fake() for _ in range(1000)), valid(), *(fake() for _ in range(1000))
+    )
+    assert answers[1000] == 200
+    del answers[1000]
+    assert (answers.count(401), answers.count(429)) == (30, 1970)
+    assert lookups[0] == 30 + 1 and lookups[2] <= 4 + 1
+    assert len(gw.services.resolver._failures._running) == 0  # type: ignore[union-attr]
+
+
 async def test_fake_key_flood_on_the_admin_api_stops_reaching_the_directory(
     stores: Stores, connect: Connect, clock: FakeClock
 ) -> None:
@@ -355,3 +396,50 @@ async def test_an_unreachable_shared_window_is_a_store_outage() -> None:
         await limiter.hit("203.0.113.7")
     assert outage.value.store == "Redis"
     await limiter.close()
+
+
+async def test_the_limiter_keeps_a_bounded_number_of_addresses() -> None:
+    """Every address seen kept about 900 bytes for its whole window: failed attempts from a
+    stream of fresh addresses (an IPv6 /48 holds 65,536 /64s) grew it without bound. Now at
+    most 10,000 addresses are kept, the least recently seen forgotten first: an address that
+    keeps trying is not the one that goes."""
+    clock = FakeClock()
+    item = parse_rate("3/minute", "x")
+    assert item is not None
+    limiter = ClientLimiter(item, clock, name="x")
+    for _ in range(3):
+        assert limiter.take("203.0.113.7") == 0
+    for n in range(25_000):
+        assert limiter.take(f"2001:db8:{n:x}::/64") == 0
+        if n % 1_000 == 0:
+            assert limiter.take("203.0.113.7") == 60
+        assert len(limiter) <= 10_000
+    assert limiter.take("203.0.113.7") == 60
+    assert limiter.take("2001:db8:0::/64") == 0  # forgotten: a fresh window
+
+
+async def test_the_shared_limiter_keeps_a_bounded_number_of_refusals(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The Redis-backed limit remembers refused addresses in process: bounded the same way."""
+    clock = FakeClock()
+    item = parse_rate("1/day", "x")
+    assert item is not None
+    limiter = ClientLimiter(
+        item,
+        clock,
+        name="x",
+        storage_uri=f"async+{redis_url}",
+        key_prefix=redis_prefix,
+        max_addresses=50,
+    )
+    try:
+        for n in range(120):
+            assert await limiter.hit(f"198.51.100.{n}") == 0
+            assert await limiter.hit(f"198.51.100.{n}") > 80_000
+            assert len(limiter) <= 50
+        assert limiter.over("198.51.100.119") > 80_000  # the latest are remembered
+        assert limiter.over("198.51.100.0") == 0  # the first forgotten (Redis still refuses)
+        assert await limiter.hit("198.51.100.0") > 80_000
+    finally:
+        await limiter.close()
