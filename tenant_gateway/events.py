@@ -8,6 +8,13 @@ webhook POST with retries and backoff) runs in the background, never on the requ
 Each attempt goes through ``PinnedTransport``: to an address the ``WebhookPolicy`` allows, no
 redirects followed; a target the policy refuses is dropped with a log line, not retried.
 
+A receiver is the tenant's to write, so it is trusted with nothing: only the status line and
+headers of its answer are read (the body never is, whatever its size), an attempt ends after
+``attempt_timeout`` seconds whatever the receiver sends meanwhile, and one tenant's deliveries
+run one at a time (``deliveries_per_tenant``), in the order of its events. ``changes`` limits
+how often a tenant may set its webhook (``PUT /{id}/webhook``, 10 a minute per tenant and
+process), each setting costing a name lookup.
+
 Webhook requests carry ``Tenant-Gateway-Signature: t=<unix time>,v1=<hex>``, where ``v1`` is
 HMAC-SHA256 of ``"<t>.<body>"`` with the tenant's webhook secret (as Stripe signs its events).
 """
@@ -22,17 +29,19 @@ import json
 import logging
 import math
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import httpx
 
+from tenant_gateway.client_limits import ClientLimiter, limiter_for
 from tenant_gateway.clock import Clock, format_timestamp
 from tenant_gateway.directory import TenantDirectory
 from tenant_gateway.exceptions import StoreUnavailable, WebhookTargetRefused
 from tenant_gateway.ledger import UsageLedger
-from tenant_gateway.netpolicy import PinnedTransport, WebhookPolicy
+from tenant_gateway.netpolicy import TENANT_EXTENSION, PinnedTransport, WebhookPolicy
 
 __all__ = ["THRESHOLDS", "EventDispatcher", "QuotaEvent", "QuotaHook", "sign_webhook"]
 
@@ -91,6 +100,9 @@ class EventDispatcher:
         attempts: int = 5,
         first_backoff: float = 0.5,
         timeout: float = 5.0,
+        attempt_timeout: float = 10.0,
+        deliveries_per_tenant: int = 1,
+        change_rate: str | None = "10/minute",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._ledger = ledger
@@ -101,11 +113,18 @@ class EventDispatcher:
         self._verify = verify  # tests trust their own certificate authority
         self._attempts = attempts
         self._first_backoff = first_backoff
-        self._timeout = timeout
+        self._timeout = timeout  # each connect, write or read
+        self._attempt_timeout = attempt_timeout  # the whole attempt, name lookup included
+        self._deliveries_per_tenant = deliveries_per_tenant
+        self.changes: ClientLimiter | None = limiter_for(change_rate, "webhook_change_rate", clock)
+        """Webhook settings per tenant id (in process: each process resolves its own)."""
         self._sleep = sleep  # injected by tests: the backoff schedule without the waiting
         self._queue: asyncio.Queue[QuotaEvent] = asyncio.Queue(maxsize=10_000)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._marks: dict[int, dict[int, tuple[int, ...]]] = {}
+        self._turns: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        """Per tenant with deliveries in flight or waiting: its slots and how many hold or
+        wait for one."""
 
     def observe(self, tenant_id: str, period: str, used: int, limit: int | None) -> None:
         """Called after each admitted call; queues an event when a mark is reached. No I/O."""
@@ -163,13 +182,34 @@ class EventDispatcher:
         for task in list(self._deliveries):
             task.cancel()
         await asyncio.gather(*self._deliveries, return_exceptions=True)
+        self.policy.close()
 
     async def drain(self) -> None:
         """Wait until every queued event is claimed and its delivery finished."""
         await self._queue.join()
         await asyncio.gather(*self._deliveries, return_exceptions=True)
 
+    @asynccontextmanager
+    async def _turn(self, tenant_id: str) -> AsyncIterator[None]:
+        """One of the tenant's delivery slots, first come first served."""
+        slots, users = self._turns.get(tenant_id) or (
+            asyncio.Semaphore(self._deliveries_per_tenant),
+            0,
+        )
+        self._turns[tenant_id] = (slots, users + 1)
+        try:
+            async with slots:
+                yield
+        finally:
+            slots, users = self._turns.pop(tenant_id)
+            if users > 1:
+                self._turns[tenant_id] = (slots, users - 1)
+
     async def _deliver(self, client: httpx.AsyncClient, event: QuotaEvent) -> None:
+        async with self._turn(event.tenant_id):
+            await self._deliver_now(client, event)
+
+    async def _deliver_now(self, client: httpx.AsyncClient, event: QuotaEvent) -> None:
         if self._hook is not None:
             try:
                 result = self._hook(event)
@@ -191,15 +231,25 @@ class EventDispatcher:
                 "Tenant-Gateway-Signature": sign_webhook(secret, timestamp, body),
             }
             try:
-                response = await client.post(url, content=body, headers=headers)
-                if response.status_code < 300:
+                async with asyncio.timeout(self._attempt_timeout):
+                    async with client.stream(
+                        "POST",
+                        url,
+                        content=body,
+                        headers=headers,
+                        extensions={TENANT_EXTENSION: event.tenant_id},
+                    ) as response:
+                        status = response.status_code  # leaving unread closes the connection
+                if status < 300:
                     return
-                error = f"HTTP {response.status_code}"  # a redirect too: never followed
+                error = f"HTTP {status}"  # a redirect too: never followed
             except (WebhookTargetRefused, httpx.InvalidURL) as exc:
                 logger.warning("webhook %s dropped: %s", event.id, exc)
                 return
             except httpx.HTTPError as exc:
                 error = type(exc).__name__
+            except TimeoutError:
+                error = f"not answered within {self._attempt_timeout:g} s"
             logger.warning("webhook %s attempt %d failed: %s", event.id, attempt, error)
             if attempt < self._attempts:
                 await self._sleep(delay)

@@ -12,6 +12,12 @@ A host name is checked through what it resolves to: every address, at every deli
 ``PinnedTransport`` then connects to the address it checked, never to the name, so a DNS answer
 that changes between the check and the connect (rebinding) cannot move the delivery. For https,
 SNI and the certificate's host name check still use the name.
+
+Names are resolved on threads of the policy's own (``lookup_threads``, 8 by default), never on
+the event loop's default executor, which PostgreSQL and Redis connections resolve their hosts
+on: a name server that never answers ties up at most those threads. A tenant has at most
+``lookups_per_tenant`` (2) of them at once, counted until the thread returns, even when the
+caller stopped waiting at ``resolve_timeout``; its further lookups wait for one of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import asyncio
 import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
@@ -32,6 +39,7 @@ __all__ = [
     "IPAddress",
     "PinnedTransport",
     "Resolver",
+    "TENANT_EXTENSION",
     "WebhookPolicy",
     "WebhookTarget",
     "embedded_ipv4",
@@ -42,8 +50,14 @@ __all__ = [
 ]
 
 IPAddress = IPv4Address | IPv6Address
-Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
-"""(host name, port) → every address it resolves to; ``OSError`` when it does not."""
+Resolver = Callable[[str, int], list[IPAddress]]
+"""(host name, port) → every address it resolves to; ``OSError`` when it does not. It may
+block: the policy runs it on its own threads."""
+
+TENANT_EXTENSION = "tenant_gateway.tenant"
+"""The httpx request extension naming the tenant a delivery is for (its share of lookups)."""
+LOOKUP_THREADS = 8
+LOOKUPS_PER_TENANT = 2
 
 # IANA special-purpose registries; anything else in IPv4 is public.
 _IPV4_REFUSED = tuple(
@@ -208,8 +222,8 @@ def webhook_target(url: str | httpx.URL) -> WebhookTarget:
     return WebhookTarget(parsed.scheme, host, port, host_address(host))
 
 
-async def system_resolver(host: str, port: int) -> list[IPAddress]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+def system_resolver(host: str, port: int) -> list[IPAddress]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses: list[IPAddress] = []
     for _, _, _, _, sockaddr in infos:
         address = ip_address(str(sockaddr[0]).partition("%")[0])  # no scope id
@@ -234,12 +248,21 @@ class WebhookPolicy:
         *,
         resolver: Resolver = system_resolver,
         resolve_timeout: float = 5.0,
+        lookup_threads: int = LOOKUP_THREADS,
+        lookups_per_tenant: int = LOOKUPS_PER_TENANT,
     ) -> None:
         if isinstance(allowed_networks, str):  # a lone CIDR would be read as its characters
             raise ConfigurationError("webhook_allowed_networks must be a list of CIDRs")
         self.allowed_networks = tuple(_network(text) for text in allowed_networks)
         self.resolver = resolver  # tests put names of their own in it
         self.resolve_timeout = resolve_timeout
+        self._lookup_threads = lookup_threads
+        self._lookups_per_tenant = lookups_per_tenant
+        self._threads: ThreadPoolExecutor | None = None  # made at the first lookup
+        self._running: dict[str, int] = {}
+        """Lookups per tenant whose thread has not returned (or that wait for one)."""
+        self._freed: dict[str, asyncio.Event] = {}
+        """Set when a lookup of the tenant ends: the tenant's waiting lookups look again."""
 
     def _allowed(self, address: IPAddress) -> bool:
         # An IPv4-mapped address is a socket to that IPv4 address: an IPv4 CIDR covers it.
@@ -261,32 +284,71 @@ class WebhookPolicy:
             verb = ", which is" if via else " is"
             raise WebhookTargetRefused(f"not allowed: {via}{address}{verb} {why}")
 
-    async def addresses(self, target: WebhookTarget) -> list[IPAddress]:
+    async def addresses(self, target: WebhookTarget, tenant: str = "") -> list[IPAddress]:
         """Every address of the target, each checked; ``OSError`` if a name does not resolve
-        (within ``resolve_timeout``)."""
+        (within ``resolve_timeout``, waiting for one of ``tenant``'s lookups included)."""
         if target.address is not None:
             spelled = target.host != str(target.address)  # 2130706433 is 127.0.0.1
             self.check_address(target.address, f"{target.host} is " if spelled else "")
             return [target.address]
         async with asyncio.timeout(self.resolve_timeout):
-            resolved = await self.resolver(target.host, target.port)
+            resolved = await self._resolve(target.host, target.port, tenant)
         if not resolved:
             raise OSError(f"{target.host} has no address")
         for address in resolved:
             self.check_address(address, f"{target.host} resolves to ")
         return resolved
 
-    async def refusal_of(self, url: str) -> str | None:
+    async def refusal_of(self, url: str, tenant: str = "") -> str | None:
         """Why ``url`` may not be set as a webhook now (None: it may): a malformed URL, a
         refused literal address, or a name that resolves to a refused address. A name that
-        does not resolve now passes; every delivery checks it again."""
+        does not resolve now (in time) passes; every delivery checks it again."""
         try:
-            await self.addresses(webhook_target(url))
+            await self.addresses(webhook_target(url), tenant)
         except (ValueError, WebhookTargetRefused) as exc:
             return str(exc)
         except OSError:
             pass
         return None
+
+    async def _resolve(self, host: str, port: int, tenant: str) -> list[IPAddress]:
+        while self._running.get(tenant, 0) >= self._lookups_per_tenant:
+            freed = self._freed.get(tenant)
+            if freed is None:
+                freed = self._freed[tenant] = asyncio.Event()
+            await freed.wait()
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(
+                self._lookup_threads, thread_name_prefix="tg-webhook-dns"
+            )
+        self._running[tenant] = self._running.get(tenant, 0) + 1
+        loop = asyncio.get_running_loop()
+        lookup = self._threads.submit(self.resolver, host, port)
+
+        def returned(_: Future[list[IPAddress]]) -> None:
+            # On the lookup's thread when it returns (on the loop's, when a queued one is
+            # cancelled): its tenant's share comes back only now.
+            try:
+                loop.call_soon_threadsafe(self._lookup_ended, tenant)
+            except RuntimeError:  # the loop is closed: nobody is left waiting
+                pass
+
+        lookup.add_done_callback(returned)
+        return await asyncio.wrap_future(lookup, loop=loop)  # cancelled: a queued one is too
+
+    def _lookup_ended(self, tenant: str) -> None:
+        running = self._running.pop(tenant) - 1
+        if running:
+            self._running[tenant] = running
+        freed = self._freed.pop(tenant, None)
+        if freed is not None:
+            freed.set()
+
+    def close(self) -> None:
+        """Let the lookup threads go (one still blocked ends when its resolver returns)."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
 
 
 class PinnedTransport(httpx.AsyncBaseTransport):
@@ -306,12 +368,13 @@ class PinnedTransport(httpx.AsyncBaseTransport):
             target = webhook_target(request.url)
         except ValueError as exc:
             raise WebhookTargetRefused(f"{request.url.host or 'the URL'} {exc}") from None
+        extensions = dict(request.extensions)
+        tenant = str(extensions.pop(TENANT_EXTENSION, ""))
         try:
-            addresses = await self._policy.addresses(target)
+            addresses = await self._policy.addresses(target, tenant)
         except OSError as exc:  # retried like any connection failure
             error = f"cannot resolve {target.host}: {exc}"
             raise httpx.ConnectError(error, request=request) from exc
-        extensions = dict(request.extensions)
         if target.scheme == "https" and target.address is None:
             extensions["sni_hostname"] = target.host.removesuffix(".")
         pinned = httpx.Request(

@@ -432,7 +432,7 @@ async def test_a_name_rebound_to_loopback_after_it_was_set_is_dropped(
     gw = gateway(stores, webhook_allowed_networks=())
     answers = {"hooks.rebind.test": ["93.184.216.34"]}
 
-    async def resolve(host: str, port: int) -> list[IPAddress]:
+    def resolve(host: str, port: int) -> list[IPAddress]:
         return [ip_address(address) for address in answers[host]]
 
     gw.services.events.policy.resolver = resolve
@@ -474,6 +474,174 @@ async def test_redirects_are_not_followed(stores: Stores, client_for: Any) -> No
             await gw.services.events.drain()
             assert receiver.attempts == 5  # a 307 is a failed attempt, retried as such
         assert inside.attempts == 0
+
+
+# -- receivers that fight back (review #5) ---------------------------------------------------
+
+
+class HostileReceiver:
+    """A receiver of the tenant's own making on 127.0.0.1: it reads each request, then answers
+    200 with a chunked body of ``body_bytes`` (as fast as the client takes it), or, with
+    ``drip``, sends its status line and then one header byte every 50 ms, never ending. It
+    counts what it managed to send and whether the client cut the connection."""
+
+    def __init__(self, *, body_bytes: int = 0, drip: bool = False) -> None:
+        self.body_bytes = body_bytes
+        self.drip = drip
+        self.requests = 0
+        self.sent: list[int] = []
+        """Body bytes each connection handed to the socket before it ended."""
+        self.cut = 0
+        """Connections the client closed before the answer ended."""
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        if self.drip:
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            for _ in range(72_000):  # an hour: longer than any test waits
+                await asyncio.sleep(0.05)
+                writer.write(b"a")
+                await writer.drain()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65_536
+        while self.sent[-1] < self.body_bytes:
+            writer.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            await writer.drain()
+            self.sent[-1] += len(chunk)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            self.requests += 1
+            self.sent.append(0)
+            await self._answer(writer)
+        except ConnectionError:
+            self.cut += 1
+        finally:
+            writer.close()
+            self._handlers.discard(task)
+
+    async def settled(self, connections: int) -> None:
+        """Wait (bounded) until ``connections`` connections have ended on this side too."""
+        for _ in range(6000):
+            if len(self.sent) >= connections and not self._handlers:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{len(self.sent)} connections, {len(self._handlers)} still open")
+
+    async def __aenter__(self) -> HostileReceiver:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_a_receiver_answering_an_endless_body_costs_no_memory(
+    stores: Stores, client_for: Any
+) -> None:
+    """The receiver answers 200 with a 48 MiB body. The whole body was read into memory (100 MiB
+    in 0.5 s in the review); now only the status line and headers are: the delivery counts as
+    done and the connection is closed with most of the body never sent."""
+    gw = gateway(stores)
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    body_bytes = 48 * 1024 * 1024
+    async with HostileReceiver(body_bytes=body_bytes) as receiver:
+        answer = await client.put(
+            f"{T}/{tenant['id']}/webhook", json={"url": receiver.url}, headers=auth(tenant)
+        )
+        assert answer.status_code == 200
+        assert (await calls(client, tenant, 80)).count(200) == 80
+        await asyncio.wait_for(gw.services.events.drain(), 60)
+        await receiver.settled(1)
+    assert receiver.requests == 1  # a 200: delivered, not retried
+    assert receiver.cut == 1
+    # What the sockets' buffers took before the close (a few MiB on loopback), never the body.
+    assert receiver.sent[0] < body_bytes // 2, receiver.sent
+
+
+async def test_a_receiver_dripping_its_answer_is_cut_at_the_attempt_deadline(
+    stores: Stores, client_for: Any
+) -> None:
+    """One header byte every 50 ms never trips a per-read timeout (5 s): the delivery stayed
+    open for as long as the receiver liked. Now each attempt ends at its deadline (10 s by
+    default, 0.5 s here) and is retried as a failed one."""
+    gw = gateway(stores)
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    gw.services.events._sleep = sleep
+    gw.services.events._attempt_timeout = 0.5
+    client = await client_for(gw)
+    tenant = await register(client, plan="hundred")
+    async with HostileReceiver(drip=True) as receiver:
+        await client.put(
+            f"{T}/{tenant['id']}/webhook", json={"url": receiver.url}, headers=auth(tenant)
+        )
+        assert (await calls(client, tenant, 80)).count(200) == 80
+        await asyncio.wait_for(gw.services.events.drain(), 60)
+        await receiver.settled(5)
+    assert receiver.requests == 5 and receiver.cut == 5
+    assert waited == [0.5, 1.0, 2.0, 4.0]
+
+
+async def test_a_tenant_s_deliveries_run_one_at_a_time_in_order(
+    stores: Stores, client_for: Any
+) -> None:
+    """Both thresholds crossed at once, the receiver holding every request: the 100 % delivery
+    (and its hook) waited for nothing, so a tenant held as many deliveries open as it had
+    events. Now the 100 % one starts only once the 80 % one is delivered."""
+    async with WebhookReceiver(hang=True) as receiver:
+        seen: list[tuple[int, int]] = []  # (threshold, deliveries done when its hook ran)
+        gw = gateway(
+            stores,
+            on_quota_threshold=lambda e: seen.append((e.threshold, len(receiver.deliveries))),
+        )
+        client = await client_for(gw)
+        tenant = await register(client, plan="hundred")
+        await client.put(
+            f"{T}/{tenant['id']}/webhook", json={"url": receiver.url}, headers=auth(tenant)
+        )
+        assert (await calls(client, tenant, 100)).count(200) == 100
+        for _ in range(6000):
+            if receiver.attempts:
+                break
+            await asyncio.sleep(0.01)
+        await gw.services.events._queue.join()  # both events claimed, both deliveries started
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert receiver.attempts == 1 and seen == [(80, 0)]
+        receiver.release()
+        await asyncio.wait_for(gw.services.events.drain(), 60)
+    assert seen == [(80, 0), (100, 1)]
+    assert [json.loads(body)["threshold"] for _, body in receiver.deliveries] == [80, 100]
 
 
 # -- bounded tallies (issue 17) --------------------------------------------------------------

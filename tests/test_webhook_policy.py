@@ -3,13 +3,18 @@ checked through what they resolve to, and deliveries pinned to the address that 
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tenant_gateway import TenantGateway
 from tenant_gateway.cli import build_app, main
 from tenant_gateway.exceptions import ConfigurationError, WebhookTargetRefused
 from tenant_gateway.netpolicy import (
@@ -22,7 +27,12 @@ from tenant_gateway.netpolicy import (
     webhook_target,
 )
 
+from .apps import echo_app
+from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
 from .receiver import TlsReceiver, WebhookReceiver, certificate_authority
+from .test_middleware import assert_problem
+
+T = "/api/v1/tenants"
 
 METADATA = IPv4Address("169.254.169.254")
 LOOPBACK = IPv4Address("127.0.0.1")
@@ -159,7 +169,7 @@ def test_names_are_names() -> None:
 def table(names: Mapping[str, Sequence[str]], calls: list[str] | None = None) -> Resolver:
     """A resolver answering from ``names`` (an unknown name does not resolve)."""
 
-    async def resolve(host: str, port: int) -> list[IPAddress]:
+    def resolve(host: str, port: int) -> list[IPAddress]:
         if calls is not None:
             calls.append(host)
         if host not in names:
@@ -252,7 +262,7 @@ async def test_dns_rebinding_cannot_move_the_connection() -> None:
     answers = iter([["127.0.0.2"], ["127.0.0.1"]])
     calls: list[str] = []
 
-    async def rebinding(host: str, port: int) -> list[IPAddress]:
+    def rebinding(host: str, port: int) -> list[IPAddress]:
         calls.append(host)
         return [ip_address(address) for address in next(answers)]
 
@@ -328,3 +338,100 @@ def test_the_workers_read_the_networks_from_the_environment(
     assert [str(network) for network in networks] == ["10.0.0.0/8", "fd00::/8"]
     no_store_env.delenv("TG_WEBHOOK_ALLOWED_NETWORKS")
     assert build_app().services.events.policy.allowed_networks == ()
+
+
+# -- the cost of setting a webhook (review #8) -------------------------------------------------
+
+
+def webhook_gateway(clock: FakeClock, stores: Stores | None = None) -> TenantGateway:
+    kwargs = stores.kwargs() if stores is not None else {}
+    return TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, clock=clock, **kwargs)
+
+
+async def put_webhook(
+    client: httpx.AsyncClient, tenant: dict[str, Any], url: object, **headers: str
+) -> httpx.Response:
+    return await client.put(
+        f"{T}/{tenant['id']}/webhook", json={"url": url}, headers=headers or auth(tenant)
+    )
+
+
+async def test_setting_a_webhook_is_rate_limited_per_tenant(
+    stores: Stores, client_for: Any, clock: FakeClock
+) -> None:
+    """Every PUT resolves a name: in a loop it was a lookup per request. Now 10 a minute per
+    tenant (every attempt counts, even one whose body is refused), then 429 rate_limited with
+    Retry-After; other tenants and operators are not held back."""
+    client = await client_for(webhook_gateway(clock, stores))
+    tenant, other = await register(client), await register(client)
+    for n in range(10):
+        assert (await put_webhook(client, tenant, f"http://93.184.216.34/{n}")).status_code == 200
+    for body in ("http://93.184.216.34/late", 5):
+        refused = await put_webhook(client, tenant, body)
+        assert_problem(refused, 429, "rate_limited")
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+    current = await client.get(f"{T}/{tenant['id']}/webhook", headers=auth(tenant))
+    assert current.json() == {"url": "http://93.184.216.34/9"}
+    assert (await put_webhook(client, other, "http://93.184.216.34/o")).status_code == 200
+    by_operator = await put_webhook(client, tenant, "http://93.184.216.34/op", **operator_headers())
+    assert by_operator.status_code == 200
+    clock.advance(60)
+    assert (await put_webhook(client, tenant, "http://93.184.216.34/again")).status_code == 200
+
+
+async def test_a_name_server_that_never_answers_holds_only_the_tenant_s_lookups(
+    monkeypatch: pytest.MonkeyPatch, client_for: Any, clock: FakeClock
+) -> None:
+    """Names under ``blackhole.test`` hang in ``getaddrinfo`` (a name server that never
+    answers). A tenant firing 40 webhook settings at once filled the event loop's default
+    executor (6 threads here), which PostgreSQL and Redis resolve their hosts on, and every other
+    lookup timed out: another tenant's URL naming a loopback host was then accepted unchecked.
+    Now the lookups run on the policy's own threads, at most 2 for one tenant until their threads
+    return, and the settings are 10 a minute: the other tenant's URL is checked and refused."""
+    release = threading.Event()
+    lock = threading.Lock()
+    hanging = [0, 0]  # now, most at once
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(".blackhole.test"):
+            with lock:
+                hanging[0] += 1
+                hanging[1] = max(hanging)
+            release.wait(60)
+            with lock:
+                hanging[0] -= 1
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        if host == "inside.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    gw = webhook_gateway(clock)
+    gw.services.events.policy.resolve_timeout = 2.0
+    client = await client_for(gw)
+    attacker, victim = await register(client), await register(client)
+    try:
+        flood = asyncio.gather(
+            *(put_webhook(client, attacker, f"http://n{n}.blackhole.test/") for n in range(40))
+        )
+        for _ in range(6000):
+            if hanging[0] >= 2:
+                break
+            await asyncio.sleep(0.01)
+        checked = await put_webhook(client, victim, "http://inside.test/hook")
+        assert_problem(checked, 422, "validation_error")
+        assert "inside.test resolves to 127.0.0.1" in checked.text
+        answers = [response.status_code for response in await flood]
+        # Accepted unresolved (every delivery resolves again), or over the rate.
+        assert sorted(answers) == [200] * 10 + [429] * 30
+        clock.advance(60)
+        # The two hanging lookups still hold the attacker's share: this one waits, in vain.
+        late = await put_webhook(client, attacker, "http://late.blackhole.test/")
+        assert late.status_code == 200
+        assert hanging == [2, 2]
+        # The default executor was never touched.
+        loop = asyncio.get_running_loop()
+        assert await asyncio.wait_for(loop.run_in_executor(None, lambda: 7), 10) == 7
+    finally:
+        release.set()

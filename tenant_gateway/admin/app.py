@@ -575,8 +575,19 @@ class AdminAPI:
 
     async def set_webhook(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
+        changes = self.s.events.changes  # each setting resolves a name: not in a loop
+        if changes is not None and not caller.is_operator:
+            wait = changes.take(tenant.id)
+            if wait:
+                raise Problem(
+                    429,
+                    "rate_limited",
+                    "Too many webhook changes",
+                    f"This tenant's webhook may be set again in {wait} s.",
+                    headers={"Retry-After": str(wait)},
+                )
         body = await parse_body(request, WebhookRequest, self.s.max_body_bytes)
-        refused = await self.s.events.policy.refusal_of(body.url)
+        refused = await self.s.events.policy.refusal_of(body.url, tenant.id)
         if refused is not None:
             raise _field_error("url", refused, "The webhook URL is not allowed.")
         secret = "whsec_" + secrets.token_urlsafe(32)
