@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -295,7 +294,8 @@ async def test_a_batch_whose_reply_was_lost_is_applied_once(
     redis_url: str, redis_prefix: str
 ) -> None:
     """Redis applied the flush, the answer never came back: sending it again must not count
-    it twice (nor may redis-py's own retry of the command)."""
+    it twice (nor may redis-py's own retry of the command). The proxy proves the answer was
+    lost, and the flush that lost it failed."""
     proxy = await proxy_to(redis_url)
     counters = RedisCounters(
         through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=restore
@@ -306,8 +306,9 @@ async def test_a_batch_whose_reply_was_lost_is_applied_once(
         recorder.rejected(KEY, "01", "lostreply")
         recorder.rejected(OTHER, "01", "burst")
         proxy.lose_reply_once(b"rejected:lostreply")
-        with contextlib.suppress(StoreUnavailable):
+        with pytest.raises(StoreUnavailable):
             await recorder.flush()
+        assert proxy.replies_lost == 1  # Redis answered; the answer was thrown away
         await recorder.flush()  # whatever is still owed goes again
         recorder.rejected(KEY, "01", "burst")
         await recorder.flush()
@@ -317,3 +318,4 @@ async def test_a_batch_whose_reply_was_lost_is_applied_once(
     finally:
         await counters.close()
         await proxy.stop()
+
