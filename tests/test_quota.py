@@ -319,3 +319,34 @@ async def test_a_batch_whose_reply_was_lost_is_applied_once(
         await counters.close()
         await proxy.stop()
 
+
+async def test_a_set_aside_hash_keeps_its_increments_when_the_reply_was_lost(
+    redis_url: str, redis_prefix: str, request: pytest.FixtureRequest
+) -> None:
+    """A flush finds a hash it cannot add to, sets it aside, and reports that the hash's
+    increments are still owed; that report is lost with the reply. The flush sent again must
+    get the same report (not a bare "applied before"), or the increments are never added."""
+    LEDGER[KEY] = {"rejected": 10}
+    proxy = await proxy_to(redis_url)
+    counters = RedisCounters(
+        through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=restore
+    )
+    recorder = UsageRecorder(counters)
+    raw = _raw(request)
+    try:
+        await counters.read(KEY)
+        await raw.hset(_name(request, KEY), "rday:01", "not a number")
+        recorder.rejected(KEY, "01", "lostreply")
+        proxy.lose_reply_once(b"rejected:lostreply")
+        with pytest.raises(StoreUnavailable):
+            await recorder.flush()
+        assert proxy.replies_lost == 1
+        assert await raw.exists(_name(request, KEY) + ":set-aside")  # the first run did it
+        await recorder.flush()  # the batch again, then what the set-aside hash still owes
+        tallies = await counters.read(KEY)
+        assert tallies["rejected"] == 10 + 1 and tallies["rejected:lostreply"] == 1
+        assert tallies["rday:01"] == 1
+    finally:
+        await raw.aclose()
+        await counters.close()
+        await proxy.stop()

@@ -7,13 +7,27 @@
 -- KEYS: the usage hashes, then the writer's marker. ARGV: max (tally.lua), sequence number,
 -- marker ttl, hash ttl, then per hash the number of its increments and field, amount pairs.
 -- Returns {1 (applied) or 0 (applied before), then key index, field, reason per one not
--- applied}; the reason 'set aside' (field '') stands for all of that hash's increments.
+-- applied}; the reason 'set aside' (field '') stands for all of that hash's increments. The
+-- marker keeps that report ('<sequence>:<report as msgpack>'): a batch sent again answers it
+-- again, so the caller still owes what a set-aside hash did not take when the first answer was
+-- lost.
 
 local marker = KEYS[#KEYS]
 local seq = tonumber(ARGV[2])
 local last = redis.pcall('GET', marker)
-if type(last) == 'string' and tonumber(last) ~= nil and seq <= tonumber(last) then
-  return {0}
+if type(last) == 'string' then
+  local colon = string.find(last, ':', 1, true)
+  local done = tonumber(colon and string.sub(last, 1, colon - 1) or last)
+  if done ~= nil and seq <= done then
+    if seq == done and colon then
+      local read, report = pcall(cmsgpack.unpack, string.sub(last, colon + 1))
+      if read and type(report) == 'table' then
+        report[1] = 0
+        return report
+      end
+    end
+    return {0}
+  end
 end
 
 local function sound(key, first, n)
@@ -59,5 +73,5 @@ for k = 1, #KEYS - 1 do
     redis.call('EXPIRE', KEYS[k], ARGV[4], 'NX')
   end
 end
-redis.call('SET', marker, ARGV[2], 'EX', ARGV[3])
+redis.call('SET', marker, ARGV[2] .. ':' .. cmsgpack.pack(out), 'EX', ARGV[3])
 return out
