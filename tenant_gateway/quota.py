@@ -10,6 +10,10 @@ every field only ever grows (so a snapshot of it can be written to the ledger id
     refday:<DD>   refunds that day            route|<2xx>|<M> <template>   answered calls
     hydrated      set once the hash holds the ledger's counts (see below)
 
+A hash takes at most ``MAX_ROUTES`` distinct route fields: calls on any further route count
+under ``route|<2xx>|(other routes)``, so no tenant can grow its hash (and every read and
+snapshot of it) by calling ever new paths.
+
 The quota decision reads and increments ``calls`` atomically — a Lua script on Redis, plain
 code with no ``await`` inside on the memory store — so N concurrent calls against a remaining
 quota of Q admit exactly min(N, Q). The hash is keyed by tenant and period, never by limit.
@@ -53,6 +57,8 @@ from tenant_gateway.tallies import MAX_TALLY, field_name, sound_tallies, tally_v
 
 __all__ = [
     "HYDRATED",
+    "MAX_ROUTES",
+    "OTHER_ROUTES",
     "Admission",
     "CounterStore",
     "HydrateSource",
@@ -70,6 +76,8 @@ HydrateSource = Callable[[UsageKey], Awaitable[Mapping[str, int]]]
 logger = logging.getLogger("tenant_gateway.quota")
 
 HYDRATED = "hydrated"
+MAX_ROUTES = 500
+OTHER_ROUTES = "(other routes)"
 _PACKED_CACHE_SIZE = 100_000
 _HISTORY_SECONDS = 400 * 86_400  # keep a period's tallies for 13 months
 _MARKER_SECONDS = 86_400  # how long Redis remembers a writer's last batch (for its retries)
@@ -195,7 +203,14 @@ class MemoryCounters(_DirtyKeys):
         owed, self._owed = self._owed, defaultdict(Counter)
         for key, fields in owed.items():  # no await from here: added as one step
             tally = self._tallies[key]
+            routes: int | None = None  # the hash's distinct routes, counted when a new one comes
             for field, amount in _refunds_last(fields):
+                if field not in tally and _route(field):
+                    routes = sum(map(_route, tally)) if routes is None else routes
+                    if routes >= MAX_ROUTES:
+                        field = _other_routes(field)
+                    else:
+                        routes += 1
                 reason = _refused(tally[field], amount, field, tally["calls"])
                 if reason:
                     logger.warning("usage increment dropped: %s %s %r: %s", *key, field, reason)
@@ -226,6 +241,17 @@ class MemoryCounters(_DirtyKeys):
 def _refunds_last(fields: Mapping[str, int]) -> list[tuple[str, int]]:
     """A batch's increments with ``refunded`` last: its check sees the batch's own calls."""
     return sorted(fields.items(), key=lambda item: item[0] == "refunded")
+
+
+def _route(field: str) -> bool:
+    """Is ``field`` a route tally, one of the ``MAX_ROUTES`` a hash takes (the rule of
+    ``lua/add.lua``)?"""
+    return field.startswith("route|") and not field.endswith("|" + OTHER_ROUTES)
+
+
+def _other_routes(field: str) -> str:
+    """Where a route beyond ``MAX_ROUTES`` counts: its status class's other routes."""
+    return f"route|{field.split('|', 2)[1]}|{OTHER_ROUTES}"
 
 
 def _refused(current: int, amount: int, field: str, calls: int | None) -> str | None:
@@ -478,6 +504,7 @@ class RedisCounters(_DirtyKeys):
             if hydrated is not True:  # missing, or not a hash (the restore sets it aside)
                 await self._hydrate(key)
         args: list[int | str] = [MAX_TALLY, sequence, _MARKER_SECONDS, _HISTORY_SECONDS]
+        args += [MAX_ROUTES, OTHER_ROUTES]
         for fields in batch.values():
             args.append(len(fields))
             for field, amount in _refunds_last(fields):
