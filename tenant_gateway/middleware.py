@@ -374,9 +374,10 @@ class TenantGateway:
             recorder.record(
                 metered.usage_key,
                 scope.get("method", "WS"),
-                getattr(scope.get("route"), "path", None),
+                scope.get("route"),
                 scope.get("root_path", "")[len(root_path) :],
                 status,
+                scope.get("router"),
             )
             if status >= 500 and not plan.count_server_errors:
                 recorder.refund(metered.usage_key, metered.day)

@@ -10,6 +10,10 @@ every field only ever grows (so a snapshot of it can be written to the ledger id
     refday:<DD>   refunds that day            route|<2xx>|<M> <template>   answered calls
     hydrated      set once the hash holds the ledger's counts (see below)
 
+A hash takes at most ``MAX_ROUTES`` distinct route fields: calls on any further route count
+under ``route|<2xx>|(other routes)``, so no tenant can grow its hash (and every read and
+snapshot of it) by calling ever new paths.
+
 The quota decision reads and increments ``calls`` atomically — a Lua script on Redis, plain
 code with no ``await`` inside on the memory store — so N concurrent calls against a remaining
 quota of Q admit exactly min(N, Q). The hash is keyed by tenant and period, never by limit.
@@ -20,8 +24,9 @@ from the durable ledger, atomically and once, before any decision is taken on it
 Hostile or corrupt values: every value that enters a hash is a tally in ``0..MAX_TALLY``
 (``tallies.py``). A command Redis refuses for one key (a field that is not a number, a sum past
 the bound, a key of another type) fails that entry only, never the rest of a shared batch, and
-never counts towards the circuit breaker: only a lost connection does. A hash a decision cannot
-use is set aside (``<key>:set-aside``) and restored from the ledger.
+tells the circuit breaker that Redis answered. What counts against it is a lost connection or
+an error reply by which Redis says it serves nothing now (``_unreachable``). A hash a decision
+cannot use is set aside (``<key>:set-aside``) and restored from the ledger.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tenant_gateway.breaker import Breaker
+from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.clock import Clock
 from tenant_gateway.decisions import ADMIT_SCRIPT, Admission, Decision, DecisionBatch
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
@@ -52,6 +57,8 @@ from tenant_gateway.tallies import MAX_TALLY, field_name, sound_tallies, tally_v
 
 __all__ = [
     "HYDRATED",
+    "MAX_ROUTES",
+    "OTHER_ROUTES",
     "Admission",
     "CounterStore",
     "HydrateSource",
@@ -69,9 +76,18 @@ HydrateSource = Callable[[UsageKey], Awaitable[Mapping[str, int]]]
 logger = logging.getLogger("tenant_gateway.quota")
 
 HYDRATED = "hydrated"
+MAX_ROUTES = 500
+OTHER_ROUTES = "(other routes)"
 _PACKED_CACHE_SIZE = 100_000
 _HISTORY_SECONDS = 400 * 86_400  # keep a period's tallies for 13 months
 _MARKER_SECONDS = 86_400  # how long Redis remembers a writer's last batch (for its retries)
+# Error replies by which Redis says it serves nothing now, whatever the command: loading its
+# data after a restart, a replica after a failover, out of memory or disk, a script running too
+# long, a cluster without quorum, a password changed under us. They count as a lost connection.
+_SERVER_WIDE = frozenset(
+    ("LOADING", "READONLY", "MASTERDOWN", "OOM", "MISCONF", "BUSY", "CLUSTERDOWN", "TRYAGAIN")
+    + ("NOREPLICAS", "NOAUTH", "WRONGPASS")
+)
 
 
 async def _nothing_to_restore(key: UsageKey) -> Mapping[str, int]:
@@ -187,7 +203,14 @@ class MemoryCounters(_DirtyKeys):
         owed, self._owed = self._owed, defaultdict(Counter)
         for key, fields in owed.items():  # no await from here: added as one step
             tally = self._tallies[key]
+            routes: int | None = None  # the hash's distinct routes, counted when a new one comes
             for field, amount in _refunds_last(fields):
+                if field not in tally and _route(field):
+                    routes = sum(map(_route, tally)) if routes is None else routes
+                    if routes >= MAX_ROUTES:
+                        field = _other_routes(field)
+                    else:
+                        routes += 1
                 reason = _refused(tally[field], amount, field, tally["calls"])
                 if reason:
                     logger.warning("usage increment dropped: %s %s %r: %s", *key, field, reason)
@@ -218,6 +241,17 @@ class MemoryCounters(_DirtyKeys):
 def _refunds_last(fields: Mapping[str, int]) -> list[tuple[str, int]]:
     """A batch's increments with ``refunded`` last: its check sees the batch's own calls."""
     return sorted(fields.items(), key=lambda item: item[0] == "refunded")
+
+
+def _route(field: str) -> bool:
+    """Is ``field`` a route tally, one of the ``MAX_ROUTES`` a hash takes (the rule of
+    ``lua/add.lua``)?"""
+    return field.startswith("route|") and not field.endswith("|" + OTHER_ROUTES)
+
+
+def _other_routes(field: str) -> str:
+    """Where a route beyond ``MAX_ROUTES`` counts: its status class's other routes."""
+    return f"route|{field.split('|', 2)[1]}|{OTHER_ROUTES}"
 
 
 def _refused(current: int, amount: int, field: str, calls: int | None) -> str | None:
@@ -277,16 +311,28 @@ class RedisCounters(_DirtyKeys):
         return f"{self._prefix}usage:{{{key[0]}}}:{key[1]}"
 
     def _unavailable(self, exc: RedisError) -> StoreUnavailable:
-        """The error the caller sees. Only a lost connection (refused, reset, timed out) counts
-        towards opening the breaker: a command Redis refused says nothing about reaching it."""
-        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-            self.breaker.failed()
+        """The error the caller sees, once the breaker has been told what ``exc`` says."""
+        self._judge(exc)
         return StoreUnavailable("Redis", redact_url(self._url), str(exc) or type(exc).__name__)
 
-    def _allow(self) -> None:
-        """Fail at once while the circuit is open (see ``breaker.py``)."""
+    def _judge(self, exc: BaseException) -> None:
+        """Report a failed call to the breaker. Redis unreachable (``_unreachable``): a
+        failure. Any other error reply (a key of another type, a script it does not know):
+        Redis answered. Anything else (a cancellation) says nothing about Redis, but frees the
+        probe if the call was it."""
+        if _unreachable(exc):
+            self.breaker.failed()
+        elif isinstance(exc, ResponseError):
+            self.breaker.succeeded()
+        else:
+            self.breaker.released()
+
+    def _allow(self) -> bool:
+        """Fail at once while the circuit is open (see ``breaker.py``). True when this call is
+        the half-open probe: however it ends, it must report to the breaker."""
         if not self.breaker.allow():
             raise StoreUnavailable("Redis", redact_url(self._url), "circuit open after failures")
+        return self.breaker.state is not BreakerState.CLOSED
 
     async def _hydrate(self, key: UsageKey) -> None:
         restored = await self._restored(key)
@@ -395,11 +441,11 @@ class RedisCounters(_DirtyKeys):
                 self._spawn(self._restore_then_decide(decision, future))
 
     def _fail_batch(self, batch: DecisionBatch, exc: BaseException) -> None:
-        error = (
-            self._unavailable(exc)
-            if isinstance(exc, RedisError)
-            else StoreUnavailable("Redis", redact_url(self._url), repr(exc))
-        )
+        if isinstance(exc, RedisError):
+            error = self._unavailable(exc)
+        else:  # the connection attempt was cancelled (close) or broke in an unforeseen way
+            self._judge(exc)
+            error = StoreUnavailable("Redis", redact_url(self._url), repr(exc))
         for future in batch.futures:
             if not future.done():
                 future.set_exception(error)
@@ -450,15 +496,15 @@ class RedisCounters(_DirtyKeys):
     async def _send(self, sequence: int, batch: Mapping[UsageKey, Counter[str]]) -> None:
         """One batch, after restoring any hash the ledger must fill first (a tally added to a
         lost hash would otherwise hide the loss from the next decision)."""
-        self._allow()
         keys = list(batch)
-        present = await self._read_all(
+        present = await self._read_first(
             lambda pipe: [pipe.hexists(self._key(key), HYDRATED) for key in keys]
         )
         for key, hydrated in zip(keys, present, strict=True):
             if hydrated is not True:  # missing, or not a hash (the restore sets it aside)
                 await self._hydrate(key)
         args: list[int | str] = [MAX_TALLY, sequence, _MARKER_SECONDS, _HISTORY_SECONDS]
+        args += [MAX_ROUTES, OTHER_ROUTES]
         for fields in batch.values():
             args.append(len(fields))
             for field, amount in _refunds_last(fields):
@@ -480,18 +526,34 @@ class RedisCounters(_DirtyKeys):
             else:
                 logger.warning("usage increment dropped: %s %s %.80r: %s", *key, field, reason)
 
+    async def _read_first(self, queue: Callable[[Pipeline], object]) -> list[Any]:
+        """``_read_all`` as the first step of a flush or a read, through the breaker."""
+        probe = self._allow()
+        try:
+            return await self._read_all(queue)
+        except BaseException:
+            if probe:  # cancelled before Redis answered (else it reported): the next call probes
+                self.breaker.released()
+            raise
+
     async def _read_all(self, queue: Callable[[Pipeline], object]) -> list[Any]:
         """Run read-only commands in one pipeline; a command Redis refuses (a key of another
-        type) answers its exception in place. A pooled connection found dead (Redis came
-        back after an outage) is replaced once: redis-py retries single commands, not
-        pipelines, and reads are safe to repeat."""
+        type) answers its exception in place, but one by which Redis serves nothing now
+        (``_unreachable``) fails them all. A pooled connection found dead (Redis came back
+        after an outage) is replaced once: redis-py retries single commands, not pipelines,
+        and reads are safe to repeat."""
         try:
             try:
-                return await self._pipeline(queue)
+                results = await self._pipeline(queue)
             except RedisConnectionError:
-                return await self._pipeline(queue)  # once more, on a fresh connection
+                results = await self._pipeline(queue)  # once more, on a fresh connection
+            for result in results:
+                if isinstance(result, RedisError) and _unreachable(result):
+                    raise result
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self.breaker.succeeded()
+        return results
 
     async def _pipeline(self, queue: Callable[[Pipeline], object]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -500,9 +562,9 @@ class RedisCounters(_DirtyKeys):
 
     async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int] | None]:
         """Each hash's sound tallies (see ``tallies.py``), or None for a key of another type."""
-        self._allow()
-        results = await self._read_all(lambda pipe: [pipe.hgetall(self._key(key)) for key in keys])
-        self.breaker.succeeded()
+        results = await self._read_first(
+            lambda pipe: [pipe.hgetall(self._key(key)) for key in keys]
+        )
         return [
             None if isinstance(raw, Exception) else sound_tallies(raw, self._key(key))
             for key, raw in zip(keys, results, strict=True)
@@ -557,6 +619,20 @@ class RedisCounters(_DirtyKeys):
         await asyncio.gather(*self._inflight, return_exceptions=True)
         await self._pipe.close()
         await self._redis.aclose()
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Does ``exc`` say Redis serves nothing now, rather than that it refused one command?"""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return True  # refused, reset, timed out (redis-py files LOADING and NOAUTH here too)
+    if not isinstance(exc, ResponseError):
+        return False
+    # redis-py keeps the reply's code apart; the pipelined connection leaves it first in the
+    # text; a script's failed call (Redis 6) quotes it after a '-'
+    words = str(exc).split()
+    codes = {getattr(exc, "status_code", None), *words[:1]}
+    codes.update(word[1:] for word in words if word.startswith("-"))
+    return not _SERVER_WIDE.isdisjoint(codes)
 
 
 def _text(value: object) -> str:

@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.routing import Mount
+
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.quota import CounterStore, UsageKey
 
@@ -33,12 +35,40 @@ _Answered = tuple[UsageKey, str, str | None, str, int]
 """A call answered: (usage key, method, the matched route's ``path``, mount prefix, status
 class). The route template is spelled out from these once per flush, not once per call."""
 
+_MOUNT_DEPTH = 16
+"""Mounts within mounts followed at most (a bound for an app whose mounts contain themselves)."""
+
 
 def _route_template(method: str, template: str | None, mount_prefix: str) -> str:
     """``GET /api/v1/projects/{id}``: the template of the route the app matched, not the path."""
     if template is None:
         return f"{method} {_UNMATCHED_ROUTE}"
     return f"{method} {mount_prefix}{template}"
+
+
+def _mounted(router: object, prefix: str) -> tuple[str, object] | None:
+    """The templates of the mounts that took ``prefix`` (``/orgs/{org}`` for ``/orgs/acme``)
+    and the last of them, found as Starlette's router found them: in each router, the first
+    ``Mount`` whose pattern matches. None when they are not found there (the app routes by
+    ``Host``, or sets ``root_path`` itself): the actual prefix is kept then, and the counter
+    store's cap on route fields (``quota.MAX_ROUTES``) bounds what it costs."""
+    routes = getattr(router, "routes", None)
+    template, rest = "", prefix
+    mount: object = None
+    for _ in range(_MOUNT_DEPTH):
+        if not rest:
+            return template, mount
+        for route in routes if isinstance(routes, list) else ():
+            match = route.path_regex.match(rest + "/") if isinstance(route, Mount) else None
+            if match is not None:
+                # the pattern ends in "/{path:path}": what precedes it is what the mount took
+                rest = rest[len(rest) - len(match["path"]) :]
+                template += route.path
+                mount, routes = route, route.routes
+                break
+        else:
+            return None
+    return None
 
 
 class UsageRecorder:
@@ -52,12 +82,28 @@ class UsageRecorder:
         self._lock = asyncio.Lock()
 
     def record(
-        self, key: UsageKey, method: str, template: object, mount_prefix: str, status: int
+        self,
+        key: UsageKey,
+        method: str,
+        route: object,
+        mount_prefix: str,
+        status: int,
+        router: object = None,
     ) -> None:
         """Tally one answered call by route and status class (hot path: no I/O, one count).
-        ``template`` is the matched route's ``path``: anything but a string (no route matched,
-        or an app's own route type) counts as unmatched, and never reaches the dict key; a
-        method token outside the standard ones counts as ``OTHER``."""
+        ``route`` is the one the app matched (``scope["route"]``): a ``path`` that is not a
+        string (no route matched, or an app's own route type) counts as unmatched, and never
+        reaches the dict key. ``mount_prefix`` is the path the app's mounts took, spelled as
+        their templates where ``router`` (``scope["router"]``) has them: every org under
+        ``/orgs/{org}`` is one route. A method token outside the standard ones counts as
+        ``OTHER``."""
+        template = getattr(route, "path", None)
+        if mount_prefix:
+            mounted = _mounted(router, mount_prefix)
+            if mounted is not None:
+                mount_prefix, mount = mounted
+                if route is mount:  # a mounted app that is not a router answered
+                    template = ""
         answered = (
             key,
             method if method in _METHODS else _OTHER_METHOD,

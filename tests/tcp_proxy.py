@@ -19,11 +19,20 @@ class TcpProxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._lose_after: bytes | None = None
+        self.replies_lost = 0
+        """Answers thrown away by ``lose_reply_once`` so far."""
+        self._answers: list[tuple[bytes, bytes]] = []
 
     def lose_reply_once(self, marker: bytes) -> None:
         """The next request holding ``marker`` reaches the server, which answers it; the answer
         is thrown away and the client's connection cut: the caller cannot know it was done."""
         self._lose_after = marker
+
+    def answer_instead(self, marker: bytes, reply: bytes, times: int = 1) -> None:
+        """The next ``times`` requests holding ``marker`` never reach the server: the proxy
+        answers each with ``reply`` (an error reply a server in trouble gives, say). For a
+        client that sends one command and waits for its answer."""
+        self._answers += [(marker, reply)] * times
 
     def stall(self, stalled: bool = True) -> None:
         """Stop (or resume) passing bytes on: the server behind seems wedged."""
@@ -70,9 +79,13 @@ class TcpProxy:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
                     await self._flowing.wait()
+                    if up and self._answers and self._answers[0][0] in data:
+                        writer.write(self._answers.pop(0)[1])
+                        continue
                     if up and self._lose_after is not None and self._lose_after in data:
                         self._lose_after, losing = None, True
                     elif losing and not up:  # the server did it: hang up without the answer
+                        self.replies_lost += 1
                         writer.close()
                         up_writer.close()
                         return

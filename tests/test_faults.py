@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tenant_gateway import TenantGateway
-from tenant_gateway.breaker import BreakerState
+from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.quota import RedisCounters
 
@@ -136,6 +136,185 @@ async def test_a_dead_redis_trips_the_breaker_and_recovery_closes_it(
 
 def state(counters: RedisCounters) -> BreakerState:
     return counters.breaker.state
+
+
+# -- every probe reports how it ended (review #3) --------------------------------------------
+
+LOADING = b"-LOADING Redis is loading the dataset in memory\r\n"
+KEY = ("tenant_a", "2026-11")
+
+
+async def _outage(client: Any, tenant: dict[str, Any], proxy: TcpProxy) -> None:
+    """Three calls find no Redis (the circuit opens), then Redis is back."""
+    proxy.blackhole = True
+    proxy.cut()
+    for _ in range(3):
+        assert_problem(await client.get("/whoami", headers=auth(tenant)), 503, "quota_unavailable")
+    proxy.blackhole = False
+
+
+async def test_a_probe_answered_by_a_server_wide_error_counts_as_a_failure(
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+) -> None:
+    """Redis came back but is still loading its data: its answer to the half-open probe is an
+    error reply. That is a failure (open again), not a probe left unanswered that holds the
+    circuit half-open with every call refused; the probe after the next cooldown closes it."""
+    clock = FakeClock()
+    gateway = gateway_via(redis_url, redis_proxy, redis_prefix, plans=PLANS, clock=clock)
+    client = await client_for(gateway)
+    counters = gateway.services.counters
+    assert isinstance(counters, RedisCounters)
+    tenant = await register(client, plan="metered")
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    await _outage(client, tenant, redis_proxy)
+    assert state(counters) is BreakerState.OPEN
+
+    redis_proxy.answer_instead(b"EVALSHA", LOADING)
+    clock.advance(1.1)
+    assert_problem(await client.get("/whoami", headers=auth(tenant)), 503, "quota_unavailable")
+    assert state(counters) is BreakerState.OPEN
+    clock.advance(1.1)
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    assert state(counters) is BreakerState.CLOSED
+
+    redis_proxy.answer_instead(b"EVALSHA", LOADING, times=3)  # as three lost connections
+    for _ in range(3):
+        assert_problem(await client.get("/whoami", headers=auth(tenant)), 503, "quota_unavailable")
+    assert state(counters) is BreakerState.OPEN
+
+
+async def test_a_probe_answered_by_an_error_about_one_key_closes_the_circuit(
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+) -> None:
+    """An error reply about one command says Redis answers: that call fails, the circuit
+    closes and the next call goes through."""
+    clock = FakeClock()
+    gateway = gateway_via(redis_url, redis_proxy, redis_prefix, plans=PLANS, clock=clock)
+    client = await client_for(gateway)
+    counters = gateway.services.counters
+    assert isinstance(counters, RedisCounters)
+    tenant = await register(client, plan="metered")
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    await _outage(client, tenant, redis_proxy)
+    wrong_type = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+    redis_proxy.answer_instead(b"EVALSHA", wrong_type)
+    clock.advance(1.1)
+    assert_problem(await client.get("/whoami", headers=auth(tenant)), 503, "quota_unavailable")
+    assert state(counters) is BreakerState.CLOSED
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+
+
+class _Ledger:
+    """A hydration source that can be down, as PostgreSQL can."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    async def __call__(self, key: tuple[str, str]) -> dict[str, int]:
+        if self.down:
+            raise StoreUnavailable("PostgreSQL", "postgresql://ledger", "connection refused")
+        return {}
+
+
+async def _counters_after_an_outage(
+    redis_url: str, redis_prefix: str, proxy: TcpProxy, clock: FakeClock, ledger: _Ledger
+) -> RedisCounters:
+    """Counters through ``proxy`` whose circuit an outage opened; Redis is back, the cooldown
+    is over: the next call is the probe."""
+    counters = RedisCounters(
+        through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=ledger, clock=clock
+    )
+    proxy.blackhole = True
+    proxy.cut()
+    for _ in range(3):
+        with pytest.raises(StoreUnavailable):
+            await counters.admit(KEY, "01", None, False)
+    assert state(counters) is BreakerState.OPEN
+    proxy.blackhole = False
+    clock.advance(1.1)
+    return counters
+
+
+async def test_a_probe_whose_ledger_restore_fails_frees_the_circuit(
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy
+) -> None:
+    """The probe is a flush to a hash Redis lost, and PostgreSQL fails its restore: that says
+    nothing against Redis, which answered; once the ledger is back, the flush goes through."""
+    clock, ledger = FakeClock(), _Ledger()
+    counters = await _counters_after_an_outage(redis_url, redis_prefix, redis_proxy, clock, ledger)
+    try:
+        ledger.down = True
+        with pytest.raises(StoreUnavailable) as failed:
+            await counters.add({KEY: {"rejected": 1}})
+        assert failed.value.store == "PostgreSQL"
+        ledger.down = False
+        await counters.add({})  # the batch still owed goes again
+        assert (await counters.read(KEY))["rejected"] == 1
+        assert (await counters.admit(KEY, "01", None, False)).used == 1
+        assert state(counters) is BreakerState.CLOSED
+    finally:
+        await counters.close()
+
+
+async def test_a_cancelled_probe_frees_the_circuit(
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy
+) -> None:
+    clock = FakeClock()
+    counters = await _counters_after_an_outage(
+        redis_url, redis_prefix, redis_proxy, clock, _Ledger()
+    )
+    try:
+        redis_proxy.stall()
+        probe = asyncio.get_running_loop().create_task(counters.read(KEY))
+        await asyncio.sleep(0)  # it takes the probe, then waits on Redis
+        assert state(counters) is BreakerState.HALF_OPEN
+        probe.cancel()  # the request it served was cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        redis_proxy.stall(False)
+        assert await counters.read(KEY) == {"hydrated": 1}
+        assert state(counters) is BreakerState.CLOSED
+    finally:
+        redis_proxy.stall(False)
+        await counters.close()
+
+
+async def test_a_read_answered_by_a_server_wide_error_is_a_failure(
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy
+) -> None:
+    """A replica that lost its primary answers a snapshot's read with MASTERDOWN: the read
+    fails and counts against the circuit (it does not pass for a hash of another type, left
+    out of the snapshot while the circuit is told that Redis is fine)."""
+    counters = RedisCounters(
+        through(redis_url, redis_proxy), key_prefix=redis_prefix, clock=FakeClock()
+    )
+    try:
+        await counters.read(KEY)
+        down = b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."
+        redis_proxy.answer_instead(b"HGETALL", down + b"\r\n", times=3)
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable):
+                await counters.snapshots([KEY])
+        assert state(counters) is BreakerState.OPEN
+    finally:
+        await counters.close()
+
+
+def test_a_probe_that_never_reports_is_given_up_on() -> None:
+    """Whatever path a probe takes, the circuit cannot stay half-open for good."""
+    clock = FakeClock()
+    breaker = Breaker("test", clock, cooldown=1.0, probe_timeout=10.0)
+    for _ in range(3):
+        breaker.failed()
+    clock.advance(1.1)
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # one at a time
+    clock.advance(9)
+    assert not breaker.allow()
+    clock.advance(1.1)
+    assert breaker.allow()  # the first never reported: another call probes
+    breaker.released()
+    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
 
 
 async def test_fail_open_admits_and_reconciles(

@@ -16,13 +16,17 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Host, Mount, Route, Router
 
 from tenant_gateway import TenantGateway
 from tenant_gateway.events import QuotaEvent, threshold_marks
 from tenant_gateway.netpolicy import IPAddress
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.ledger import PostgresLedger
-from tenant_gateway.quota import MemoryCounters
+from tenant_gateway.quota import MAX_ROUTES, OTHER_ROUTES, MemoryCounters
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, register
@@ -145,9 +149,65 @@ async def test_route_template_cardinality(stores: Stores, client_for: Any) -> No
     assert report["by_route"][0]["calls"] == 10_000 == report["api_calls"]
 
 
-async def calls_to(client: Any, tenant: dict[str, Any], paths: list[str]) -> set[int]:
-    responses = await asyncio.gather(*(client.get(p, headers=auth(tenant)) for p in paths))
+async def calls_to(
+    client: Any, tenant: dict[str, Any], paths: list[str], **headers: str
+) -> set[int]:
+    sent = {**auth(tenant), **headers}
+    responses = await asyncio.gather(*(client.get(p, headers=sent) for p in paths))
     return {r.status_code for r in responses}
+
+
+async def org_items(request: Request) -> Response:
+    return JSONResponse(request.path_params)
+
+
+def mounted_app() -> Starlette:
+    org = [
+        Route("/items", org_items),
+        Mount("/teams/{team}", routes=[Route("/items/{item_id}", org_items)]),
+    ]
+    return Starlette(
+        routes=[
+            Mount("/orgs/{org}", routes=org),
+            Mount("/files/{bucket}", app=PlainTextResponse("a file")),  # an app, not routes
+        ]
+    )
+
+
+async def test_a_mount_counts_under_its_template(stores: Stores, client_for: Any) -> None:
+    """Under ``Mount("/orgs/{org}")`` each org is not a route of its own: a tenant calling
+    ever new orgs would grow its usage hash (and every read of it) without limit."""
+    gw = TenantGateway(
+        mounted_app(), admin_jwt_secret=JWT_SECRET, plans=QUOTA_PLANS, **stores.kwargs()
+    )
+    client = await client_for(gw)
+    tenant = await register(client, plan="open")
+    paths = [f"/orgs/o{i}/items" for i in range(300)]
+    paths += [f"/orgs/o{i}/teams/t{i}/items/{i}" for i in range(50)]
+    paths += [f"/files/b{i}/readme.txt" for i in range(50)]
+    assert await calls_to(client, tenant, paths) == {200}
+    report = await usage(client, tenant)
+    assert {r["route"]: r["calls"] for r in report["by_route"]} == {
+        "GET /orgs/{org}/items": 300,
+        "GET /orgs/{org}/teams/{team}/items/{item_id}": 50,
+        "GET /files/{bucket}": 50,
+    }
+
+
+async def test_routes_past_the_cap_count_together(stores: Stores, client_for: Any) -> None:
+    """Mounts under a ``Host`` route: their templates are not looked for, so every org's
+    path reaches the counters, which keep ``MAX_ROUTES`` routes and count the rest together."""
+    inner = Router(routes=[Mount("/orgs/{org}", routes=[Route("/items", org_items)])])
+    app = Starlette(routes=[Host("{tenant}.example.com", app=inner)])
+    gw = TenantGateway(app, admin_jwt_secret=JWT_SECRET, plans=QUOTA_PLANS, **stores.kwargs())
+    client = await client_for(gw)
+    tenant = await register(client, plan="open")
+    paths = [f"/orgs/o{i}/items" for i in range(MAX_ROUTES + 20)]
+    assert await calls_to(client, tenant, paths, host="acme.example.com") == {200}
+    report = await usage(client, tenant)
+    routes = {r["route"]: r["calls"] for r in report["by_route"]}
+    assert len(routes) == MAX_ROUTES + 1 and routes[OTHER_ROUTES] == 20
+    assert sum(routes.values()) == MAX_ROUTES + 20 == report["api_calls"]
 
 
 async def test_csv_export(stores: Stores, client_for: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +10,7 @@ import redis.asyncio as aioredis
 
 from tenant_gateway.breaker import BreakerState
 from tenant_gateway.exceptions import StoreUnavailable
-from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
+from tenant_gateway.quota import MAX_ROUTES, CounterStore, MemoryCounters, RedisCounters
 from tenant_gateway.usage import UsageRecorder
 
 from .conftest import BACKENDS
@@ -137,6 +136,24 @@ async def test_dirty_keys_are_tracked(counters: CounterStore) -> None:
     assert counters.drain_dirty() == set()
     counters.mark_dirty([KEY])
     assert counters.drain_dirty() == {KEY}
+
+
+async def test_routes_beyond_the_cap_share_one_bucket(counters: CounterStore) -> None:
+    """Calls on ever new paths (which an app's mount could turn into ever new route fields)
+    cannot grow a tenant's usage hash past ``MAX_ROUTES`` routes: further routes count
+    together, by status class, and no call is lost."""
+    await counters.add({KEY: {f"route|2xx|GET /r{i}": 1 for i in range(MAX_ROUTES - 10)}})
+    more = {f"route|2xx|GET /s{i}": 1 for i in range(100)}
+    await counters.add({KEY: {**more, "route|4xx|GET /s0": 2, "route|2xx|GET /r0": 1}})
+    await counters.add({KEY: {"route|2xx|GET /s5": 1, "route|2xx|GET /s99": 1}})
+    tallies = await counters.read(KEY)
+    routes = {field: n for field, n in tallies.items() if field.startswith("route|")}
+    assert len(routes) == MAX_ROUTES + 2  # and the two buckets
+    assert routes["route|2xx|GET /s9"] == 1 and "route|2xx|GET /s10" not in routes
+    assert routes["route|2xx|GET /r0"] == 2 and routes["route|2xx|GET /s5"] == 2
+    assert routes["route|2xx|(other routes)"] == 90 + 1
+    assert routes["route|4xx|(other routes)"] == 2
+    assert sum(routes.values()) == (MAX_ROUTES - 10) + 103 + 2
 
 
 # -- hostile values and partial failures (issue 17) ------------------------------------------
@@ -272,6 +289,27 @@ async def test_a_corrupt_hash_fails_no_other_decision(
         await raw.aclose()
 
 
+async def test_a_corrupt_bucket_of_other_routes_fails_no_other_entry(
+    redis_counters: RedisCounters, request: pytest.FixtureRequest
+) -> None:
+    """A full hash whose bucket of other routes holds no tally: the route folded into it is
+    checked first, so the hash is set aside (not the shared batch failed by Redis)."""
+    LEDGER[KEY] = {"route|2xx|GET /a": 1}
+    raw = _raw(request)
+    try:
+        fields: dict[str | bytes, str | int] = {"hydrated": 1}
+        fields.update((f"route|2xx|GET /r{i}", 1) for i in range(MAX_ROUTES))
+        fields["route|2xx|(other routes)"] = "not a number"
+        await raw.hset(_name(request, KEY), mapping=fields)  # type: ignore[arg-type]
+        await redis_counters.add({KEY: {"route|2xx|GET /new": 1}, OTHER: {"rejected": 1}})
+        assert (await redis_counters.read(OTHER))["rejected"] == 1
+        await redis_counters.add({})  # what the set-aside hash did not take
+        tallies = await redis_counters.read(KEY)
+        assert tallies["route|2xx|GET /a"] == 1 and tallies["route|2xx|GET /new"] == 1
+    finally:
+        await raw.aclose()
+
+
 async def test_a_key_of_another_type_fails_no_other_entry(
     redis_counters: RedisCounters, request: pytest.FixtureRequest
 ) -> None:
@@ -295,7 +333,8 @@ async def test_a_batch_whose_reply_was_lost_is_applied_once(
     redis_url: str, redis_prefix: str
 ) -> None:
     """Redis applied the flush, the answer never came back: sending it again must not count
-    it twice (nor may redis-py's own retry of the command)."""
+    it twice (nor may redis-py's own retry of the command). The proxy proves the answer was
+    lost, and the flush that lost it failed."""
     proxy = await proxy_to(redis_url)
     counters = RedisCounters(
         through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=restore
@@ -306,8 +345,9 @@ async def test_a_batch_whose_reply_was_lost_is_applied_once(
         recorder.rejected(KEY, "01", "lostreply")
         recorder.rejected(OTHER, "01", "burst")
         proxy.lose_reply_once(b"rejected:lostreply")
-        with contextlib.suppress(StoreUnavailable):
+        with pytest.raises(StoreUnavailable):
             await recorder.flush()
+        assert proxy.replies_lost == 1  # Redis answered; the answer was thrown away
         await recorder.flush()  # whatever is still owed goes again
         recorder.rejected(KEY, "01", "burst")
         await recorder.flush()
@@ -315,5 +355,37 @@ async def test_a_batch_whose_reply_was_lost_is_applied_once(
         assert tallies["rejected:lostreply"] == 1 and tallies["rejected"] == 2
         assert (await counters.read(OTHER))["rejected"] == 1
     finally:
+        await counters.close()
+        await proxy.stop()
+
+
+async def test_a_set_aside_hash_keeps_its_increments_when_the_reply_was_lost(
+    redis_url: str, redis_prefix: str, request: pytest.FixtureRequest
+) -> None:
+    """A flush finds a hash it cannot add to, sets it aside, and reports that the hash's
+    increments are still owed; that report is lost with the reply. The flush sent again must
+    get the same report (not a bare "applied before"), or the increments are never added."""
+    LEDGER[KEY] = {"rejected": 10}
+    proxy = await proxy_to(redis_url)
+    counters = RedisCounters(
+        through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=restore
+    )
+    recorder = UsageRecorder(counters)
+    raw = _raw(request)
+    try:
+        await counters.read(KEY)
+        await raw.hset(_name(request, KEY), "rday:01", "not a number")
+        recorder.rejected(KEY, "01", "lostreply")
+        proxy.lose_reply_once(b"rejected:lostreply")
+        with pytest.raises(StoreUnavailable):
+            await recorder.flush()
+        assert proxy.replies_lost == 1
+        assert await raw.exists(_name(request, KEY) + ":set-aside")  # the first run did it
+        await recorder.flush()  # the batch again, then what the set-aside hash still owes
+        tallies = await counters.read(KEY)
+        assert tallies["rejected"] == 10 + 1 and tallies["rejected:lostreply"] == 1
+        assert tallies["rday:01"] == 1
+    finally:
+        await raw.aclose()
         await counters.close()
         await proxy.stop()
