@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -287,6 +288,54 @@ async def test_stalled_transfers_are_cut_after_the_idle_timeout(
             assert retried.status_code == 200, retried.text
             assert await project_count(postgres_url, importer["id"]) == 3
             assert (await http.get("/readyz")).status_code == 200
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log, log
+
+
+def trickled_import(server: Server, tenant: dict[str, Any], every: float) -> bytes:
+    """Sends an import's headers, then its body a byte at a time, ``every`` seconds apart (never
+    as long as the idle timeout), until the server answers; returns the answer."""
+    body = ndjson(import_body(3))
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        sock.sendall(
+            f"POST {T}/{tenant['id']}/import HTTP/1.1\r\nHost: t\r\n"
+            f"Authorization: Bearer {tenant['api_key']}\r\n"
+            f"Content-Type: application/x-ndjson\r\nContent-Length: {len(body)}\r\n\r\n"
+            .encode()
+        )  # fmt: skip
+        for n in range(len(body)):
+            answered, _, _ = select.select([sock], [], [], every)
+            if answered:
+                break
+            sock.sendall(body[n : n + 1])
+        return read_to_end(sock)
+    finally:
+        sock.close()
+
+
+@pytest.mark.slow
+async def test_a_trickling_client_is_cut_by_the_server(
+    postgres_url: str, real_stores: tuple[str, ...]
+) -> None:
+    """Review #1, through uvicorn: an import sent a byte every 0.25 s never waits as long as
+    the idle timeout (1 s here) but is cut by its pace (or, on a machine slow enough to leave a
+    gap of 1 s, by the idle timeout): 408, nothing written, the slot free again."""
+    server = Server(*real_stores, "--transfer-idle-timeout", "1")
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base, timeout=HANG_GUARD) as http:
+            tenant = await register(http, "admin@trickler.io", plan="enterprise")
+            answer = await asyncio.to_thread(trickled_import, server, tenant, 0.25)
+            status_line, _, rest = answer.partition(b"\r\n")
+            assert status_line.startswith(b"HTTP/1.1 408"), answer[:300]
+            assert json.loads(rest.partition(b"\r\n\r\n")[2])["code"] == "request_timeout"
+            assert await project_count(postgres_url, tenant["id"]) == 0
+            retried = await http.post(
+                f"{T}/{tenant['id']}/import", content=ndjson(import_body(3)), headers=auth(tenant)
+            )
+            assert retried.status_code == 200, retried.text
     finally:
         log = server.stop()
     assert "Traceback" not in log, log
