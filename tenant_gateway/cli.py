@@ -18,9 +18,10 @@ from tenant_gateway.accesslog import log_config
 from tenant_gateway.admin.schemas import checked_user
 from tenant_gateway.client_limits import parse_rate
 from tenant_gateway.clock import Period
-from tenant_gateway.demo import build_demo_app
+from tenant_gateway.demo import build_demo_app, create_projects_table
 from tenant_gateway.exceptions import (
     ConfigurationError,
+    StoreBusy,
     StoreUnavailable,
     TransferBusy,
     redact_url,
@@ -121,6 +122,21 @@ def _parser() -> argparse.ArgumentParser:
         help="how long an export waits for its client to read, an import for it to send",
     )
     serve.add_argument(
+        "--transfer-min-rate",
+        type=int,
+        default=1024,
+        metavar="BYTES_PER_SECOND",
+        help="the slowest pace a transfer's client may keep, averaged over the idle timeout"
+        " (default 1024; 0: any)",
+    )
+    serve.add_argument(
+        "--transfer-max-duration",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long an export or import may last at most (default 3600)",
+    )
+    serve.add_argument(
         "--webhook-allow-network",
         action="append",
         metavar="CIDR",
@@ -163,14 +179,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _preflight(database_url: str | None, redis_url: str | None) -> None:
-    """Connect to each configured store once, applying migrations, so a bad URL fails here."""
+async def _preflight(
+    database_url: str | None, redis_url: str | None, *, demo: bool = False
+) -> None:
+    """Connect to each configured store once, applying migrations (and with ``demo``, the
+    demo's), so a bad URL or a table locked too long fails here, in one line."""
     if database_url:
         database = Database(database_url)
         try:
             await database.connect()
         finally:
             await database.close()
+        if demo:
+            await create_projects_table(database_url)
     if redis_url:
         counters = RedisCounters(redis_url)
         try:
@@ -218,6 +239,8 @@ def build_app() -> TenantGateway:
         signup_plans=_plan_list(os.environ.get("TG_SIGNUP_PLANS") or None),
         auth_failure_rate=os.environ.get("TG_AUTH_FAILURE_RATE") or "30/minute",
         transfer_idle_timeout=float(os.environ.get("TG_TRANSFER_IDLE_TIMEOUT", "10.0")),
+        transfer_min_rate=int(os.environ.get("TG_TRANSFER_MIN_RATE") or 1024),
+        transfer_max_duration=float(os.environ.get("TG_TRANSFER_MAX_DURATION") or 3600.0),
         webhook_allowed_networks=_networks(os.environ.get("TG_WEBHOOK_ALLOWED_NETWORKS", "")),
     )
 
@@ -234,12 +257,16 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(f"--signup-plans must name plans of the catalogue: {', '.join(catalog)}")
     if args.transfer_idle_timeout <= 0:
         return _fail("--transfer-idle-timeout must be > 0")
+    if args.transfer_min_rate < 0 or args.transfer_max_duration <= 0:
+        return _fail("--transfer-min-rate must be >= 0 and --transfer-max-duration > 0")
     networks = args.webhook_allowed_networks
     if networks is None:
         networks = _networks(os.environ.get("TG_WEBHOOK_ALLOWED_NETWORKS", ""))
     WebhookPolicy(networks)  # a bad CIDR fails here, with its name
     try:
-        asyncio.run(_preflight(args.database_url, args.redis_url))
+        asyncio.run(_preflight(args.database_url, args.redis_url, demo=True))
+    except StoreBusy as exc:
+        return _fail(str(exc))
     except StoreUnavailable as exc:
         flag = "--database-url" if exc.store == "PostgreSQL" else "--redis-url"
         return _fail(f"{exc}. Start the server, or fix {flag} (omit it to use memory).")
@@ -257,6 +284,8 @@ def _serve(args: argparse.Namespace) -> int:
         ("TG_SIGNUP_PLANS", args.signup_plans),
         ("TG_AUTH_FAILURE_RATE", args.auth_failure_rate),
         ("TG_TRANSFER_IDLE_TIMEOUT", str(args.transfer_idle_timeout)),
+        ("TG_TRANSFER_MIN_RATE", str(args.transfer_min_rate)),
+        ("TG_TRANSFER_MAX_DURATION", str(args.transfer_max_duration)),
         ("TG_WEBHOOK_ALLOWED_NETWORKS", ",".join(networks)),
     ):
         if value:
@@ -299,6 +328,8 @@ def _migrate(args: argparse.Namespace) -> int:
         return _fail("migrate needs --database-url (or TG_DATABASE_URL)")
     try:
         asyncio.run(_preflight(args.database_url, None))
+    except StoreBusy as exc:
+        return _fail(str(exc))
     except StoreUnavailable as exc:
         return _fail(f"{exc}. Is PostgreSQL running and the URL right?")
     print(f"tenant-gateway: schema is up to date in {redact_url(args.database_url)}")

@@ -25,7 +25,14 @@ from tenant_gateway.clock import format_timestamp
 from tenant_gateway.context import get_current_tenant
 from tenant_gateway.exceptions import Problem
 from tenant_gateway.keys import is_id, new_id
-from tenant_gateway.postgres.database import isolate_table, tenant_transaction
+from tenant_gateway.postgres.database import (
+    DDL_ATTEMPTS,
+    DDL_LOCK_TIMEOUT,
+    is_isolated,
+    isolate_table,
+    run_ddl,
+    tenant_transaction,
+)
 
 __all__ = ["PROJECTS_SCHEMA", "build_demo_app"]
 
@@ -140,14 +147,32 @@ class PostgresProjects:
         return deleted is not None
 
 
-async def create_projects_table(database_url: str) -> None:
-    """The demo's own migration: create ``projects`` and put it under tenant isolation."""
+async def create_projects_table(
+    database_url: str,
+    *,
+    lock_timeout: float = DDL_LOCK_TIMEOUT,
+    attempts: int = DDL_ATTEMPTS,
+) -> None:
+    """The demo's own migration: create ``projects`` and put it under tenant isolation.
+
+    Every worker runs it at start-up, often while exports read the table: once the table is in
+    place it is only read from the catalogue (no DDL, so no lock to wait for), and otherwise
+    its DDL gives up on a held lock after ``lock_timeout`` s, ``attempts`` times, then raises
+    ``StoreBusy`` (see ``run_ddl``)."""
     conn = await asyncpg.connect(database_url)
     try:
-        async with conn.transaction():  # workers starting together take turns
+        if await is_isolated(conn, "projects"):
+            return
+
+        async def apply() -> None:
+            # workers starting together take turns
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tenant_gateway.demo'))")
             await conn.execute(PROJECTS_SCHEMA)
             await isolate_table(conn, "projects")
+
+        await run_ddl(
+            conn, apply, "the demo's table projects", lock_timeout=lock_timeout, attempts=attempts
+        )
     finally:
         await conn.close()
 

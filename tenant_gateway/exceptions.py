@@ -3,6 +3,7 @@
 TenantGatewayError
 ├── ConfigurationError        bad constructor argument or plans file
 ├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
+│   └── StoreBusy             it answered, but a lock the work needed stayed held too long
 ├── NoTenantContext           a tenant query was attempted outside a resolved request
 ├── TransferBusy              an export or import cannot start now (tenant or process limit)
 ├── WebhookTargetRefused      a webhook URL leads to an address the policy refuses
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigurationError",
     "NoTenantContext",
     "Problem",
+    "StoreBusy",
     "StoreUnavailable",
     "TenantGatewayError",
     "TransferBusy",
@@ -42,6 +44,16 @@ class StoreUnavailable(TenantGatewayError):
         self.store = store
         self.url = url
         self.reason = reason
+
+
+class StoreBusy(StoreUnavailable):
+    """The store answered, but a lock the work needed stayed held longer than the work may
+    wait (a long transaction holds it): nothing was changed; try again. A ``StoreUnavailable``
+    to whoever retries or reports those (the usage flush, start-up)."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(store, "", reason)
+        self.args = (f"{store} is busy: {reason}",)
 
 
 class NoTenantContext(TenantGatewayError):

@@ -111,6 +111,9 @@ class TenantGateway:
         admin_timeout: float = 10.0,
         transfer_concurrency: int = 2,
         transfer_idle_timeout: float = 10.0,
+        transfer_min_rate: int = 1024,
+        transfer_max_duration: float = 3600.0,
+        admin_tenant_concurrency: int = 4,
         clock: Clock = system_clock,
     ) -> None:
         if not admin_prefix.startswith("/") or admin_prefix.endswith("/"):
@@ -124,6 +127,10 @@ class TenantGateway:
         if transfer_concurrency < 1 or transfer_idle_timeout <= 0:
             raise ConfigurationError(
                 "transfer_concurrency and transfer_idle_timeout must be positive"
+            )
+        if transfer_min_rate < 0 or transfer_max_duration <= 0:
+            raise ConfigurationError(
+                "transfer_min_rate must be >= 0 and transfer_max_duration positive"
             )
         self.liveness_path, self.readiness_path = health_paths or ("", "")
         self.app = app
@@ -169,6 +176,8 @@ class TenantGateway:
             auth_failures=limiter_for(auth_failure_rate, "auth_failure_rate", clock),
             transfer_concurrency=transfer_concurrency,
             transfer_idle_timeout=transfer_idle_timeout,
+            transfer_min_rate=transfer_min_rate,
+            transfer_max_duration=transfer_max_duration,
             transfer_statement_timeout=admin_timeout,  # a transfer's waits on the store
             webhook_allowed_networks=webhook_allowed_networks,
         )
@@ -182,7 +191,12 @@ class TenantGateway:
             redis_fail_mode,
         )
         self._plans = dict(self.services.plans)  # a plain dict: the hot path's lookup
-        self.admin_app = build_admin_app(self.services, admin_prefix, timeout=admin_timeout)
+        self.admin_app = build_admin_app(
+            self.services,
+            admin_prefix,
+            timeout=admin_timeout,
+            tenant_concurrency=admin_tenant_concurrency,
+        )
         self._started = False
         self._start_lock = asyncio.Lock()
         self._outage_logged: dict[str, float] = {}

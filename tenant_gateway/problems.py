@@ -17,9 +17,11 @@ __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "ambiguous_credentials",
     "client_disconnected",
+    "concurrent_requests",
     "forbidden",
     "import_rejected",
     "invalid_api_key",
+    "lock_timeout",
     "missing_api_key",
     "not_found",
     "not_supported",
@@ -244,3 +246,27 @@ def request_timeout(detail: str) -> Problem:
 def client_disconnected(detail: str) -> Problem:
     """The client left before its request was whole (nobody reads this: the access log does)."""
     return Problem(400, "client_disconnected", "Client disconnected", detail)
+
+
+def concurrent_requests(limit: int) -> Problem:
+    """The tenant has as many admin requests in progress in this process as it may."""
+    return Problem(
+        429,
+        "rate_limited",
+        "Too many concurrent requests",
+        f"This tenant already has {limit} admin requests in progress; try again when one ends.",
+        headers={"Retry-After": "1"},
+    )
+
+
+def lock_timeout() -> Problem:
+    """What the request must change is held by another transaction (the tenant's import in
+    progress, another request) for longer than a request may wait: nothing was changed."""
+    return Problem(
+        409,
+        "lock_timeout",
+        "Resource busy",
+        "Another request or an import in progress holds this tenant's records; nothing was"
+        " changed. Try again shortly.",
+        headers={"Retry-After": "1"},
+    )

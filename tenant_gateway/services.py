@@ -62,6 +62,10 @@ class Services:
     transfers: TransferSlots = field(default_factory=lambda: TransferSlots(2))
     transfer_idle_timeout: float = 10.0
     """How long an export may wait for its client to read, an import for it to send."""
+    transfer_min_rate: int = 1024
+    """Bytes a second a transfer's client must keep up, averaged over the idle timeout."""
+    transfer_max_duration: float = 3600.0
+    """Seconds a transfer may last at most, however fast it moves."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -86,6 +90,8 @@ class Services:
         auth_failures: ClientLimiter | None = None,
         transfer_concurrency: int = 2,
         transfer_idle_timeout: float = 10.0,
+        transfer_min_rate: int = 1024,
+        transfer_max_duration: float = 3600.0,
         transfer_statement_timeout: float | None = None,
         webhook_allowed_networks: Sequence[str] = (),
     ) -> Services:
@@ -160,6 +166,8 @@ class Services:
             signup_plans=signup_plans,
             transfers=TransferSlots(transfer_concurrency),
             transfer_idle_timeout=transfer_idle_timeout,
+            transfer_min_rate=transfer_min_rate,
+            transfer_max_duration=transfer_max_duration,
         )
 
     async def start(self) -> None:

@@ -83,7 +83,8 @@ async def test_concurrent_user_additions_respect_the_seat_limit(
 ) -> None:
     import asyncio
 
-    client = await client_for(gateway(stores))
+    # all twelve at once: above the per-tenant cap of concurrent admin requests (4 by default)
+    client = await client_for(gateway(stores, admin_tenant_concurrency=12))
     tenant = await register(client)  # free: 5 seats, admin holds one
     users = f"{T}/{tenant['id']}/users"
     responses = await asyncio.gather(

@@ -732,6 +732,17 @@ BAD_USERS: list[tuple[str, dict[str, Any], str]] = [
     ("a number", {"email": 5}, "email"),
     ("no email", {"email": None}, "email"),
     ("unknown role", {"role": "owner"}, "role"),
+    # an id the admin API could never name (review #11): longer than keys.is_id allows, a
+    # space, not ASCII
+    ("an id of 200 characters", {"id": "u" * 200}, "id"),
+    ("an id with a space", {"id": "usr one"}, "id"),
+    ("an id not in ASCII", {"id": "usr_\u00e9"}, "id"),
+    # times PostgreSQL stores but Python cannot read back (every listing of the users would
+    # fail), or whose meaning depends on the server's time zone
+    ("a year past 9999", {"created_at": "294276-01-01T00:00:00Z"}, "created_at"),
+    ("past 9999 once in UTC", {"created_at": "9999-12-31T23:00:00-05:00"}, "created_at"),
+    ("infinity", {"created_at": "infinity"}, "created_at"),
+    ("no time zone", {"created_at": "2026-01-01T00:00:00"}, "created_at"),
 ]
 
 
@@ -768,6 +779,26 @@ async def test_imported_users_are_cleaned_as_the_api_would(
     assert response.status_code == 200, response.text
     users = (await client.get(f"{T}/{tenant['id']}/users", headers=auth(tenant))).json()
     assert ("new@x.io", "viewer") in {(u["email"], u["role"]) for u in users}
+
+
+async def test_a_renamed_user_keeps_an_id_the_api_can_name(
+    client: httpx.AsyncClient, postgres_url: str
+) -> None:
+    """Review #11: a user whose id (128 characters, the most an id may have) is taken in the
+    target is renamed, and the new id is still one ``GET /{id}/users/{user_id}`` can name."""
+    tenant = await register(client, "admin@dst.io")
+    longest = "u" * 128
+    for email in ("first@x.io", "second@x.io"):
+        body = crafted(("tg_users", _user(tenant["id"], id=longest, email=email)))
+        response = await client.post(
+            f"{T}/{tenant['id']}/import", content=body, headers=auth(tenant)
+        )
+        assert response.status_code == 200, response.text
+    users = (await client.get(f"{T}/{tenant['id']}/users", headers=auth(tenant))).json()
+    renamed = next(u for u in users if u["email"] == "second@x.io")
+    assert renamed["id"] != longest and len(renamed["id"]) <= 128
+    one = await client.get(f"{T}/{tenant['id']}/users/{renamed['id']}", headers=auth(tenant))
+    assert one.status_code == 200 and one.json()["email"] == "second@x.io"
 
 
 async def test_an_import_and_its_audit_entry_are_one(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from starlette.applications import Starlette
@@ -49,6 +50,7 @@ from tenant_gateway.directory import TenantChanges
 from tenant_gateway.exceptions import (
     ConfigurationError,
     Problem,
+    StoreBusy,
     StoreUnavailable,
     TransferBusy,
 )
@@ -80,7 +82,7 @@ from tenant_gateway.postgres.transfer import (
     numbered_lines,
 )
 from tenant_gateway.services import Services
-from tenant_gateway.transfers import TransferSlot
+from tenant_gateway.transfers import TransferPace, TransferSlot
 from tenant_gateway.usage import usage_csv, usage_report
 
 __all__ = ["build_admin_app"]
@@ -126,9 +128,38 @@ def _audit_text(text: str) -> str:
     return escaped
 
 
+class _TenantAdmission:
+    """At most ``limit`` admin requests of one tenant at a time in this process (operators'
+    are not counted): whatever makes them slow, such as a row its own import holds locked, a
+    tenant cannot hold more than that many of the shared pool's connections through the admin
+    API. A request counts until its handler's task ends (``_Deadline`` runs ``_ON_END``)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ConfigurationError("admin_tenant_concurrency must be at least 1")
+        self.limit = limit
+        self._running: dict[str, int] = {}
+
+    def admit(self, scope: Scope, tenant_id: str) -> None:
+        on_end = scope.get(_ON_END)
+        if on_end is None:  # not under _Deadline: nothing would count it out
+            return
+        running = self._running.get(tenant_id, 0)
+        if running >= self.limit:
+            raise problems.concurrent_requests(self.limit)
+        self._running[tenant_id] = running + 1
+        on_end.append(lambda: self._leave(tenant_id))
+
+    def _leave(self, tenant_id: str) -> None:
+        running = self._running.pop(tenant_id) - 1
+        if running:
+            self._running[tenant_id] = running
+
+
 class AdminAPI:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, tenant_concurrency: int = 4) -> None:
         self.s = services
+        self._admission = _TenantAdmission(tenant_concurrency)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -142,6 +173,8 @@ class AdminAPI:
         tenant_id = request.path_params["tenant_id"]
         caller = await self._caller(request)
         authorize(caller, tenant_id, action)
+        if not caller.is_operator:
+            self._admission.admit(request.scope, tenant_id)
         tenant = await self.s.directory.get_tenant(_path_id(request, "tenant_id"))
         if tenant is None:
             raise problems.not_found()
@@ -503,6 +536,14 @@ class AdminAPI:
         except TransferBusy as exc:
             raise self._transfer_refusal(exc) from exc
 
+    def _pace(self) -> TransferPace:
+        return TransferPace(
+            self.s.clock,
+            window=self.s.transfer_idle_timeout,
+            min_rate=self.s.transfer_min_rate,
+            max_duration=self.s.transfer_max_duration,
+        )
+
     def _transfer_refusal(self, exc: TransferBusy | StoreUnavailable) -> Problem:
         if isinstance(exc, StoreUnavailable):
             return problems.service_unavailable(str(exc))
@@ -524,6 +565,7 @@ class AdminAPI:
         return TransferStream(
             export_tenant(database, tenant.id, self._now()),
             idle_timeout=self.s.transfer_idle_timeout,
+            pace=self._pace(),
             refusal=self._transfer_refusal,
             on_close=slot.release,
             media_type="application/x-ndjson",
@@ -544,7 +586,7 @@ class AdminAPI:
             result = await import_tenant(
                 database,
                 tenant.id,
-                numbered_lines(idle_limited(body, self.s.transfer_idle_timeout)),
+                numbered_lines(idle_limited(body, self.s.transfer_idle_timeout, self._pace())),
                 dry_run=flags["dry_run"] == "true",
                 app_only=flags["app_only"] == "true",
                 seat_limit=effective_seat_limit(self._plan(tenant.plan), tenant),
@@ -626,6 +668,8 @@ class AdminAPI:
 async def _problem_handler(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Problem):
         return problems.problem_response(exc)
+    if isinstance(exc, StoreBusy):
+        return problems.problem_response(problems.lock_timeout())
     if isinstance(exc, StoreUnavailable):
         return problems.problem_response(problems.service_unavailable(str(exc)))
     if isinstance(exc, HTTPException):
@@ -640,6 +684,7 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
 
 
 _DEADLINE = "tenant_gateway.deadline"
+_ON_END = "tenant_gateway.on_end"
 
 
 def _lift_deadline(request: Request) -> None:
@@ -665,6 +710,8 @@ class _Deadline:
             return
         started = False
         scope[_DEADLINE] = lifted = asyncio.Event()
+        on_end: list[Callable[[], None]] = []
+        scope[_ON_END] = on_end
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -672,6 +719,7 @@ class _Deadline:
             await send(message)
 
         task = asyncio.ensure_future(self.app(scope, receive, tracking_send))
+        task.add_done_callback(lambda _: [end() for end in on_end])  # however it ends
         done, _ = await asyncio.wait({task}, timeout=self.timeout)
         if done:
             task.result()
@@ -685,8 +733,10 @@ class _Deadline:
         await problems.problem_response(problem)(scope, receive, send)
 
 
-def build_admin_app(services: Services, prefix: str, *, timeout: float = 10.0) -> Starlette:
-    api = AdminAPI(services)
+def build_admin_app(
+    services: Services, prefix: str, *, timeout: float = 10.0, tenant_concurrency: int = 4
+) -> Starlette:
+    api = AdminAPI(services, tenant_concurrency)
     tenant = "/{tenant_id}"
     user = tenant + "/users/{user_id}"
     key = tenant + "/keys/{key_id}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
@@ -24,6 +25,7 @@ from starlette.requests import Request
 
 from tenant_gateway import problems
 from tenant_gateway.headers import declared_over
+from tenant_gateway.keys import ID_MAX_LENGTH, is_id
 from tenant_gateway.models import Role
 from tenant_gateway.netpolicy import webhook_target
 
@@ -87,19 +89,6 @@ class RegisterRequest(StrictBody):
 class AddUserRequest(StrictBody):
     email: Email
     role: Annotated[Role, Field(strict=False)] = Role.DEVELOPER  # JSON carries the enum's value
-
-
-def checked_user(row: Mapping[str, Any]) -> dict[str, str]:
-    """A user from elsewhere (an import's ``tg_users`` row) held to exactly the rules of
-    ``POST /{id}/users``: its ``email`` and ``role`` as that would store them, or ValueError
-    naming each field at fault."""
-    fields = {name: row[name] for name in ("email", "role") if name in row}
-    try:
-        user = AddUserRequest.model_validate(fields)
-    except ValidationError as exc:
-        errors = field_errors(exc)
-        raise ValueError("; ".join(f"{e['field']}: {e['message']}" for e in errors)) from None
-    return {"email": user.email, "role": user.role.value}
 
 
 class ChangePlanRequest(StrictBody):
@@ -184,6 +173,47 @@ def _timestamp_text(value: object) -> object:
 
 
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text), Field(strict=False)]
+
+
+def _id(value: str) -> str:
+    if not is_id(value):
+        raise ValueError(
+            f"must be an id: printable ASCII without spaces, at most {ID_MAX_LENGTH} characters"
+        )
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    try:  # 9999-12-31T23:00:00-05:00 is a datetime, but not in UTC
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a moment between the years 1 and 9999 in UTC") from None
+
+
+class ImportedUser(AddUserRequest):
+    """A ``tg_users`` row of an import: a user as ``POST /{id}/users`` would add it, with the
+    id (an id the API can name: ``keys.is_id``) and creation time of its source."""
+
+    id: Annotated[str, AfterValidator(_id)]
+    created_at: Annotated[Timestamp, AfterValidator(_utc)]
+
+
+def checked_user(row: Mapping[str, Any]) -> dict[str, str]:
+    """A user from elsewhere (an import's ``tg_users`` row) held to exactly the rules of
+    ``POST /{id}/users``: its ``id``, ``email``, ``role`` and ``created_at`` as they are to be
+    stored, or ValueError naming each field at fault."""
+    fields = {name: row[name] for name in ("id", "email", "role", "created_at") if name in row}
+    try:
+        user = ImportedUser.model_validate(fields)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise ValueError("; ".join(f"{e['field']}: {e['message']}" for e in errors)) from None
+    return {
+        "id": user.id,
+        "email": user.email,
+        "role": user.role.value,
+        "created_at": user.created_at.isoformat(),
+    }
 
 
 class CreateKeyRequest(StrictBody):

@@ -1,8 +1,10 @@
-"""How a transfer waits on its client: never longer than its idle timeout.
+"""How a transfer waits on its client: never longer than its idle timeout, never slower than
+its pace allows, never past its deadline (``TransferPace``).
 
 An export whose client stops reading shows up as ``send`` blocking (the server applies
 backpressure); an import whose client stops sending, as ``receive`` waiting. Either wait is
-bounded, and past it the transfer ends: its database transaction is rolled back and its
+bounded, and so is the pace across waits (a client that sends a byte every 9 s never waits 10);
+past either bound the transfer ends: its database transaction is rolled back and its
 connection goes back to the pool.
 """
 
@@ -19,35 +21,43 @@ from starlette.types import Message, Receive, Scope, Send
 
 from tenant_gateway import problems
 from tenant_gateway.exceptions import Problem, StoreUnavailable, TransferBusy
+from tenant_gateway.transfers import TransferPace
 
 __all__ = ["TransferStream", "idle_limited"]
 
 logger = logging.getLogger("tenant_gateway.transfer")
 
 
-class _ClientIdle(Exception):
-    """The client read nothing for the idle timeout."""
+class _ClientTooSlow(Exception):
+    """The client read nothing for the idle timeout, or kept too slow a pace."""
 
 
-async def idle_limited(chunks: AsyncIterator[bytes], idle_timeout: float) -> AsyncIterator[bytes]:
+def _waited_too_long(pace: TransferPace, idle_timeout: float, who: str) -> str:
+    return pace.overdue() or f"the client {who} nothing for {idle_timeout:g} s"
+
+
+async def idle_limited(
+    chunks: AsyncIterator[bytes], idle_timeout: float, pace: TransferPace
+) -> AsyncIterator[bytes]:
     """The request body as it arrives; 408 ``request_timeout`` when nothing arrives for
-    ``idle_timeout`` seconds (however long the whole body takes while it keeps coming), and a
-    problem, not a crash, when the client goes away."""
+    ``idle_timeout`` seconds, when the client falls below the pace's minimum rate or the
+    transfer passes its deadline, and a problem, not a crash, when the client goes away."""
     iterator = aiter(chunks)
     while True:
         try:
-            async with asyncio.timeout(idle_timeout):
+            async with asyncio.timeout(pace.wait_limit(idle_timeout)):
                 chunk = await anext(iterator)
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise problems.request_timeout(
-                f"Nothing was imported: the client sent nothing for {idle_timeout:g} s."
-            ) from None
+            waited = _waited_too_long(pace, idle_timeout, "sent")
+            raise problems.request_timeout(f"Nothing was imported: {waited}.") from None
         except ClientDisconnect:
             raise problems.client_disconnected(
                 "Nothing was imported: the client closed the connection before the end."
             ) from None
+        if (why := pace.moved(len(chunk))) is not None:
+            raise problems.request_timeout(f"Nothing was imported: {why}.")
         yield chunk
 
 
@@ -56,7 +66,8 @@ class TransferStream(StreamingResponse):
 
     The first chunk is read before anything is sent, so a transfer refused or failing at its
     start gets a problem answer (``refusal``), not a 200 that breaks off. Each send may wait
-    ``idle_timeout`` seconds for the client to read; past that the stream is cut: the generator
+    ``idle_timeout`` seconds for the client to read, and the client must keep the ``pace``
+    (which starts once the first chunk is ready); past either the stream is cut: the generator
     is closed (its transaction ends, its connection goes back) and the connection to the client
     is closed with the response incomplete. ``on_close`` runs once the response is over,
     whichever way.
@@ -67,6 +78,7 @@ class TransferStream(StreamingResponse):
         chunks: AsyncGenerator[bytes, None],
         *,
         idle_timeout: float,
+        pace: TransferPace,
         refusal: Callable[[TransferBusy | StoreUnavailable], Problem],
         on_close: Callable[[], None],
         media_type: str,
@@ -75,6 +87,7 @@ class TransferStream(StreamingResponse):
         super().__init__(chunks, media_type=media_type, headers=headers)
         self._chunks = chunks
         self._idle_timeout = idle_timeout
+        self._pace = pace
         self._refusal = refusal
         self._on_close = on_close
 
@@ -88,8 +101,8 @@ class TransferStream(StreamingResponse):
         async with aclosing(self._chunks) as chunks:
             try:
                 await self._stream(chunks, send)
-            except _ClientIdle:
-                logger.warning("export cut: the client read nothing for %g s", self._idle_timeout)
+            except _ClientTooSlow as exc:
+                logger.warning("export cut: %s", exc)
             except StoreUnavailable as exc:  # the status is sent: all that is left is to stop
                 logger.warning("export cut: %s", exc)
 
@@ -101,6 +114,7 @@ class TransferStream(StreamingResponse):
             await self._send(send, _start(refused.status_code, refused.raw_headers))
             await self._send(send, _body(refused.body, more=False))
             return
+        self._pace.restart()
         await self._send(send, _start(self.status_code, self.raw_headers))
         await self._send(send, _body(first, more=True))
         async for chunk in chunks:
@@ -109,10 +123,12 @@ class TransferStream(StreamingResponse):
 
     async def _send(self, send: Send, message: Message) -> None:
         try:
-            async with asyncio.timeout(self._idle_timeout):
+            async with asyncio.timeout(self._pace.wait_limit(self._idle_timeout)):
                 await send(message)
         except TimeoutError:
-            raise _ClientIdle from None
+            raise _ClientTooSlow(_waited_too_long(self._pace, self._idle_timeout, "read")) from None
+        if message.get("more_body") and (why := self._pace.moved(len(message["body"]))):
+            raise _ClientTooSlow(why)
 
 
 def _start(status: int, headers: list[tuple[bytes, bytes]]) -> Message:

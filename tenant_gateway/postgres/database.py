@@ -3,6 +3,10 @@
 Exports and imports run on a pool of their own (``transfer_connection``): however long their
 clients take, they never hold a connection the request path or the admin API needs.
 
+No lock wait is unbounded: the gateway's own transactions wait at most ``lock_timeout`` for a
+row another transaction holds (``StoreBusy``), and DDL at start-up gives up on a lock after a
+few seconds rather than queue every query on the table behind it (``run_ddl``).
+
 The tenant context is set per transaction only (``set_config(…, true)``), together with
 ``SET LOCAL ROLE`` to the runtime role, so nothing of it survives the transaction — not on
 commit, rollback, exception or cancellation — and the connection goes back to the pool clean.
@@ -11,10 +15,9 @@ commit, rollback, exception or cancellation — and the connection goes back to 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, TypeAlias
@@ -26,6 +29,7 @@ from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.exceptions import (
     ConfigurationError,
     NoTenantContext,
+    StoreBusy,
     StoreUnavailable,
     TransferBusy,
     redact_url,
@@ -39,7 +43,10 @@ __all__ = [
     "Database",
     "as_owner",
     "as_tenant",
+    "is_isolated",
     "isolate_table",
+    "lock_transfer",
+    "run_ddl",
     "tenant_transaction",
 ]
 
@@ -53,8 +60,14 @@ _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 TRANSFER_APPLICATION_NAME = "tenant_gateway.transfer"
 """``application_name`` of the transfers' connections (visible in ``pg_stat_activity``)."""
-_TRANSFER_LOCK = "SELECT pg_try_advisory_lock(hashtext('tg_transfer'), hashtext($1))"
-_TRANSFER_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tg_transfer'), hashtext($1))"
+# A transaction-level advisory lock (released at commit or rollback, so it holds behind
+# PgBouncer's transaction pooling too), keyed by a 64-bit hash of the tenant id.
+_TRANSFER_LOCK = (
+    "SELECT pg_try_advisory_xact_lock(hashtextextended('tenant_gateway.transfer:' || $1, 0))"
+)
+DDL_LOCK_TIMEOUT = 2.0
+"""Seconds DDL at start-up waits for its table's lock before it gives up (and tries again)."""
+DDL_ATTEMPTS = 5
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -92,17 +105,25 @@ class Database:
         timeout: float = 5.0,
         transfer_pool_size: int = 2,
         transfer_statement_timeout: float | None = None,
+        lock_timeout: float = 1.0,
     ):
         """``transfer_pool_size`` connections at most for exports and imports, opened when one
-        needs it; each of their statements is bounded by ``transfer_statement_timeout`` s."""
+        needs it; each of their statements is bounded by ``transfer_statement_timeout`` s. A
+        gateway transaction waits at most ``lock_timeout`` s for any one lock."""
         if urlsplit(url).scheme not in ("postgres", "postgresql"):
             raise ConfigurationError(f"database_url must be postgresql://…, got {redact_url(url)}")
+        if lock_timeout <= 0:
+            raise ConfigurationError("lock_timeout must be positive")
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout
         self._transfer_pool_size = transfer_pool_size
         self._transfer_statement_timeout = transfer_statement_timeout
+        self.lock_timeout = lock_timeout
+        self._gateway_settings = (
+            f"SET LOCAL ROLE {OWNER_ROLE}; SET LOCAL lock_timeout = {_milliseconds(lock_timeout)}"
+        )
         self._pool: asyncpg.Pool | None = None
         self._transfer_pool: asyncpg.Pool | None = None
 
@@ -167,11 +188,10 @@ class Database:
                 logger.debug("released a broken PostgreSQL connection", exc_info=True)
 
     @asynccontextmanager
-    async def transfer_connection(self, tenant_id: str) -> AsyncIterator[PooledConnection]:
-        """A connection of the transfers' own pool, holding the tenant's transfer lock (a
-        session advisory lock): ``TransferBusy`` if a transfer of the tenant holds it already,
-        in any process. A statement over the pool's timeout is the store's failure here
-        (``StoreUnavailable``), like a broken connection."""
+    async def transfer_connection(self) -> AsyncIterator[PooledConnection]:
+        """A connection of the transfers' own pool (the transfer takes its tenant's lock in its
+        transaction: ``lock_transfer``). A statement over the pool's timeout is the store's
+        failure here (``StoreUnavailable``), like a broken connection."""
         pool = self._transfer_pool
         if pool is None:
             raise StoreUnavailable("PostgreSQL", redact_url(self.url), "the pool is not open")
@@ -180,17 +200,7 @@ class Database:
         except _CONNECT_ERRORS as exc:
             raise self.unavailable(exc) from exc
         try:
-            if not await conn.fetchval(_TRANSFER_LOCK, tenant_id):
-                raise TransferBusy(
-                    "This tenant already has an export or import in progress.", per_tenant=True
-                )
-            try:
-                yield conn
-            finally:
-                # If this fails (a broken connection), the lock went with the session; if it
-                # never runs (cancelled), the pool's reset on release drops it.
-                with contextlib.suppress(*_DRIVER_ERRORS, TimeoutError, asyncpg.PostgresError):
-                    await conn.execute(_TRANSFER_UNLOCK, tenant_id)
+            yield conn
         except (*_DRIVER_ERRORS, TimeoutError) as exc:
             raise self.unavailable(exc) from exc
         finally:
@@ -202,10 +212,20 @@ class Database:
     @asynccontextmanager
     async def gateway_transaction(self) -> AsyncIterator[PooledConnection]:
         """A transaction as the table-owning role, for the gateway's own cross-tenant queries
-        (key lookup by hash, registration, operator listings). Never handed to the app."""
-        async with self.connection() as conn, conn.transaction():
-            await as_owner(conn)
-            yield conn
+        (key lookup by hash, registration, operator listings). Never handed to the app.
+
+        A statement waits at most ``lock_timeout`` for a lock (a tenant row an import holds,
+        say): past it the transaction is rolled back and ``StoreBusy`` raised, so a held row
+        costs its callers a second, not a shared connection each for as long as it is held."""
+        try:
+            async with self.connection() as conn, conn.transaction():
+                await conn.execute(self._gateway_settings)
+                yield conn
+        except asyncpg.LockNotAvailableError as exc:
+            raise StoreBusy(
+                "PostgreSQL",
+                f"a row this needs stayed locked for more than {self.lock_timeout:g} s",
+            ) from exc
 
     @asynccontextmanager
     async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[PooledConnection]:
@@ -234,12 +254,56 @@ async def as_tenant(conn: Connection, tenant_id: str) -> None:
     )
 
 
+def _milliseconds(seconds: float) -> str:
+    return f"'{max(1, round(seconds * 1000))}ms'"
+
+
+async def lock_transfer(conn: Connection, tenant_id: str) -> None:
+    """Take the tenant's transfer lock for the rest of the caller's transaction, or raise
+    ``TransferBusy`` if a transfer of the tenant holds it, in this process or any other."""
+    if not await conn.fetchval(_TRANSFER_LOCK, tenant_id):
+        raise TransferBusy(
+            "This tenant already has an export or import in progress.", per_tenant=True
+        )
+
+
+async def run_ddl(
+    conn: Connection,
+    apply: Callable[[], Awaitable[object]],
+    what: str,
+    *,
+    lock_timeout: float = DDL_LOCK_TIMEOUT,
+    attempts: int = DDL_ATTEMPTS,
+) -> None:
+    """Run ``apply`` (DDL on ``conn``) in a transaction whose lock waits last at most
+    ``lock_timeout`` s: DDL waiting for its table's lock (behind an export's long read, say)
+    would queue every later query on that table behind itself. It gives up instead, pauses as
+    long, and tries again, ``attempts`` times in all; then ``StoreBusy`` naming ``what``."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = {_milliseconds(lock_timeout)}")
+                await apply()
+            return
+        except asyncpg.LockNotAvailableError:
+            if attempt == attempts:
+                break
+            logger.warning("%s: its table is locked; try %d of %d", what, attempt, attempts)
+            await asyncio.sleep(lock_timeout)
+    raise StoreBusy(
+        "PostgreSQL",
+        f"{what} could not lock its table within {lock_timeout:g} s, {attempts} times:"
+        " a long transaction holds it (an export?); try again once that has ended",
+    )
+
+
 async def migrate(conn: Connection) -> list[str]:
-    """Apply the migrations this database lacks; returns the names applied."""
+    """Apply the migrations this database lacks; returns the names applied. Each runs under
+    ``run_ddl``: ``StoreBusy`` rather than a wait that stalls the tables' other users."""
     applied_now = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
-        await conn.execute(
+        await conn.execute(  # takes no lock when the table exists
             "CREATE TABLE IF NOT EXISTS tg_schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
@@ -250,17 +314,45 @@ async def migrate(conn: Connection) -> list[str]:
         for version, name, sql in _migrations():
             if version in done:
                 continue
-            async with conn.transaction():
+
+            async def apply(version: int = version, name: str = name, sql: str = sql) -> None:
                 await conn.execute(sql)
                 await conn.execute(
                     "INSERT INTO tg_schema_migrations (version, name) VALUES ($1, $2)",
                     version,
                     name,
                 )
+
+            await run_ddl(conn, apply, f"migration {name}")
             applied_now.append(name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied_now
+
+
+_CONDITION = f"tenant_id = (SELECT current_setting('{TENANT_SETTING}', true))"
+# The condition as PostgreSQL prints it back (pg_get_expr, version 15). Should another version
+# print it otherwise, a table merely looks not isolated yet and isolate_table runs its DDL.
+_CONDITION_STORED = (
+    f"(tenant_id = ( SELECT current_setting('{TENANT_SETTING}'::text, true) AS current_setting))"
+)
+_ISOLATED = """
+SELECT c.relrowsecurity AND c.relforcerowsecurity
+  AND EXISTS (SELECT 1 FROM pg_policy p
+              WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation' AND p.polcmd = '*'
+                AND p.polpermissive AND p.polroles = '{0}'
+                AND pg_get_expr(p.polqual, p.polrelid) = $2
+                AND pg_get_expr(p.polwithcheck, p.polrelid) = $2)
+  AND has_table_privilege($3, c.oid, 'SELECT') AND has_table_privilege($3, c.oid, 'INSERT')
+  AND has_table_privilege($3, c.oid, 'UPDATE') AND has_table_privilege($3, c.oid, 'DELETE')
+FROM pg_class c WHERE c.oid = to_regclass($1)
+"""
+
+
+async def is_isolated(conn: Connection, table: str) -> bool:
+    """Whether ``table`` is already as ``isolate_table`` leaves it (read from the catalogue:
+    no lock on the table)."""
+    return bool(await conn.fetchval(_ISOLATED, table, _CONDITION_STORED, RUNTIME_ROLE))
 
 
 async def isolate_table(conn: Connection, table: str) -> None:
@@ -269,11 +361,15 @@ async def isolate_table(conn: Connection, table: str) -> None:
     Enables and forces row-level security, installs a policy whose USING and WITH CHECK both
     compare ``tenant_id`` with the tenant context (read once per statement), and grants the
     runtime role plain DML on it. With no context set, no row is visible or writable.
-    Idempotent; call it from the application's own migration.
+    Idempotent, and a table already isolated gets no DDL at all (``ALTER TABLE`` waits for
+    every reader of the table, and every later query waits behind it). Call it from the
+    application's own migration, under a lock timeout (``run_ddl`` does both).
     """
     if _IDENTIFIER_RE.match(table) is None:
         raise ConfigurationError(f"table name {table!r} must be a plain lower-case identifier")
-    condition = f"tenant_id = (SELECT current_setting('{TENANT_SETTING}', true))"
+    if await is_isolated(conn, table):
+        return
+    condition = _CONDITION
     await conn.execute(
         f"""
         ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;

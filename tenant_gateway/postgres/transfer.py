@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from tenant_gateway.clock import format_timestamp
+from tenant_gateway.keys import ID_MAX_LENGTH
 from tenant_gateway.models import AuditEntry
 from tenant_gateway.postgres.catalog import application_tables
 from tenant_gateway.postgres.database import (
@@ -38,6 +39,7 @@ from tenant_gateway.postgres.database import (
     Database,
     as_owner,
     as_tenant,
+    lock_transfer,
 )
 from tenant_gateway.postgres.directory import insert_audit
 from tenant_gateway.tallies import MAX_TALLY, field_name
@@ -222,8 +224,9 @@ async def export_tenant(
 async def _export_lines(
     database: Database, tenant_id: str, now: datetime
 ) -> AsyncGenerator[bytes, None]:
-    async with database.transfer_connection(tenant_id) as conn:
+    async with database.transfer_connection() as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await lock_transfer(conn, tenant_id)
             await as_owner(conn)
             gateway = [
                 await _describe(conn, name, column) for name, (column, _, _) in _GATEWAY.items()
@@ -379,16 +382,24 @@ class _Importer:
 
     async def _avoid_collision(self, table: _Table, row: dict[str, Any]) -> None:
         column = table.key[0]
-        old = row[column]
-        taken = await self.conn.fetchval(
-            f'SELECT 1 FROM "{table.name}" WHERE "{table.tenant_column}" = $1 AND "{column}" = $2',
-            self.tenant_id,
-            old,
+        old = new = row[column]
+        taken = (
+            f'SELECT 1 FROM "{table.name}" WHERE "{table.tenant_column}" = $1 AND "{column}" = $2'
         )
-        if taken:
-            new = f"{old}-{secrets.token_hex(4)}"
+        while await self.conn.fetchval(taken, self.tenant_id, new):
+            new = _renamed(old)
+        if new != old:
             row[column] = new
             self.renamed.setdefault(f"{table.name}.{column}", {})[old] = new
+
+
+_SUFFIX = 9  # "-" and 8 hex digits
+
+
+def _renamed(key: str) -> str:
+    """``key`` with a random suffix, cut so the result stays an id (``keys.is_id``: at most
+    ``ID_MAX_LENGTH`` characters) if it was one."""
+    return f"{key[: ID_MAX_LENGTH - _SUFFIX]}-{secrets.token_hex(4)}"
 
 
 def _check_usage(line: int, row: Mapping[str, Any]) -> None:
@@ -447,10 +458,11 @@ async def import_tenant(
     (unless a dry run) the ``audit`` entry that records it, its target the counts."""
     header_line = await anext(lines, None)
     expected = _header(header_line[1] if header_line else None)
-    async with database.transfer_connection(tenant_id) as conn:
+    async with database.transfer_connection() as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:
+            await lock_transfer(conn, tenant_id)
             await as_owner(conn)
             tables = {
                 name: await _describe(conn, name, column)
