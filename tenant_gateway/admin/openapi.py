@@ -72,6 +72,15 @@ def _operation(
 
 
 def _on(*names: str, **operations: dict[str, Any]) -> dict[str, Any]:
+    for method, operation in operations.items():
+        if method != "get":  # a change waits at most a second for a row lock: 409 lock_timeout
+            operation["responses"].setdefault(
+                "409",
+                {
+                    "description": "problem",
+                    "content": {"application/problem+json": {"schema": _PROBLEM}},
+                },
+            )
     return {"parameters": [_path_parameter(name) for name in names], **operations}
 
 
