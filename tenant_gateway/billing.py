@@ -14,10 +14,15 @@ level; the total is the sum of the lines. No float ever reaches an amount.
   at its rate, one line per plan. So overage starts exactly where the ``RateLimit`` header shows
   ``r=0``, a whole month on one plan bills as it always did, and a plan change cannot move
   calls already made to another plan's terms.
-- **Calls per segment.** A plan change snapshots the period's billable calls at that instant
-  (``mark_plan_change``: a ``calls@<µs>`` field of the usage hash, which the ledger keeps like
-  any tally); a segment's calls are the difference between the snapshots at its ends. A change
-  without a snapshot (made before snapshots existed) is estimated from the per-day tallies.
+- **Calls per segment.** A plan change stores the period's billable calls made before it
+  (``calls_before``, read from the counters just before) in its own plan-history row, in the
+  transaction that makes the change: the change and its count are committed together or not at
+  all. A segment's calls are the difference between the counts at its ends. The count is never
+  kept in the usage hash: that is tenant-influenced state, flushed to the ledger later, and a
+  billing fact lost with it would fall back to an estimate a tenant can game. A change stored
+  before the column existed (migration 0008, ``calls_before`` NULL) reads the snapshot earlier
+  versions wrote into the usage hash (a ``calls@<µs>`` field, which ledgers of the time hold),
+  else is estimated from the per-day tallies.
 - **Seats.** On the plan in force at the end: users beyond ``included_seats`` at
   ``seat_price_cents`` each, counted when the invoice is computed (at closing, for an issued
   invoice).
@@ -39,7 +44,7 @@ from tenant_gateway.directory import TenantDirectory
 from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.invoices import InvoiceStore
 from tenant_gateway.ledger import UsageLedger, period_tallies
-from tenant_gateway.models import Tenant
+from tenant_gateway.models import PlanChange, Tenant
 from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore
 from tenant_gateway.usage import billed_calls
@@ -57,9 +62,6 @@ __all__ = [
 
 logger = logging.getLogger("tenant_gateway.billing")
 
-PlanChange = tuple[str, datetime]
-"""(plan name, when it took effect)."""
-
 
 def round_half_up(value: Fraction) -> int:
     return math.floor(value + Fraction(1, 2))
@@ -70,6 +72,8 @@ class Segment:
     plan: Plan
     start: datetime
     end: datetime
+    calls_before: int | None = None
+    """The calls stored with the change that started the segment (None: not stored)."""
 
     @property
     def seconds(self) -> int:
@@ -86,27 +90,34 @@ def _plan(plans: PlanCatalog, name: str) -> Plan:
 def plan_segments(
     history: list[PlanChange], tenant: Tenant, period: Period, plans: PlanCatalog
 ) -> list[Segment]:
-    """The plans in force during ``period``, each with the part of the period it covered."""
+    """The plans in force during ``period``, each with the part of the period it covered and
+    the calls stored with the change that started it."""
     start = max(period.start, tenant.created_at)
     end = period.end
     if start >= end:
         return []
     segments: list[Segment] = []
-    current: str | None = None
+    current: PlanChange | None = None
     cursor = start
-    for name, at in sorted(history, key=lambda change: change[1]):
-        if at <= start:
-            current = name
+    for change in sorted(history, key=lambda change: change.at):
+        if change.at <= start:
+            current = change
             continue
-        if at >= end:
+        if change.at >= end:
             break
-        if current is not None and at > cursor:
-            segments.append(Segment(_plan(plans, current), cursor, at))
-        current, cursor = name, at  # sorted, and past start: never behind the cursor
+        if current is not None and change.at > cursor:
+            segments.append(_segment(plans, current, cursor, change.at))
+        current, cursor = change, change.at  # sorted, and past start: never behind the cursor
     if current is None:
-        current = tenant.plan
-    segments.append(Segment(_plan(plans, current), cursor, end))
+        current = PlanChange(tenant.plan, start)
+    segments.append(_segment(plans, current, cursor, end))
     return [segment for segment in segments if segment.seconds > 0]
+
+
+def _segment(plans: PlanCatalog, change: PlanChange, start: datetime, end: datetime) -> Segment:
+    """``change``'s plan from ``start`` (its own instant, or the period's start) to ``end``."""
+    calls_before = change.calls_before if change.at == start else None
+    return Segment(_plan(plans, change.plan), start, end, calls_before)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -114,15 +125,23 @@ _DAY_SECONDS = 86_400
 
 
 def change_field(at: datetime) -> str:
-    """The usage-hash field holding the period's billable calls when a plan change took
-    effect at ``at`` (in integer microseconds: the instant the plan history stores)."""
+    """The usage-hash field in which versions before migration 0008 kept the period's billable
+    calls when a plan change took effect at ``at`` (in integer microseconds: the instant the
+    plan history stores). Read only, for changes stored without ``calls_before``; nothing
+    writes it any more."""
     return f"calls@{(at - _EPOCH) // timedelta(microseconds=1)}"
 
 
-def calls_at(at: datetime, tallies: Mapping[str, int], period: Period) -> int:
-    """The period's billable calls made before ``at``, a plan change inside it: the snapshot
-    the change took, else the per-day tallies (whole days before, and the day of the change
-    in proportion to the part of it gone, rounded down)."""
+def calls_at(
+    at: datetime, tallies: Mapping[str, int], period: Period, stored: int | None = None
+) -> int:
+    """The period's billable calls made before ``at``, a plan change inside it: ``stored``,
+    the count stored with the change; for a change stored without one, the snapshot an
+    earlier version kept in the usage hash (``change_field``), else the per-day tallies
+    (whole days before, and the day of the change in proportion to the part of it gone,
+    rounded down)."""
+    if stored is not None:
+        return stored
     snapshot = tallies.get(change_field(at))
     if snapshot is not None:
         return snapshot
@@ -140,12 +159,13 @@ def segment_bounds(
     segments: list[Segment], tallies: Mapping[str, int], period: Period
 ) -> list[tuple[int, int]]:
     """Each segment's calls as positions in the month's count: (calls before it, calls by its
-    end), from the snapshots at its ends. Bounds are kept in order and within the period's
-    total (a refund counted after a snapshot can leave a snapshot above the total)."""
+    end), from the counts at its ends. Bounds are kept in order and within the period's total
+    (a refund counted after a change can leave its count above the total)."""
     total = billed_calls(tallies)
     bounds = [0]
     for segment in segments[1:]:
-        bounds.append(max(bounds[-1], min(total, calls_at(segment.start, tallies, period))))
+        before = calls_at(segment.start, tallies, period, segment.calls_before)
+        bounds.append(max(bounds[-1], min(total, before)))
     bounds.append(total)
     return list(itertools.pairwise(bounds))
 
@@ -210,8 +230,9 @@ def build_invoice(
     number: str | None = None,
     issued_at: datetime | None = None,
 ) -> dict[str, object]:
-    """``tallies``: the period's usage hash (its ``calls``, refunds, per-day counts and the
-    plan changes' snapshots)."""
+    """``history``: the plan history with the calls stored with each change; ``tallies``: the
+    period's usage (its ``calls``, refunds, per-day counts, and the snapshots earlier versions
+    kept there for their plan changes)."""
     segments = plan_segments(history, tenant, period, plans)
     period_seconds = int((period.end - period.start).total_seconds())
     priced: list[tuple[int, dict[str, object]]] = []
@@ -288,15 +309,13 @@ class Billing:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
-    async def mark_plan_change(self, tenant_id: str, at: datetime) -> None:
-        """Snapshot the period's billable calls for a plan change taking effect at ``at``;
-        called just before the change is stored, so every call counted so far is the old
-        plan's. A snapshot whose change is then refused is never read."""
+    async def calls_before(self, tenant_id: str, at: datetime) -> int:
+        """The period's billable calls counted so far, for a plan change taking effect at
+        ``at``: read just before the change is stored (``calls_before`` of
+        ``TenantDirectory.change_plan``), so every call counted so far is the old plan's.
+        Reads only; ``StoreUnavailable`` when the counters cannot answer."""
         key = (tenant_id, str(Period.containing(at.timestamp())))
-        tallies = await self._counters.read(key)
-        field = change_field(at)
-        if field not in tallies:  # adding to a new field sets it
-            await self._counters.add({key: {field: billed_calls(tallies)}})
+        return billed_calls(await self._counters.read(key))
 
     async def _render(self, tenant: Tenant, period: Period, status: str) -> dict[str, object]:
         return build_invoice(

@@ -22,6 +22,7 @@ from tenant_gateway import problems
 from tenant_gateway.models import (
     ApiKeyRecord,
     AuditEntry,
+    PlanChange,
     Role,
     Tenant,
     TenantStatus,
@@ -75,16 +76,26 @@ class TenantDirectory(Protocol):
         """Apply ``changes``; a seat cap below the current user count is refused (409)."""
 
     async def change_plan(
-        self, tenant_id: str, plan: Plan, at: datetime, *, audit: AuditEntry | None = None
+        self,
+        tenant_id: str,
+        plan: Plan,
+        at: datetime,
+        *,
+        calls_before: int,
+        audit: AuditEntry | None = None,
     ) -> Tenant | None:
-        """Switch plan, refusing (409) when the tenant has more users than it allows."""
+        """Switch plan, refusing (409) when the tenant has more users than it allows.
+        ``calls_before``, the period's billable calls made so far, is stored with the change
+        (the same step) for the invoice to split the month's calls at; a change to the plan
+        the tenant has already stores nothing but its audit entry."""
 
     async def set_status(
         self, tenant_id: str, status: TenantStatus, *, audit: AuditEntry | None = None
     ) -> Tenant | None: ...
 
-    async def plan_history(self, tenant_id: str) -> list[tuple[str, datetime]]:
-        """Every plan the tenant has had, with when it took effect, oldest first."""
+    async def plan_history(self, tenant_id: str) -> list[PlanChange]:
+        """Every plan the tenant has had, with when it took effect and the calls stored with
+        the change, oldest first (the first is the registration's)."""
 
     async def delete_tenant(
         self, tenant_id: str, at: datetime, *, audit: AuditEntry | None = None
@@ -173,7 +184,8 @@ class MemoryDirectory:
         self._audit: dict[str, list[AuditEntry]] = {}
         self._audit_ids = itertools.count(1)
         self._webhooks: dict[str, tuple[str, str]] = {}
-        self.plan_changes: list[tuple[str, str | None, str, datetime]] = []
+        self.plan_changes: list[tuple[str, str | None, PlanChange]] = []
+        """(tenant id, the plan before or None at registration, the change)."""
 
     async def start(self) -> None:
         return None
@@ -191,7 +203,7 @@ class MemoryDirectory:
         self._tenants[tenant.id] = tenant
         self._users[tenant.id] = {admin.id: admin}
         self._keys[key.key_hash] = key
-        self.plan_changes.append((tenant.id, None, tenant.plan, tenant.created_at))
+        self.plan_changes.append((tenant.id, None, PlanChange(tenant.plan, tenant.created_at)))
         self._record(audit)
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -230,7 +242,13 @@ class MemoryDirectory:
         return updated
 
     async def change_plan(
-        self, tenant_id: str, plan: Plan, at: datetime, *, audit: AuditEntry | None = None
+        self,
+        tenant_id: str,
+        plan: Plan,
+        at: datetime,
+        *,
+        calls_before: int,
+        audit: AuditEntry | None = None,
     ) -> Tenant | None:
         tenant = self._live(tenant_id)
         if tenant is None:
@@ -241,7 +259,7 @@ class MemoryDirectory:
             return tenant
         updated = dataclasses.replace(tenant, plan=plan.name)
         self._tenants[tenant_id] = updated
-        self.plan_changes.append((tenant_id, tenant.plan, plan.name, at))
+        self.plan_changes.append((tenant_id, tenant.plan, PlanChange(plan.name, at, calls_before)))
         return updated
 
     async def set_status(
@@ -255,8 +273,8 @@ class MemoryDirectory:
         self._record(audit)
         return updated
 
-    async def plan_history(self, tenant_id: str) -> list[tuple[str, datetime]]:
-        return [(to, at) for tid, _, to, at in self.plan_changes if tid == tenant_id]
+    async def plan_history(self, tenant_id: str) -> list[PlanChange]:
+        return [change for tid, _, change in self.plan_changes if tid == tenant_id]
 
     async def delete_tenant(
         self, tenant_id: str, at: datetime, *, audit: AuditEntry | None = None

@@ -12,6 +12,7 @@ from tenant_gateway.plans import Plan
 __all__ = [
     "ApiKeyRecord",
     "AuditEntry",
+    "PlanChange",
     "Role",
     "Tenant",
     "TenantStatus",
@@ -129,6 +130,18 @@ class AuditEntry:
             "at": format_timestamp(self.at),
             "ip": self.ip,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """A plan the tenant took on (the plan history, oldest first, starts with registration)."""
+
+    plan: str
+    at: datetime
+    """When it took effect."""
+    calls_before: int | None = None
+    """The period's billable calls made before it, stored with the change in one step; None
+    for the registration, and for a change stored before this was (migration 0008)."""
 
 
 def _timestamp_or_none(moment: datetime | None) -> str | None:

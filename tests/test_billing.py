@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -17,12 +18,12 @@ from tenant_gateway import TenantGateway, load_plans
 from tenant_gateway.billing import build_invoice, calls_at, change_field, round_half_up
 from tenant_gateway.clock import Period
 from tenant_gateway.invoices import InvoiceStore, MemoryInvoices
-from tenant_gateway.models import Tenant, TenantStatus
+from tenant_gateway.models import PlanChange, Tenant, TenantStatus
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.invoices import PostgresInvoices
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .conftest import JWT_SECRET, REDIS_URL, FakeClock, Stores, auth, operator_headers, register
 from .test_faults import gateway_via, proxy_to
 from .test_middleware import assert_problem
 
@@ -184,7 +185,7 @@ def test_scenarios_computed_by_hand(
     invoice = build_invoice(
         tenant=tenant(history[-1][0], created),
         period=Period.parse(period),
-        history=[(plan, at(since)) for plan, since in history],
+        history=[PlanChange(plan, at(since)) for plan, since in history],
         tallies={"calls": calls},
         users=users,
         plans=PLANS,
@@ -204,8 +205,8 @@ def test_scenarios_computed_by_hand(
 # Overage on each plan's own terms (November 2026: 30 days). The month's n-th call, made on
 # plan P, is overage when n exceeds P's monthly quota (metered 1,000 at 200 per started
 # thousand, metered-plus 10,000 at 100); each plan's price is prorated by time. (case, created,
-# history [(plan, from)], calls before each change (the snapshot it took), calls in the month,
-# expected line amounts)
+# history [(plan, from)], calls before each change (the count stored with it), calls in the
+# month, expected line amounts)
 OVERAGE: list[tuple[str, str, list[tuple[str, str]], list[int], int, list[int]]] = [
     # The finding: 1,100 calls on metered, then free for the last day. metered 29/30 of 1,000
     # cents = 966.67 → 967; calls 1,001-1,100 were made on metered: 100 over → 200. (Billed on
@@ -268,6 +269,7 @@ OVERAGE: list[tuple[str, str, list[tuple[str, str]], list[int], int, list[int]]]
 ]
 
 
+@pytest.mark.parametrize("kept", ["with the change", "legacy usage field"])
 @pytest.mark.parametrize(
     ("created", "history", "snapshots", "calls", "amounts"),
     [case[1:] for case in OVERAGE],
@@ -279,15 +281,27 @@ def test_overage_on_each_plans_terms(
     snapshots: list[int],
     calls: int,
     amounts: list[int],
+    kept: str,
 ) -> None:
-    changes = [at(since) for _, since in history[1:]]
-    tallies = {"calls": calls} | {
-        change_field(moment): before for moment, before in zip(changes, snapshots, strict=True)
-    }
+    """Each case twice: the count stored with each change (plan history), and a change stored
+    before migration 0008 (no count) whose snapshot an earlier version kept in the usage hash
+    (``calls@<µs>``, still in the ledgers it wrote): the same cents either way."""
+    counts = [None, *snapshots]  # the registration row carries none
+    stored = kept == "with the change"
+    changes = [
+        PlanChange(plan, at(since), before if stored else None)
+        for (plan, since), before in zip(history, counts, strict=True)
+    ]
+    tallies = {"calls": calls}
+    if not stored:
+        tallies |= {
+            change_field(change.at): before
+            for change, before in zip(changes[1:], snapshots, strict=True)
+        }
     invoice = build_invoice(
         tenant=tenant(history[-1][0], created),
         period=Period(2026, 11),
-        history=[(plan, at(since)) for plan, since in history],
+        history=changes,
         tallies=tallies,
         users=1,
         plans=PLANS,
@@ -303,11 +317,12 @@ def test_a_change_without_a_snapshot_is_estimated_from_the_days() -> None:
     and half of day 30's 100 are metered's: 1,050. metered 29.5/30: 983.33 → 983 cents; 50
     calls over its 1,000 → 200."""
     tallies = {"calls": 1100, "day:01": 1000, "day:30": 110, "refday:30": 10}
-    assert calls_at(at("2026-11-30T12:00:00"), tallies, Period(2026, 11)) == 1050
+    moment = at("2026-11-30T12:00:00")
+    assert calls_at(moment, tallies, Period(2026, 11)) == 1050
     invoice = build_invoice(
         tenant=tenant("free", "2026-10-01"),
         period=Period(2026, 11),
-        history=[("metered", at("2026-10-01")), ("free", at("2026-11-30T12:00:00"))],
+        history=[PlanChange("metered", at("2026-10-01")), PlanChange("free", moment)],
         tallies=tallies,
         users=1,
         plans=PLANS,
@@ -315,6 +330,33 @@ def test_a_change_without_a_snapshot_is_estimated_from_the_days() -> None:
     )
     lines: Any = invoice["lines"]
     assert [line["amount_cents"] for line in lines] == [983, 0, 200]
+
+
+def test_the_count_stored_with_a_change_wins_over_the_usage_hash() -> None:
+    """The attack the stored count stops: 1,100 calls on metered in the first second of day
+    20, a change to free 5 s later. From the day's tallies the change would have 1,100 × 6 ÷
+    86,400 → 0 calls before it, moving all 1,100 (and the overage) to free; a ``calls@``
+    field in the usage hash (tenant-influenced state) says whatever it says. The count stored
+    with the change decides: metered 1,641,606 of 2,592,000 s of 1,000 cents = 633.34 → 633;
+    calls 1,001-1,100 over its quota → 200."""
+    moment = at("2026-11-20T00:00:06")
+    november = Period(2026, 11)
+    tallies = {"calls": 1100, "day:20": 1100}
+    assert calls_at(moment, tallies, november) == 0  # the estimate, gamed
+    assert calls_at(moment, tallies | {change_field(moment): 3}, november) == 3  # legacy field
+    assert calls_at(moment, tallies | {change_field(moment): 3}, november, 1100) == 1100
+    invoice = build_invoice(
+        tenant=tenant("free", "2026-10-01"),
+        period=november,
+        history=[PlanChange("metered", at("2026-10-01")), PlanChange("free", moment, 1100)],
+        tallies=tallies | {change_field(moment): 3},
+        users=1,
+        plans=PLANS,
+        status="draft",
+    )
+    lines: Any = invoice["lines"]
+    assert [line["amount_cents"] for line in lines] == [633, 0, 200]
+    assert lines[2]["plan"] == "metered" and lines[2]["overage_calls"] == 100
 
 
 def test_round_half_up() -> None:
@@ -325,10 +367,15 @@ def test_round_half_up() -> None:
 # -- over the API -------------------------------------------------------------------------------
 
 
-def gateway(stores: Stores, clock: FakeClock) -> TenantGateway:
+def gateway(stores: Stores, clock: FakeClock, **options: Any) -> TenantGateway:
     plans = {"plans": {name: _raw(plan) for name, plan in PLANS.items()}}
     return TenantGateway(
-        echo_app(), admin_jwt_secret=JWT_SECRET, plans=plans, clock=clock, **stores.kwargs()
+        echo_app(),
+        admin_jwt_secret=JWT_SECRET,
+        plans=plans,
+        clock=clock,
+        **stores.kwargs(),
+        **options,
     )
 
 
@@ -442,6 +489,141 @@ async def test_overage_stays_on_the_plan_it_was_made_on(stores: Stores, client_f
     assert issued["status"] == "issued"
     assert [line["amount_cents"] for line in issued["lines"]] == [967, 0, 200]
     assert issued["lines"][2]["plan"] == "metered" and issued["lines"][2]["calls"] == 1100
+
+
+async def calls(client: Any, tenant: dict[str, Any], count: int) -> None:
+    statuses = await asyncio.gather(
+        *(client.get("/whoami", headers=auth(tenant)) for _ in range(count))
+    )
+    assert {r.status_code for r in statuses} == {200}
+
+
+async def change_plan(client: Any, tenant: dict[str, Any], plan: str) -> None:
+    answer = await client.put(f"{T}/{tenant['id']}/plan", json={"plan": plan}, headers=auth(tenant))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["plan"] == plan
+
+
+async def test_the_calls_before_a_change_are_stored_with_it(
+    stores: Stores, client_for: Any
+) -> None:
+    """The plan history holds, in each change's row, the month's calls made before it; the
+    registration's row holds none, and a change to the same plan stores no row."""
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    gw = gateway(stores, clock)
+    client = await client_for(gw)
+    tenant = await register(client, plan="free")
+    await calls(client, tenant, 7)
+    clock.set(at("2026-11-05T00:00:00"))
+    await change_plan(client, tenant, "professional")
+    await calls(client, tenant, 3)
+    clock.set(at("2026-11-06T12:00:00"))
+    await change_plan(client, tenant, "free")
+    await change_plan(client, tenant, "free")  # a no-op
+    assert await gw.services.directory.plan_history(tenant["id"]) == [
+        PlanChange("free", at("2026-11-01T00:00:00"), None),
+        PlanChange("professional", at("2026-11-05T00:00:00"), 7),
+        PlanChange("free", at("2026-11-06T12:00:00"), 10),
+    ]
+
+
+async def test_no_snapshot_field_in_the_usage_hash(stores: Stores, client_for: Any) -> None:
+    """A plan change writes nothing into the tenant's usage: not in the counters, not in the
+    ledger, not in the Redis hash itself; flipping plans cannot grow them."""
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    gw = gateway(stores, clock)
+    client = await client_for(gw)
+    tenant = await register(client, plan="metered")
+    await calls(client, tenant, 5)
+    key = (tenant["id"], "2026-11")
+    await gw.flush()  # the route tallies batched in process, too
+    before = set(await gw.services.counters.read(key))
+    for plan in ("free", "metered", "professional", "metered"):
+        clock.advance(60)
+        await change_plan(client, tenant, plan)
+    await gw.flush()
+    assert set(await gw.services.counters.read(key)) == before
+    ledger = await gw.services.ledger.read(key)
+    assert ledger["calls"] == 5 and not [field for field in ledger if "@" in field]
+    if stores.name == "real":
+        raw = aioredis.Redis.from_url(stores.redis_url or "")
+        fields = await raw.hkeys(f"{stores.redis_key_prefix}usage:{{{tenant['id']}}}:2026-11")
+        await raw.aclose()
+        assert fields and not [field for field in fields if b"@" in field]
+
+
+async def test_losing_the_usage_hash_cannot_move_overage_to_the_new_plan(
+    stores: Stores, client_for: Any
+) -> None:
+    """The attack: on metered (1,000 calls, 200 cents per started 1,000 beyond), 1,100 calls
+    in the first second of day 20, then a change to free 5 s later; then the live usage hash
+    is lost (counters dropped before any flush could carry a snapshot to the ledger: a
+    process dying, a hash set aside), so the ledger is the only usage left. The per-day
+    estimate would put 1,100 × 6 ÷ 86,400 → 0 calls on metered and bill no overage. Billed
+    by hand: metered 1 Nov 00:00:00 to 20 Nov 00:00:06, 1,641,606 of 2,592,000 s of 1,000
+    cents = 633.34 → 633; free 0; calls 1,001-1,100 were made on metered: 100 over → 200."""
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    gw = gateway(stores, clock, usage_flush_interval=3600.0)  # only the test flushes
+    client = await client_for(gw)
+    tenant = await register(client, plan="metered")
+    url = f"{T}/{tenant['id']}"
+    clock.set(at("2026-11-20T00:00:01"))
+    await calls(client, tenant, 1100)
+    await gw.flush()  # the calls reach the ledger
+    clock.set(at("2026-11-20T00:00:06"))
+    await change_plan(client, tenant, "free")
+    await gw.services.counters.forget([(tenant["id"], "2026-11")])
+    expected = [633, 0, 200]
+    draft = (await client.get(f"{url}/billing/invoice", headers=auth(tenant))).json()
+    assert [line["amount_cents"] for line in draft["lines"]] == expected
+    assert draft["total_cents"] == 833 and draft["api_calls"] == 1100
+    assert draft["lines"][2]["plan"] == "metered" and draft["lines"][2]["overage_calls"] == 100
+    clock.set(at("2026-12-01T00:05:00"))
+    issued = (
+        await client.get(
+            f"{url}/billing/invoice", params={"period": "2026-11"}, headers=auth(tenant)
+        )
+    ).json()
+    assert issued["status"] == "issued"
+    assert [line["amount_cents"] for line in issued["lines"]] == expected
+
+
+async def test_a_change_stored_before_the_count_reads_the_legacy_snapshot(
+    postgres_url: str, redis_prefix: str, client_for: Any
+) -> None:
+    """A ledger and plan history as an earlier version left them: the change's row without a
+    count (``calls_before`` NULL, as migration 0008 leaves older rows), its snapshot in the
+    usage ledger as a ``calls@<µs>`` field. The invoice reads that field (the same cents as
+    the attack test above, 633 + 0 + 200); without it, the per-day estimate."""
+    clock = FakeClock(at("2026-11-01T00:00:00"))
+    gw = gateway(Stores("real", postgres_url, REDIS_URL, redis_prefix), clock)
+    client = await client_for(gw)
+    tenant, moment = await register(client, plan="metered"), at("2026-11-20T00:00:06")
+    url = f"{T}/{tenant['id']}/billing/invoice"
+    clock.set(at("2026-11-20T00:00:01"))
+    await calls(client, tenant, 1100)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("UPDATE tg_tenants SET plan = 'free' WHERE id = $1", tenant["id"])
+            await conn.execute(
+                "INSERT INTO tg_plan_changes (tenant_id, from_plan, to_plan, changed_at)"
+                " VALUES ($1, 'metered', 'free', $2)",
+                tenant["id"],
+                moment,
+            )
+    finally:
+        await conn.close()
+    history = await gw.services.directory.plan_history(tenant["id"])
+    assert [(change.plan, change.calls_before) for change in history] == [
+        ("metered", None),
+        ("free", None),
+    ]
+    estimated = (await client.get(url, headers=auth(tenant))).json()
+    assert [line["amount_cents"] for line in estimated["lines"]] == [633, 0]  # 1,100 × 6 ÷ 86,400
+    await gw.services.ledger.write({(tenant["id"], "2026-11"): {change_field(moment): 1100}})
+    draft = (await client.get(url, headers=auth(tenant))).json()
+    assert [line["amount_cents"] for line in draft["lines"]] == [633, 0, 200]
 
 
 async def test_switching_away_and_back(stores: Stores, client_for: Any) -> None:

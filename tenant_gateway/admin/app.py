@@ -352,12 +352,16 @@ class AdminAPI:
         body = await parse_body(request, ChangePlanRequest, self.s.max_body_bytes)
         plan = self._plan(body.plan)
         at = self._now()
-        if plan.name != tenant.plan:  # the calls made so far stay on the old plan's terms
-            await self.s.billing.mark_plan_change(tenant.id, at)
+        # The calls made so far stay on the old plan's terms: their count is stored with the
+        # change, in its transaction. Read even for the same plan: another change may be
+        # stored first, and then this one is a real change too.
+        calls_before = await self.s.billing.calls_before(tenant.id, at)
         entry = self._entry(
             request, caller, tenant.id, "tenant.plan", f"{tenant.plan} -> {plan.name}"
         )
-        updated = await self.s.directory.change_plan(tenant.id, plan, at, audit=entry)
+        updated = await self.s.directory.change_plan(
+            tenant.id, plan, at, calls_before=calls_before, audit=entry
+        )
         if updated is None:
             raise problems.not_found()
         await self._changed(tenant.id)

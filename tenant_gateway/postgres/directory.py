@@ -19,6 +19,7 @@ from tenant_gateway.directory import KeyUse, TenantChanges
 from tenant_gateway.models import (
     ApiKeyRecord,
     AuditEntry,
+    PlanChange,
     Role,
     Tenant,
     TenantStatus,
@@ -186,7 +187,13 @@ class PostgresDirectory:
         return updated
 
     async def change_plan(
-        self, tenant_id: str, plan: Plan, at: datetime, *, audit: AuditEntry | None = None
+        self,
+        tenant_id: str,
+        plan: Plan,
+        at: datetime,
+        *,
+        calls_before: int,
+        audit: AuditEntry | None = None,
     ) -> Tenant | None:
         async with self._db.gateway_transaction() as conn:
             tenant = await self._locked_tenant(conn, tenant_id)
@@ -206,12 +213,14 @@ class PostgresDirectory:
             if row is None:
                 return None
             await conn.execute(
-                "INSERT INTO tg_plan_changes (tenant_id, from_plan, to_plan, changed_at)"
-                " VALUES ($1, $2, $3, $4)",
+                "INSERT INTO tg_plan_changes"
+                " (tenant_id, from_plan, to_plan, changed_at, calls_before)"
+                " VALUES ($1, $2, $3, $4, $5)",
                 tenant_id,
                 tenant.plan,
                 plan.name,
                 at,
+                calls_before,
             )
         return _tenant(row)
 
@@ -230,14 +239,14 @@ class PostgresDirectory:
             await insert_audit(conn, audit)
         return _tenant(row)
 
-    async def plan_history(self, tenant_id: str) -> list[tuple[str, datetime]]:
+    async def plan_history(self, tenant_id: str) -> list[PlanChange]:
         async with self._db.gateway_transaction() as conn:
             rows = await conn.fetch(
-                "SELECT to_plan, changed_at FROM tg_plan_changes WHERE tenant_id = $1"
-                " ORDER BY changed_at, id",
+                "SELECT to_plan, changed_at, calls_before FROM tg_plan_changes"
+                " WHERE tenant_id = $1 ORDER BY changed_at, id",
                 tenant_id,
             )
-        return [(row["to_plan"], row["changed_at"]) for row in rows]
+        return [PlanChange(row["to_plan"], row["changed_at"], row["calls_before"]) for row in rows]
 
     async def delete_tenant(
         self, tenant_id: str, at: datetime, *, audit: AuditEntry | None = None
