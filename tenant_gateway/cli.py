@@ -108,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
         help="failed key authentications per client address and worker before 429;"
         " 'unlimited' turns the limit off",
     )
+    serve.add_argument(
+        "--plan-change-rate",
+        default=os.environ.get("TG_PLAN_CHANGE_RATE") or "10/hour",
+        metavar="RATE",
+        help="plan changes per tenant (operators are not limited), e.g. 10/hour (the default);"
+        " 'unlimited' turns the limit off",
+    )
     signup.add_argument(
         "--forwarded-allow-ips",
         default=os.environ.get("TG_FORWARDED_ALLOW_IPS") or "",
@@ -238,6 +245,7 @@ def build_app() -> TenantGateway:
         signup_rate=os.environ.get("TG_SIGNUP_RATE") or "10/minute",
         signup_plans=_plan_list(os.environ.get("TG_SIGNUP_PLANS") or None),
         auth_failure_rate=os.environ.get("TG_AUTH_FAILURE_RATE") or "30/minute",
+        plan_change_rate=os.environ.get("TG_PLAN_CHANGE_RATE") or "10/hour",
         transfer_idle_timeout=float(os.environ.get("TG_TRANSFER_IDLE_TIMEOUT", "10.0")),
         transfer_min_rate=int(os.environ.get("TG_TRANSFER_MIN_RATE") or 1024),
         transfer_max_duration=float(os.environ.get("TG_TRANSFER_MAX_DURATION") or 3600.0),
@@ -252,6 +260,7 @@ def _serve(args: argparse.Namespace) -> int:
     allow_signup = not args.no_signup and _env_flag("TG_ALLOW_SIGNUP")
     parse_rate(args.signup_rate, "--signup-rate")
     parse_rate(args.auth_failure_rate, "--auth-failure-rate")
+    parse_rate(args.plan_change_rate, "--plan-change-rate")
     offered = _plan_list(args.signup_plans)
     if offered is not None and (not offered or not set(offered) <= set(catalog)):
         return _fail(f"--signup-plans must name plans of the catalogue: {', '.join(catalog)}")
@@ -283,6 +292,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("TG_SIGNUP_RATE", args.signup_rate),
         ("TG_SIGNUP_PLANS", args.signup_plans),
         ("TG_AUTH_FAILURE_RATE", args.auth_failure_rate),
+        ("TG_PLAN_CHANGE_RATE", args.plan_change_rate),
         ("TG_TRANSFER_IDLE_TIMEOUT", str(args.transfer_idle_timeout)),
         ("TG_TRANSFER_MIN_RATE", str(args.transfer_min_rate)),
         ("TG_TRANSFER_MAX_DURATION", str(args.transfer_max_duration)),

@@ -99,6 +99,7 @@ class TenantGateway:
         signup_rate: str | None = "10/minute",
         signup_plans: Sequence[str] | None = None,
         auth_failure_rate: str | None = "30/minute",
+        plan_change_rate: str | None = "10/hour",
         redis_key_prefix: str = "tg:",
         burst_storage: str = "async+memory://",
         key_cache_ttl: float = 1.0,
@@ -174,6 +175,15 @@ class TenantGateway:
             ),
             signup_plans=None if signup_plans is None else frozenset(signup_plans),
             auth_failures=limiter_for(auth_failure_rate, "auth_failure_rate", clock),
+            # Plan changes per tenant: each is a PostgreSQL transaction and a plan-history row.
+            # Shared in Redis when there is one, like sign-ups.
+            plan_change_limiter=limiter_for(
+                plan_change_rate,
+                "plan_change_rate",
+                clock,
+                redis_url=redis_url,
+                key_prefix=redis_key_prefix,
+            ),
             transfer_concurrency=transfer_concurrency,
             transfer_idle_timeout=transfer_idle_timeout,
             transfer_min_rate=transfer_min_rate,

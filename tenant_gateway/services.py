@@ -59,6 +59,8 @@ class Services:
     signup_limiter: ClientLimiter | None = None
     signup_plans: frozenset[str] | None = None
     """The plans self-service sign-up may choose (None: all)."""
+    plan_change_limiter: ClientLimiter | None = None
+    """Plan changes per tenant id (operators' are not counted)."""
     transfers: TransferSlots = field(default_factory=lambda: TransferSlots(2))
     transfer_idle_timeout: float = 10.0
     """How long an export may wait for its client to read, an import for it to send."""
@@ -88,6 +90,7 @@ class Services:
         signup_limiter: ClientLimiter | None = None,
         signup_plans: frozenset[str] | None = None,
         auth_failures: ClientLimiter | None = None,
+        plan_change_limiter: ClientLimiter | None = None,
         transfer_concurrency: int = 2,
         transfer_idle_timeout: float = 10.0,
         transfer_min_rate: int = 1024,
@@ -164,6 +167,7 @@ class Services:
             flush_interval=flush_interval,
             signup_limiter=signup_limiter,
             signup_plans=signup_plans,
+            plan_change_limiter=plan_change_limiter,
             transfers=TransferSlots(transfer_concurrency),
             transfer_idle_timeout=transfer_idle_timeout,
             transfer_min_rate=transfer_min_rate,
@@ -199,8 +203,9 @@ class Services:
         except StoreUnavailable as exc:
             logger.error("usage could not be flushed at shutdown: %s", exc)
         await self.invalidator.close()
-        if self.signup_limiter is not None:
-            await self.signup_limiter.close()
+        for limiter in (self.signup_limiter, self.plan_change_limiter):
+            if limiter is not None:
+                await limiter.close()
         await self.counters.close()
         await self.directory.close()
 

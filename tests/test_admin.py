@@ -10,7 +10,15 @@ import pytest
 from tenant_gateway import TenantGateway
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .conftest import (
+    JWT_SECRET,
+    REDIS_URL,
+    FakeClock,
+    Stores,
+    auth,
+    operator_headers,
+    register,
+)
 from .test_middleware import assert_problem
 
 T = "/api/v1/tenants"
@@ -128,6 +136,91 @@ async def test_plan_change_keeps_the_months_count(stores: Stores, client_for: An
     assert after[0].headers["ratelimit"].startswith('"monthly";r=2;')
     usage = (await client.get(f"{T}/{tenant['id']}/usage", headers=auth(tenant))).json()
     assert usage["api_calls"] == 8 and usage["limit"] == 8 and usage["rejected_calls"] == 2
+
+
+async def put_plan(
+    client: httpx.AsyncClient,
+    tenant: dict[str, Any],
+    plan: str,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    return await client.put(
+        f"{T}/{tenant['id']}/plan", json={"plan": plan}, headers=headers or auth(tenant)
+    )
+
+
+async def plan_state(gw: TenantGateway, tenant_id: str) -> tuple[str, list[Any], list[Any]]:
+    """What a plan change writes: the tenant's plan, its plan history, its audit trail."""
+    directory = gw.services.directory
+    current = await directory.get_tenant(tenant_id)
+    assert current is not None
+    history = await directory.plan_history(tenant_id)
+    return current.plan, history, await directory.list_audit(tenant_id, limit=500, before=None)
+
+
+async def test_plan_changes_are_rate_limited_per_tenant(
+    stores: Stores, client_for: Any, clock: FakeClock
+) -> None:
+    """Flipping plans in a loop (each change a transaction and a plan-history row): 10 an
+    hour per tenant by default. The 11th is 429 rate_limited with Retry-After and writes
+    nothing (plan, history, audit); so is a bad body past the limit. Another tenant and an
+    operator are not limited. In process (memory) the window runs on the injected clock, and
+    the tenant may change again exactly when Retry-After says; on Redis it is ``limits``'
+    moving window on the wall clock (see the next test)."""
+    gw = gateway(stores, clock=clock)
+    client = await client_for(gw)
+    tenant, other = await register(client), await register(client)
+    for plan in ["professional", "free"] * 5:
+        clock.advance(1)
+        answer = await put_plan(client, tenant, plan)
+        assert answer.status_code == 200 and answer.json()["plan"] == plan, answer.text
+    before = await plan_state(gw, tenant["id"])
+    assert before[0] == "free" and len(before[1]) == 11  # registration + 10 changes
+    refused = await put_plan(client, tenant, "professional")
+    assert_problem(refused, 429, "rate_limited")
+    retry = int(refused.headers["retry-after"])
+    if stores.name == "memory":
+        assert retry == 3600 - 9  # the first change, 9 s before, leaves the window then
+    else:
+        assert 3500 < retry <= 3600
+    bad_body = await client.put(f"{T}/{tenant['id']}/plan", content=b"{", headers=auth(tenant))
+    assert_problem(bad_body, 429, "rate_limited")
+    assert await plan_state(gw, tenant["id"]) == before
+
+    assert (await put_plan(client, other, "professional")).status_code == 200
+    by_operator = await put_plan(client, tenant, "professional", operator_headers())
+    assert by_operator.status_code == 200 and by_operator.json()["plan"] == "professional"
+    assert_problem(await put_plan(client, tenant, "free"), 429, "rate_limited")
+    if stores.name == "memory":
+        clock.advance(retry - 1)
+        assert_problem(await put_plan(client, tenant, "free"), 429, "rate_limited")
+        clock.advance(1)
+        again = await put_plan(client, tenant, "free")
+        assert again.status_code == 200 and again.json()["plan"] == "free"
+        assert_problem(await put_plan(client, tenant, "professional"), 429, "rate_limited")
+
+
+async def test_the_plan_change_limit_is_shared_by_every_process(
+    postgres_url: str, redis_prefix: str, client_for: Any, clock: FakeClock
+) -> None:
+    """Two gateway processes on one Redis count one window per tenant."""
+    stores = Stores("real", postgres_url, REDIS_URL, redis_prefix)
+    first = await client_for(gateway(stores, clock=clock, plan_change_rate="3/hour"))
+    second = await client_for(gateway(stores, clock=clock, plan_change_rate="3/hour"))
+    tenant = await register(first)
+    for client, plan in ((first, "professional"), (second, "free"), (first, "enterprise")):
+        assert (await put_plan(client, tenant, plan)).status_code == 200
+    for client in (second, first):
+        assert_problem(await put_plan(client, tenant, "free"), 429, "rate_limited")
+    fetched = await second.get(f"{T}/{tenant['id']}", headers=auth(tenant))
+    assert fetched.json()["plan"] == "enterprise"
+
+
+async def test_the_plan_change_limit_can_be_turned_off(client_for: Any, clock: FakeClock) -> None:
+    client = await client_for(TenantGateway(echo_app(), clock=clock, plan_change_rate=None))
+    tenant = await register(client)
+    for plan in ["professional", "free"] * 8:
+        assert (await put_plan(client, tenant, plan)).status_code == 200
 
 
 async def test_downgrade_below_current_users_is_409(stores: Stores, client_for: Any) -> None:

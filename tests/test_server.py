@@ -388,6 +388,32 @@ async def test_signup_limit_and_plans_hold_across_worker_processes(
     assert "Traceback" not in log, log
 
 
+async def test_plan_change_limit_holds_across_worker_processes(
+    real_stores: tuple[str, ...],
+) -> None:
+    """--plan-change-rate reaches the workers (through the environment), whichever answers:
+    one window per tenant, in Redis."""
+    server = Server(*real_stores, "--workers", "2", "--plan-change-rate", "2/hour")
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base) as client:
+            response = await client.post("/api/v1/tenants/register", json=register_body())
+            tenant = response.json()
+        statuses = []
+        for plan in ("professional", "free", "professional", "enterprise"):
+            async with httpx.AsyncClient(base_url=server.base) as client:  # a new connection
+                response = await client.put(
+                    f"/api/v1/tenants/{tenant['id']}/plan",
+                    json={"plan": plan},
+                    headers={"Authorization": f"Bearer {tenant['api_key']}"},
+                )
+                statuses.append(response.status_code)
+    finally:
+        log = server.stop()
+    assert statuses == [200, 200, 429, 429]
+    assert "Traceback" not in log, log
+
+
 async def test_signup_closed_from_the_environment() -> None:
     server = Server(env={"TG_ALLOW_SIGNUP": "false"})
     try:
@@ -407,6 +433,8 @@ async def test_signup_closed_from_the_environment() -> None:
         (("--signup-plans", "free,gold"), {}, "--signup-plans"),
         ((), {"TG_ALLOW_SIGNUP": "maybe"}, "TG_ALLOW_SIGNUP"),
         ((), {"TG_SIGNUP_RATE": "lots"}, "--signup-rate"),
+        (("--plan-change-rate", "often"), {}, "--plan-change-rate"),
+        ((), {"TG_PLAN_CHANGE_RATE": "0/hour"}, "--plan-change-rate"),
     ],
 )
 def test_bad_signup_setting_is_one_clear_line(

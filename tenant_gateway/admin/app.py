@@ -349,6 +349,18 @@ class AdminAPI:
 
     async def change_plan(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.CHANGE_PLAN)
+        limiter = self.s.plan_change_limiter  # each change is a transaction: not in a loop
+        if limiter is not None and not caller.is_operator:
+            # Every attempt counts, valid or not, before anything is read or written.
+            wait = limiter.over(tenant.id) or await limiter.hit(tenant.id)
+            if wait:
+                raise Problem(
+                    429,
+                    "rate_limited",
+                    "Too many plan changes",
+                    f"This tenant's plan may be changed again in {wait} s.",
+                    headers={"Retry-After": str(wait)},
+                )
         body = await parse_body(request, ChangePlanRequest, self.s.max_body_bytes)
         plan = self._plan(body.plan)
         at = self._now()

@@ -115,7 +115,15 @@ def _paths() -> dict[str, Any]:
         "/{tenant_id}/suspend": _on(t, post=_operation("Suspend a tenant (operator)", 200)),
         "/{tenant_id}/resume": _on(t, post=_operation("Resume a tenant (operator)", 200)),
         "/{tenant_id}/plan": _on(
-            t, put=_operation("Change plan", 200, 409, body=ChangePlanRequest)
+            t,
+            put=_operation(
+                "Change plan (429 rate_limited past the per-tenant limit, 10 an hour by default;"
+                " operators are not limited)",
+                200,
+                409,
+                429,
+                body=ChangePlanRequest,
+            ),
         ),
         "/{tenant_id}/users": _on(
             t,
