@@ -150,6 +150,12 @@ def stalled_import(server: Server, tenant: dict[str, Any]) -> socket.socket:
     return sock
 
 
+def answered(sock: socket.socket) -> bool:
+    """Has the server sent something (or closed) on this connection? Never blocks."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
 def read_to_end(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes (a hang guard on each read)."""
     sock.settimeout(HANG_GUARD)
@@ -184,6 +190,13 @@ async def test_stalled_transfers_leave_the_pool_to_everyone_else(
                 return await transactions_held(postgres_url) >= 2
 
             await eventually(held, "the stalled transfers hold their transactions")
+
+            async def refused() -> bool:
+                # All but the two holders are answered at once (429 or 503): until then they
+                # count among their tenant's admin requests in progress (4 at most).
+                return sum(map(answered, stalled)) >= len(stalled) - 2
+
+            await eventually(refused, "the transfers beyond the limits are refused")
 
             for round_ in range(3):
                 calls = [
