@@ -34,6 +34,7 @@ __all__ = [
     "service_unavailable",
     "tenant_suspended",
     "too_many_attempts",
+    "too_many_changes",
     "too_many_users",
     "transfer_busy",
     "unauthorized",
@@ -147,6 +148,17 @@ def too_many_attempts(what: str, retry_after: int) -> Problem:
         "rate_limited",
         "Too many requests from this address",
         f"Too many {what} from this client address; try again in {retry_after} s.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def too_many_changes(what: str, retry_after: int) -> Problem:
+    """A per-tenant limit on changing one setting (its plan, its webhook) is used up."""
+    return Problem(
+        429,
+        "rate_limited",
+        f"Too many {what} changes",
+        f"This tenant's {what} may be changed again in {retry_after} s.",
         headers={"Retry-After": str(retry_after)},
     )
 

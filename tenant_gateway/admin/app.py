@@ -354,13 +354,7 @@ class AdminAPI:
             # Every attempt counts, valid or not, before anything is read or written.
             wait = limiter.over(tenant.id) or await limiter.hit(tenant.id)
             if wait:
-                raise Problem(
-                    429,
-                    "rate_limited",
-                    "Too many plan changes",
-                    f"This tenant's plan may be changed again in {wait} s.",
-                    headers={"Retry-After": str(wait)},
-                )
+                raise problems.too_many_changes("plan", wait)
         body = await parse_body(request, ChangePlanRequest, self.s.max_body_bytes)
         plan = self._plan(body.plan)
         at = self._now()
@@ -637,13 +631,7 @@ class AdminAPI:
         if changes is not None and not caller.is_operator:
             wait = changes.take(tenant.id)
             if wait:
-                raise Problem(
-                    429,
-                    "rate_limited",
-                    "Too many webhook changes",
-                    f"This tenant's webhook may be set again in {wait} s.",
-                    headers={"Retry-After": str(wait)},
-                )
+                raise problems.too_many_changes("webhook", wait)
         body = await parse_body(request, WebhookRequest, self.s.max_body_bytes)
         refused = await self.s.events.policy.refusal_of(body.url, tenant.id)
         if refused is not None:
