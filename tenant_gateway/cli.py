@@ -21,6 +21,7 @@ from tenant_gateway.clock import Period
 from tenant_gateway.demo import build_demo_app, create_projects_table
 from tenant_gateway.exceptions import (
     ConfigurationError,
+    ImportRejected,
     StoreBusy,
     StoreUnavailable,
     TransferBusy,
@@ -33,7 +34,6 @@ from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
 from tenant_gateway.postgres.transfer import (
-    ImportRejected,
     export_tenant,
     import_tenant,
     numbered_lines,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Protocol
 
-from tenant_gateway import problems
+from tenant_gateway.exceptions import SeatLimitReached, TooManyUsers, UserExists
 from tenant_gateway.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -221,7 +221,7 @@ class MemoryDirectory:
         users = len(self._users[tenant.id])
         limit = effective_seat_limit(plan, tenant)
         if limit is not None and users > limit:
-            raise problems.too_many_users(users, limit)
+            raise TooManyUsers(users, limit)
 
     async def update_tenant(
         self,
@@ -290,9 +290,9 @@ class MemoryDirectory:
     ) -> None:
         users = self._users[user.tenant_id]
         if any(existing.email.lower() == user.email.lower() for existing in users.values()):
-            raise problems.user_exists(user.email)
+            raise UserExists(user.email)
         if seat_limit is not None and len(users) >= seat_limit:
-            raise problems.user_limit_reached(seat_limit)
+            raise SeatLimitReached(seat_limit)
         users[user.id] = user
         self._record(audit)
 

@@ -7,7 +7,22 @@ TenantGatewayError
 ├── NoTenantContext           a tenant query was attempted outside a resolved request
 ├── TransferBusy              an export or import cannot start now (tenant or process limit)
 ├── WebhookTargetRefused      a webhook URL leads to an address the policy refuses
+├── ImportRejected            an import stream cannot be imported; nothing was written
+├── BurstRefused              a tenant's burst window is full (the metering step answers 429)
+├── Refusal                   a request refused for the caller's own reason (SPEC §4)
+│   ├── InvalidApiKey         malformed, unknown, revoked, expired or deleted
+│   ├── TenantSuspended
+│   ├── AmbiguousCredentials  two credentials that differ in one request
+│   ├── TooManyAttempts       a per-client-address limit (sign-ups, failed authentications)
+│   ├── BurstLimited          the plan's calls a second (with its RateLimit headers)
+│   ├── QuotaExceeded         the plan's calls a month (with its RateLimit headers)
+│   ├── UserExists
+│   ├── SeatLimitReached      the plan's users, when adding one
+│   └── TooManyUsers          the plan's users, when changing plan
 └── Problem                   an HTTP-facing refusal, rendered as RFC 9457 problem+json
+
+The domain and the stores raise the errors above ``Problem``; the HTTP layer alone renders them
+(``problems.for_refusal``, ``problems.problem_response``).
 """
 
 from __future__ import annotations
@@ -16,16 +31,30 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "AmbiguousCredentials",
+    "BurstLimited",
+    "BurstRefused",
     "ConfigurationError",
+    "ImportRejected",
+    "InvalidApiKey",
     "NoTenantContext",
     "Problem",
+    "QuotaExceeded",
+    "Refusal",
+    "SeatLimitReached",
     "StoreBusy",
     "StoreUnavailable",
     "TenantGatewayError",
+    "TenantSuspended",
+    "TooManyAttempts",
+    "TooManyUsers",
     "TransferBusy",
+    "UserExists",
     "WebhookTargetRefused",
     "redact_url",
 ]
+
+Header = tuple[bytes, bytes]
 
 
 class TenantGatewayError(Exception):
@@ -72,6 +101,98 @@ class TransferBusy(TenantGatewayError):
 
 class WebhookTargetRefused(TenantGatewayError):
     """A webhook URL is malformed, or leads to an address the policy refuses (``netpolicy``)."""
+
+
+class ImportRejected(TenantGatewayError):
+    """The stream cannot be imported; nothing was written."""
+
+    def __init__(self, line: int, table: str | None, reason: str) -> None:
+        where = f"line {line}" + (f", table {table}" if table else "")
+        super().__init__(f"{where}: {reason}")
+        self.line = line
+        self.table = table
+        self.reason = reason
+
+
+class BurstRefused(TenantGatewayError):
+    """The tenant's burst window is full (an answer, not a failure: the caller refuses 429)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"burst window full, retry in {retry_after} s")
+        self.retry_after = retry_after
+        """Whole seconds until a call would be allowed again (at least 1)."""
+
+
+class Refusal(TenantGatewayError):
+    """A request refused for a reason of the caller's own, raised below the HTTP layer.
+    ``headers``: response headers the answer must carry (the RateLimit fields)."""
+
+    def __init__(self, message: str, headers: tuple[Header, ...] = ()) -> None:
+        super().__init__(message)
+        self.headers = headers
+
+
+class InvalidApiKey(Refusal):
+    def __init__(self) -> None:
+        super().__init__("the API key is malformed, unknown, revoked or expired")
+
+
+class TenantSuspended(Refusal):
+    def __init__(self) -> None:
+        super().__init__("the tenant is suspended")
+
+
+class AmbiguousCredentials(Refusal):
+    """Two credentials that differ in one request: acting on either could act as the wrong
+    tenant, so neither is used."""
+
+    def __init__(self) -> None:
+        super().__init__("the request carries two credentials that differ")
+
+
+class TooManyAttempts(Refusal):
+    """A per-client-address limit is used up: ``what`` names it ("sign-ups")."""
+
+    def __init__(self, what: str, retry_after: int) -> None:
+        super().__init__(f"too many {what} from this client address")
+        self.what = what
+        self.retry_after = retry_after
+
+
+class BurstLimited(Refusal):
+    def __init__(self, per_second: int, retry_after: int, headers: tuple[Header, ...]) -> None:
+        super().__init__(f"over {per_second} calls a second", headers)
+        self.per_second = per_second
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(Refusal):
+    def __init__(self, limit: int, retry_after: int, headers: tuple[Header, ...]) -> None:
+        super().__init__(f"over {limit} calls this month", headers)
+        self.limit = limit
+        self.retry_after = retry_after
+        """Seconds until the quota resets (the month ends)."""
+
+
+class UserExists(Refusal):
+    def __init__(self, email: str) -> None:
+        super().__init__(f"{email} is already a user")
+        self.email = email
+
+
+class SeatLimitReached(Refusal):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the tenant already has its maximum of {limit} users")
+        self.limit = limit
+
+
+class TooManyUsers(Refusal):
+    """A plan change to a plan that allows fewer users than the tenant has."""
+
+    def __init__(self, users: int, limit: int) -> None:
+        super().__init__(f"the tenant has {users} users; the plan allows {limit}")
+        self.users = users
+        self.limit = limit
 
 
 class Problem(TenantGatewayError):

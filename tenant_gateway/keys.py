@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from starlette.datastructures import Headers
 
-from tenant_gateway import problems
+from tenant_gateway.exceptions import AmbiguousCredentials
 
 __all__ = [
     "ID_MAX_LENGTH",
@@ -108,11 +108,11 @@ def _bearer(authorization: str) -> str | None:
 def api_key_from(authorization: str | None, x_api_key: str | None) -> str | None:
     """The credential of one ``Authorization`` line and one ``X-API-Key`` line. Blank values
     and other schemes than Bearer count as absent; two credentials that differ raise the 400
-    ``ambiguous_credentials`` Problem (either one could be another tenant's)."""
+    ``AmbiguousCredentials`` refusal (either one could be another tenant's)."""
     bearer = None if authorization is None else _bearer(authorization)
     other = None if x_api_key is None else x_api_key.strip() or None
     if bearer is not None and other is not None and bearer != other:
-        raise problems.ambiguous_credentials()
+        raise AmbiguousCredentials()
     return bearer if bearer is not None else other
 
 
@@ -124,6 +124,6 @@ def api_key_from_lines(authorizations: Iterable[str], api_keys: Iterable[str]) -
         if not credential:
             continue
         if found is not None and credential != found:
-            raise problems.ambiguous_credentials()
+            raise AmbiguousCredentials()
         found = credential
     return found

@@ -1,22 +1,21 @@
 """Plan enforcement for one admitted key: burst rate, then the monthly quota (SPEC §2, §5).
 
 One counter round trip decides the quota and returns the count the ``RateLimit`` header and
-the threshold events need. Refusals raise a ``Problem`` that already carries its headers.
+the threshold events need. Refusals raise a ``Refusal`` that already carries its headers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tenant_gateway import problems
 from tenant_gateway.clock import Clock, Period
 from tenant_gateway.events import EventDispatcher
-from tenant_gateway.exceptions import Problem, StoreUnavailable
+from tenant_gateway.exceptions import BurstLimited, BurstRefused, QuotaExceeded, StoreUnavailable
 from tenant_gateway.headers import Header, policy_header, remaining_header
 from tenant_gateway.models import Tenant
 from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore, UsageKey
-from tenant_gateway.ratelimit import BurstLimiter, BurstRefused
+from tenant_gateway.ratelimit import BurstLimiter
 from tenant_gateway.usage import UsageRecorder
 
 __all__ = ["Meter", "Metered"]
@@ -42,12 +41,6 @@ class Metered:
     usage_key: UsageKey
     day: str
     headers: tuple[Header, ...]
-
-
-def _with_headers(problem: Problem, headers: tuple[Header, ...]) -> Problem:
-    for name, value in headers:
-        problem.headers[name.decode("latin-1")] = value.decode("latin-1")
-    return problem
 
 
 class Meter:
@@ -123,13 +116,12 @@ class Meter:
 
     def _burst_refusal(
         self, usage_key: UsageKey, day: str, plan: Plan, refused: BurstRefused
-    ) -> Problem:
+    ) -> BurstLimited:
         self._recorder.rejected(usage_key, day, "burst")
         rate = plan.burst_per_second or 0
         refusal = remaining_header("burst", 0, refused.retry_after)
-        return _with_headers(
-            problems.rate_limited(rate, refused.retry_after),
-            (*self._policies[plan.name], (b"ratelimit", refusal)),
+        return BurstLimited(
+            rate, refused.retry_after, (*self._policies[plan.name], (b"ratelimit", refusal))
         )
 
     async def admit(self, tenant: Tenant, plan: Plan) -> Metered:
@@ -161,6 +153,6 @@ class Meter:
         remaining = remaining_header("monthly", limit - admission.used, reset)
         headers = (*headers, (b"ratelimit", remaining))
         if not admission.admitted:
-            raise _with_headers(problems.quota_exceeded(limit, reset), headers)
+            raise QuotaExceeded(limit, reset, headers)
         self._events.observe(tenant.id, usage_key[1], admission.used, limit)
         return Metered(usage_key, day, headers)

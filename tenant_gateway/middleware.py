@@ -27,7 +27,7 @@ from tenant_gateway.client_limits import client_address, limiter_for
 from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
-from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
+from tenant_gateway.exceptions import ConfigurationError, Problem, Refusal, StoreUnavailable
 from tenant_gateway.headers import Header, declared_over
 from tenant_gateway.keys import api_key_from, api_key_from_lines
 from tenant_gateway.metering import Meter
@@ -360,6 +360,9 @@ class TenantGateway:
             metered = meter.admit_locally(tenant, plan) or await meter.admit(tenant, plan)
         except Problem as problem:
             await _refuse(problem, scope, receive, send)
+            return
+        except Refusal as refusal:
+            await _refuse(problems.for_refusal(refusal), scope, receive, send)
             return
         except StoreUnavailable as exc:
             self._log_outage(exc)

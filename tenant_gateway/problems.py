@@ -1,7 +1,9 @@
-"""The catalogue of refusals (SPEC §4) and their RFC 9457 rendering.
+"""The catalogue of refusals (SPEC §4) and their RFC 9457 rendering: the HTTP layer's.
 
 Each constructor returns a ``Problem``; raising it anywhere under the gateway or the
 admin app produces the same ``application/problem+json`` body with a stable ``code``.
+The layers below raise domain errors (``exceptions.Refusal``); ``for_refusal`` is the one
+place that turns those into problems.
 """
 
 from __future__ import annotations
@@ -11,13 +13,26 @@ from collections.abc import Mapping, Sequence
 
 from starlette.responses import Response
 
-from tenant_gateway.exceptions import Problem
+from tenant_gateway.exceptions import (
+    AmbiguousCredentials,
+    BurstLimited,
+    InvalidApiKey,
+    Problem,
+    QuotaExceeded,
+    Refusal,
+    SeatLimitReached,
+    TenantSuspended,
+    TooManyAttempts,
+    TooManyUsers,
+    UserExists,
+)
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "ambiguous_credentials",
     "client_disconnected",
     "concurrent_requests",
+    "for_refusal",
     "forbidden",
     "import_rejected",
     "invalid_api_key",
@@ -64,6 +79,37 @@ def problem_response(problem: Problem) -> Response:
         headers=problem.headers,
         media_type=PROBLEM_CONTENT_TYPE,
     )
+
+
+def for_refusal(refusal: Refusal) -> Problem:
+    """The answer to a refusal raised below the HTTP layer, with the headers it carries."""
+    problem = _problem_of(refusal)
+    for name, value in refusal.headers:
+        problem.headers[name.decode("latin-1")] = value.decode("latin-1")
+    return problem
+
+
+def _problem_of(refusal: Refusal) -> Problem:
+    match refusal:
+        case InvalidApiKey():
+            return invalid_api_key()
+        case TenantSuspended():
+            return tenant_suspended()
+        case AmbiguousCredentials():
+            return ambiguous_credentials()
+        case TooManyAttempts():
+            return too_many_attempts(refusal.what, refusal.retry_after)
+        case BurstLimited():
+            return rate_limited(refusal.per_second, refusal.retry_after)
+        case QuotaExceeded():
+            return quota_exceeded(refusal.limit, refusal.retry_after)
+        case UserExists():
+            return user_exists(refusal.email)
+        case SeatLimitReached():
+            return user_limit_reached(refusal.limit)
+        case TooManyUsers():
+            return too_many_users(refusal.users, refusal.limit)
+    raise TypeError(f"no problem is defined for {type(refusal).__name__}")
 
 
 def missing_api_key() -> Problem:

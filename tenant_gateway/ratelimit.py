@@ -25,21 +25,12 @@ from limits.storage import storage_from_string
 from redis.exceptions import RedisError
 
 from tenant_gateway.clock import Clock
-from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
+from tenant_gateway.exceptions import BurstRefused, ConfigurationError, StoreUnavailable
 
-__all__ = ["BurstLimiter", "BurstRefused"]
+__all__ = ["BurstLimiter"]
 
 IN_PROCESS = "async+memory://"
 _SWEEP_EVERY = 10_000  # new tenant windows between sweeps of idle ones
-
-
-class BurstRefused(Exception):
-    """The tenant's burst window is full (an answer, not a failure: the caller refuses 429)."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"burst window full, retry in {retry_after} s")
-        self.retry_after = retry_after
-        """Whole seconds until a call would be allowed again (at least 1)."""
 
 
 class _Window:

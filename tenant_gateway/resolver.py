@@ -33,11 +33,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from tenant_gateway import problems
 from tenant_gateway.client_limits import ClientLimiter
 from tenant_gateway.clock import Clock
 from tenant_gateway.directory import TenantDirectory
-from tenant_gateway.exceptions import StoreUnavailable
+from tenant_gateway.exceptions import (
+    InvalidApiKey,
+    StoreUnavailable,
+    TenantSuspended,
+    TooManyAttempts,
+)
 from tenant_gateway.flights import Flights
 from tenant_gateway.keys import hash_api_key, is_well_formed, verify_api_key
 from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus
@@ -114,13 +118,13 @@ class KeyResolver:
         return self._admit(entry, now)
 
     async def resolve(self, raw_key: str, client: str = "") -> Principal:
-        """The principal for ``raw_key``, or a ``Problem`` (401 invalid key, 403 suspended,
+        """The principal for ``raw_key``, or a ``Refusal`` (401 invalid key, 403 suspended,
         429 when ``client``, an address from ``client_address``, has failed too often)."""
         now = self._clock()
         entry = self._cache.get(raw_key)
         if entry is None or entry[0] <= now:
             if not is_well_formed(raw_key):
-                raise problems.invalid_api_key()
+                raise InvalidApiKey()
             failures = self._failures
             # A key never seen valid may fail: its lookup waits for room in the address's
             # window, so concurrent ones cannot all pass before the first failures count.
@@ -128,13 +132,13 @@ class KeyResolver:
             if gate is not None:
                 wait = await gate.begin(client)
                 if wait:
-                    raise problems.too_many_attempts("failed authentications", wait)
+                    raise TooManyAttempts("failed authentications", wait)
             try:
                 entry = await self._lookup(raw_key, entry, now)
                 if failures is not None and _fails(entry, now):
                     wait = await failures.hit(client)
                     if wait:
-                        raise problems.too_many_attempts("failed authentications", wait)
+                        raise TooManyAttempts("failed authentications", wait)
             finally:
                 if gate is not None:
                     gate.end(client)
@@ -157,12 +161,12 @@ class KeyResolver:
     def _admit(self, entry: _Entry, now: float) -> Principal:
         principal = entry[1]
         if principal is None or now >= entry[2]:
-            raise problems.invalid_api_key()
+            raise InvalidApiKey()
         status = principal.tenant.status
         if status is not TenantStatus.ACTIVE:
             if status is TenantStatus.SUSPENDED:
-                raise problems.tenant_suspended()
-            raise problems.invalid_api_key()  # deleted
+                raise TenantSuspended()
+            raise InvalidApiKey()  # deleted
         self._last_used[principal.ids] = now
         return principal
 

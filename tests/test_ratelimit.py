@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tenant_gateway.ratelimit import BurstLimiter, BurstRefused
+from tenant_gateway.exceptions import BurstRefused
+from tenant_gateway.ratelimit import BurstLimiter
 
 from .conftest import FakeClock
 

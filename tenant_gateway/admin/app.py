@@ -49,7 +49,9 @@ from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.directory import TenantChanges
 from tenant_gateway.exceptions import (
     ConfigurationError,
+    ImportRejected,
     Problem,
+    Refusal,
     StoreBusy,
     StoreUnavailable,
     TransferBusy,
@@ -75,7 +77,6 @@ from tenant_gateway.models import (
 from tenant_gateway.plans import Plan
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.transfer import (
-    ImportRejected,
     LineTooLong,
     export_tenant,
     import_tenant,
@@ -672,6 +673,8 @@ class AdminAPI:
 async def _problem_handler(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Problem):
         return problems.problem_response(exc)
+    if isinstance(exc, Refusal):
+        return problems.problem_response(problems.for_refusal(exc))
     if isinstance(exc, StoreBusy):
         return problems.problem_response(problems.lock_timeout())
     if isinstance(exc, StoreUnavailable):
@@ -778,6 +781,7 @@ def build_admin_app(
         middleware=[Middleware(_Deadline, timeout=timeout)],
         exception_handlers={
             Problem: _problem_handler,
+            Refusal: _problem_handler,
             StoreUnavailable: _problem_handler,
             HTTPException: _problem_handler,
             Exception: _problem_handler,

@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from tenant_gateway import problems
 from tenant_gateway.directory import KeyUse, TenantChanges
+from tenant_gateway.exceptions import SeatLimitReached, TooManyUsers, UserExists
 from tenant_gateway.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -149,7 +149,7 @@ class PostgresDirectory:
                 "SELECT count(*) FROM tg_users WHERE tenant_id = $1", tenant.id
             )
             if users > limit:
-                raise problems.too_many_users(users, limit)
+                raise TooManyUsers(users, limit)
 
     async def update_tenant(
         self,
@@ -293,7 +293,7 @@ class PostgresDirectory:
                 user.created_at,
             )
         except asyncpg.UniqueViolationError as exc:
-            raise problems.user_exists(user.email) from exc
+            raise UserExists(user.email) from exc
 
     async def add_user(
         self, user: User, seat_limit: int | None, *, audit: AuditEntry | None = None
@@ -306,13 +306,13 @@ class PostgresDirectory:
                 user.email,
             )
             if duplicate:
-                raise problems.user_exists(user.email)
+                raise UserExists(user.email)
             if seat_limit is not None:
                 users = await conn.fetchval(
                     "SELECT count(*) FROM tg_users WHERE tenant_id = $1", user.tenant_id
                 )
                 if users >= seat_limit:
-                    raise problems.user_limit_reached(seat_limit)
+                    raise SeatLimitReached(seat_limit)
             await self._insert_user(conn, user)
             await insert_audit(conn, audit)
 

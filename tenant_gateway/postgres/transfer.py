@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from tenant_gateway.clock import format_timestamp
+from tenant_gateway.exceptions import ImportRejected
 from tenant_gateway.keys import ID_MAX_LENGTH
 from tenant_gateway.models import AuditEntry
 from tenant_gateway.postgres.catalog import application_tables
@@ -51,7 +52,6 @@ __all__ = [
     "FORMAT",
     "MAX_LINE_BYTES",
     "VERSION",
-    "ImportRejected",
     "ImportResult",
     "LineTooLong",
     "UserCheck",
@@ -92,17 +92,6 @@ FROM pg_constraint WHERE contype = 'f' AND conrelid = $1::regclass
 _ADD_USAGE = (
     " ON CONFLICT (tenant_id, period, field) DO UPDATE SET value = tg_usage.value + EXCLUDED.value"
 )
-
-
-class ImportRejected(Exception):
-    """The stream cannot be imported; nothing was written."""
-
-    def __init__(self, line: int, table: str | None, reason: str) -> None:
-        where = f"line {line}" + (f", table {table}" if table else "")
-        super().__init__(f"{where}: {reason}")
-        self.line = line
-        self.table = table
-        self.reason = reason
 
 
 class LineTooLong(ImportRejected):
