@@ -353,7 +353,6 @@ async def _close_period(args: argparse.Namespace, period: Period) -> int:
         redis_url=args.redis_url,
         redis_key_prefix=args.redis_key_prefix,
         clock=time.time,
-        operators=None,
         allow_signup=False,
         max_body_bytes=0,
         flush_interval=1.0,

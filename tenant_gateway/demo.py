@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tenant_gateway import problems
-from tenant_gateway.admin.schemas import StrictBody, clean_text, parse_body
+from tenant_gateway.bodies import StrictBody, clean_text, parse_body
 from tenant_gateway.clock import format_timestamp
 from tenant_gateway.context import get_current_tenant
 from tenant_gateway.exceptions import Problem

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Protocol
 
-from tenant_gateway.quota import HYDRATED, CounterStore, UsageKey
-from tenant_gateway.tallies import sound_tallies
+from tenant_gateway.models import UsageKey
+from tenant_gateway.quota import CounterStore
+from tenant_gateway.tallies import HYDRATED, sound_tallies
 
 __all__ = ["MemoryLedger", "UsageLedger", "merge_tallies", "period_tallies"]
 

@@ -12,9 +12,9 @@ from tenant_gateway.clock import Clock, Period
 from tenant_gateway.events import EventDispatcher
 from tenant_gateway.exceptions import BurstLimited, BurstRefused, QuotaExceeded, StoreUnavailable
 from tenant_gateway.headers import Header, policy_header, remaining_header
-from tenant_gateway.models import Tenant
+from tenant_gateway.models import Tenant, UsageKey
 from tenant_gateway.plans import Plan, PlanCatalog
-from tenant_gateway.quota import CounterStore, UsageKey
+from tenant_gateway.quota import CounterStore
 from tenant_gateway.ratelimit import BurstLimiter
 from tenant_gateway.usage import UsageRecorder
 

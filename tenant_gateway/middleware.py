@@ -161,7 +161,6 @@ class TenantGateway:
             redis_url=redis_url,
             redis_key_prefix=redis_key_prefix,
             clock=clock,
-            operators=operators,
             allow_signup=allow_signup,
             max_body_bytes=admin_max_body_bytes,
             flush_interval=usage_flush_interval,
@@ -204,6 +203,7 @@ class TenantGateway:
         self.admin_app = build_admin_app(
             self.services,
             admin_prefix,
+            operators=operators,
             timeout=admin_timeout,
             tenant_concurrency=admin_tenant_concurrency,
         )

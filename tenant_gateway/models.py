@@ -10,15 +10,22 @@ from tenant_gateway.clock import format_timestamp
 from tenant_gateway.plans import Plan
 
 __all__ = [
+    "API_ROLES",
+    "ROLE_ACTIONS",
+    "Action",
     "ApiKeyRecord",
     "AuditEntry",
     "PlanChange",
     "Role",
     "Tenant",
     "TenantStatus",
+    "UsageKey",
     "User",
     "effective_seat_limit",
 ]
+
+UsageKey = tuple[str, str]
+"""A usage hash's key: (tenant id, period ``YYYY-MM``)."""
 
 
 class TenantStatus(StrEnum):
@@ -32,6 +39,40 @@ class Role(StrEnum):
     DEVELOPER = "developer"
     VIEWER = "viewer"
     BILLING = "billing"
+
+
+class Action(StrEnum):
+    CALL_API = "call the wrapped API"
+    READ_TENANT = "read the tenant"
+    MANAGE_TENANT = "change or delete the tenant"
+    READ_USERS = "read users"
+    MANAGE_USERS = "manage users"
+    READ_KEYS = "read keys"
+    MANAGE_KEYS = "manage keys"
+    READ_USAGE = "read usage"
+    READ_BILLING = "read invoices"
+    CHANGE_PLAN = "change the plan"
+    READ_AUDIT = "read the audit log"
+    MOVE_DATA = "export or import data"
+
+
+_READ_ONLY = {
+    Action.READ_TENANT,
+    Action.READ_USERS,
+    Action.READ_KEYS,
+    Action.READ_USAGE,
+    Action.READ_BILLING,
+}
+
+ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
+    Role.ADMIN: frozenset(Action),
+    Role.DEVELOPER: frozenset({Action.CALL_API, Action.READ_TENANT, Action.READ_USAGE}),
+    Role.VIEWER: frozenset(_READ_ONLY),
+    Role.BILLING: frozenset({Action.READ_TENANT, Action.READ_USAGE, Action.READ_BILLING}),
+}
+
+API_ROLES = frozenset(role for role, can in ROLE_ACTIONS.items() if Action.CALL_API in can)
+"""The roles whose keys may call the wrapped API."""
 
 
 @dataclass(frozen=True, slots=True)

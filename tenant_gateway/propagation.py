@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tenant_gateway.resolver import KeyResolver
-
-__all__ = ["Invalidator", "RedisInvalidator"]
+__all__ = ["Invalidator", "KeyCache", "RedisInvalidator"]
 
 logger = logging.getLogger("tenant_gateway.propagation")
+
+
+class KeyCache(Protocol):
+    """What is invalidated: the key resolver's cache (``resolver.KeyResolver``)."""
+
+    def forget_tenant(self, tenant_id: str) -> None: ...
+
+    def forget_all(self) -> None: ...
 
 
 class Invalidator:
     """Single-process invalidation (the embedded default)."""
 
-    def __init__(self, resolver: KeyResolver) -> None:
+    def __init__(self, resolver: KeyCache) -> None:
         self._resolver = resolver
 
     async def tenant_changed(self, tenant_id: str) -> None:
@@ -39,9 +46,7 @@ class Invalidator:
 
 
 class RedisInvalidator(Invalidator):
-    def __init__(
-        self, resolver: KeyResolver, url: str, *, channel: str, timeout: float = 1.0
-    ) -> None:
+    def __init__(self, resolver: KeyCache, url: str, *, channel: str, timeout: float = 1.0) -> None:
         super().__init__(resolver)
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=None, socket_connect_timeout=timeout

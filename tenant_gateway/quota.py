@@ -52,32 +52,31 @@ from tenant_gateway.decisions import ADMIT_SCRIPT, Admission, Decision, Decision
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
 from tenant_gateway.flights import Flights
 from tenant_gateway.lua import load
+from tenant_gateway.models import UsageKey
 from tenant_gateway.redis_pipeline import PipelinedRedis, bulk
-from tenant_gateway.tallies import MAX_TALLY, field_name, sound_tallies, tally_value
+from tenant_gateway.tallies import (
+    HYDRATED,
+    MAX_ROUTES,
+    MAX_TALLY,
+    OTHER_ROUTES,
+    field_name,
+    sound_tallies,
+    tally_value,
+)
 
 __all__ = [
-    "HYDRATED",
-    "MAX_ROUTES",
-    "OTHER_ROUTES",
     "Admission",
     "CounterStore",
     "HydrateSource",
     "MemoryCounters",
     "RedisCounters",
-    "UsageKey",
 ]
-
-UsageKey = tuple[str, str]
-"""(tenant id, period ``YYYY-MM``)."""
 
 HydrateSource = Callable[[UsageKey], Awaitable[Mapping[str, int]]]
 """Where a missing hash is restored from: the ledger's last snapshot."""
 
 logger = logging.getLogger("tenant_gateway.quota")
 
-HYDRATED = "hydrated"
-MAX_ROUTES = 500
-OTHER_ROUTES = "(other routes)"
 _PACKED_CACHE_SIZE = 100_000
 _HISTORY_SECONDS = 400 * 86_400  # keep a period's tallies for 13 months
 _MARKER_SECONDS = 86_400  # how long Redis remembers a writer's last batch (for its retries)

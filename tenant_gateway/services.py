@@ -12,7 +12,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tenant_gateway.admin.auth import ROLE_ACTIONS, Action, OperatorAuth
 from tenant_gateway.billing import Billing
 from tenant_gateway.client_limits import ClientLimiter
 from tenant_gateway.clock import Clock
@@ -21,6 +20,7 @@ from tenant_gateway.events import EventDispatcher, QuotaHook
 from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.invoices import InvoiceStore, MemoryInvoices
 from tenant_gateway.ledger import MemoryLedger, UsageLedger
+from tenant_gateway.models import API_ROLES
 from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import PlanCatalog
 from tenant_gateway.postgres.database import Database
@@ -51,7 +51,6 @@ class Services:
     events: EventDispatcher
     billing: Billing
     clock: Clock
-    operators: OperatorAuth | None
     allow_signup: bool
     max_body_bytes: int
     flush_interval: float
@@ -79,7 +78,6 @@ class Services:
         redis_url: str | None,
         redis_key_prefix: str,
         clock: Clock,
-        operators: OperatorAuth | None,
         allow_signup: bool,
         max_body_bytes: int,
         flush_interval: float,
@@ -127,7 +125,7 @@ class Services:
             clock,
             ttl=key_cache_ttl,
             max_entries=key_cache_size,
-            api_roles=frozenset(r for r, can in ROLE_ACTIONS.items() if Action.CALL_API in can),
+            api_roles=API_ROLES,
             failures=auth_failures,
         )
         invalidator = (
@@ -161,7 +159,6 @@ class Services:
                 close_grace_seconds=invoice_close_grace,
             ),
             clock=clock,
-            operators=operators,
             allow_signup=allow_signup,
             max_body_bytes=max_body_bytes,
             flush_interval=flush_interval,

@@ -14,11 +14,25 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_FIELD_BYTES", "MAX_TALLY", "field_name", "sound_tallies", "tally_value"]
+__all__ = [
+    "HYDRATED",
+    "MAX_FIELD_BYTES",
+    "MAX_ROUTES",
+    "MAX_TALLY",
+    "OTHER_ROUTES",
+    "field_name",
+    "sound_tallies",
+    "tally_value",
+]
 
 logger = logging.getLogger("tenant_gateway.tallies")
 
 MAX_TALLY = 10**15
+HYDRATED = "hydrated"
+"""The field a live usage hash holds once restored from the ledger (never a tally itself)."""
+MAX_ROUTES = 500
+"""Route fields a usage hash takes; further routes count under ``OTHER_ROUTES``."""
+OTHER_ROUTES = "(other routes)"
 MAX_FIELD_BYTES = 1024
 """The longest field name, in UTF-8 bytes (the ledger's primary key index holds ~2,700)."""
 _MAX_DIGITS = len(str(MAX_TALLY))

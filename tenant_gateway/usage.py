@@ -19,7 +19,8 @@ from typing import Any
 from starlette.routing import Mount
 
 from tenant_gateway.clock import Period, format_timestamp
-from tenant_gateway.quota import CounterStore, UsageKey
+from tenant_gateway.models import UsageKey
+from tenant_gateway.quota import CounterStore
 
 __all__ = ["UsageRecorder", "billed_calls", "usage_csv", "usage_report"]
 
@@ -51,7 +52,7 @@ def _mounted(router: object, prefix: str) -> tuple[str, object] | None:
     and the last of them, found as Starlette's router found them: in each router, the first
     ``Mount`` whose pattern matches. None when they are not found there (the app routes by
     ``Host``, or sets ``root_path`` itself): the actual prefix is kept then, and the counter
-    store's cap on route fields (``quota.MAX_ROUTES``) bounds what it costs."""
+    store's cap on route fields (``tallies.MAX_ROUTES``) bounds what it costs."""
     routes = getattr(router, "routes", None)
     template, rest = "", prefix
     mount: object = None

@@ -26,7 +26,8 @@ from tenant_gateway.events import QuotaEvent, threshold_marks
 from tenant_gateway.netpolicy import IPAddress
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.ledger import PostgresLedger
-from tenant_gateway.quota import MAX_ROUTES, OTHER_ROUTES, MemoryCounters
+from tenant_gateway.quota import MemoryCounters
+from tenant_gateway.tallies import MAX_ROUTES, OTHER_ROUTES
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, register

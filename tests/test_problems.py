@@ -54,7 +54,7 @@ def test_a_refusal_renders_with_its_status_code_and_headers(
     assert headers.items() <= problem.headers.items()
     for name, value in refusal.headers:  # the RateLimit fields travel with the refusal
         assert problem.headers[name.decode()] == value.decode()
-    body = json.loads(problems.problem_response(problem).body)
+    body = json.loads(bytes(problems.problem_response(problem).body))
     assert (body["status"], body["code"]) == (status, code)
 
 

@@ -23,8 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_gateway import problems
 from tenant_gateway.admin.auth import (
-    Action,
     Caller,
+    OperatorAuth,
     authenticate,
     authorize,
     require_operator,
@@ -40,10 +40,9 @@ from tenant_gateway.admin.schemas import (
     UpdateUserRequest,
     WebhookRequest,
     checked_user,
-    limited_stream,
-    parse_body,
 )
 from tenant_gateway.admin.streaming import TransferStream, idle_limited
+from tenant_gateway.bodies import limited_stream, parse_body
 from tenant_gateway.client_limits import client_address
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.directory import TenantChanges
@@ -66,6 +65,7 @@ from tenant_gateway.keys import (
 )
 from tenant_gateway.ledger import period_tallies
 from tenant_gateway.models import (
+    Action,
     ApiKeyRecord,
     AuditEntry,
     Role,
@@ -158,8 +158,11 @@ class _TenantAdmission:
 
 
 class AdminAPI:
-    def __init__(self, services: Services, tenant_concurrency: int = 4) -> None:
+    def __init__(
+        self, services: Services, operators: OperatorAuth | None, tenant_concurrency: int = 4
+    ) -> None:
         self.s = services
+        self.operators = operators
         self._admission = _TenantAdmission(tenant_concurrency)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -168,7 +171,7 @@ class AdminAPI:
         return datetime.fromtimestamp(self.s.clock(), UTC)
 
     async def _caller(self, request: Request) -> Caller:
-        return await authenticate(request, self.s.resolver, self.s.operators)
+        return await authenticate(request, self.s.resolver, self.operators)
 
     async def _tenant(self, request: Request, action: Action) -> tuple[Caller, Tenant]:
         tenant_id = request.path_params["tenant_id"]
@@ -241,7 +244,7 @@ class AdminAPI:
 
     async def register(self, request: Request) -> Response:
         caller = await authenticate(
-            request, self.s.resolver, self.s.operators, required=not self.s.allow_signup
+            request, self.s.resolver, self.operators, required=not self.s.allow_signup
         )
         if not self.s.allow_signup:
             require_operator(caller)
@@ -741,9 +744,16 @@ class _Deadline:
 
 
 def build_admin_app(
-    services: Services, prefix: str, *, timeout: float = 10.0, tenant_concurrency: int = 4
+    services: Services,
+    prefix: str,
+    *,
+    operators: OperatorAuth | None = None,
+    timeout: float = 10.0,
+    tenant_concurrency: int = 4,
 ) -> Starlette:
-    api = AdminAPI(services, tenant_concurrency)
+    """The admin API over ``services``; ``operators``: how operator tokens are verified (None:
+    no operator access)."""
+    api = AdminAPI(services, operators, tenant_concurrency)
     tenant = "/{tenant_id}"
     user = tenant + "/users/{user_id}"
     key = tenant + "/keys/{key_id}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 
 import jwt
 from starlette.requests import Request
@@ -20,50 +19,17 @@ from tenant_gateway import problems
 from tenant_gateway.client_limits import client_address
 from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.keys import KEY_PREFIX, extract_api_key
-from tenant_gateway.models import Role
+from tenant_gateway.models import ROLE_ACTIONS, Action
 from tenant_gateway.resolver import KeyResolver, Principal
 
 __all__ = [
     "DEFAULT_MAX_LIFETIME",
-    "ROLE_ACTIONS",
-    "Action",
     "Caller",
     "OperatorAuth",
     "authenticate",
     "authorize",
     "require_operator",
 ]
-
-
-class Action(StrEnum):
-    CALL_API = "call the wrapped API"
-    READ_TENANT = "read the tenant"
-    MANAGE_TENANT = "change or delete the tenant"
-    READ_USERS = "read users"
-    MANAGE_USERS = "manage users"
-    READ_KEYS = "read keys"
-    MANAGE_KEYS = "manage keys"
-    READ_USAGE = "read usage"
-    READ_BILLING = "read invoices"
-    CHANGE_PLAN = "change the plan"
-    READ_AUDIT = "read the audit log"
-    MOVE_DATA = "export or import data"
-
-
-_READ_ONLY = {
-    Action.READ_TENANT,
-    Action.READ_USERS,
-    Action.READ_KEYS,
-    Action.READ_USAGE,
-    Action.READ_BILLING,
-}
-
-ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
-    Role.ADMIN: frozenset(Action),
-    Role.DEVELOPER: frozenset({Action.CALL_API, Action.READ_TENANT, Action.READ_USAGE}),
-    Role.VIEWER: frozenset(_READ_ONLY),
-    Role.BILLING: frozenset({Action.READ_TENANT, Action.READ_USAGE, Action.READ_BILLING}),
-}
 
 
 DEFAULT_MAX_LIFETIME = 24 * 3600.0

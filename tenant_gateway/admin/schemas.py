@@ -6,25 +6,20 @@ characters, lone surrogates, absurd numbers — so bad input is a 4xx, never a 5
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
 )
-from starlette.requests import Request
 
-from tenant_gateway import problems
-from tenant_gateway.headers import declared_over
+from tenant_gateway.bodies import StrictBody, clean_text, field_errors
 from tenant_gateway.keys import ID_MAX_LENGTH, is_id
 from tenant_gateway.models import Role
 from tenant_gateway.netpolicy import webhook_target
@@ -38,28 +33,11 @@ __all__ = [
     "RotateKeyRequest",
     "UpdateTenantRequest",
     "UpdateUserRequest",
-    "StrictBody",
     "checked_user",
-    "clean_text",
-    "parse_body",
 ]
 
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$")
 MAX_USERS_LIMIT = 1_000_000
-
-
-def clean_text(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError("must be valid Unicode text (no lone surrogates)") from exc
-    if _CONTROL_RE.search(value):
-        raise ValueError("must not contain control characters")
-    stripped = value.strip()
-    if not stripped:
-        raise ValueError("must not be blank")
-    return stripped
 
 
 def _email(value: str) -> str:
@@ -73,10 +51,6 @@ Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(clean_
 Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_email)]
 PlanName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(clean_text)]
 MaxUsers = Annotated[int, Field(ge=1, le=MAX_USERS_LIMIT)]
-
-
-class StrictBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class RegisterRequest(StrictBody):
@@ -93,72 +67,6 @@ class AddUserRequest(StrictBody):
 
 class ChangePlanRequest(StrictBody):
     plan: PlanName
-
-
-Body = TypeVar("Body", bound=StrictBody)
-
-
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    return [
-        {
-            "field": ".".join(str(part) for part in error["loc"]) or "(body)",
-            "message": error["msg"],
-        }
-        for error in exc.errors(include_url=False, include_context=False, include_input=False)
-    ]
-
-
-def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The request body as it arrives, refusing (413) at once if its declared length is over
-    ``limit``, else as soon as what arrived passes it."""
-    if declared_over(request.headers.get("content-length"), limit):
-        raise problems.payload_too_large(limit)
-    return _counted(request.stream(), limit)
-
-
-async def _counted(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise problems.payload_too_large(limit)
-        yield chunk
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole request body, refused (413) past ``limit`` bytes."""
-    return b"".join([chunk async for chunk in limited_stream(request, limit)])
-
-
-async def parse_body(
-    request: Request, model: type[Body], limit: int, *, allow_empty: bool = False
-) -> Body:
-    """The body validated as ``model``; ``allow_empty`` treats no body as ``{}``."""
-    raw = await read_body(request, limit)
-    if allow_empty and not raw.strip():
-        raw = b"{}"
-    try:
-        document: Any = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers bad UTF-8 too; RecursionError is absurdly deep nesting.
-        raise problems.validation_error(
-            "The body is not valid JSON.",
-            [{"field": "(body)", "message": "expected a JSON object"}],
-            status=400,
-        ) from exc
-    if not isinstance(document, dict):
-        raise problems.validation_error(
-            "The body must be a JSON object.",
-            [{"field": "(body)", "message": "expected a JSON object"}],
-        )
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        raise problems.validation_error("The request body is invalid.", field_errors(exc)) from exc
-    except RecursionError as exc:
-        raise problems.validation_error(
-            "The body is nested too deeply.", [{"field": "(body)", "message": "too deep"}]
-        ) from exc
 
 
 MAX_GRACE_SECONDS = 30 * 86_400

@@ -5,7 +5,7 @@
 -- increment the hash cannot take (a sum past max; more refunds than calls: ``refunded`` comes
 -- last, after the batch's own calls) is skipped and reported. Everything else is applied. A
 -- hash takes at most `cap` distinct route fields (route|<class>|<route>): an increment to a
--- further route goes to route|<class>|<other> instead (quota.py MAX_ROUTES, OTHER_ROUTES).
+-- further route goes to route|<class>|<other> instead (tallies.py MAX_ROUTES, OTHER_ROUTES).
 -- KEYS: the usage hashes, then the writer's marker. ARGV: max (tally.lua), sequence number,
 -- marker ttl, hash ttl, cap, other, then per hash the number of its increments and field,
 -- amount pairs.

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from tenant_gateway.models import UsageKey
 from tenant_gateway.postgres.database import Database
-from tenant_gateway.quota import HYDRATED, UsageKey
-from tenant_gateway.tallies import sound_tallies
+from tenant_gateway.tallies import HYDRATED, sound_tallies
 
 if TYPE_CHECKING:
     from tenant_gateway.postgres.database import Connection
