@@ -2,6 +2,7 @@
 
 from tenant_gateway.clock import Clock, Period
 from tenant_gateway.context import current_tenant, get_current_tenant
+from tenant_gateway.events import QuotaEvent
 from tenant_gateway.exceptions import (
     ConfigurationError,
     NoTenantContext,
@@ -23,6 +24,7 @@ __all__ = [
     "Plan",
     "PlanCatalog",
     "Problem",
+    "QuotaEvent",
     "Role",
     "StoreUnavailable",
     "Tenant",

@@ -31,7 +31,7 @@ from tenant_gateway.exceptions import ConfigurationError, Problem, Refusal, Stor
 from tenant_gateway.headers import Header, declared_over
 from tenant_gateway.keys import api_key_from, api_key_from_lines
 from tenant_gateway.metering import Meter
-from tenant_gateway.plans import load_plans
+from tenant_gateway.plans import PlanCatalog, load_plans
 from tenant_gateway.ratelimit import BurstLimiter
 from tenant_gateway.services import Services
 
@@ -85,7 +85,7 @@ class TenantGateway:
         *,
         database_url: str | None = None,
         redis_url: str | None = None,
-        plans: str | Path | Mapping[str, Any] | None = None,
+        plans: PlanCatalog | str | Path | Mapping[str, Any] | None = None,
         admin_prefix: str = "/api/v1/tenants",
         admin_jwt_secret: str | None = None,
         admin_jwt_public_key: str | None = None,

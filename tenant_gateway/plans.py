@@ -57,9 +57,6 @@ class PlanCatalog(Mapping[str, Plan]):
     def __getitem__(self, name: str) -> Plan:
         return self._plans[name]
 
-    def get(self, name: str, default: Plan | None = None) -> Plan | None:  # type: ignore[override]
-        return self._plans.get(name, default)  # a direct lookup: this is on the hot path
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._plans)
 
@@ -133,10 +130,13 @@ def _plan_from_mapping(name: str, raw: object) -> Plan:
     )
 
 
-def load_plans(source: str | Path | Mapping[str, Any] | None) -> PlanCatalog:
-    """A catalogue from a JSON/TOML file path, a mapping shaped like that file, or the defaults."""
+def load_plans(source: PlanCatalog | str | Path | Mapping[str, Any] | None) -> PlanCatalog:
+    """A catalogue as it is, or from a JSON/TOML file path, a mapping shaped like that file, or
+    the defaults."""
     if source is None:
         return DEFAULT_PLANS
+    if isinstance(source, PlanCatalog):
+        return source
     if isinstance(source, str | Path):
         path = Path(source)
         try:

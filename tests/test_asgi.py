@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
 import tenant_gateway
-from tenant_gateway import Tenant, TenantGateway, get_current_tenant
+from tenant_gateway import DEFAULT_PLANS, PlanCatalog, Tenant, TenantGateway, get_current_tenant
 from tenant_gateway.exceptions import NoTenantContext
 
 from .apps import echo_app
@@ -29,6 +29,7 @@ def test_public_names_are_pinned() -> None:
         "Plan",
         "PlanCatalog",
         "Problem",
+        "QuotaEvent",
         "Role",
         "StoreUnavailable",
         "Tenant",
@@ -43,6 +44,13 @@ def test_public_names_are_pinned() -> None:
     }
     for name in tenant_gateway.__all__:
         assert getattr(tenant_gateway, name) is not None
+
+
+def test_a_plan_catalogue_is_taken_as_it_is() -> None:
+    """``plans=`` takes the exported ``PlanCatalog`` (the defaults, or one built in code)."""
+    custom = PlanCatalog({"solo": DEFAULT_PLANS["free"]})
+    assert TenantGateway(echo_app(), plans=DEFAULT_PLANS).services.plans is DEFAULT_PLANS
+    assert TenantGateway(echo_app(), plans=custom).services.plans is custom
 
 
 def test_lifespan_events_reach_the_wrapped_app(stores: Stores) -> None:
