@@ -14,10 +14,12 @@ import re
 import secrets
 import zlib
 from collections.abc import Iterable
+from datetime import datetime
 
 from starlette.datastructures import Headers
 
 from tenant_gateway.exceptions import AmbiguousCredentials
+from tenant_gateway.models import ApiKeyRecord, Role
 
 __all__ = [
     "ID_MAX_LENGTH",
@@ -30,7 +32,9 @@ __all__ = [
     "is_id",
     "is_well_formed",
     "key_display_prefix",
+    "mint_key",
     "new_id",
+    "new_webhook_secret",
     "verify_api_key",
 ]
 
@@ -83,6 +87,28 @@ def key_display_prefix(key: str) -> str:
 def new_id(kind: str) -> str:
     """An opaque unique identifier such as ``tenant_k3j…`` (80 random bits, base32)."""
     return f"{kind}_{secrets.token_hex(10)}"
+
+
+def mint_key(
+    tenant_id: str, name: str | None, role: Role, created_at: datetime, expires_at: datetime | None
+) -> tuple[str, ApiKeyRecord]:
+    """A new key: its secret (shown once, never stored) and the record kept (its digest)."""
+    secret = generate_api_key()
+    return secret, ApiKeyRecord(
+        id=new_id("key"),
+        tenant_id=tenant_id,
+        key_hash=hash_api_key(secret),
+        prefix=key_display_prefix(secret),
+        name=name,
+        role=role,
+        created_at=created_at,
+        expires_at=expires_at,
+    )
+
+
+def new_webhook_secret() -> str:
+    """The secret a tenant's webhook deliveries are signed with (``events.sign_webhook``)."""
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 def is_id(text: str) -> bool:
