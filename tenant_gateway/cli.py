@@ -33,11 +33,8 @@ from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
-from tenant_gateway.postgres.transfer import (
-    export_tenant,
-    import_tenant,
-    numbered_lines,
-)
+from tenant_gateway.postgres.transfer_export import export_tenant
+from tenant_gateway.postgres.transfer_import import import_tenant, numbered_lines
 from tenant_gateway.quota import RedisCounters
 from tenant_gateway.services import Services
 

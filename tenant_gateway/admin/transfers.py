@@ -16,12 +16,8 @@ from tenant_gateway.bodies import limited_stream
 from tenant_gateway.exceptions import ImportRejected, Problem, StoreUnavailable, TransferBusy
 from tenant_gateway.models import Action, effective_seat_limit
 from tenant_gateway.postgres.database import Database
-from tenant_gateway.postgres.transfer import (
-    LineTooLong,
-    export_tenant,
-    import_tenant,
-    numbered_lines,
-)
+from tenant_gateway.postgres.transfer_export import export_tenant
+from tenant_gateway.postgres.transfer_import import LineTooLong, import_tenant, numbered_lines
 from tenant_gateway.transfers import TransferPace, TransferSlot
 
 __all__ = ["TransferHandlers"]

@@ -43,6 +43,7 @@ __all__ = [
     "Database",
     "as_owner",
     "as_tenant",
+    "is_identifier",
     "is_isolated",
     "isolate_table",
     "lock_transfer",
@@ -83,6 +84,11 @@ _DRIVER_ERRORS = (
 # Also possible while connecting or acquiring — but inside the caller's block an OSError or a
 # TimeoutError may be the caller's own (an HTTP call, say), so there they pass through.
 _CONNECT_ERRORS = (OSError, TimeoutError, *_DRIVER_ERRORS)
+
+
+def is_identifier(name: str) -> bool:
+    """A plain lower-case SQL identifier, safe to quote into a statement."""
+    return _IDENTIFIER_RE.match(name) is not None
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -365,7 +371,7 @@ async def isolate_table(conn: Connection, table: str) -> None:
     every reader of the table, and every later query waits behind it). Call it from the
     application's own migration, under a lock timeout (``run_ddl`` does both).
     """
-    if _IDENTIFIER_RE.match(table) is None:
+    if not is_identifier(table):
         raise ConfigurationError(f"table name {table!r} must be a plain lower-case identifier")
     if await is_isolated(conn, table):
         return
