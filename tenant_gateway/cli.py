@@ -35,7 +35,7 @@ from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
 from tenant_gateway.postgres.transfer_export import export_tenant
 from tenant_gateway.postgres.transfer_import import import_tenant, numbered_lines
-from tenant_gateway.quota import RedisCounters
+from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.services import Services
 
 __all__ = ["main"]

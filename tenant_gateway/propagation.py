@@ -4,20 +4,15 @@ A change made through the admin API evicts the tenant from this process's key ca
 is published on a Redis channel; every other gateway process subscribed to it evicts too, so a
 revocation, suspension, deletion or plan change takes effect everywhere within milliseconds.
 The key cache's TTL (1 s by default) is the backstop while Redis or the subscription is down.
+This module holds the single-process invalidation; across processes it is
+``redis/invalidation.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Protocol
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-__all__ = ["Invalidator", "KeyCache", "RedisInvalidator"]
-
-logger = logging.getLogger("tenant_gateway.propagation")
+__all__ = ["Invalidator", "KeyCache"]
 
 
 class KeyCache(Protocol):
@@ -43,44 +38,3 @@ class Invalidator:
 
     async def close(self) -> None:
         return None
-
-
-class RedisInvalidator(Invalidator):
-    def __init__(self, resolver: KeyCache, url: str, *, channel: str, timeout: float = 1.0) -> None:
-        super().__init__(resolver)
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout
-        )
-        self._channel = channel
-        self.ready = asyncio.Event()
-        """Set while subscribed (tests wait on it)."""
-
-    async def tenant_changed(self, tenant_id: str) -> None:
-        await super().tenant_changed(tenant_id)
-        try:
-            await self._redis.publish(self._channel, tenant_id)
-        except RedisError as exc:  # the other workers fall back on the cache TTL
-            logger.warning("could not publish invalidation of %s: %s", tenant_id, exc)
-
-    async def run(self) -> None:
-        """Listen until cancelled, resubscribing after a lost connection."""
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                # changes published while we were not listening are unknown: start afresh
-                self._resolver.forget_all()
-                self.ready.set()
-                async for message in pubsub.listen():
-                    data = message.get("data")
-                    if isinstance(data, bytes):
-                        self._resolver.forget_tenant(data.decode("utf-8", "replace"))
-            except RedisError as exc:
-                self.ready.clear()
-                logger.warning("invalidation channel lost (%s); retrying in 1 s", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await pubsub.aclose()
-
-    async def close(self) -> None:
-        await self._redis.aclose()

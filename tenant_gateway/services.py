@@ -27,8 +27,10 @@ from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
 from tenant_gateway.postgres.invoices import PostgresInvoices
 from tenant_gateway.postgres.ledger import PostgresLedger
-from tenant_gateway.propagation import Invalidator, RedisInvalidator
-from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
+from tenant_gateway.propagation import Invalidator
+from tenant_gateway.quota import CounterStore, MemoryCounters
+from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.invalidation import RedisInvalidator
 from tenant_gateway.resolver import KeyResolver
 from tenant_gateway.transfers import TransferSlots
 from tenant_gateway.usage import UsageRecorder

@@ -5,7 +5,7 @@ snapshot, a row an operator imports) is an integer in ``0..MAX_TALLY`` under a f
 ledger can index. Anything else is corrupt: left out and logged, never added to. The bound is far
 above real traffic (a million calls a second for thirty years) and far below what Redis (signed
 64 bits) or a Lua number (exact to 2**53) holds, so no sum of bounded values overflows either.
-The Lua scripts (``lua/tally.lua``) apply the same rule inside Redis.
+The Lua scripts (``redis/lua/tally.lua``) apply the same rule inside Redis.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from tenant_gateway import TenantGateway
 from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.exceptions import StoreUnavailable
-from tenant_gateway.quota import RedisCounters
+from tenant_gateway.redis.counters import RedisCounters
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, register

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tenant_gateway import TenantGateway
-from tenant_gateway.propagation import RedisInvalidator
+from tenant_gateway.redis.invalidation import RedisInvalidator
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, auth, operator_headers, register

@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 
 from tenant_gateway.breaker import BreakerState
 from tenant_gateway.exceptions import StoreUnavailable
-from tenant_gateway.quota import CounterStore, MemoryCounters, RedisCounters
+from tenant_gateway.quota import CounterStore, MemoryCounters
+from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.tallies import MAX_ROUTES
 from tenant_gateway.usage import UsageRecorder
 

@@ -10,9 +10,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from tenant_gateway.decisions import DecisionBatch
 from tenant_gateway.exceptions import StoreUnavailable
-from tenant_gateway.quota import MemoryCounters, RedisCounters
+from tenant_gateway.quota import MemoryCounters
+from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.decisions import DecisionBatch
 from tenant_gateway.redis_pipeline import PipelinedRedis, bulk, pack_command
 
 from .tcp_proxy import TcpProxy

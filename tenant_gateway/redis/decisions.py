@@ -15,20 +15,13 @@ lookups and two list appends.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
-from tenant_gateway.lua import load
+from tenant_gateway.quota import Admission
+from tenant_gateway.redis.lua import load
 from tenant_gateway.redis_pipeline import bulk
 from tenant_gateway.tallies import MAX_TALLY
 
-__all__ = ["ADMIT_SCRIPT", "Admission", "Decision", "DecisionBatch"]
-
-
-@dataclass(slots=True)  # not frozen: one is built per call, and frozen doubles that cost
-class Admission:
-    admitted: bool
-    used: int
-    """Billable calls in the period, this one included when admitted."""
+__all__ = ["ADMIT_SCRIPT", "Decision", "DecisionBatch"]
 
 
 Decision = tuple[tuple[str, str], str, int | None, bool]
