@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
 
+from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.quota import RedisCounters
 from tenant_gateway.redis_pipeline import PipelinedRedis, _tls_context
 
@@ -406,6 +407,23 @@ async def test_a_missing_certificate_file_is_a_connection_error(
 ) -> None:
     url = servers.mutual_url(ssl_certfile=servers.certs / "nowhere.pem")
     assert "No such file" in await refused(round_trip, url)
+
+
+async def test_the_key_password_stays_out_of_error_messages(servers: Servers) -> None:
+    url = servers.mutual_url(
+        ssl_ca_certs=servers.certs / "other-ca.pem",
+        ssl_keyfile=servers.certs / "client-locked.key",
+        ssl_password=KEY_PASSWORD,
+    )
+    counters = RedisCounters(url, key_prefix="tg-tls:", timeout=5)
+    try:
+        with pytest.raises(StoreUnavailable) as failure:
+            await counters.admit(("tenant", "2026-11"), "01", 2, False)
+    finally:
+        await counters.close()
+    assert "CERTIFICATE_VERIFY_FAILED" in str(failure.value)
+    assert "ssl_password=***" in str(failure.value)
+    assert quote_plus(KEY_PASSWORD) not in str(failure.value)
 
 
 # -- the context, option by option -----------------------------------------------------------
