@@ -28,7 +28,7 @@ The domain and the stores raise the errors above ``Problem``; the HTTP layer alo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 __all__ = [
     "AmbiguousCredentials",
@@ -221,9 +221,20 @@ class Problem(TenantGatewayError):
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
+    """The URL without its passwords, fit for logs and error messages: the user's, and query
+    values whose name ends in ``password`` (``ssl_password``, libpq's ``sslpassword``)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = "&".join(_redact_parameter(pair) for pair in parts.query.split("&"))
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redact_parameter(pair: str) -> str:
+    name, equals, value = pair.partition("=")
+    if value and unquote_plus(name).lower().endswith("password"):
+        return f"{name}{equals}***"
+    return pair

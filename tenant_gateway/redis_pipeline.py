@@ -11,7 +11,8 @@ flight fails.
 Errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``), so callers
 handle one exception tree whichever client took the call. The connection is opened lazily and
 again after any failure; URLs are read by redis-py's ``parse_url`` (``redis://``, ``rediss://``,
-``unix://``, user, password, database).
+``unix://``, user, password, database), and a ``rediss://`` URL's ``ssl_*`` options mean what
+they mean to redis-py's ``SSLConnection`` (``_tls_context``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, cast
 
 import hiredis
@@ -28,6 +30,8 @@ from redis.asyncio.connection import SSLConnection, parse_url
 __all__ = ["PipelinedRedis", "bulk", "pack_command"]
 
 Arg = bytes | str | int
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
 def bulk(value: Arg) -> bytes:
@@ -131,6 +135,7 @@ class PipelinedRedis:
         self._timeout = timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
+        self._tls: ssl.SSLContext | None = None  # built at the first connect, then kept
 
     @property
     def connected(self) -> bool:
@@ -167,6 +172,7 @@ class PipelinedRedis:
                         lambda: _Connection(self._timeout), str(params["path"])
                     )
                 else:
+                    # With TLS, asyncio sends and checks the URL's host as the server name.
                     _, connection = await loop.create_connection(
                         lambda: _Connection(self._timeout),
                         str(params.get("host", "localhost")),
@@ -200,13 +206,19 @@ class PipelinedRedis:
         return commands
 
     def _ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of a ``rediss://`` URL (None for the others): built at the first
+        connect, kept for the next ones. A context that cannot be built (a missing file, a
+        wrong key password) fails the connect with ``ConnectionError``, as in redis-py."""
         if self._params.get("connection_class") is not SSLConnection:
             return None
-        context = ssl.create_default_context()
-        if str(self._params.get("ssl_cert_reqs", "required")).lower() == "none":
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        if self._tls is None:
+            try:
+                self._tls = _tls_context(self._params)
+            except errors.RedisError:
+                raise
+            except Exception as exc:
+                raise errors.ConnectionError(f"Cannot set up TLS for Redis: {exc}") from exc
+        return self._tls
 
     async def close(self) -> None:
         if self._connecting is not None and not self._connecting.done():
@@ -214,3 +226,55 @@ class PipelinedRedis:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _tls_context(options: Mapping[str, object]) -> ssl.SSLContext:
+    """The context redis-py's ``SSLConnection`` builds from the same URL options, with its
+    defaults: the system's CAs, certificates required, host name checked unless
+    ``ssl_cert_reqs=none``.
+
+    ``ssl_cert_reqs`` (none, optional, required), ``ssl_check_hostname``, ``ssl_ca_certs``,
+    ``ssl_ca_path``, ``ssl_ca_data`` (PEM), ``ssl_certfile``, ``ssl_keyfile``,
+    ``ssl_password``, ``ssl_min_version`` (a ``TLSVersion`` number: 771 is TLS 1.2),
+    ``ssl_ciphers``, ``ssl_include_verify_flags`` and ``ssl_exclude_verify_flags``
+    (``VerifyFlags`` names)."""
+    cert_reqs = _CERT_REQS.get(str(options.get("ssl_cert_reqs", "required")))
+    if cert_reqs is None:
+        raise errors.RedisError(
+            f"Invalid SSL Certificate Requirements Flag: {options.get('ssl_cert_reqs')}"
+        )
+    context = ssl.create_default_context()
+    context.check_hostname = cert_reqs != ssl.CERT_NONE and bool(
+        options.get("ssl_check_hostname", True)
+    )
+    context.verify_mode = cert_reqs
+    for flag in _flags(options, "ssl_include_verify_flags"):
+        context.verify_flags |= flag
+    for flag in _flags(options, "ssl_exclude_verify_flags"):
+        context.verify_flags &= ~flag
+    certfile, keyfile = _text(options, "ssl_certfile"), _text(options, "ssl_keyfile")
+    if certfile or keyfile:
+        if not certfile:
+            raise ValueError("ssl_keyfile needs ssl_certfile")
+        context.load_cert_chain(certfile, keyfile, _text(options, "ssl_password"))
+    ca_certs, ca_path = _text(options, "ssl_ca_certs"), _text(options, "ssl_ca_path")
+    ca_data = _text(options, "ssl_ca_data")
+    if ca_certs or ca_path or ca_data:
+        context.load_verify_locations(ca_certs, ca_path, ca_data)
+    min_version = options.get("ssl_min_version")
+    if isinstance(min_version, int):
+        context.minimum_version = ssl.TLSVersion(min_version)
+    ciphers = _text(options, "ssl_ciphers")
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    return context
+
+
+def _text(options: Mapping[str, object], name: str) -> str | None:
+    value = options.get(name)
+    return None if value is None else str(value)
+
+
+def _flags(options: Mapping[str, object], name: str) -> list[ssl.VerifyFlags]:
+    value = options.get(name)  # parse_url made the names a list of VerifyFlags
+    return [ssl.VerifyFlags(flag) for flag in value] if isinstance(value, list) else []
