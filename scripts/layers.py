@@ -49,7 +49,6 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "quota",
         "ratelimit",
         "redis",
-        "redis_pipeline",
     ),
     "edge": (
         "billing",

@@ -14,7 +14,7 @@ from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.quota import MemoryCounters
 from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.redis.decisions import DecisionBatch
-from tenant_gateway.redis_pipeline import PipelinedRedis, bulk, pack_command
+from tenant_gateway.redis.pipeline import PipelinedRedis, bulk, pack_command
 
 from .tcp_proxy import TcpProxy
 from .test_faults import proxy_to, through

@@ -33,7 +33,7 @@ from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import Admission, DirtyKeys, HydrateSource, refunds_last
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
 from tenant_gateway.redis.lua import load
-from tenant_gateway.redis_pipeline import PipelinedRedis, bulk
+from tenant_gateway.redis.pipeline import PipelinedRedis, bulk
 from tenant_gateway.tallies import (
     HYDRATED,
     MAX_ROUTES,
@@ -94,7 +94,7 @@ class RedisCounters(DirtyKeys):
         self._sequence = 0
         self._unacked: tuple[int, dict[UsageKey, Counter[str]]] | None = None
         self._adding = asyncio.Lock()
-        # The hot path's decisions bypass redis-py: see ``redis_pipeline.py``.
+        # The hot path's decisions bypass redis-py: see ``redis/pipeline.py``.
         self._pipe = PipelinedRedis(url, timeout=timeout)
         self._batch = DecisionBatch()
         self._inflight: set[asyncio.Task[None]] = set()

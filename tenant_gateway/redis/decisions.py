@@ -18,7 +18,7 @@ import asyncio
 
 from tenant_gateway.quota import Admission
 from tenant_gateway.redis.lua import load
-from tenant_gateway.redis_pipeline import bulk
+from tenant_gateway.redis.pipeline import bulk
 from tenant_gateway.tallies import MAX_TALLY
 
 __all__ = ["ADMIT_SCRIPT", "Decision", "DecisionBatch"]
