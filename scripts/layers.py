@@ -58,6 +58,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "netpolicy",
         "resolver",
         "services",
+        "settings",
+        "stores",
         "transfers",
         "usage",
     ),

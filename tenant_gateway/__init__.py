@@ -14,6 +14,7 @@ from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.models import Role, Tenant, TenantStatus
 from tenant_gateway.plans import DEFAULT_PLANS, Plan, PlanCatalog, load_plans
 from tenant_gateway.postgres.database import isolate_table, tenant_transaction
+from tenant_gateway.settings import Settings
 
 __all__ = [
     "DEFAULT_PLANS",
@@ -26,6 +27,7 @@ __all__ = [
     "Problem",
     "QuotaEvent",
     "Role",
+    "Settings",
     "StoreUnavailable",
     "Tenant",
     "TenantGateway",

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
@@ -37,6 +36,7 @@ from tenant_gateway.postgres.transfer_export import export_tenant
 from tenant_gateway.postgres.transfer_import import import_tenant, numbered_lines
 from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.services import Services
+from tenant_gateway.settings import Settings
 
 __all__ = ["main"]
 
@@ -345,17 +345,13 @@ def _migrate(args: argparse.Namespace) -> int:
 
 async def _close_period(args: argparse.Namespace, period: Period) -> int:
     services = Services.create(
-        plans=load_plans(args.plans),
-        database_url=args.database_url,
-        redis_url=args.redis_url,
-        redis_key_prefix=args.redis_key_prefix,
-        clock=time.time,
-        allow_signup=False,
-        max_body_bytes=0,
-        flush_interval=1.0,
-        key_cache_ttl=0.0,
-        key_cache_size=1,
-        on_quota_threshold=None,
+        Settings(
+            database_url=args.database_url,
+            redis_url=args.redis_url,
+            plans=load_plans(args.plans),
+            redis_key_prefix=args.redis_key_prefix,
+            allow_signup=False,
+        )
     )
     await services.directory.start()
     try:

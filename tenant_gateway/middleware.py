@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tenant_gateway import problems
 from tenant_gateway.admin.app import build_admin_app
 from tenant_gateway.admin.auth import OperatorAuth
-from tenant_gateway.client_limits import client_address, limiter_for
+from tenant_gateway.client_limits import client_address
 from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
@@ -34,6 +34,7 @@ from tenant_gateway.metering import Meter
 from tenant_gateway.plans import PlanCatalog, load_plans
 from tenant_gateway.ratelimit import BurstLimiter
 from tenant_gateway.services import Services
+from tenant_gateway.settings import Settings
 
 __all__ = ["TenantGateway"]
 
@@ -117,96 +118,82 @@ class TenantGateway:
         admin_tenant_concurrency: int = 4,
         clock: Clock = system_clock,
     ) -> None:
-        if not admin_prefix.startswith("/") or admin_prefix.endswith("/"):
-            raise ConfigurationError("admin_prefix must start with '/' and not end with '/'")
-        if max_body_bytes < 0 or admin_max_body_bytes < 0:
-            raise ConfigurationError("body limits must be non-negative")
-        if usage_flush_interval <= 0 or key_cache_ttl < 0 or key_cache_size < 1:
-            raise ConfigurationError("flush interval, cache TTL and cache size must be positive")
-        if redis_fail_mode not in ("open", "closed"):
-            raise ConfigurationError('redis_fail_mode must be "open" or "closed"')
-        if transfer_concurrency < 1 or transfer_idle_timeout <= 0:
-            raise ConfigurationError(
-                "transfer_concurrency and transfer_idle_timeout must be positive"
-            )
-        if transfer_min_rate < 0 or transfer_max_duration <= 0:
-            raise ConfigurationError(
-                "transfer_min_rate must be >= 0 and transfer_max_duration positive"
-            )
-        self.liveness_path, self.readiness_path = health_paths or ("", "")
-        self.app = app
-        self.admin_prefix = admin_prefix
-        self._admin_subpaths = admin_prefix + "/"
-        self.public_paths = frozenset(public_paths)
-        self.max_body_bytes = max_body_bytes
-        operators = (
-            OperatorAuth(
-                secret=admin_jwt_secret,
-                public_key=admin_jwt_public_key,
-                audience=admin_jwt_audience,
-                issuer=admin_jwt_issuer,
-                max_lifetime=admin_jwt_max_lifetime,
-            )
-            if admin_jwt_secret or admin_jwt_public_key
-            else None
-        )
-        catalog = load_plans(plans)
-        if signup_plans is not None and (not signup_plans or not set(signup_plans) <= set(catalog)):
-            raise ConfigurationError(
-                f"signup_plans must name plans of the catalogue ({', '.join(sorted(catalog))})"
-            )
-        self.services = Services.create(
-            plans=catalog,
+        settings = Settings(
             database_url=database_url,
             redis_url=redis_url,
-            redis_key_prefix=redis_key_prefix,
-            clock=clock,
+            plans=load_plans(plans),
+            admin_prefix=admin_prefix,
+            admin_jwt_secret=admin_jwt_secret,
+            admin_jwt_public_key=admin_jwt_public_key,
+            admin_jwt_audience=admin_jwt_audience,
+            admin_jwt_issuer=admin_jwt_issuer,
+            admin_jwt_max_lifetime=admin_jwt_max_lifetime,
+            public_paths=frozenset(public_paths),
+            max_body_bytes=max_body_bytes,
+            admin_max_body_bytes=admin_max_body_bytes,
             allow_signup=allow_signup,
-            max_body_bytes=admin_max_body_bytes,
-            flush_interval=usage_flush_interval,
+            signup_rate=signup_rate,
+            signup_plans=None if signup_plans is None else frozenset(signup_plans),
+            auth_failure_rate=auth_failure_rate,
+            plan_change_rate=plan_change_rate,
+            redis_key_prefix=redis_key_prefix,
+            burst_storage=burst_storage,
             key_cache_ttl=key_cache_ttl,
             key_cache_size=key_cache_size,
+            usage_flush_interval=usage_flush_interval,
             on_quota_threshold=on_quota_threshold,
-            # Sign-ups are counted in Redis when there is one (one limit for every worker);
-            # failed authentications in process, inline: no I/O on a flood's path.
-            signup_limiter=limiter_for(
-                signup_rate, "signup_rate", clock, redis_url=redis_url, key_prefix=redis_key_prefix
-            ),
-            signup_plans=None if signup_plans is None else frozenset(signup_plans),
-            auth_failures=limiter_for(auth_failure_rate, "auth_failure_rate", clock),
-            # Plan changes per tenant: each is a PostgreSQL transaction and a plan-history row.
-            # Shared in Redis when there is one, like sign-ups.
-            plan_change_limiter=limiter_for(
-                plan_change_rate,
-                "plan_change_rate",
-                clock,
-                redis_url=redis_url,
-                key_prefix=redis_key_prefix,
-            ),
+            webhook_allowed_networks=tuple(webhook_allowed_networks),
+            redis_fail_mode=redis_fail_mode,
+            health_paths=health_paths,
+            admin_timeout=admin_timeout,
             transfer_concurrency=transfer_concurrency,
             transfer_idle_timeout=transfer_idle_timeout,
             transfer_min_rate=transfer_min_rate,
             transfer_max_duration=transfer_max_duration,
-            transfer_statement_timeout=admin_timeout,  # a transfer's waits on the store
-            webhook_allowed_networks=webhook_allowed_networks,
+            admin_tenant_concurrency=admin_tenant_concurrency,
+            clock=clock,
         )
+        self.app = app
+        self._configure(settings)
+
+    @classmethod
+    def from_settings(cls, app: ASGIApp, settings: Settings) -> TenantGateway:
+        """The gateway for ``settings`` as they are (what the keyword arguments build)."""
+        gateway = cls.__new__(cls)
+        gateway.app = app
+        gateway._configure(settings)
+        return gateway
+
+    def _configure(self, settings: Settings) -> None:
+        self.settings = settings
+        self.liveness_path, self.readiness_path = settings.health_paths or ("", "")
+        self.admin_prefix = settings.admin_prefix
+        self._admin_subpaths = settings.admin_prefix + "/"
+        self.public_paths = settings.public_paths
+        self.max_body_bytes = settings.max_body_bytes
+        operators = (
+            OperatorAuth(
+                secret=settings.admin_jwt_secret,
+                public_key=settings.admin_jwt_public_key,
+                audience=settings.admin_jwt_audience,
+                issuer=settings.admin_jwt_issuer,
+                max_lifetime=settings.admin_jwt_max_lifetime,
+            )
+            if settings.admin_jwt_secret or settings.admin_jwt_public_key
+            else None
+        )
+        self.services = Services.create(settings)
         self.meter = Meter(
             self.services.counters,
-            BurstLimiter(burst_storage, clock),
+            BurstLimiter(settings.burst_storage, settings.clock),
             self.services.events,
-            clock,
-            self.services.plans,
+            settings.clock,
+            settings.plans,
             self.services.recorder,
-            redis_fail_mode,
+            settings.redis_fail_mode,
         )
-        self._plans = dict(self.services.plans)  # a plain dict: the hot path's lookup
-        self.admin_app = build_admin_app(
-            self.services,
-            admin_prefix,
-            operators=operators,
-            timeout=admin_timeout,
-            tenant_concurrency=admin_tenant_concurrency,
-        )
+        self._plans = dict(settings.plans)  # a plain dict: the hot path's lookup
+        self.admin_app = build_admin_app(self.services, operators)
         self._started = False
         self._start_lock = asyncio.Lock()
         self._outage_logged: dict[str, float] = {}

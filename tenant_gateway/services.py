@@ -1,37 +1,34 @@
-"""The gateway's stores and background work, shared by the middleware and the admin sub-app.
+"""The gateway's services over its stores, shared by the middleware and the admin sub-app.
 
-``Services.create`` picks each store from its URL (none → the embedded in-memory one);
+``Services.create`` wires them from the settings (each store chosen by ``stores.open_stores``);
 ``start``/``stop`` open and close them; a background loop flushes what is batched in memory
-(route tallies, refunds, key last-use times, ledger snapshots) every ``flush_interval`` seconds.
+(route tallies, refunds, key last-use times, ledger snapshots) every ``usage_flush_interval``
+seconds, another closes last month's invoices once they are due.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tenant_gateway.billing import Billing
-from tenant_gateway.client_limits import ClientLimiter
+from tenant_gateway.client_limits import ClientLimiter, limiter_for
 from tenant_gateway.clock import Clock
-from tenant_gateway.directory import MemoryDirectory, TenantDirectory
-from tenant_gateway.events import EventDispatcher, QuotaHook
+from tenant_gateway.directory import TenantDirectory
+from tenant_gateway.events import EventDispatcher
 from tenant_gateway.exceptions import StoreUnavailable
-from tenant_gateway.invoices import InvoiceStore, MemoryInvoices
-from tenant_gateway.ledger import MemoryLedger, UsageLedger
+from tenant_gateway.ledger import UsageLedger
 from tenant_gateway.models import API_ROLES
 from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import PlanCatalog
 from tenant_gateway.postgres.database import Database
-from tenant_gateway.postgres.directory import PostgresDirectory
-from tenant_gateway.postgres.invoices import PostgresInvoices
-from tenant_gateway.postgres.ledger import PostgresLedger
 from tenant_gateway.propagation import Invalidator
-from tenant_gateway.quota import CounterStore, MemoryCounters
+from tenant_gateway.quota import CounterStore
 from tenant_gateway.redis.counters import RedisCounters
-from tenant_gateway.redis.invalidation import RedisInvalidator
 from tenant_gateway.resolver import KeyResolver
+from tenant_gateway.settings import Settings
+from tenant_gateway.stores import open_invalidator, open_stores
 from tenant_gateway.transfers import TransferSlots
 from tenant_gateway.usage import UsageRecorder
 
@@ -42,6 +39,7 @@ logger = logging.getLogger("tenant_gateway")
 
 @dataclass(slots=True)
 class Services:
+    settings: Settings
     plans: PlanCatalog
     database: Database | None
     directory: TenantDirectory
@@ -53,124 +51,59 @@ class Services:
     events: EventDispatcher
     billing: Billing
     clock: Clock
-    allow_signup: bool
-    max_body_bytes: int
-    flush_interval: float
-    import_max_bytes: int = 256 * 1024 * 1024
-    signup_limiter: ClientLimiter | None = None
-    signup_plans: frozenset[str] | None = None
-    """The plans self-service sign-up may choose (None: all)."""
-    plan_change_limiter: ClientLimiter | None = None
-    """Plan changes per tenant id (operators' are not counted)."""
-    transfers: TransferSlots = field(default_factory=lambda: TransferSlots(2))
-    transfer_idle_timeout: float = 10.0
-    """How long an export may wait for its client to read, an import for it to send."""
-    transfer_min_rate: int = 1024
-    """Bytes a second a transfer's client must keep up, averaged over the idle timeout."""
-    transfer_max_duration: float = 3600.0
-    """Seconds a transfer may last at most, however fast it moves."""
+    signup_limiter: ClientLimiter | None
+    """Sign-ups per client address; in Redis when there is one (one limit for every worker)."""
+    plan_change_limiter: ClientLimiter | None
+    """Plan changes per tenant id (operators' are not counted): each is a transaction and a
+    plan-history row. In Redis when there is one, like sign-ups."""
+    transfers: TransferSlots
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    def create(
-        cls,
-        *,
-        plans: PlanCatalog,
-        database_url: str | None,
-        redis_url: str | None,
-        redis_key_prefix: str,
-        clock: Clock,
-        allow_signup: bool,
-        max_body_bytes: int,
-        flush_interval: float,
-        key_cache_ttl: float,
-        key_cache_size: int,
-        on_quota_threshold: QuotaHook | None,
-        invoice_close_grace: float = 60.0,
-        signup_limiter: ClientLimiter | None = None,
-        signup_plans: frozenset[str] | None = None,
-        auth_failures: ClientLimiter | None = None,
-        plan_change_limiter: ClientLimiter | None = None,
-        transfer_concurrency: int = 2,
-        transfer_idle_timeout: float = 10.0,
-        transfer_min_rate: int = 1024,
-        transfer_max_duration: float = 3600.0,
-        transfer_statement_timeout: float | None = None,
-        webhook_allowed_networks: Sequence[str] = (),
-    ) -> Services:
-        database = (
-            Database(
-                database_url,
-                transfer_pool_size=transfer_concurrency,
-                transfer_statement_timeout=transfer_statement_timeout,
-            )
-            if database_url
-            else None
-        )
-        directory: TenantDirectory
-        ledger: UsageLedger
-        invoices: InvoiceStore
-        if database is not None:
-            directory, ledger = PostgresDirectory(database), PostgresLedger(database)
-            invoices = PostgresInvoices(database)
-        else:
-            directory, ledger, invoices = MemoryDirectory(), MemoryLedger(), MemoryInvoices()
-        counters: CounterStore = (
-            RedisCounters(
-                redis_url, key_prefix=redis_key_prefix, hydrate_from=ledger.read, clock=clock
-            )
-            if redis_url
-            else MemoryCounters(hydrate_from=ledger.read)
-        )
+    def create(cls, settings: Settings) -> Services:
+        stores = open_stores(settings)
+        clock = settings.clock
         resolver = KeyResolver(
-            directory,
+            stores.directory,
             clock,
-            ttl=key_cache_ttl,
-            max_entries=key_cache_size,
+            ttl=settings.key_cache_ttl,
+            max_entries=settings.key_cache_size,
             api_roles=API_ROLES,
-            failures=auth_failures,
-        )
-        invalidator = (
-            RedisInvalidator(resolver, redis_url, channel=f"{redis_key_prefix}invalidate")
-            if redis_url
-            else Invalidator(resolver)
+            # Failed authentications are counted in process, inline: no I/O on a flood's path.
+            failures=limiter_for(settings.auth_failure_rate, "auth_failure_rate", clock),
         )
         return cls(
-            plans=plans,
-            database=database,
-            directory=directory,
-            ledger=ledger,
-            counters=counters,
-            recorder=UsageRecorder(counters),
+            settings=settings,
+            plans=settings.plans,
+            database=stores.database,
+            directory=stores.directory,
+            ledger=stores.ledger,
+            counters=stores.counters,
+            recorder=UsageRecorder(stores.counters),
             resolver=resolver,
-            invalidator=invalidator,
+            invalidator=open_invalidator(settings, resolver),
             events=EventDispatcher(
-                ledger,
-                directory,
+                stores.ledger,
+                stores.directory,
                 clock,
-                hook=on_quota_threshold,
-                policy=WebhookPolicy(webhook_allowed_networks),
+                hook=settings.on_quota_threshold,
+                policy=WebhookPolicy(settings.webhook_allowed_networks),
             ),
             billing=Billing(
-                directory=directory,
-                ledger=ledger,
-                counters=counters,
-                invoices=invoices,
-                plans=plans,
+                directory=stores.directory,
+                ledger=stores.ledger,
+                counters=stores.counters,
+                invoices=stores.invoices,
+                plans=settings.plans,
                 clock=clock,
-                close_grace_seconds=invoice_close_grace,
+                close_grace_seconds=settings.invoice_close_grace,
             ),
             clock=clock,
-            allow_signup=allow_signup,
-            max_body_bytes=max_body_bytes,
-            flush_interval=flush_interval,
-            signup_limiter=signup_limiter,
-            signup_plans=signup_plans,
-            plan_change_limiter=plan_change_limiter,
-            transfers=TransferSlots(transfer_concurrency),
-            transfer_idle_timeout=transfer_idle_timeout,
-            transfer_min_rate=transfer_min_rate,
-            transfer_max_duration=transfer_max_duration,
+            signup_limiter=_shared_limiter(settings, settings.signup_rate, "signup_rate"),
+            plan_change_limiter=_shared_limiter(
+                settings, settings.plan_change_rate, "plan_change_rate"
+            ),
+            transfers=TransferSlots(settings.transfer_concurrency),
         )
 
     async def start(self) -> None:
@@ -269,7 +202,7 @@ class Services:
 
     async def _flush_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.flush_interval)
+            await asyncio.sleep(self.settings.usage_flush_interval)
             try:
                 await self.flush()
             except StoreUnavailable as exc:
@@ -286,4 +219,15 @@ class Services:
                 logger.warning("closing invoices postponed: %s", exc)
             except Exception:
                 logger.exception("closing invoices failed")
-            await asyncio.sleep(max(self.flush_interval, 10.0))
+            await asyncio.sleep(max(self.settings.usage_flush_interval, 10.0))
+
+
+def _shared_limiter(settings: Settings, rate: str | None, name: str) -> ClientLimiter | None:
+    """A limiter every worker shares through Redis when there is one."""
+    return limiter_for(
+        rate,
+        name,
+        settings.clock,
+        redis_url=settings.redis_url,
+        key_prefix=settings.redis_key_prefix,
+    )

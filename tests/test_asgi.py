@@ -12,7 +12,15 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
 import tenant_gateway
-from tenant_gateway import DEFAULT_PLANS, PlanCatalog, Tenant, TenantGateway, get_current_tenant
+from tenant_gateway import (
+    DEFAULT_PLANS,
+    ConfigurationError,
+    PlanCatalog,
+    Settings,
+    Tenant,
+    TenantGateway,
+    get_current_tenant,
+)
 from tenant_gateway.exceptions import NoTenantContext
 
 from .apps import echo_app
@@ -31,6 +39,7 @@ def test_public_names_are_pinned() -> None:
         "Problem",
         "QuotaEvent",
         "Role",
+        "Settings",
         "StoreUnavailable",
         "Tenant",
         "TenantGateway",
@@ -51,6 +60,17 @@ def test_a_plan_catalogue_is_taken_as_it_is() -> None:
     custom = PlanCatalog({"solo": DEFAULT_PLANS["free"]})
     assert TenantGateway(echo_app(), plans=DEFAULT_PLANS).services.plans is DEFAULT_PLANS
     assert TenantGateway(echo_app(), plans=custom).services.plans is custom
+
+
+def test_settings_are_checked_when_made_and_build_the_same_gateway() -> None:
+    with pytest.raises(ConfigurationError, match="admin_prefix"):
+        Settings(admin_prefix="api")
+    with pytest.raises(ConfigurationError, match="signup_plans"):
+        Settings(signup_plans=frozenset({"gold"}))
+    settings = Settings(admin_prefix="/admin", key_cache_size=7)
+    gateway = TenantGateway.from_settings(echo_app(), settings)
+    assert gateway.settings is settings and gateway.services.settings is settings
+    assert TenantGateway(echo_app(), admin_prefix="/admin", key_cache_size=7).settings == settings
 
 
 def test_lifespan_events_reach_the_wrapped_app(stores: Stores) -> None:

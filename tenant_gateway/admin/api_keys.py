@@ -22,7 +22,7 @@ class KeyHandlers(AdminHandlers):
 
     async def create_key(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
-        body = await parse_body(request, CreateKeyRequest, self.services.max_body_bytes)
+        body = await parse_body(request, CreateKeyRequest, self.settings.admin_max_body_bytes)
         if body.expires_at is not None and body.expires_at <= self._now():
             raise field_error("expires_at", "must be in the future")
         secret, key = self._mint(tenant.id, body.name, body.role, body.expires_at)
@@ -56,7 +56,7 @@ class KeyHandlers(AdminHandlers):
     async def rotate_key(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_KEYS)
         body = await parse_body(
-            request, RotateKeyRequest, self.services.max_body_bytes, allow_empty=True
+            request, RotateKeyRequest, self.settings.admin_max_body_bytes, allow_empty=True
         )
         key_id = path_id(request, "key_id")
         old = next(

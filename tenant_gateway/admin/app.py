@@ -52,17 +52,11 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
     )
 
 
-def build_admin_app(
-    services: Services,
-    prefix: str,
-    *,
-    operators: OperatorAuth | None = None,
-    timeout: float = 10.0,
-    tenant_concurrency: int = 4,
-) -> Starlette:
-    """The admin API over ``services``; ``operators``: how operator tokens are verified (None:
-    no operator access)."""
-    shared = (services, operators, TenantAdmission(tenant_concurrency))
+def build_admin_app(services: Services, operators: OperatorAuth | None = None) -> Starlette:
+    """The admin API over ``services`` (its settings: prefix, deadline, per-tenant admission);
+    ``operators``: how operator tokens are verified (None: no operator access)."""
+    settings = services.settings
+    shared = (services, operators, TenantAdmission(settings.admin_tenant_concurrency))
     tenants, users, keys = TenantHandlers(*shared), UserHandlers(*shared), KeyHandlers(*shared)
     reports, transfers = ReportHandlers(*shared), TransferHandlers(*shared)
     tenant = "/{tenant_id}"
@@ -98,8 +92,8 @@ def build_admin_app(
         Route(tenant + "/webhook", tenants.delete_webhook, methods=["DELETE"]),
     ]
     return Starlette(
-        routes=[Mount(prefix, routes=routes)],
-        middleware=[Middleware(Deadline, timeout=timeout)],
+        routes=[Mount(settings.admin_prefix, routes=routes)],
+        middleware=[Middleware(Deadline, timeout=settings.admin_timeout)],
         exception_handlers={
             Problem: _problem_handler,
             Refusal: _problem_handler,

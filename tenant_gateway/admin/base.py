@@ -68,6 +68,7 @@ class AdminHandlers:
         self, services: Services, operators: OperatorAuth | None, admission: TenantAdmission
     ) -> None:
         self.services = services
+        self.settings = services.settings
         self.operators = operators
         self._admission = admission
 

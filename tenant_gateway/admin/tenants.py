@@ -29,9 +29,9 @@ class TenantHandlers(AdminHandlers):
 
     async def register(self, request: Request) -> Response:
         caller = await authenticate(
-            request, self.services.resolver, self.operators, required=not self.services.allow_signup
+            request, self.services.resolver, self.operators, required=not self.settings.allow_signup
         )
-        if not self.services.allow_signup:
+        if not self.settings.allow_signup:
             require_operator(caller)
         elif not caller.is_operator and self.services.signup_limiter is not None:
             # Every self-service attempt counts, valid or not; operators are not limited.
@@ -39,8 +39,8 @@ class TenantHandlers(AdminHandlers):
             wait = limiter.over(address) or await limiter.hit(address)
             if wait:
                 raise problems.too_many_attempts("sign-ups", wait)
-        body = await parse_body(request, RegisterRequest, self.services.max_body_bytes)
-        offered = self.services.signup_plans
+        body = await parse_body(request, RegisterRequest, self.settings.admin_max_body_bytes)
+        offered = self.settings.signup_plans
         if offered is not None and body.plan not in offered and not caller.is_operator:
             raise field_error("plan", f"must be one of {', '.join(sorted(offered))}")
         self._plan(body.plan)
@@ -85,7 +85,7 @@ class TenantHandlers(AdminHandlers):
 
     async def update_tenant(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
-        body = await parse_body(request, UpdateTenantRequest, self.services.max_body_bytes)
+        body = await parse_body(request, UpdateTenantRequest, self.settings.admin_max_body_bytes)
         if not body.model_fields_set:
             raise field_error("(body)", "name, max_users or admin_email is required")
         changes = TenantChanges(
@@ -144,7 +144,7 @@ class TenantHandlers(AdminHandlers):
             wait = limiter.over(tenant.id) or await limiter.hit(tenant.id)
             if wait:
                 raise problems.too_many_changes("plan", wait)
-        body = await parse_body(request, ChangePlanRequest, self.services.max_body_bytes)
+        body = await parse_body(request, ChangePlanRequest, self.settings.admin_max_body_bytes)
         plan = self._plan(body.plan)
         at = self._now()
         # The calls made so far stay on the old plan's terms: their count is stored with the
@@ -174,7 +174,7 @@ class TenantHandlers(AdminHandlers):
             wait = changes.take(tenant.id)
             if wait:
                 raise problems.too_many_changes("webhook", wait)
-        body = await parse_body(request, WebhookRequest, self.services.max_body_bytes)
+        body = await parse_body(request, WebhookRequest, self.settings.admin_max_body_bytes)
         refused = await self.services.events.policy.refusal_of(body.url, tenant.id)
         if refused is not None:
             raise field_error("url", refused, "The webhook URL is not allowed.")

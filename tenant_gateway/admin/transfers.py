@@ -43,16 +43,16 @@ class TransferHandlers(AdminHandlers):
     def _pace(self) -> TransferPace:
         return TransferPace(
             self.services.clock,
-            window=self.services.transfer_idle_timeout,
-            min_rate=self.services.transfer_min_rate,
-            max_duration=self.services.transfer_max_duration,
+            window=self.settings.transfer_idle_timeout,
+            min_rate=self.settings.transfer_min_rate,
+            max_duration=self.settings.transfer_max_duration,
         )
 
     def _transfer_refusal(self, exc: TransferBusy | StoreUnavailable) -> Problem:
         if isinstance(exc, StoreUnavailable):
             return problems.service_unavailable(str(exc))
         # A stalled transfer is cut within the idle timeout: a fair time to try again.
-        retry = max(1, math.ceil(self.services.transfer_idle_timeout))
+        retry = max(1, math.ceil(self.settings.transfer_idle_timeout))
         return problems.transfer_busy(exc.detail, per_tenant=exc.per_tenant, retry_after=retry)
 
     async def export(self, request: Request) -> Response:
@@ -68,7 +68,7 @@ class TransferHandlers(AdminHandlers):
         lift_deadline(request)  # the stream bounds its own waits, however long it runs
         return TransferStream(
             export_tenant(database, tenant.id, self._now()),
-            idle_timeout=self.services.transfer_idle_timeout,
+            idle_timeout=self.settings.transfer_idle_timeout,
             pace=self._pace(),
             refusal=self._transfer_refusal,
             on_close=slot.release,
@@ -80,7 +80,7 @@ class TransferHandlers(AdminHandlers):
         caller, tenant = await self._tenant(request, Action.MOVE_DATA)
         database = self._database()
         body = limited_stream(
-            request, self.services.import_max_bytes
+            request, self.settings.import_max_bytes
         )  # 413 now if declared too large
         flags = {name: request.query_params.get(name, "false") for name in ("dry_run", "app_only")}
         for name, value in flags.items():
@@ -93,7 +93,7 @@ class TransferHandlers(AdminHandlers):
                 database,
                 tenant.id,
                 numbered_lines(
-                    idle_limited(body, self.services.transfer_idle_timeout, self._pace())
+                    idle_limited(body, self.settings.transfer_idle_timeout, self._pace())
                 ),
                 dry_run=flags["dry_run"] == "true",
                 app_only=flags["app_only"] == "true",

@@ -20,7 +20,7 @@ class UserHandlers(AdminHandlers):
 
     async def add_user(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
-        body = await parse_body(request, AddUserRequest, self.services.max_body_bytes)
+        body = await parse_body(request, AddUserRequest, self.settings.admin_max_body_bytes)
         seat_limit = effective_seat_limit(self._plan(tenant.plan), tenant)
         user = User(new_id("usr"), tenant.id, body.email, body.role, self._now())
         await self.services.directory.add_user(
@@ -42,7 +42,7 @@ class UserHandlers(AdminHandlers):
 
     async def update_user(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
-        body = await parse_body(request, UpdateUserRequest, self.services.max_body_bytes)
+        body = await parse_body(request, UpdateUserRequest, self.settings.admin_max_body_bytes)
         user_id = path_id(request, "user_id")
         entry = self._entry(request, caller, tenant.id, "user.update", user_id)
         user = await self.services.directory.update_user(tenant.id, user_id, body.role, audit=entry)

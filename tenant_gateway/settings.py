@@ -1,0 +1,86 @@
+"""Everything one gateway process is configured with, checked once.
+
+``TenantGateway``'s keyword arguments become a ``Settings``; the services, the stores, the
+metering step and the admin API read from it, and the command line builds one for the work it
+does without serving (closing a period). Each field is documented with the keyword argument of
+the same name in the README ("Embedding it").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tenant_gateway.clock import Clock, system_clock
+from tenant_gateway.events import QuotaHook
+from tenant_gateway.exceptions import ConfigurationError
+from tenant_gateway.plans import DEFAULT_PLANS, PlanCatalog
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    plans: PlanCatalog = field(default_factory=lambda: DEFAULT_PLANS)
+    admin_prefix: str = "/api/v1/tenants"
+    admin_jwt_secret: str | None = None
+    admin_jwt_public_key: str | None = None
+    admin_jwt_audience: str | None = None
+    admin_jwt_issuer: str | None = None
+    admin_jwt_max_lifetime: float | None = 24 * 3600.0
+    public_paths: frozenset[str] = frozenset()
+    max_body_bytes: int = 10 * 1024 * 1024
+    admin_max_body_bytes: int = 1024 * 1024
+    import_max_bytes: int = 256 * 1024 * 1024
+    allow_signup: bool = True
+    signup_rate: str | None = "10/minute"
+    signup_plans: frozenset[str] | None = None
+    """The plans self-service sign-up may choose (None: all)."""
+    auth_failure_rate: str | None = "30/minute"
+    plan_change_rate: str | None = "10/hour"
+    redis_key_prefix: str = "tg:"
+    burst_storage: str = "async+memory://"
+    key_cache_ttl: float = 1.0
+    key_cache_size: int = 100_000
+    usage_flush_interval: float = 1.0
+    invoice_close_grace: float = 60.0
+    on_quota_threshold: QuotaHook | None = None
+    webhook_allowed_networks: tuple[str, ...] = ()
+    redis_fail_mode: str = "closed"
+    health_paths: tuple[str, str] | None = ("/healthz", "/readyz")
+    admin_timeout: float = 10.0
+    """Seconds an admin request may take; also bounds each of a transfer's statements."""
+    transfer_concurrency: int = 2
+    transfer_idle_timeout: float = 10.0
+    """How long an export may wait for its client to read, an import for it to send."""
+    transfer_min_rate: int = 1024
+    """Bytes a second a transfer's client must keep up, averaged over the idle timeout."""
+    transfer_max_duration: float = 3600.0
+    """Seconds a transfer may last at most, however fast it moves."""
+    admin_tenant_concurrency: int = 4
+    clock: Clock = field(default=system_clock)
+
+    def __post_init__(self) -> None:
+        prefix = self.admin_prefix
+        if not prefix.startswith("/") or prefix.endswith("/"):
+            raise ConfigurationError("admin_prefix must start with '/' and not end with '/'")
+        if min(self.max_body_bytes, self.admin_max_body_bytes, self.import_max_bytes) < 0:
+            raise ConfigurationError("body limits must be non-negative")
+        if self.usage_flush_interval <= 0 or self.key_cache_ttl < 0 or self.key_cache_size < 1:
+            raise ConfigurationError("flush interval, cache TTL and cache size must be positive")
+        if self.redis_fail_mode not in ("open", "closed"):
+            raise ConfigurationError('redis_fail_mode must be "open" or "closed"')
+        if self.transfer_concurrency < 1 or self.transfer_idle_timeout <= 0:
+            raise ConfigurationError(
+                "transfer_concurrency and transfer_idle_timeout must be positive"
+            )
+        if self.transfer_min_rate < 0 or self.transfer_max_duration <= 0:
+            raise ConfigurationError(
+                "transfer_min_rate must be >= 0 and transfer_max_duration positive"
+            )
+        offered = self.signup_plans
+        if offered is not None and (not offered or not offered <= set(self.plans)):
+            raise ConfigurationError(
+                f"signup_plans must name plans of the catalogue ({', '.join(sorted(self.plans))})"
+            )

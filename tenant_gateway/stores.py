@@ -1,0 +1,73 @@
+"""The stores a gateway's URLs name, chosen in one place.
+
+``database_url`` (``postgresql://…``) puts the tenant directory, the usage ledger and the
+invoices in PostgreSQL, else they live in process memory; ``redis_url`` (``redis://…`` or
+``rediss://…``) puts the usage counters and the cross-process invalidation in Redis, else they
+are in process. Each of the two is independent of the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tenant_gateway.directory import MemoryDirectory, TenantDirectory
+from tenant_gateway.invoices import InvoiceStore, MemoryInvoices
+from tenant_gateway.ledger import MemoryLedger, UsageLedger
+from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.directory import PostgresDirectory
+from tenant_gateway.postgres.invoices import PostgresInvoices
+from tenant_gateway.postgres.ledger import PostgresLedger
+from tenant_gateway.propagation import Invalidator, KeyCache
+from tenant_gateway.quota import CounterStore, MemoryCounters
+from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.invalidation import RedisInvalidator
+from tenant_gateway.settings import Settings
+
+__all__ = ["Stores", "open_invalidator", "open_stores"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    database: Database | None
+    """The PostgreSQL pool, when there is one (transfers and readiness use it directly)."""
+    directory: TenantDirectory
+    ledger: UsageLedger
+    invoices: InvoiceStore
+    counters: CounterStore
+
+
+def open_stores(settings: Settings) -> Stores:
+    """The stores ``settings`` names; nothing connects until the services start."""
+    database: Database | None = None
+    directory: TenantDirectory
+    ledger: UsageLedger
+    invoices: InvoiceStore
+    if settings.database_url:
+        database = Database(
+            settings.database_url,
+            transfer_pool_size=settings.transfer_concurrency,
+            transfer_statement_timeout=settings.admin_timeout,  # a transfer's waits on the store
+        )
+        directory, ledger = PostgresDirectory(database), PostgresLedger(database)
+        invoices = PostgresInvoices(database)
+    else:
+        directory, ledger, invoices = MemoryDirectory(), MemoryLedger(), MemoryInvoices()
+    counters: CounterStore
+    if settings.redis_url:
+        counters = RedisCounters(
+            settings.redis_url,
+            key_prefix=settings.redis_key_prefix,
+            hydrate_from=ledger.read,
+            clock=settings.clock,
+        )
+    else:
+        counters = MemoryCounters(hydrate_from=ledger.read)
+    return Stores(database, directory, ledger, invoices, counters)
+
+
+def open_invalidator(settings: Settings, cache: KeyCache) -> Invalidator:
+    """How a change reaches every process's key cache: Redis pub/sub, or this process only."""
+    if settings.redis_url:
+        channel = f"{settings.redis_key_prefix}invalidate"
+        return RedisInvalidator(cache, settings.redis_url, channel=channel)
+    return Invalidator(cache)
