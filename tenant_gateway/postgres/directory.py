@@ -12,71 +12,34 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
-from tenant_gateway.directory import KeyUse, TenantChanges
-from tenant_gateway.exceptions import SeatLimitReached, TooManyUsers, UserExists
+from tenant_gateway.directory import TenantChanges
+from tenant_gateway.exceptions import TooManyUsers
 from tenant_gateway.models import (
     ApiKeyRecord,
     AuditEntry,
     PlanChange,
-    Role,
     Tenant,
     TenantStatus,
     User,
     effective_seat_limit,
 )
 from tenant_gateway.plans import Plan
+from tenant_gateway.postgres.api_keys import KeyRows
 from tenant_gateway.postgres.catalog import application_tables
 from tenant_gateway.postgres.database import RUNTIME_ROLE, TENANT_SETTING, Database
-
-__all__ = ["PostgresDirectory", "insert_audit"]
-
-_TENANT_COLUMNS = "id, name, plan, status, max_users, admin_email, created_at"
-_KEY_COLUMNS = (
-    "tenant_id, id, key_hash, prefix, name, role, created_at, expires_at, revoked_at, last_used_at"
+from tenant_gateway.postgres.rows import (
+    TENANT_COLUMNS,
+    insert_audit,
+    insert_key,
+    insert_user,
+    tenant_of,
 )
-_USER_COLUMNS = "tenant_id, id, email, role, created_at"
+from tenant_gateway.postgres.users import UserRows
+
+__all__ = ["PostgresDirectory"]
 
 
-def _tenant(row: asyncpg.Record) -> Tenant:
-    return Tenant(
-        id=row["id"],
-        name=row["name"],
-        plan=row["plan"],
-        status=TenantStatus(row["status"]),
-        max_users=row["max_users"],
-        admin_email=row["admin_email"],
-        created_at=row["created_at"],
-    )
-
-
-def _user(row: asyncpg.Record) -> User:
-    return User(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        email=row["email"],
-        role=Role(row["role"]),
-        created_at=row["created_at"],
-    )
-
-
-def _key(row: asyncpg.Record, prefix: str = "") -> ApiKeyRecord:
-    return ApiKeyRecord(
-        id=row[prefix + "id"],
-        tenant_id=row[prefix + "tenant_id"],
-        key_hash=bytes(row[prefix + "key_hash"]),
-        prefix=row[prefix + "prefix"],
-        name=row[prefix + "name"],
-        role=Role(row[prefix + "role"]),
-        created_at=row[prefix + "created_at"],
-        expires_at=row[prefix + "expires_at"],
-        revoked_at=row[prefix + "revoked_at"],
-        last_used_at=row[prefix + "last_used_at"],
-    )
-
-
-class PostgresDirectory:
+class PostgresDirectory(UserRows, KeyRows):
     def __init__(self, database: Database) -> None:
         self._db = database
 
@@ -110,36 +73,36 @@ class PostgresDirectory:
                 tenant.plan,
                 tenant.created_at,
             )
-            await self._insert_user(conn, admin)
-            await self._insert_key(conn, key)
+            await insert_user(conn, admin)
+            await insert_key(conn, key)
             await insert_audit(conn, audit)
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_TENANT_COLUMNS} FROM tg_tenants WHERE id = $1 AND status <> 'deleted'",
+                f"SELECT {TENANT_COLUMNS} FROM tg_tenants WHERE id = $1 AND status <> 'deleted'",
                 tenant_id,
             )
-        return None if row is None else _tenant(row)
+        return None if row is None else tenant_of(row)
 
     async def list_tenants(self, *, limit: int, after: str | None) -> list[Tenant]:
         async with self._db.gateway_transaction() as conn:
             rows = await conn.fetch(
-                f"SELECT {_TENANT_COLUMNS} FROM tg_tenants WHERE status <> 'deleted'"
+                f"SELECT {TENANT_COLUMNS} FROM tg_tenants WHERE status <> 'deleted'"
                 " AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $1",
                 limit,
                 after,
             )
-        return [_tenant(row) for row in rows]
+        return [tenant_of(row) for row in rows]
 
     @staticmethod
     async def _locked_tenant(conn: Any, tenant_id: str) -> Tenant | None:
         row = await conn.fetchrow(
-            f"SELECT {_TENANT_COLUMNS} FROM tg_tenants"
+            f"SELECT {TENANT_COLUMNS} FROM tg_tenants"
             " WHERE id = $1 AND status <> 'deleted' FOR UPDATE",
             tenant_id,
         )
-        return None if row is None else _tenant(row)
+        return None if row is None else tenant_of(row)
 
     @staticmethod
     async def _check_seats(conn: Any, tenant: Tenant, plan: Plan) -> None:
@@ -172,7 +135,7 @@ class PostgresDirectory:
             row = await conn.fetchrow(
                 "UPDATE tg_tenants SET name = coalesce($2, name),"
                 " admin_email = coalesce($3, admin_email), max_users = $4, updated_at = $5"
-                f" WHERE id = $1 RETURNING {_TENANT_COLUMNS}",
+                f" WHERE id = $1 RETURNING {TENANT_COLUMNS}",
                 tenant_id,
                 changes.name,
                 changes.admin_email,
@@ -181,7 +144,7 @@ class PostgresDirectory:
             )
             if row is None:  # locked above, so it exists
                 return None
-            updated = _tenant(row)
+            updated = tenant_of(row)
             await self._check_seats(conn, updated, plan)  # raising rolls the update back
             await insert_audit(conn, audit)
         return updated
@@ -205,7 +168,7 @@ class PostgresDirectory:
                 return tenant
             row = await conn.fetchrow(
                 "UPDATE tg_tenants SET plan = $2, updated_at = $3 WHERE id = $1"
-                f" RETURNING {_TENANT_COLUMNS}",
+                f" RETURNING {TENANT_COLUMNS}",
                 tenant_id,
                 plan.name,
                 at,
@@ -222,7 +185,7 @@ class PostgresDirectory:
                 at,
                 calls_before,
             )
-        return _tenant(row)
+        return tenant_of(row)
 
     async def set_status(
         self, tenant_id: str, status: TenantStatus, *, audit: AuditEntry | None = None
@@ -230,14 +193,14 @@ class PostgresDirectory:
         async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
                 "UPDATE tg_tenants SET status = $2, updated_at = now()"
-                f" WHERE id = $1 AND status <> 'deleted' RETURNING {_TENANT_COLUMNS}",
+                f" WHERE id = $1 AND status <> 'deleted' RETURNING {TENANT_COLUMNS}",
                 tenant_id,
                 status.value,
             )
             if row is None:
                 return None
             await insert_audit(conn, audit)
-        return _tenant(row)
+        return tenant_of(row)
 
     async def plan_history(self, tenant_id: str) -> list[PlanChange]:
         async with self._db.gateway_transaction() as conn:
@@ -277,197 +240,6 @@ class PostgresDirectory:
             for table in reversed(tables):
                 await conn.execute(f'DELETE FROM "{table}"')
         return True
-
-    # -- users ---------------------------------------------------------------------------------
-
-    @staticmethod
-    async def _insert_user(conn: Any, user: User) -> None:
-        try:
-            await conn.execute(
-                "INSERT INTO tg_users (tenant_id, id, email, role, created_at)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                user.tenant_id,
-                user.id,
-                user.email,
-                user.role.value,
-                user.created_at,
-            )
-        except asyncpg.UniqueViolationError as exc:
-            raise UserExists(user.email) from exc
-
-    async def add_user(
-        self, user: User, seat_limit: int | None, *, audit: AuditEntry | None = None
-    ) -> None:
-        async with self._db.gateway_transaction() as conn:
-            await conn.execute("SELECT 1 FROM tg_tenants WHERE id = $1 FOR UPDATE", user.tenant_id)
-            duplicate = await conn.fetchval(
-                "SELECT 1 FROM tg_users WHERE tenant_id = $1 AND lower(email) = lower($2)",
-                user.tenant_id,
-                user.email,
-            )
-            if duplicate:
-                raise UserExists(user.email)
-            if seat_limit is not None:
-                users = await conn.fetchval(
-                    "SELECT count(*) FROM tg_users WHERE tenant_id = $1", user.tenant_id
-                )
-                if users >= seat_limit:
-                    raise SeatLimitReached(seat_limit)
-            await self._insert_user(conn, user)
-            await insert_audit(conn, audit)
-
-    async def list_users(self, tenant_id: str) -> list[User]:
-        async with self._db.gateway_transaction() as conn:
-            rows = await conn.fetch(
-                f"SELECT {_USER_COLUMNS} FROM tg_users WHERE tenant_id = $1"
-                " ORDER BY created_at, id",
-                tenant_id,
-            )
-        return [_user(row) for row in rows]
-
-    async def get_user(self, tenant_id: str, user_id: str) -> User | None:
-        async with self._db.gateway_transaction() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_USER_COLUMNS} FROM tg_users WHERE tenant_id = $1 AND id = $2",
-                tenant_id,
-                user_id,
-            )
-        return None if row is None else _user(row)
-
-    async def update_user(
-        self, tenant_id: str, user_id: str, role: Role, *, audit: AuditEntry | None = None
-    ) -> User | None:
-        async with self._db.gateway_transaction() as conn:
-            row = await conn.fetchrow(
-                f"UPDATE tg_users SET role = $3 WHERE tenant_id = $1 AND id = $2"
-                f" RETURNING {_USER_COLUMNS}",
-                tenant_id,
-                user_id,
-                role.value,
-            )
-            if row is None:
-                return None
-            await insert_audit(conn, audit)
-        return _user(row)
-
-    async def delete_user(
-        self, tenant_id: str, user_id: str, *, audit: AuditEntry | None = None
-    ) -> bool:
-        async with self._db.gateway_transaction() as conn:
-            deleted = await conn.fetchval(
-                "DELETE FROM tg_users WHERE tenant_id = $1 AND id = $2 RETURNING id",
-                tenant_id,
-                user_id,
-            )
-            if deleted is None:
-                return False
-            await insert_audit(conn, audit)
-        return True
-
-    async def count_users(self, tenant_id: str) -> int:
-        async with self._db.gateway_transaction() as conn:
-            count: int = await conn.fetchval(
-                "SELECT count(*) FROM tg_users WHERE tenant_id = $1", tenant_id
-            )
-        return count
-
-    # -- keys ----------------------------------------------------------------------------------
-
-    async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None:
-        key_columns = ", ".join(f"k.{c} AS k_{c}" for c in _KEY_COLUMNS.split(", "))
-        tenant_columns = ", ".join(f"t.{c}" for c in _TENANT_COLUMNS.split(", "))
-        async with self._db.gateway_transaction() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {key_columns}, {tenant_columns} FROM tg_api_keys k"
-                " JOIN tg_tenants t ON t.id = k.tenant_id WHERE k.key_hash = $1",
-                key_hash,
-            )
-        return None if row is None else (_key(row, "k_"), _tenant(row))
-
-    @staticmethod
-    async def _insert_key(conn: Any, key: ApiKeyRecord) -> None:
-        await conn.execute(
-            "INSERT INTO tg_api_keys (tenant_id, id, key_hash, prefix, name, role,"
-            " created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            key.tenant_id,
-            key.id,
-            key.key_hash,
-            key.prefix,
-            key.name,
-            key.role.value,
-            key.created_at,
-            key.expires_at,
-        )
-
-    async def create_key(self, key: ApiKeyRecord, *, audit: AuditEntry | None = None) -> None:
-        async with self._db.gateway_transaction() as conn:
-            await self._insert_key(conn, key)
-            await insert_audit(conn, audit)
-
-    async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
-        async with self._db.gateway_transaction() as conn:
-            rows = await conn.fetch(
-                f"SELECT {_KEY_COLUMNS} FROM tg_api_keys WHERE tenant_id = $1"
-                " ORDER BY created_at, id",
-                tenant_id,
-            )
-        return [_key(row) for row in rows]
-
-    async def revoke_key(
-        self, tenant_id: str, key_id: str, at: datetime, *, audit: AuditEntry | None = None
-    ) -> bool:
-        async with self._db.gateway_transaction() as conn:
-            found = await conn.fetchval(
-                "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
-                " WHERE tenant_id = $1 AND id = $2 RETURNING id",
-                tenant_id,
-                key_id,
-                at,
-            )
-            if found is None:
-                return False
-            await insert_audit(conn, audit)
-        return True
-
-    async def rotate_key(
-        self,
-        tenant_id: str,
-        key_id: str,
-        new_key: ApiKeyRecord,
-        old_key_until: datetime,
-        *,
-        audit: AuditEntry | None = None,
-    ) -> bool:
-        async with self._db.gateway_transaction() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_KEY_COLUMNS} FROM tg_api_keys WHERE tenant_id = $1 AND id = $2"
-                " FOR UPDATE",
-                tenant_id,
-                key_id,
-            )
-            if row is None or not _key(row).usable_at(new_key.created_at.timestamp()):
-                return False
-            await conn.execute(  # an earlier end (a rotation in its grace) is kept
-                "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
-                " WHERE tenant_id = $1 AND id = $2",
-                tenant_id,
-                key_id,
-                old_key_until,
-            )
-            await self._insert_key(conn, new_key)
-            await insert_audit(conn, audit)
-        return True
-
-    async def touch_keys(self, used: KeyUse) -> None:
-        if not used:
-            return
-        async with self._db.gateway_transaction() as conn:
-            await conn.executemany(
-                "UPDATE tg_api_keys SET last_used_at = GREATEST(coalesce(last_used_at, $3), $3)"
-                " WHERE tenant_id = $1 AND id = $2",
-                # one order for every worker, so concurrent batches never deadlock
-                sorted((tenant_id, key_id, moment) for (tenant_id, key_id), moment in used.items()),
-            )
 
     # -- webhooks ------------------------------------------------------------------------------
 
@@ -531,18 +303,3 @@ class PostgresDirectory:
             )
             for row in rows
         ]
-
-
-async def insert_audit(conn: Any, entry: AuditEntry | None) -> None:
-    """Write ``entry`` in the caller's transaction (a gateway one: the owner role)."""
-    if entry is not None:
-        await conn.execute(
-            "INSERT INTO tg_audit (tenant_id, at, actor, action, target, ip)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
-            entry.tenant_id,
-            entry.at,
-            entry.actor,
-            entry.action,
-            entry.target,
-            entry.ip,
-        )

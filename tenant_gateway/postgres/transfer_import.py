@@ -24,7 +24,7 @@ from tenant_gateway.postgres.database import (
     as_tenant,
     lock_transfer,
 )
-from tenant_gateway.postgres.directory import insert_audit
+from tenant_gateway.postgres.rows import insert_audit
 from tenant_gateway.tallies import MAX_TALLY, field_name
 
 if TYPE_CHECKING:

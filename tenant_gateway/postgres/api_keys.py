@@ -1,0 +1,107 @@
+"""The tenant directory's API keys in PostgreSQL: lookup by digest, rotation under the key row's
+lock, last use written in batches."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from tenant_gateway.directory import KeyUse
+from tenant_gateway.models import ApiKeyRecord, AuditEntry, Tenant
+from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.rows import (
+    KEY_COLUMNS,
+    TENANT_COLUMNS,
+    insert_audit,
+    insert_key,
+    key_of,
+    tenant_of,
+)
+
+__all__ = ["KeyRows"]
+
+
+class KeyRows:
+    """The directory's API keys (``PostgresDirectory`` is made of this and the other parts)."""
+
+    _db: Database
+
+    async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None:
+        key_columns = ", ".join(f"k.{c} AS k_{c}" for c in KEY_COLUMNS.split(", "))
+        tenant_columns = ", ".join(f"t.{c}" for c in TENANT_COLUMNS.split(", "))
+        async with self._db.gateway_transaction() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {key_columns}, {tenant_columns} FROM tg_api_keys k"
+                " JOIN tg_tenants t ON t.id = k.tenant_id WHERE k.key_hash = $1",
+                key_hash,
+            )
+        return None if row is None else (key_of(row, "k_"), tenant_of(row))
+
+    async def create_key(self, key: ApiKeyRecord, *, audit: AuditEntry | None = None) -> None:
+        async with self._db.gateway_transaction() as conn:
+            await insert_key(conn, key)
+            await insert_audit(conn, audit)
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        async with self._db.gateway_transaction() as conn:
+            rows = await conn.fetch(
+                f"SELECT {KEY_COLUMNS} FROM tg_api_keys WHERE tenant_id = $1"
+                " ORDER BY created_at, id",
+                tenant_id,
+            )
+        return [key_of(row) for row in rows]
+
+    async def revoke_key(
+        self, tenant_id: str, key_id: str, at: datetime, *, audit: AuditEntry | None = None
+    ) -> bool:
+        async with self._db.gateway_transaction() as conn:
+            found = await conn.fetchval(
+                "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
+                " WHERE tenant_id = $1 AND id = $2 RETURNING id",
+                tenant_id,
+                key_id,
+                at,
+            )
+            if found is None:
+                return False
+            await insert_audit(conn, audit)
+        return True
+
+    async def rotate_key(
+        self,
+        tenant_id: str,
+        key_id: str,
+        new_key: ApiKeyRecord,
+        old_key_until: datetime,
+        *,
+        audit: AuditEntry | None = None,
+    ) -> bool:
+        async with self._db.gateway_transaction() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {KEY_COLUMNS} FROM tg_api_keys WHERE tenant_id = $1 AND id = $2"
+                " FOR UPDATE",
+                tenant_id,
+                key_id,
+            )
+            if row is None or not key_of(row).usable_at(new_key.created_at.timestamp()):
+                return False
+            await conn.execute(  # an earlier end (a rotation in its grace) is kept
+                "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
+                " WHERE tenant_id = $1 AND id = $2",
+                tenant_id,
+                key_id,
+                old_key_until,
+            )
+            await insert_key(conn, new_key)
+            await insert_audit(conn, audit)
+        return True
+
+    async def touch_keys(self, used: KeyUse) -> None:
+        if not used:
+            return
+        async with self._db.gateway_transaction() as conn:
+            await conn.executemany(
+                "UPDATE tg_api_keys SET last_used_at = GREATEST(coalesce(last_used_at, $3), $3)"
+                " WHERE tenant_id = $1 AND id = $2",
+                # one order for every worker, so concurrent batches never deadlock
+                sorted((tenant_id, key_id, moment) for (tenant_id, key_id), moment in used.items()),
+            )
