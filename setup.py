@@ -16,7 +16,16 @@ import os
 
 from setuptools import setup  # type: ignore[import-untyped,unused-ignore]
 
-HOT_PATH = ("middleware", "metering", "ratelimit", "usage", "resolver", "headers", "keys")
+HOT_PATH = (
+    "middleware",
+    "exchange",
+    "metering",
+    "ratelimit",
+    "usage",
+    "resolver",
+    "headers",
+    "keys",
+)
 """The modules every request runs through, compiled when asked to."""
 
 

@@ -63,7 +63,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "transfers",
         "usage",
     ),
-    "http": ("accesslog", "admin", "bodies", "demo", "middleware", "problems"),
+    "http": ("accesslog", "admin", "bodies", "demo", "exchange", "middleware", "problems"),
     "entry": ("__init__", "cli"),
 }
 """Layer → modules (a package name stands for every module in it), lowest layer first."""

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, Refusal, StoreUnavailable
-from tenant_gateway.headers import Header, declared_over
-from tenant_gateway.keys import api_key_from, api_key_from_lines
+from tenant_gateway.exchange import BodyTooLarge, Exchange, refuse, scan_headers
+from tenant_gateway.headers import declared_over
 from tenant_gateway.metering import Meter
 from tenant_gateway.plans import PlanCatalog, load_plans
 from tenant_gateway.ratelimit import BurstLimiter
@@ -39,44 +39,6 @@ from tenant_gateway.settings import Settings
 __all__ = ["TenantGateway"]
 
 logger = logging.getLogger("tenant_gateway")
-
-
-class _BodyTooLarge(Exception):
-    """Raised from the wrapped ``receive`` when a streamed body passes the limit."""
-
-
-def _scan_headers(scope: Scope) -> tuple[str | None, str | None, bool]:
-    """(API key, Content-Length, Transfer-Encoding present) in one pass over the raw headers
-    (the hot path's only parse); the key rules are those of ``extract_api_key``. Credentials
-    that differ raise ``ambiguous_credentials``; a repeated line is rare, so only then are
-    all the lines gathered again."""
-    authorization: bytes | None = None
-    api_key: bytes | None = None
-    length: str | None = None
-    encoded = repeated = False
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            repeated = repeated or (authorization is not None and value != authorization)
-            authorization = value
-        elif name == b"x-api-key":
-            repeated = repeated or (api_key is not None and value != api_key)
-            api_key = value
-        elif name == b"content-length":
-            length = value.decode("latin-1")
-        elif name == b"transfer-encoding":
-            encoded = True
-    if repeated:
-        lines = scope["headers"]
-        key = api_key_from_lines(
-            [value.decode("latin-1") for name, value in lines if name == b"authorization"],
-            [value.decode("latin-1") for name, value in lines if name == b"x-api-key"],
-        )
-    else:
-        key = api_key_from(
-            None if authorization is None else authorization.decode("latin-1"),
-            None if api_key is None else api_key.decode("latin-1"),
-        )
-    return key, length, encoded
 
 
 class TenantGateway:
@@ -275,7 +237,7 @@ class TenantGateway:
             try:
                 await self.startup()
             except StoreUnavailable as exc:
-                await _refuse(problems.service_unavailable(str(exc)), scope, receive, send)
+                await refuse(problems.service_unavailable(str(exc)), scope, receive, send)
                 return
         path: str = scope["path"]
         if path == self.admin_prefix or path.startswith(self._admin_subpaths):
@@ -327,7 +289,7 @@ class TenantGateway:
         # that need no I/O (a warm key, a plan without limits): each level of coroutine costs
         # as much as a step.
         try:
-            raw_key, length, encoded = _scan_headers(scope)
+            raw_key, length, encoded = scan_headers(scope)
             if raw_key is None:
                 raise problems.missing_api_key()
             resolver = self.services.resolver
@@ -346,10 +308,10 @@ class TenantGateway:
             meter = self.meter
             metered = meter.admit_locally(tenant, plan) or await meter.admit(tenant, plan)
         except Problem as problem:
-            await _refuse(problem, scope, receive, send)
+            await refuse(problem, scope, receive, send)
             return
         except Refusal as refusal:
-            await _refuse(problems.for_refusal(refusal), scope, receive, send)
+            await refuse(problems.for_refusal(refusal), scope, receive, send)
             return
         except StoreUnavailable as exc:
             self._log_outage(exc)
@@ -358,7 +320,7 @@ class TenantGateway:
                 if exc.store == "Redis"
                 else problems.service_unavailable("The tenant directory is unavailable.")
             )
-            await _refuse(unavailable, scope, receive, send)
+            await refuse(unavailable, scope, receive, send)
             return
 
         state = scope.get("state")
@@ -366,7 +328,7 @@ class TenantGateway:
             scope["state"] = {"tenant": tenant}
         else:
             state["tenant"] = tenant
-        exchange = _Exchange(send, metered.headers, receive, self.max_body_bytes)
+        exchange = Exchange(send, metered.headers, receive, self.max_body_bytes)
         app_receive = exchange.receive if unframed and scope["type"] == "http" else receive
         root_path = scope.get("root_path", "")  # before the app's router extends it
         tenant_token = current_tenant.set(tenant)
@@ -374,7 +336,7 @@ class TenantGateway:
         database_token = None if database is None else current_database.set(database)
         try:
             await self.app(scope, app_receive, exchange.send)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             pass
         except Exception:
             if not exchange.overflow:
@@ -396,82 +358,4 @@ class TenantGateway:
             if status >= 500 and not plan.count_server_errors:
                 recorder.refund(metered.usage_key, metered.day)
         if exchange.overflow and not exchange.started:
-            await _refuse(problems.payload_too_large(self.max_body_bytes), scope, receive, send)
-
-
-class _Exchange:
-    """One admitted request's way through the app: adds the rate-limit headers to the
-    response, notes its status, and counts a body the server does not frame against the limit.
-    (A small class rather than closures: one object per request, no cell variables.)"""
-
-    __slots__ = (
-        "_headers",
-        "_limit",
-        "_receive",
-        "_send",
-        "overflow",
-        "received",
-        "started",
-        "status",
-    )
-
-    def __init__(
-        self, send: Send, headers: tuple[Header, ...], receive: Receive, limit: int
-    ) -> None:
-        self._send = send
-        self._headers = headers
-        self._receive = receive
-        self._limit = limit
-        self.received = 0
-        self.status = 500
-        self.started = False
-        self.overflow = False
-
-    def send(self, message: Message) -> Awaitable[None]:
-        """Not ``async``: it hands back the server's own awaitable, so a response message costs
-        no extra coroutine (ASGI's ``send`` need only return something awaitable)."""
-        if self.overflow:
-            return _ignored()  # the 413 the gateway answers replaces what the app tries to say
-        kind = message["type"]
-        if kind == "http.response.start":
-            self.started = True
-            self.status = message["status"]
-            if self._headers:
-                message["headers"] = [*message.get("headers", ()), *self._headers]
-        elif kind == "websocket.accept":
-            self.started = True
-            self.status = 101
-        return self._send(message)
-
-    async def receive(self) -> Message:
-        message = await self._receive()
-        if message["type"] == "http.request":
-            self.received += len(message.get("body", b""))
-            if self.received > self._limit:
-                self.overflow = True
-                raise _BodyTooLarge
-        return message
-
-
-async def _ignored() -> None:
-    return None
-
-
-async def _refuse(problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer a refusal: problem+json over HTTP; over a websocket, a denial response when the
-    server supports it, else a close with code 1008 (policy violation)."""
-    response = problems.problem_response(problem)
-    if scope["type"] == "http":
-        await response(scope, receive, send)
-        return
-    if "websocket.http.response" in scope.get("extensions", {}):
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": response.status_code,
-                "headers": response.raw_headers,
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": response.body})
-    else:
-        await send({"type": "websocket.close", "code": 1008, "reason": problem.code})
+            await refuse(problems.payload_too_large(self.max_body_bytes), scope, receive, send)
