@@ -64,11 +64,18 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "usage",
     ),
     "http": ("accesslog", "admin", "bodies", "demo", "exchange", "middleware", "problems"),
-    "entry": ("__init__", "cli"),
+    "entry": ("__init__", "cli", "serve"),
 }
 """Layer → modules (a package name stands for every module in it), lowest layer first."""
 
-OVERSIZE_REASONS: dict[str, str] = {}
+OVERSIZE_REASONS: dict[str, str] = {
+    "directory": "the directory's contract, every method documented, beside the memory store"
+    " that is its reference implementation: read together, apart they would repeat each other",
+    "postgres.database": "the pool, the migration runner and the row-level security helpers"
+    " share one set of connection rules (roles, lock timeout, error mapping)",
+    "redis.counters": "one state machine: increments owed, batches sequence-numbered so a"
+    " retry never applies one twice, hashes set aside and restored",
+}
 """Modules allowed over ``MAX_LINES``, with the reason."""
 
 

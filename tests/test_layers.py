@@ -26,6 +26,10 @@ def test_no_module_imports_from_a_layer_above_its_own(layers: ModuleType) -> Non
     assert layers.violations(layers.scan()) == []
 
 
+def test_no_module_is_over_the_size_limit_without_a_reason(layers: ModuleType) -> None:
+    assert layers.oversize(layers.scan()) == []
+
+
 def test_every_layer_names_modules_that_exist(layers: ModuleType) -> None:
     """A module renamed or removed must leave the map too, or the map stops meaning much."""
     modules = layers.scan()

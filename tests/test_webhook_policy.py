@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tenant_gateway import TenantGateway
-from tenant_gateway.cli import build_app, main
+from tenant_gateway.cli import main
 from tenant_gateway.exceptions import ConfigurationError, WebhookTargetRefused
 from tenant_gateway.netpolicy import (
     IPAddress,
@@ -26,6 +26,7 @@ from tenant_gateway.netpolicy import (
     refusal,
     webhook_target,
 )
+from tenant_gateway.serve import build_app
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
