@@ -71,8 +71,6 @@ LAYERS: dict[str, tuple[str, ...]] = {
 OVERSIZE_REASONS: dict[str, str] = {
     "directory": "the directory's contract, every method documented, beside the memory store"
     " that is its reference implementation: read together, apart they would repeat each other",
-    "postgres.database": "the pool, the migration runner and the row-level security helpers"
-    " share one set of connection rules (roles, lock timeout, error mapping)",
     "redis.counters": "one state machine: increments owed, batches sequence-numbered so a"
     " retry never applies one twice, hashes set aside and restored",
 }

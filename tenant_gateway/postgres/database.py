@@ -18,7 +18,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlsplit
@@ -173,10 +173,21 @@ class Database:
                 logger.error("PostgreSQL connections still in use after %s s: terminated", timeout)
                 pool.terminate()
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[PooledConnection]:
+    def connection(self) -> AbstractAsyncContextManager[PooledConnection]:
         """A pooled connection; driver connection failures become ``StoreUnavailable``."""
-        pool = self._pool
+        return self._pooled(self._pool, _DRIVER_ERRORS)
+
+    def transfer_connection(self) -> AbstractAsyncContextManager[PooledConnection]:
+        """A connection of the transfers' own pool (the transfer takes its tenant's lock in its
+        transaction: ``lock_transfer``). A statement over the pool's timeout is the store's
+        failure here (``StoreUnavailable``), like a broken connection."""
+        return self._pooled(self._transfer_pool, (*_DRIVER_ERRORS, TimeoutError))
+
+    @asynccontextmanager
+    async def _pooled(
+        self, pool: asyncpg.Pool | None, failures: tuple[type[BaseException], ...]
+    ) -> AsyncIterator[PooledConnection]:
+        """A connection of ``pool``; what ``failures`` names becomes ``StoreUnavailable``."""
         if pool is None:
             raise StoreUnavailable("PostgreSQL", redact_url(self.url), "the pool is not open")
         try:
@@ -185,34 +196,12 @@ class Database:
             raise self.unavailable(exc) from exc
         try:
             yield conn
-        except _DRIVER_ERRORS as exc:
+        except failures as exc:
             raise self.unavailable(exc) from exc
         finally:
             try:
                 await pool.release(conn)
             except _CONNECT_ERRORS:  # died with the server: the pool has dropped it already
-                logger.debug("released a broken PostgreSQL connection", exc_info=True)
-
-    @asynccontextmanager
-    async def transfer_connection(self) -> AsyncIterator[PooledConnection]:
-        """A connection of the transfers' own pool (the transfer takes its tenant's lock in its
-        transaction: ``lock_transfer``). A statement over the pool's timeout is the store's
-        failure here (``StoreUnavailable``), like a broken connection."""
-        pool = self._transfer_pool
-        if pool is None:
-            raise StoreUnavailable("PostgreSQL", redact_url(self.url), "the pool is not open")
-        try:
-            conn = await pool.acquire(timeout=self._timeout)
-        except _CONNECT_ERRORS as exc:
-            raise self.unavailable(exc) from exc
-        try:
-            yield conn
-        except (*_DRIVER_ERRORS, TimeoutError) as exc:
-            raise self.unavailable(exc) from exc
-        finally:
-            try:
-                await pool.release(conn)
-            except _CONNECT_ERRORS:
                 logger.debug("released a broken PostgreSQL connection", exc_info=True)
 
     @asynccontextmanager
