@@ -318,25 +318,25 @@ def cpu_sampler(pid: int) -> Iterator[list[CpuSample]]:
 HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
 
 
-@contextlib.contextmanager
-def guest_halt_polling(nanoseconds: int | None) -> Iterator[None]:
-    """With a value: an idle vCPU of this KVM guest polls that long before it halts, for the
-    run, and the machine's own setting is put back after it. Waking a halted vCPU takes an
-    inter-processor interrupt, which exits to the hypervisor: when a slower server leaves wrk's
-    core idle, nearly every response pays for one (``README``, Performance)."""
+def check_halt_polling(nanoseconds: int | None) -> None:
+    """``--halt-poll-ns NS``: measure with this KVM guest's idle vCPUs polling NS ns before they
+    halt. Waking a halted vCPU takes an inter-processor interrupt, which exits to the
+    hypervisor: when a slower server leaves wrk's core idle, nearly every response pays for one
+    (``README``, Performance). The script does not change the machine: unless the setting is
+    already NS, it prints the commands that set it and put it back, for root to run, and stops."""
     if nanoseconds is None:
-        yield
         return
     try:
-        before = HALT_POLL.read_text().strip()
-        HALT_POLL.write_text(str(nanoseconds))
+        current = HALT_POLL.read_text().strip()
     except OSError as exc:
-        message = f"--halt-poll-ns needs a writable {HALT_POLL} (a KVM guest, root): {exc}"
-        raise SystemExit(message) from exc
-    try:
-        yield
-    finally:
-        HALT_POLL.write_text(before)
+        raise SystemExit(f"--halt-poll-ns needs {HALT_POLL} (a KVM guest): {exc}") from exc
+    if current != str(nanoseconds):
+        raise SystemExit(
+            f"{HALT_POLL} is {current}, not {nanoseconds}. As root, set it for the run:\n"
+            f"  echo {nanoseconds} > {HALT_POLL}\n"
+            f"run this again, and put the machine's value back after it:\n"
+            f"  echo {current} > {HALT_POLL}"
+        )
 
 
 def ensure_wrk() -> str:
@@ -668,8 +668,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--halt-poll-ns",
         type=int,
         metavar="NS",
-        help=f"for the run, set {HALT_POLL} (idle vCPUs poll NS ns before halting; restored"
-        " after): takes the guest's wake-up interrupts out of the comparison",
+        help=f"measure with {HALT_POLL} at NS (idle vCPUs poll NS ns before halting), which"
+        " takes the guest's wake-up interrupts out of the comparison: checked, not set (the"
+        " commands to set it are printed)",
     )
     args = parser.parse_args(argv)
     if args.duration < 1 or args.rounds < 1 or args.warmup < 1 or args.connections < 1:
@@ -687,6 +688,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    check_halt_polling(args.halt_poll_ns)
     variants: list[Variant] = args.variants
     wrk = ensure_wrk()
     if (os.cpu_count() or 1) < 2:
@@ -703,7 +705,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     with (
         bench_stores(variants) as environment,
         tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp,
-        guest_halt_polling(args.halt_poll_ns),
     ):
         args.server_dirs = server_dirs(variants, Path(tmp))
         for round_number in range(1, args.rounds + 1):
@@ -742,6 +743,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" median {statistics.median(steal):.1%}, max {steal[-1]:.1%}."
         " Server CPU µs/request leaves steal out, so its ratio is the steadier of the two."
     )
+    if args.halt_poll_ns is not None:
+        print(f"{HALT_POLL} is still {args.halt_poll_ns}: put the machine's value back.")
     return 1 if app_mismatches or non_2xx else 0
 
 
