@@ -206,6 +206,8 @@ class Load:
                 if interval:
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
                     due += interval
+                    if self._stopping.is_set():
+                        break
                 try:
                     await connection.open()
                 except OSError as exc:
