@@ -1,6 +1,6 @@
 """One hostile tenant against five steady ones: ``serve --workers 2`` on PostgreSQL + Redis.
 
-Not run in CI. ``.venv/bin/python benchmarks/attack.py [--seconds 30] [--rate 20]``
+Not run in CI. ``.venv/bin/python -m benchmarks.attack [--seconds 30] [--rate 20]``
 
 It starts the CLI server with two workers (a throw-away ``tg_soak_*`` database, a private Redis
 prefix in db 11), registers five victim tenants on the professional plan and runs their steady
@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import math
-import secrets
 import shutil
 import socket
 import subprocess
@@ -38,30 +37,17 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(REPO))
+from benchmarks.common import ADMIN, read_usage, register, scratch_stores, text_table, verdict
+from benchmarks.launch import HOST, REPO, Server, log_problems
+from benchmarks.load import Load, Request, Summary, percentile_ms
+from tenant_gateway.keys import generate_api_key
 
-from benchmarks.common import HOST, http_json, text_table  # noqa: E402
-from benchmarks.soak import (  # noqa: E402
-    REDIS_URL,
-    Pinning,
-    ProtocolError,
-    Server,
-    log_problems,
-    percentile_ms,
-    read_response,
-    resources,
-)
-from tenant_gateway.keys import generate_api_key  # noqa: E402
-
-ADMIN = "/api/v1/tenants"
+REDIS_URL = "redis://127.0.0.1:6379/11"
 PROJECTS = "/api/v1/projects"
 VICTIMS = 5
 METERED_CALL = f"{PROJECTS}/prj_none"
@@ -92,83 +78,27 @@ PLANS = {
 
 
 @dataclass(slots=True)
-class Phase:
-    statuses: Counter[int] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    sent_at: list[float] = field(default_factory=list)
-    """When each answered request left, in seconds since the phase began (``latencies``' order)."""
-    started: float = 0.0
-
-
-@dataclass(slots=True)
 class Victim:
     id: str
     key: str
     ok: int = 0
     refused: int = 0
 
+    def count(self, status: int | None, body: bytes) -> None:
+        if status is not None and 200 <= status < 300:
+            self.ok += 1
+        elif status == 429:
+            self.refused += 1
 
-class Victims:
-    """Paced calls of every victim; each answer is kept under the phase it was sent in."""
+    def calls(self) -> Request:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        return Request("GET", PROJECTS, headers, done=self.count)
 
-    def __init__(self, port: int, victims: list[Victim], rate: float) -> None:
-        self.port, self.victims, self.rate = port, victims, rate
-        self.phases = {"baseline": Phase(), "attack": Phase()}
-        self.phase = "baseline"
-        self._stopping = asyncio.Event()
 
-    async def _connection(self, victim: Victim, offset: float) -> None:
-        interval = 2 / self.rate  # two connections per victim
-        request = (
-            f"GET {PROJECTS} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
-            f"Authorization: Bearer {victim.key}\r\n\r\n"
-        ).encode()
-        reader = writer = None
-        due = time.monotonic() + offset
-        try:
-            while not self._stopping.is_set():
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                due += interval
-                phase = self.phases[self.phase]
-                if writer is None or reader is None:
-                    reader, writer = await asyncio.open_connection(HOST, self.port)
-                sent = time.perf_counter()
-                try:
-                    async with asyncio.timeout(30):
-                        writer.write(request)
-                        status, _, keep_alive = await read_response(reader)
-                except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
-                    phase.errors[type(exc).__name__] += 1
-                    writer.close()
-                    reader = writer = None
-                    continue
-                phase.latencies.append(time.perf_counter() - sent)
-                phase.sent_at.append(time.monotonic() - phase.started)
-                phase.statuses[status] += 1
-                if 200 <= status < 300:
-                    victim.ok += 1
-                elif status == 429:
-                    victim.refused += 1
-                if not keep_alive:
-                    writer.close()
-                    reader = writer = None
-        finally:
-            if writer is not None:
-                writer.close()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        interval = 1 / self.rate
-        await asyncio.gather(
-            *(
-                self._connection(victim, (index * 2 + n) * interval / (2 * len(self.victims)))
-                for index, victim in enumerate(self.victims)
-                for n in range(2)
-            )
-        )
+def victims_load(base: str, victims: list[Victim], rate: float) -> Load:
+    """Each victim's calls, ``rate`` a second, paced, on two connections of its own."""
+    calls = [victim.calls() for victim in victims]
+    return Load(base, lambda n: calls[n // 2], connections=2 * len(victims), rate=rate * len(calls))
 
 
 # -- the attacker (a process of its own, from another address) -----------------------------
@@ -232,9 +162,6 @@ class Attacker:
     def running(self) -> bool:
         return time.monotonic() < self.deadline
 
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tenant['api_key']}"}
-
     async def call(self, attack: str, method: str, path: str, **kwargs: Any) -> None:
         """One request of ``attack``, at most ``rate`` a second when a rate is set."""
         if self.interval:
@@ -247,6 +174,11 @@ class Attacker:
         except httpx.HTTPError as exc:
             self.note(attack, type(exc).__name__)
 
+    async def as_tenant(self, attack: str, method: str, path: str, **kwargs: Any) -> None:
+        """A request of ``attack`` with the attacker's own key."""
+        own = {"Authorization": f"Bearer {self.tenant['api_key']}"}
+        await self.call(attack, method, path, headers=own, **kwargs)
+
     async def setup(self) -> None:
         answer = await self.client("setup").post(
             f"{ADMIN}/register",
@@ -257,12 +189,11 @@ class Attacker:
         # Enough application rows (20 MB) that an export outgrows the sockets' buffers, which
         # on loopback take several megabytes: a client that never reads really stalls it.
         projects = [{"id": f"p{n}", "name": "x" * 1000} for n in range(20_000)]
-        await self.call(
+        await self.as_tenant(
             "setup import",
             "POST",
             f"{ADMIN}/{self.tenant['id']}/import",
             content=export_stream({"projects": projects}),
-            headers=self.headers(),
         )
 
     async def poisoned_imports(self) -> None:
@@ -279,14 +210,11 @@ class Attacker:
         ]  # fmt: skip
         while self.running:
             for stream in streams:
-                await self.call(
-                    "poisoned import",
-                    "POST",
-                    f"{ADMIN}/{tid}/import",
-                    content=export_stream(stream),
-                    headers=self.headers(),
+                body = export_stream(stream)
+                await self.as_tenant(
+                    "poisoned import", "POST", f"{ADMIN}/{tid}/import", content=body
                 )
-                await self.call("poisoned import", "GET", METERED_CALL, headers=self.headers())
+                await self.as_tenant("poisoned import", "GET", METERED_CALL)
 
     async def _stalled(self, attack: str, request: bytes) -> None:
         """One connection that sends ``request`` and then neither reads nor writes; opened
@@ -350,12 +278,8 @@ class Attacker:
         ]  # fmt: skip
         while self.running:
             for url in targets:
-                await self.call(
-                    "webhook SSRF",
-                    "PUT",
-                    f"{ADMIN}/{self.tenant['id']}/webhook",
-                    json={"url": url},
-                    headers=self.headers(),
+                await self.as_tenant(
+                    "webhook SSRF", "PUT", f"{ADMIN}/{self.tenant['id']}/webhook", json={"url": url}
                 )
 
     async def bad_input(self) -> None:
@@ -368,23 +292,19 @@ class Attacker:
         key = self.tenant["api_key"]
         while self.running:
             for path in paths:
-                await self.call("bad input", "GET", path, headers=self.headers())
+                await self.as_tenant("bad input", "GET", path)
             twice = [("Authorization", f"Bearer {key}"), ("Authorization", "Bearer tk_other")]
             await self.call("bad input", "GET", PROJECTS, headers=twice)
-            await self.call("bad input", "FOO+1", PROJECTS, headers=self.headers())
+            await self.as_tenant("bad input", "FOO+1", PROJECTS)
 
     async def dodge_overage(self) -> None:
         tid = self.tenant["id"]
         while self.running:
             for _ in range(50):
-                await self.call("overage dodge", "GET", METERED_CALL, headers=self.headers())
+                await self.as_tenant("overage dodge", "GET", METERED_CALL)
             for plan in ("free", "metered"):
-                await self.call(
-                    "overage dodge",
-                    "PUT",
-                    f"{ADMIN}/{tid}/plan",
-                    json={"plan": plan},
-                    headers=self.headers(),
+                await self.as_tenant(
+                    "overage dodge", "PUT", f"{ADMIN}/{tid}/plan", json={"plan": plan}
                 )
 
     def _spin(self) -> None:
@@ -430,123 +350,124 @@ def attacker_main(base: str, seconds: float, only: frozenset[str], rate: float |
 # -- the run --------------------------------------------------------------------------------
 
 
-def timeline(phase: Phase, step: float = 5.0) -> str:
+def timeline(phase: Summary, start: float, step: float = 5.0) -> str:
     """p99 per ``step`` seconds of the phase: where in it the slow answers were."""
     windows: dict[int, list[float]] = {}
-    for at, latency in zip(phase.sent_at, phase.latencies, strict=True):
-        windows.setdefault(int(at // step), []).append(latency)
+    for at, latency in zip(phase.sent, phase.latencies, strict=True):
+        windows.setdefault(int((at - start) // step), []).append(latency)
     return "  ".join(
         f"{index * step:g}s:{percentile_ms(values, 0.99):.0f}"
         for index, values in sorted(windows.items())
     )
 
 
-def summary_row(name: str, phase: Phase) -> tuple[str, ...]:
+def summary_row(name: str, phase: Summary) -> tuple[str, ...]:
     statuses = dict(sorted(phase.statuses.items()))
     return (
         name,
-        str(sum(phase.statuses.values())),
+        str(phase.responses),
         json.dumps(statuses),
-        str(sum(phase.errors.values())),
-        f"{percentile_ms(phase.latencies, 0.50):.1f}",
-        f"{percentile_ms(phase.latencies, 0.99):.1f}",
+        str(phase.errors.total()),
+        f"{phase.percentile_ms(0.50):.1f}",
+        f"{phase.percentile_ms(0.99):.1f}",
     )
 
 
+async def attacked(args: argparse.Namespace, server: Server, load: Load) -> tuple[float, str]:
+    """The victims' load for ``--seconds`` alone, then as long again beside the attacker: when
+    the attack began, and the attacker's report."""
+    attacker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.attack", "--attacker", server.base,
+        "--seconds", str(args.seconds), "--attacks", args.attacks,
+        *(["--attack-rate", str(args.attack_rate)] if args.attack_rate else []),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    if attacker.stdout is None:
+        raise RuntimeError("no pipe from the attacker")
+    # its set-up (a big import of its own) happens before any victim call
+    if (await attacker.stdout.readline()).strip() != b"ready":
+        raise RuntimeError("the attacker did not get ready")
+    load.start()
+    await asyncio.sleep(args.seconds)
+    attack_started = time.monotonic()
+    output, _ = await attacker.communicate(b"go\n")
+    await load.stop()
+    lines = output.splitlines()
+    return attack_started, lines[-1].decode() if lines else ""
+
+
+def check_victims(base: str, victims: list[Victim]) -> list[str]:
+    """Each victim's usage against the answers it got; what failed."""
+    failures = []
+    for victim in victims:
+        try:
+            usage = read_usage(base, victim.id, victim.key)
+        except RuntimeError as exc:
+            print(f"victim {victim.id}: {exc}")
+            failures.append(f"usage of {victim.id} unreadable")
+            continue
+        exact = usage["api_calls"] == victim.ok
+        print(
+            f"victim {victim.id}: 2xx {victim.ok}, 429 {victim.refused},"
+            f" usage api_calls {usage['api_calls']}"
+            f" rejected {usage['rejected_calls']} {'exact' if exact else 'NOT EXACT'}"
+        )
+        if not exact:
+            failures.append(f"usage of {victim.id} not exact")
+    return failures
+
+
 def run(args: argparse.Namespace) -> int:
-    token = secrets.token_hex(4)
     failures: list[str] = []
-    with resources(token) as (database_url, prefix, tmp):
+    with scratch_stores("soak", REDIS_URL) as (database_url, prefix, tmp):
         plans = tmp / "plans.json"
         plans.write_text(json.dumps(PLANS))
-        serve_args = [
+        server = Server(
             "--workers", "2", "--database-url", database_url, "--redis-url", REDIS_URL,
             "--redis-key-prefix", prefix, "--plans", str(plans),
-        ]  # fmt: skip
-        server = Server(serve_args, tmp / "serve.log", Pinning(None, None))
+            log=tmp / "serve.log",
+        )  # fmt: skip
         try:
             server.wait_ready()
-            victims = []
-            for n in range(VICTIMS):
-                answer = http_json(
-                    "POST",
-                    f"{server.base}{ADMIN}/register",
-                    {"name": f"Victim {n}", "plan": "professional", "admin_email": f"v{n}@v.test"},
-                )
-                victims.append(Victim(str(answer["id"]), str(answer["api_key"])))
-            load = Victims(server.port, victims, args.rate)
-            attack_report: dict[str, Any] = {}
-
-            async def drive() -> None:
-                attacker = await asyncio.create_subprocess_exec(
-                    sys.executable, __file__, "--attacker", server.base,
-                    "--seconds", str(args.seconds), "--attacks", args.attacks,
-                    *(["--attack-rate", str(args.attack_rate)] if args.attack_rate else []),
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                )  # fmt: skip
-                assert attacker.stdin is not None and attacker.stdout is not None
-                # its set-up (a big import of its own) happens before any victim call
-                if (await attacker.stdout.readline()).strip() != b"ready":
-                    raise RuntimeError("the attacker did not get ready")
-                load.phases["baseline"].started = time.monotonic()
-                traffic = asyncio.create_task(load.run())
-                await asyncio.sleep(args.seconds)
-                load.phases["attack"].started = time.monotonic()
-                load.phase = "attack"
-                output, _ = await attacker.communicate(b"go\n")
-                load.stop()
-                await traffic
-                if output.strip():
-                    attack_report.update(json.loads(output.splitlines()[-1]))
-
-            asyncio.run(drive())
-            rows = [summary_row(name, phase) for name, phase in load.phases.items()]
+            victims = [
+                Victim(*register(server.base, f"Victim {n}", "professional", f"v{n}@v.test"))
+                for n in range(VICTIMS)
+            ]
+            load = victims_load(server.base, victims, args.rate)
+            attack_started, report = asyncio.run(attacked(args, server, load))
+            phases = {
+                "baseline": (load.started_at, load.summary(end=attack_started)),
+                "attack": (attack_started, load.summary(start=attack_started)),
+            }
+            rows = [summary_row(name, phase) for name, (_, phase) in phases.items()]
             print(text_table(("victims", "calls", "statuses", "errors", "p50 ms", "p99 ms"), rows))
-            for name, phase in load.phases.items():
-                print(f"p99 ms every 5 s, {name}: {timeline(phase)}")
+            for name, (start, phase) in phases.items():
+                print(f"p99 ms every 5 s, {name}: {timeline(phase, start)}")
             print("attacker's answers:")
-            for attack, outcomes in attack_report.items():
+            for attack, outcomes in (json.loads(report) if report.strip() else {}).items():
                 print(f"  {attack:16} {outcomes}")
-            for name, phase in load.phases.items():
+            for name, (_, phase) in phases.items():
                 fives = sum(n for s, n in phase.statuses.items() if s >= 500)
                 if fives or phase.errors:
                     failures.append(f"{name}: {fives} 5xx, connection errors {dict(phase.errors)}")
-            base_p99 = percentile_ms(load.phases["baseline"].latencies, 0.99)
-            attack_p99 = percentile_ms(load.phases["attack"].latencies, 0.99)
+            base_p99 = phases["baseline"][1].percentile_ms(0.99)
+            attack_p99 = phases["attack"][1].percentile_ms(0.99)
             print(f"p99 under attack / baseline: {attack_p99 / base_p99:.2f}")
             if attack_p99 > 2 * base_p99:
                 failures.append(f"p99 {attack_p99:.1f} ms > 2 x {base_p99:.1f} ms")
             time.sleep(3)  # two flush intervals: every worker's tallies reach Redis
-            for victim in victims:
-                try:
-                    usage = http_json(
-                        "GET", f"{server.base}{ADMIN}/{victim.id}/usage", key=victim.key
-                    )
-                except RuntimeError as exc:
-                    print(f"victim {victim.id}: {exc}")
-                    failures.append(f"usage of {victim.id} unreadable")
-                    continue
-                exact = usage["api_calls"] == victim.ok
-                print(
-                    f"victim {victim.id}: 2xx {victim.ok}, 429 {victim.refused},"
-                    f" usage api_calls {usage['api_calls']}"
-                    f" rejected {usage['rejected_calls']} {'exact' if exact else 'NOT EXACT'}"
-                )
-                if not exact:
-                    failures.append(f"usage of {victim.id} not exact")
+            failures += check_victims(server.base, victims)
         finally:
-            server.stop()
+            log = server.stop()
             if args.keep_log:
                 shutil.copyfile(server.log, args.keep_log)
-            found = [line for line in log_problems(server) if "Traceback" in line]
+            found = [line for line in log_problems(log) if "Traceback" in line]
             if found:
                 failures.append(f"{len(found)} tracebacks in the server log")
-                print("server log, last lines:\n" + server.tail(60))
-    if failures:
-        print("FAIL: " + "; ".join(failures))
-        return 1
-    print("PASS: victims saw no 5xx, their usage is exact, p99 within 2x of the baseline")
-    return 0
+                print("server log, last lines:\n" + "\n".join(log.splitlines()[-60:]))
+    return verdict(
+        failures, "victims saw no 5xx, their usage is exact, p99 within 2x of the baseline"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

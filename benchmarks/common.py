@@ -1,17 +1,19 @@
-"""Helpers the benchmark scripts share: loopback ports, throw-away databases, Redis keys of a
-run, and the result tables."""
+"""Helpers the benchmark scripts share: throw-away databases and Redis keys of a run, tenants
+registered over HTTP, CPU time from /proc, and the result tables. (Servers: ``launch.py``;
+load: ``load.py``.)"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +21,27 @@ import asyncpg
 import redis
 
 __all__ = [
-    "HOST",
+    "ADMIN",
     "PG_ADMIN_URL",
     "build_compiled",
     "check_redis",
+    "cpu_seconds",
     "create_database",
     "delete_redis_keys",
     "drop_database",
     "ensure_installed",
-    "free_port",
     "http_json",
     "markdown_table",
+    "read_usage",
+    "register",
+    "scratch_stores",
     "text_table",
+    "verdict",
 ]
 
-HOST = "127.0.0.1"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADMIN = "/api/v1/tenants"
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _run(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -86,13 +93,6 @@ def build_compiled(repo: Path, into: Path) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def _postgres_execute(sql: str) -> None:
     conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
     try:
@@ -131,6 +131,18 @@ def http_json(
         raise RuntimeError(f"{method} {url} → {exc.code}: {exc.read().decode()}") from exc
 
 
+def register(base: str, name: str, plan: str, admin_email: str) -> tuple[str, str]:
+    """A new tenant through the admin API of the server at ``base``: (tenant id, API key)."""
+    body = {"name": name, "plan": plan, "admin_email": admin_email}
+    answer = http_json("POST", f"{base}{ADMIN}/register", body)
+    return str(answer["id"]), str(answer["api_key"])
+
+
+def read_usage(base: str, tenant_id: str, key: str) -> dict[str, Any]:
+    """The tenant's usage report from the server at ``base`` (``GET …/{id}/usage``)."""
+    return http_json("GET", f"{base}{ADMIN}/{tenant_id}/usage", key=key)
+
+
 def check_redis(url: str) -> None:
     """Raise (redis.RedisError) unless Redis at ``url`` answers."""
     client = redis.Redis.from_url(url, socket_timeout=5)
@@ -154,10 +166,40 @@ def delete_redis_keys(url: str, *patterns: str) -> int:
         client.close()
 
 
-def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to width: the first left-aligned, the others right-aligned."""
+@contextlib.contextmanager
+def scratch_stores(name: str, redis_url: str) -> Iterator[tuple[str, str, Path]]:
+    """A throw-away database ``tg_<name>_<token>``, a Redis key prefix ``<name>:<token>:`` and a
+    temporary directory, all removed at the end: (database URL, prefix, directory)."""
+    token = os.urandom(4).hex()
+    database, prefix = f"tg_{name}_{token}", f"{name}:{token}:"
+    check_redis(redis_url)
+    database_url = create_database(database)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"tg-{name}-") as tmp:
+            yield database_url, prefix, Path(tmp)
+    finally:
+        try:
+            deleted = delete_redis_keys(redis_url, prefix + "*")
+            db = redis_url.rsplit("/", 1)[-1]
+            print(f"deleted {deleted} Redis keys under {prefix!r} (db {db})", flush=True)
+        except redis.RedisError as exc:
+            print(f"could not delete Redis keys under {prefix!r}: {exc}", flush=True)
+        drop_database(database)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU time of a process so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], rule: bool = False) -> str:
+    """Columns padded to width: the first left-aligned, the others right-aligned; with
+    ``rule``, a line of dashes under the headers."""
     table = [tuple(headers), *(tuple(row) for row in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
+    if rule:
+        table.insert(1, tuple("-" * width for width in widths))
     return "\n".join(
         "  ".join(value.rjust(width) if i else value.ljust(width)
                   for i, (value, width) in enumerate(zip(line, widths, strict=True)))
@@ -172,3 +214,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def verdict(failures: Sequence[str], passed: str) -> int:
+    """Print ``FAIL:`` and the failures, or ``PASS:`` and what passed; the exit status."""
+    if failures:
+        print("FAIL: " + "; ".join(failures))
+        return 1
+    print("PASS: " + passed)
+    return 0

@@ -15,7 +15,7 @@ on a quiet one the time ratio was lower (M: 0.75 by instructions, 0.61 by time).
 repeatable figure to compare two versions of the hot path by; ``run.py`` stays the measure of
 throughput and latency.
 
-Usage: ``.venv/bin/python benchmarks/instructions.py [--variants A,F,M,M-quota,R,R-quota]``.
+Usage: ``.venv/bin/python -m benchmarks.instructions [--variants A,F,M,M-quota,R,R-quota]``.
 Needs valgrind (installed with apt-get if missing) and wrk; PostgreSQL and Redis for R*.
 About 40 s a variant.
 """
@@ -33,12 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import common, run  # noqa: E402
-from benchmarks.common import ensure_installed  # noqa: E402
+from benchmarks import common, run
+from benchmarks.common import ensure_installed
 
 _SUMMARY = re.compile(rb"^summary: (\d+)$", re.MULTILINE)
 
@@ -81,7 +77,8 @@ def count(
         args.server_dirs[variant.compiled],
         wrapper=callgrind(out),
         ready_timeout=300,  # valgrind starts Python ~50x slower
-    ) as (port, pid):
+    ) as server:
+        port, pid = server.port, server.pid
         _, key = run.caller(variant, port, secrets.token_hex(3))
         load(wrk, port, key, args.warmup, args.connections)
         before = run.read_hits(port)
@@ -114,25 +111,18 @@ def rows(counts: Sequence[Count]) -> list[tuple[str, ...]]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--variants", default="A,F,M,M-quota,R,R-quota")
-    parser.add_argument("--seconds", type=int, default=8, help="measured load per variant")
-    parser.add_argument("--warmup", type=int, default=4, help="seconds of load before counting")
-    parser.add_argument("--connections", type=int, default=8, help="wrk connections")
-    parser.add_argument("--asyncio", action="store_true", help="asyncio + h11, not uvloop")
+    parser = run.load_options(
+        __doc__, "A,F,M,M-quota,R,R-quota", seconds=8, warmup=4, connections=8
+    )
     parser.add_argument(
         "--compiled",
         action="store_true",
         help="also count each gateway variant on the build with the mypyc-compiled hot path"
         " (setup.py), as a twin named VARIANT+mypyc",
     )
-    args = parser.parse_args(argv)
-    if args.seconds < 1 or args.warmup < 1 or args.connections < 1:
-        parser.error("--seconds, --warmup and --connections must be positive")
-    args.variants = run.pick_variants(parser, args.variants)
+    args = run.parse_load_options(parser, argv)
     if args.compiled:
         args.variants = run.with_compiled_twins(args.variants)
-    args.mode = run.server_mode("asyncio" if args.asyncio else None)
     return args
 
 

@@ -3,7 +3,7 @@
 Each measurement runs in a fresh child process (RSS never shrinks, so configurations must not
 share one). The child builds a ``TenantGateway`` on the embedded memory stores around the bare
 ping app, registers N tenants straight through ``gateway.services.directory.register`` (records
-built as the admin API's ``POST /register`` builds them, ``records.py``), reads VmRSS, resolves
+built as the admin API's ``POST /register`` builds them, ``new_tenant``), reads VmRSS, resolves
 every tenant's key once through ``gateway.services.resolver.resolve`` so that each is cached (up
 to ``key_cache_size``), draining the resolver's last-use batch every 5,000 keys as the server's
 flush loop does every second, and reads VmRSS again.
@@ -18,7 +18,7 @@ Two kinds of record are measured:
             PostgreSQL, where the records live in the cache and nowhere else in the process.
 
 Each key is resolved through a new string object, as a server decodes each request's header,
-so the cache owns the strings it keeps. Usage: ``.venv/bin/python benchmarks/memory.py``
+so the cache owns the strings it keeps. Usage: ``.venv/bin/python -m benchmarks.memory``
 (``--tenants 100000 --sizes 100000,10000 --records shared,fresh``; about 20 s).
 """
 
@@ -33,18 +33,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import common  # noqa: E402
-from benchmarks.apps import BENCH_PLANS, bare_app  # noqa: E402
-from benchmarks.records import new_tenant  # noqa: E402
-from tenant_gateway import TenantGateway  # noqa: E402
-from tenant_gateway.models import ApiKeyRecord, Tenant  # noqa: E402
+from benchmarks import common
+from benchmarks.apps import BENCH_PLANS, bare_app
+from benchmarks.launch import REPO
+from tenant_gateway import TenantGateway
+from tenant_gateway.keys import mint_key, new_id
+from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus, User
 
 RECORD_KINDS = ("shared", "fresh")
 CHILD_TIMEOUT = 300.0
@@ -93,12 +91,30 @@ def use_fresh_records(gateway: TenantGateway) -> None:
     setattr(directory, "find_key", find_key)  # noqa: B010 (assigning to a method: mypy refuses)
 
 
+def new_tenant(name: str, admin_email: str) -> tuple[Tenant, User, ApiKeyRecord, str]:
+    """A tenant on the "bench" plan, its admin, its first key's record and that key's secret,
+    built as ``TenantHandlers.register`` (``tenant_gateway/admin/tenants.py``) builds them,
+    with the same ``keys.mint_key``, so the directory's ``register`` stores exactly what it
+    would."""
+    now = datetime.now(UTC)
+    tenant = Tenant(
+        id=new_id("tenant"),
+        name=name,
+        plan="bench",
+        status=TenantStatus.ACTIVE,
+        max_users=None,
+        admin_email=admin_email,
+        created_at=now,
+    )
+    admin = User(new_id("usr"), tenant.id, admin_email, Role.ADMIN, now)
+    secret, key = mint_key(tenant.id, "registration", Role.ADMIN, now, None)
+    return tenant, admin, key, secret
+
+
 async def fill(gateway: TenantGateway, tenants: int) -> list[str]:
     keys = []
     for number in range(tenants):
-        tenant, admin, key, secret = new_tenant(
-            "bench", f"Tenant {number}", f"admin{number}@example.com"
-        )
+        tenant, admin, key, secret = new_tenant(f"Tenant {number}", f"admin{number}@example.com")
         await gateway.services.directory.register(tenant, admin, key)
         keys.append(secret)
     return keys
@@ -149,11 +165,11 @@ def measure(tenants: int, cache_size: int, records: str) -> dict[str, Any]:
 
 def run_child(tenants: int, cache_size: int, records: str) -> dict[str, Any]:
     command = [
-        sys.executable, str(Path(__file__).resolve()), "--child",
+        sys.executable, "-m", "benchmarks.memory", "--child",
         "--tenants", str(tenants), "--sizes", str(cache_size), "--records", records,
     ]  # fmt: skip
     done = subprocess.run(
-        command, check=False, capture_output=True, text=True, timeout=CHILD_TIMEOUT
+        command, cwd=REPO, check=False, capture_output=True, text=True, timeout=CHILD_TIMEOUT
     )
     if done.returncode != 0:
         raise RuntimeError(f"child failed ({done.returncode}):\n{done.stdout}{done.stderr}")

@@ -1,6 +1,6 @@
 """How long a revoked key keeps working: ``serve --workers 2`` on PostgreSQL + Redis.
 
-Not run in CI. ``.venv/bin/python benchmarks/propagation.py [--rounds 20]``
+Not run in CI. ``.venv/bin/python -m benchmarks.propagation [--rounds 20]``
 
 SPEC §3 bounds it at one second on every worker process. For each cache setting it starts the
 server (a throw-away ``tg_prop_*`` database, a private Redis prefix in db 11), then, each round,
@@ -17,32 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.common import (  # noqa: E402
-    check_redis,
-    create_database,
-    delete_redis_keys,
-    drop_database,
-    http_json,
-    text_table,
-)
-from benchmarks.soak import Pinning, Server  # noqa: E402
+from benchmarks.common import ADMIN, http_json, register, scratch_stores, text_table
+from benchmarks.launch import Server
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
-ADMIN = "/api/v1/tenants"
 FRESH_CALLS = 40
 
 
@@ -55,15 +40,14 @@ async def statuses(base: str, key: str) -> list[int]:
     return list(await asyncio.gather(*(one() for _ in range(FRESH_CALLS))))
 
 
-async def one_round(base: str, tenant: dict[str, str]) -> float:
+async def one_round(base: str, tenant: str, owner: str) -> float:
     """Seconds from a revocation's answer to the first round of calls all refused."""
-    owner = tenant["api_key"]
-    key = http_json("POST", f"{base}{ADMIN}/{tenant['id']}/keys", {"role": "developer"}, owner)
+    key = http_json("POST", f"{base}{ADMIN}/{tenant}/keys", {"role": "developer"}, owner)
     if set(await statuses(base, key["api_key"])) != {200}:
         raise RuntimeError("a fresh key was refused before its revocation")
     async with httpx.AsyncClient(base_url=base) as admin:
         revoked = await admin.delete(
-            f"{ADMIN}/{tenant['id']}/keys/{key['id']}", headers={"Authorization": f"Bearer {owner}"}
+            f"{ADMIN}/{tenant}/keys/{key['id']}", headers={"Authorization": f"Bearer {owner}"}
         )
     revoked_at = time.monotonic()
     if revoked.status_code != 204:
@@ -77,52 +61,33 @@ async def one_round(base: str, tenant: dict[str, str]) -> float:
 
 
 def measure(ttl: float, rounds: int, database_url: str, prefix: str, log: Path) -> list[float]:
-    server = Server(
-        [
-            "--database-url", database_url, "--redis-url", REDIS_URL,
-            "--redis-key-prefix", prefix, "--workers", "2", "--key-cache-ttl", str(ttl),
-        ],
-        log,
-        Pinning(None, None),
-    )  # fmt: skip
-    try:
-        server.wait_ready()
-        tenant = http_json(
-            "POST",
-            f"{server.base}{ADMIN}/register",
-            {"name": "Prop", "plan": "enterprise", "admin_email": "p@prop.io"},
-        )
-        return [asyncio.run(one_round(server.base, tenant)) for _ in range(rounds)]
-    finally:
-        server.stop()
+    with Server(
+        "--database-url", database_url, "--redis-url", REDIS_URL, "--redis-key-prefix", prefix,
+        "--workers", "2", "--key-cache-ttl", str(ttl),
+        log=log,
+    ) as server:  # fmt: skip
+        tenant, owner = register(server.base, "Prop", "enterprise", "p@prop.io")
+        return [asyncio.run(one_round(server.base, tenant, owner)) for _ in range(rounds)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args(argv)
-    token = secrets.token_hex(4)
-    check_redis(REDIS_URL)
-    database = f"tg_prop_{token}"
-    database_url = create_database(database)
     rows = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="tg-prop-") as tmp:
-            for ttl in (1.0, 3600.0):
-                times = measure(ttl, args.rounds, database_url, f"prop:{token}:", Path(tmp) / "log")
-                ms = sorted(t * 1000 for t in times)
-                rows.append(
-                    (
-                        f"ttl={ttl:g}",
-                        str(len(ms)),
-                        f"{statistics.median(ms):.0f}",
-                        f"{ms[-1]:.0f}",
-                        str(sum(t >= 1000 for t in ms)),
-                    )
+    with scratch_stores("prop", REDIS_URL) as (database_url, prefix, tmp):
+        for ttl in (1.0, 3600.0):
+            times = measure(ttl, args.rounds, database_url, prefix, tmp / "log")
+            ms = sorted(t * 1000 for t in times)
+            rows.append(
+                (
+                    f"ttl={ttl:g}",
+                    str(len(ms)),
+                    f"{statistics.median(ms):.0f}",
+                    f"{ms[-1]:.0f}",
+                    str(sum(t >= 1000 for t in ms)),
                 )
-    finally:
-        delete_redis_keys(REDIS_URL, f"prop:{token}:*")
-        drop_database(database)
+            )
     print(text_table(("cache", "rounds", "median ms", "max ms", "rounds ≥ 1 s"), rows))
     return 0
 

@@ -20,7 +20,7 @@ tenant of a round's random sequence is listed by both, back to back, the first a
 both see the same cache state (two 1M-row tables do not fit the default 128 MB shared_buffers).
 The database is dropped at the end.
 
-Usage: ``.venv/bin/python benchmarks/rls.py [--rows 1000000] [--tenants 1000] [--queries 2000]
+Usage: ``.venv/bin/python -m benchmarks.rls [--rows 1000000] [--tenants 1000] [--queries 2000]
 [--rounds 3] [--layout interleaved|clustered]``. Needs PostgreSQL (trust auth, superuser
 ``postgres``) at 127.0.0.1:5432.
 """
@@ -40,12 +40,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from benchmarks.common import create_database, drop_database, markdown_table, text_table
 from tenant_gateway.demo import create_projects_table
 from tenant_gateway.postgres.database import RUNTIME_ROLE, TENANT_SETTING, Database
 
-HOST = "127.0.0.1"
-PORT = 5432
-ADMIN_URL = f"postgresql://postgres@{HOST}:{PORT}/postgres"
 GOAL = 1.10  # the issue's target: RLS may cost at most 10 % more per query
 
 RLS_SQL = "SELECT id, name, created_at FROM projects ORDER BY id"
@@ -121,14 +119,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.tenants < 1 or args.rows < args.tenants or args.queries < 20 or args.rounds < 1:
         parser.error("need tenants ≥ 1, rows ≥ tenants, queries ≥ 20, rounds ≥ 1")
     return args
-
-
-async def admin_execute(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def load(url: str, table: str, rows: int, tenants: int, layout: str) -> float:
@@ -327,23 +317,7 @@ def tables(samples: Samples) -> tuple[str, str]:
             rows.append(
                 [name, f"{s.median_ms:.3f}", f"{s.p95_ms:.3f}", f"{s.per_second:,.0f}", *vs]
             )
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    plain = "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-    markdown = "\n".join(
-        [
-            "| " + " | ".join(header) + " |",
-            "|---|" + "---:|" * (len(header) - 1),
-            *("| " + " | ".join(r) + " |" for r in rows),
-        ]
-    )
-    return plain, markdown
+    return text_table(header, rows, rule=True), markdown_table(header, rows)
 
 
 def report(samples: Samples, plans: tuple[str, str]) -> None:
@@ -388,9 +362,7 @@ def report(samples: Samples, plans: tuple[str, str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     name = f"tg_rls_bench_{secrets.token_hex(4)}"
-    url = f"postgresql://postgres@{HOST}:{PORT}/{name}"
-    asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
-    print(f"created database {name}", flush=True)
+    url = create_database(name)
     try:
         counts = asyncio.run(prepare(url, args.rows, args.tenants, args.layout))
         print(
@@ -401,8 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples, plans = asyncio.run(measure(url, counts, args.queries, args.rounds, args.seed))
         report(samples, plans)
     finally:
-        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        print(f"dropped database {name}", flush=True)
+        drop_database(name)
     return 0
 
 

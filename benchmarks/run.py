@@ -20,7 +20,7 @@ interleaved round by round. After each gateway run the tenant's usage (admin API
 with the number of 2xx responses wrk saw (warm-up + measured), and with the number of pings the
 wrapped app itself answered in that process. wrk does not count requests still in flight when it
 stops (at most one per connection per wrk run), so the first comparison can differ by that much;
-it is reported as MISMATCH all the same. Usage: ``.venv/bin/python benchmarks/run.py``.
+it is reported as MISMATCH all the same. Usage: ``.venv/bin/python -m benchmarks.run``.
 
 Besides req/s, each run reports the server process's CPU time per request (``/proc/<pid>/stat``,
 user + system) and the CPU steal the machine saw meanwhile: on a shared virtual machine steal
@@ -45,8 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,26 +52,21 @@ from typing import Any
 
 import redis
 
-REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import common  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    HOST,
+from benchmarks import common
+from benchmarks.apps import HITS_PATH
+from benchmarks.common import (
     build_compiled,
     check_redis,
+    cpu_seconds,
     create_database,
     delete_redis_keys,
     drop_database,
     ensure_installed,
-    free_port,
     http_json,
 )
+from benchmarks.launch import HOST, REPO, Server
 
 PING_PATH = "/api/v1/ping"
-ADMIN_PREFIX = "/api/v1/tenants"
-HITS_PATH = "/bench/hits"  # apps.HITS_PATH: ping calls the wrapped app answered in this process
 REDIS_URL = "redis://127.0.0.1:6379/13"
 SERVER_CORE = "0"
 WRK_CORE = "1"
@@ -145,6 +138,33 @@ def pick_variants(
             continue
         picked.append(variant)
     return picked
+
+
+def load_options(
+    doc: str | None, variants: str, seconds: int, warmup: int, connections: int
+) -> argparse.ArgumentParser:
+    """A parser with the options of a script that serves variants as this one does and loads
+    each with wrk (``instructions.py``, ``spy.py``): which variants, how long wrk loads each
+    after a warm-up, with how many connections, on which event loop."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--variants", default=variants)
+    parser.add_argument("--seconds", type=int, default=seconds, help="measured load per variant")
+    parser.add_argument("--warmup", type=int, default=warmup, help="seconds of load before it")
+    parser.add_argument("--connections", type=int, default=connections, help="wrk connections")
+    parser.add_argument("--asyncio", action="store_true", help="asyncio + h11, not uvloop")
+    return parser
+
+
+def parse_load_options(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """``load_options``' arguments, checked: ``variants`` picked, the server ``mode`` set."""
+    args = parser.parse_args(argv)
+    if min(args.seconds, args.warmup, args.connections) < 1:
+        parser.error("--seconds, --warmup and --connections must be positive")
+    args.variants = pick_variants(parser, args.variants)
+    args.mode = server_mode("asyncio" if args.asyncio else None)
+    return args
 
 
 def server_dirs(variants: Sequence[Variant], tmp: Path) -> dict[bool, Path]:
@@ -259,14 +279,6 @@ class RunRecord:
 
 # -- CPU accounting -------------------------------------------------------------------------
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU time of a process (``/proc/<pid>/stat`` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
-
 
 def machine_ticks() -> tuple[int, int]:
     """(all ticks, steal ticks) of every CPU, from ``/proc/stat``."""
@@ -287,11 +299,11 @@ class CpuSample:
 @contextlib.contextmanager
 def cpu_sampler(pid: int) -> Iterator[list[CpuSample]]:
     taken: list[CpuSample] = []
-    user_before, kernel_before = process_cpu_seconds(pid)
+    user_before, kernel_before = cpu_seconds(pid)
     total_before, steal_before = machine_ticks()
     yield taken
     total, steal = machine_ticks()
-    user, kernel = process_cpu_seconds(pid)
+    user, kernel = cpu_seconds(pid)
     taken.append(
         CpuSample(
             server_seconds=user + kernel - user_before - kernel_before,
@@ -306,25 +318,25 @@ def cpu_sampler(pid: int) -> Iterator[list[CpuSample]]:
 HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
 
 
-@contextlib.contextmanager
-def guest_halt_polling(nanoseconds: int | None) -> Iterator[None]:
-    """With a value: an idle vCPU of this KVM guest polls that long before it halts, for the
-    run, and the machine's own setting is put back after it. Waking a halted vCPU takes an
-    inter-processor interrupt, which exits to the hypervisor: when a slower server leaves wrk's
-    core idle, nearly every response pays for one (``README``, Performance)."""
+def check_halt_polling(nanoseconds: int | None) -> None:
+    """``--halt-poll-ns NS``: measure with this KVM guest's idle vCPUs polling NS ns before they
+    halt. Waking a halted vCPU takes an inter-processor interrupt, which exits to the
+    hypervisor: when a slower server leaves wrk's core idle, nearly every response pays for one
+    (``README``, Performance). The script does not change the machine: unless the setting is
+    already NS, it prints the commands that set it and put it back, for root to run, and stops."""
     if nanoseconds is None:
-        yield
         return
     try:
-        before = HALT_POLL.read_text().strip()
-        HALT_POLL.write_text(str(nanoseconds))
+        current = HALT_POLL.read_text().strip()
     except OSError as exc:
-        message = f"--halt-poll-ns needs a writable {HALT_POLL} (a KVM guest, root): {exc}"
-        raise SystemExit(message) from exc
-    try:
-        yield
-    finally:
-        HALT_POLL.write_text(before)
+        raise SystemExit(f"--halt-poll-ns needs {HALT_POLL} (a KVM guest): {exc}") from exc
+    if current != str(nanoseconds):
+        raise SystemExit(
+            f"{HALT_POLL} is {current}, not {nanoseconds}. As root, set it for the run:\n"
+            f"  echo {nanoseconds} > {HALT_POLL}\n"
+            f"run this again, and put the machine's value back after it:\n"
+            f"  echo {current} > {HALT_POLL}"
+        )
 
 
 def ensure_wrk() -> str:
@@ -342,50 +354,6 @@ def clean_redis(prefix: str) -> None:
 # -- servers --------------------------------------------------------------------------------
 
 
-_live: list[subprocess.Popen[bytes]] = []
-
-
-def uvicorn_command(
-    factory: str, port: int, mode: ServerMode, wrapper: Sequence[str] = ()
-) -> list[str]:
-    """The server's command line, pinned to the server core; ``wrapper`` runs it (valgrind)."""
-    return [
-        "taskset", "-c", SERVER_CORE, *wrapper,
-        sys.executable, "-m", "uvicorn", factory, "--factory",
-        "--host", HOST, "--port", str(port), "--workers", "1",
-        "--log-level", "warning", "--no-access-log", *mode.args,
-    ]  # fmt: skip
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-    if proc in _live:
-        _live.remove(proc)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    url = f"http://{HOST}:{port}{PING_PATH}"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # any HTTP answer (the gateway says 401 without a key) means it is up
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.1)
-    raise RuntimeError(f"server on port {port} not ready after {timeout}s:\n{log.read_text()}")
-
-
-@contextlib.contextmanager
 def serve(
     variant: Variant,
     env: dict[str, str],
@@ -394,56 +362,43 @@ def serve(
     cwd: Path = REPO,
     wrapper: Sequence[str] = (),
     ready_timeout: float = 60.0,
-) -> Iterator[tuple[int, int]]:
-    """(port, pid) of a fresh server (``taskset`` execs the wrapper or Python, and valgrind
-    runs its program in place: the pid is the server's)."""
-    port = free_port()
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            uvicorn_command(variant.factory, port, mode, wrapper),
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    _live.append(proc)
-    try:
-        wait_ready(proc, port, log, timeout=ready_timeout)
-        yield port, proc.pid
-    finally:
-        stop(proc)
+) -> Server:
+    """The variant's server, pinned to the server core; ``wrapper`` runs it (valgrind). Its pid
+    is the server's: ``taskset`` execs the wrapper or Python, and valgrind runs its program in
+    place. ``with`` it: ready inside, stopped after."""
+    return Server(
+        "--workers", "1", "--log-level", "warning", "--no-access-log", *mode.args,
+        command=(sys.executable, "-m", "uvicorn", variant.factory, "--factory"),
+        prefix=("taskset", "-c", SERVER_CORE, *wrapper),
+        env=env, cwd=cwd, log=log, ready_timeout=ready_timeout,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
 def bench_stores(variants: Sequence[Variant]) -> Iterator[Callable[[Variant], dict[str, str]]]:
     """A throw-away PostgreSQL database and Redis key prefix for the variants that use them,
-    removed afterwards, once every server has stopped; yields what gives a variant's server
-    its environment (``benchmarks.apps`` reads the ``TG_BENCH_*`` variables)."""
+    removed afterwards; yields what gives a variant's server its environment: every
+    ``TG_BENCH_*`` variable ``benchmarks.apps`` reads, empty where the variant does without."""
     token = secrets.token_hex(4)
     database, prefix = f"tg_bench_{token}", f"tgbench:{token}:"
     uses_redis = any(v.redis for v in variants)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TG_BENCH_")}
     if uses_redis:
         check_redis(REDIS_URL)
     database_url: str | None = None
 
     def environment(variant: Variant) -> dict[str, str]:
-        env = dict(base)
-        if variant.database and database_url is not None:
-            env["TG_BENCH_DATABASE_URL"] = database_url
-        if variant.redis:
-            env["TG_BENCH_REDIS_URL"] = REDIS_URL
-            env["TG_BENCH_REDIS_PREFIX"] = prefix
-        return env
+        return {
+            "TG_BENCH_DATABASE_URL": database_url if variant.database and database_url else "",
+            "TG_BENCH_REDIS_URL": REDIS_URL if variant.redis else "",
+            "TG_BENCH_REDIS_PREFIX": prefix,
+            "TG_BENCH_SLOWAPI_LIMIT": "",
+        }
 
     try:
         if any(v.database for v in variants):
             database_url = create_database(database)
         yield environment
     finally:
-        for proc in list(_live):
-            stop(proc)
         if uses_redis:
             try:
                 clean_redis(prefix)
@@ -456,27 +411,15 @@ def bench_stores(variants: Sequence[Variant]) -> Iterator[Callable[[Variant], di
 # -- HTTP -----------------------------------------------------------------------------------
 
 
-def register_tenant(port: int, plan: str, run_id: str) -> tuple[str, str]:
-    answer = http_json(
-        "POST",
-        f"http://{HOST}:{port}{ADMIN_PREFIX}/register",
-        {"name": f"Bench {run_id}", "plan": plan, "admin_email": f"bench-{run_id}@example.com"},
-    )
-    return str(answer["id"]), str(answer["api_key"])
-
-
 def caller(variant: Variant, port: int, run_id: str) -> tuple[str | None, str | None]:
     """(tenant id, API key) the load generator sends: a new tenant's for a gateway variant, a
     made-up key for a variant that only keys on it (the floor's count, slowapi), else none."""
     if variant.plan is not None:
-        return register_tenant(port, variant.plan, run_id)
+        base, email = f"http://{HOST}:{port}", f"bench-{run_id}@example.com"
+        return common.register(base, f"Bench {run_id}", variant.plan, email)
     if variant.sends_key:
         return None, f"bench-{run_id}"
     return None, None
-
-
-def read_usage(port: int, tenant_id: str, key: str) -> dict[str, Any]:
-    return http_json("GET", f"http://{HOST}:{port}{ADMIN_PREFIX}/{tenant_id}/usage", key=key)
 
 
 def read_hits(port: int) -> int:
@@ -548,15 +491,16 @@ def measure(
 ) -> RunRecord:
     run_id = f"{variant.name.lower()}-{round_number}-{secrets.token_hex(3)}"
     log = log_dir / f"{run_id}.log"
-    with serve(variant, env, log, args.mode, args.server_dirs[variant.compiled]) as (port, pid):
+    with serve(variant, env, log, args.mode, args.server_dirs[variant.compiled]) as server:
+        port = server.port
         tenant_id, key = caller(variant, port, run_id)
         warmup = run_wrk(wrk, port, key, args.warmup, args.connections)
-        with cpu_sampler(pid) as cpu:
+        with cpu_sampler(server.pid) as cpu:
             result = run_wrk(wrk, port, key, args.duration, args.connections)
         usage = None
         if tenant_id is not None and key is not None:
             time.sleep(args.settle)
-            report = read_usage(port, tenant_id, key)
+            report = common.read_usage(server.base, tenant_id, key)
             usage = UsageCheck(
                 expected=warmup.ok_responses + result.ok_responses,
                 api_calls=int(report["api_calls"]),
@@ -565,7 +509,7 @@ def measure(
                 app_served=read_hits(port),
                 connections=args.connections,
             )
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line for line in server.output().splitlines() if line.strip()]
     return RunRecord(variant, round_number, result, warmup, usage, cpu[0], lines)
 
 
@@ -724,8 +668,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--halt-poll-ns",
         type=int,
         metavar="NS",
-        help=f"for the run, set {HALT_POLL} (idle vCPUs poll NS ns before halting; restored"
-        " after): takes the guest's wake-up interrupts out of the comparison",
+        help=f"measure with {HALT_POLL} at NS (idle vCPUs poll NS ns before halting), which"
+        " takes the guest's wake-up interrupts out of the comparison: checked, not set (the"
+        " commands to set it are printed)",
     )
     args = parser.parse_args(argv)
     if args.duration < 1 or args.rounds < 1 or args.warmup < 1 or args.connections < 1:
@@ -743,6 +688,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    check_halt_polling(args.halt_poll_ns)
     variants: list[Variant] = args.variants
     wrk = ensure_wrk()
     if (os.cpu_count() or 1) < 2:
@@ -759,7 +705,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     with (
         bench_stores(variants) as environment,
         tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp,
-        guest_halt_polling(args.halt_poll_ns),
     ):
         args.server_dirs = server_dirs(variants, Path(tmp))
         for round_number in range(1, args.rounds + 1):
@@ -798,6 +743,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" median {statistics.median(steal):.1%}, max {steal[-1]:.1%}."
         " Server CPU µs/request leaves steal out, so its ratio is the steadier of the two."
     )
+    if args.halt_poll_ns is not None:
+        print(f"{HALT_POLL} is still {args.halt_poll_ns}: put the machine's value back.")
     return 1 if app_mismatches or non_2xx else 0
 
 

@@ -1,6 +1,6 @@
 """Soak test: ``tenant-gateway serve --workers 2`` on PostgreSQL + Redis under steady mixed load.
 
-Not run in CI. ``.venv/bin/python benchmarks/soak.py [--duration 600] [--connections 200]``
+Not run in CI. ``.venv/bin/python -m benchmarks.soak [--duration 600] [--connections 200]``
 
 It creates a throw-away database (``tg_soak_*``) and a private Redis key prefix
 (``soak:<token>:`` in db 11), writes a plans file with three plans (``metered``: a finite
@@ -10,12 +10,13 @@ plans, then runs the load for ``--duration`` seconds: ``--connections`` keep-ali
 connections, each request for a random tenant, GET / POST / DELETE ``/api/v1/projects`` (the
 projects a tenant holds stay bounded, so a GET's cost does not grow with time).
 
-The load generator is a minimal HTTP/1.1 client on asyncio streams in this process (uvloop when
-importable), not wrk (which cannot count per tenant) and not httpx (several times the CPU per
-request): every response is attributed to its tenant, so usage can be checked exactly. Its own
-CPU use is reported (about 0.2 of a core at 2,000 req/s). ``--pin`` puts the servers on the
-first core(s) and this process on the last; by default the kernel schedules everything (on 2
-cores pinning halves the throughput: the servers then get one core while the load needs 0.2).
+The load generator is ``load.Load``'s minimal HTTP/1.1 client on asyncio streams in this
+process (uvloop when importable), not wrk (which cannot count per tenant) and not httpx (several
+times the CPU per request): every response is attributed to its tenant, so usage can be checked
+exactly. Its own CPU use is reported (about 0.2 of a core at 2,000 req/s). ``--pin`` puts the
+servers on the first core(s) and this process on the last; by default the kernel schedules
+everything (on 2 cores pinning halves the throughput: the servers then get one core while the
+load needs 0.2).
 
 Every 10 s it prints throughput, responses by status, the servers' RSS (the ``serve`` process
 and all its descendants, from /proc) and CPU. At the end: total req/s, failures (any 5xx, any
@@ -31,52 +32,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import functools
 import importlib
 import json
 import os
 import random
-import re
 import secrets
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
-
-REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.common import (  # noqa: E402
-    HOST,
-    check_redis,
-    create_database,
+from benchmarks.common import (
+    cpu_seconds,
     delete_redis_keys,
-    drop_database,
-    free_port,
-    http_json,
+    read_usage,
+    register,
+    scratch_stores,
+    verdict,
 )
+from benchmarks.launch import Server, log_problems
+from benchmarks.load import Load, Request
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
-ADMIN = "/api/v1/tenants"
 PROJECTS = "/api/v1/projects"
 PLAN_NAMES = ("metered", "unlimited", "bursty")
 SAMPLE_SECONDS = 10.0
-REQUEST_TIMEOUT = 30.0
 MAX_PROJECTS_PER_TENANT = 20
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -132,68 +120,17 @@ class Pinning:
         load = ",".join(str(cpu) for cpu in sorted(self.load_cpus or ()))
         return f"servers on CPU {self.server_cpus}, load generator on CPU {load}"
 
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """What runs the server on its CPUs."""
+        return () if self.server_cpus is None else ("taskset", "-c", self.server_cpus)
+
 
 def choose_pinning(enabled: bool) -> Pinning:
     cpus = sorted(os.sched_getaffinity(0))
     if not enabled or len(cpus) < 2 or shutil.which("taskset") is None:
         return Pinning(None, None)
     return Pinning(",".join(str(cpu) for cpu in cpus[:-1]), {cpus[-1]})
-
-
-class Server:
-    """``tenant-gateway serve`` in its own process group; stopped with SIGTERM."""
-
-    def __init__(self, args: Sequence[str], log: Path, pinning: Pinning) -> None:
-        self.port = free_port()
-        self.base = f"http://{HOST}:{self.port}"
-        self.log = log
-        command = [
-            sys.executable, "-m", "tenant_gateway.cli", "serve",
-            "--host", HOST, "--port", str(self.port), *args,
-        ]  # fmt: skip
-        if pinning.server_cpus is not None:
-            command = ["taskset", "-c", pinning.server_cpus, *command]
-        with log.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                command,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"{self.base}{ADMIN}/openapi.json"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2):
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.tail()}")
-
-    def stop(self, timeout: float = 45.0) -> int:
-        """SIGTERM (uvicorn drains, the gateway flushes usage), SIGKILL to the group if stuck."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
-        return self.process.returncode
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def process_tree(root: int) -> list[int]:
@@ -208,11 +145,9 @@ def process_tree(root: int) -> list[int]:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(parent, []).append(int(entry))
-    tree, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        tree.append(pid)
-        stack.extend(children.get(pid, []))
+    tree = [root]
+    for pid in tree:  # the list grows as it is walked: breadth first
+        tree.extend(children.get(pid, ()))
     return tree
 
 
@@ -229,17 +164,15 @@ def tree_usage(root: int) -> TreeUsage:
     cpu = 0.0
     for pid in process_tree(root):
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+            cpu += sum(cpu_seconds(pid))
+            rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
         except (OSError, IndexError, ValueError):
             continue  # exited meanwhile
         processes += 1
-        rss += pages * PAGE_BYTES
-        cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
     return TreeUsage(processes, rss, cpu)
 
 
-# -- admin calls ----------------------------------------------------------------------------
+# -- tenants and their calls ----------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -262,112 +195,39 @@ def register_tenants(base: str, count: int, token: str) -> list[Tenant]:
     tenants = []
     for index in range(count):
         plan = PLAN_NAMES[index % len(PLAN_NAMES)]
-        answer = http_json(
-            "POST",
-            f"{base}{ADMIN}/register",
-            {"name": f"Soak {index}", "plan": plan, "admin_email": f"soak{index}@{token}.test"},
-        )
-        tenants.append(Tenant(str(answer["id"]), str(answer["api_key"]), plan))
+        tenant_id, key = register(base, f"Soak {index}", plan, f"soak{index}@{token}.test")
+        tenants.append(Tenant(tenant_id, key, plan))
     return tenants
 
 
-# -- the load -------------------------------------------------------------------------------
+class Mix:
+    """Each request for a random tenant: GET, POST or DELETE of its projects (the projects a
+    tenant holds stay bounded); each answer counted for that tenant."""
 
-
-class ProtocolError(Exception):
-    pass
-
-
-@dataclass(slots=True)
-class Totals:
-    statuses: Counter[int] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    """Connection errors and timeouts, by exception type."""
-    latencies: list[float] = field(default_factory=list)
-    """Seconds per answered request since the last sample (the sampler empties it)."""
-
-    @property
-    def responses(self) -> int:
-        return sum(self.statuses.values())
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """(status, body, server keeps the connection) of one HTTP/1.1 response."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-        raise ProtocolError(f"bad status line {lines[0]!r}")
-    status = int(parts[1])
-    length: int | None = None
-    chunked = False
-    keep_alive = True
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        name = name.strip().lower()
-        if name == "content-length":
-            length = int(value)
-        elif name == "transfer-encoding":
-            chunked = "chunked" in value.lower()
-        elif name == "connection":
-            keep_alive = "close" not in value.lower()
-    if status in (204, 304) or 100 <= status < 200:
-        return status, b"", keep_alive
-    if length is not None:
-        return status, await reader.readexactly(length), keep_alive
-    if chunked:
-        body = bytearray()
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            body += chunk[:-2]
-        return status, bytes(body), keep_alive
-    return status, await reader.read(), False
-
-
-class Load:
-    """``connections`` keep-alive connections sending requests until ``stop()``; each waits
-    for its last response, so every request sent is counted."""
-
-    def __init__(
-        self,
-        port: int,
-        tenants: list[Tenant],
-        connections: int,
-        seed: int,
-        mix: tuple[float, float],
-    ) -> None:
-        self.port = port
+    def __init__(self, tenants: list[Tenant], seed: int, mix: tuple[float, float]) -> None:
         self.tenants = tenants
-        self.connections = connections
         self.rng = random.Random(seed)
         self.post_share, self.delete_share = mix
-        self.totals = Totals()
-        self._stopping = asyncio.Event()
-        self._host = f"Host: {HOST}:{port}\r\n"
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def _next(self, tenant: Tenant) -> tuple[str, str, bytes]:
+    def __call__(self, connection: int) -> Request:
+        tenant = self.rng.choice(self.tenants)
+        headers = {"Authorization": f"Bearer {tenant.key}"}
+        method, path, body = "GET", PROJECTS, b""
         draw = self.rng.random()
         if draw < self.post_share and len(tenant.projects) < MAX_PROJECTS_PER_TENANT:
-            return "POST", PROJECTS, json.dumps({"name": f"p{self.rng.randrange(10**9)}"}).encode()
-        if draw < self.post_share + self.delete_share and tenant.projects:
+            method, body = "POST", json.dumps({"name": f"p{self.rng.randrange(10**9)}"}).encode()
+            headers["Content-Type"] = "application/json"
+        elif draw < self.post_share + self.delete_share and tenant.projects:
             project = tenant.projects.pop(self.rng.randrange(len(tenant.projects)))
-            return "DELETE", f"{PROJECTS}/{project}", b""
-        return "GET", PROJECTS, b""
+            method, path = "DELETE", f"{PROJECTS}/{project}"
+        done = functools.partial(self._record, tenant, method, path)
+        return Request(method, path, headers, body, done)
 
-    def _request(self, tenant: Tenant, method: str, path: str, body: bytes) -> bytes:
-        head = f"{method} {path} HTTP/1.1\r\n{self._host}Authorization: Bearer {tenant.key}\r\n"
-        if body:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        return (head + "\r\n").encode() + body
-
-    def _record(self, tenant: Tenant, method: str, path: str, status: int, body: bytes) -> None:
-        self.totals.statuses[status] += 1
+    @staticmethod
+    def _record(tenant: Tenant, method: str, path: str, status: int | None, body: bytes) -> None:
+        if status is None:
+            tenant.lost += 1
+            return
         tenant.statuses[status] += 1
         if 200 <= status < 300:
             tenant.ok += 1
@@ -377,43 +237,6 @@ class Load:
             tenant.rejected += 1
         if method == "DELETE" and status == 429:  # refused before the app: still there
             tenant.projects.append(path.rsplit("/", 1)[1])
-
-    async def _connection(self) -> None:
-        writer: asyncio.StreamWriter | None = None
-        reader: asyncio.StreamReader | None = None
-        try:
-            while not self._stopping.is_set():
-                if writer is None or reader is None:
-                    try:
-                        reader, writer = await asyncio.open_connection(HOST, self.port)
-                    except OSError as exc:
-                        self.totals.errors[f"connect: {type(exc).__name__}"] += 1
-                        await asyncio.sleep(0.1)
-                        continue
-                tenant = self.rng.choice(self.tenants)
-                method, path, body = self._next(tenant)
-                sent = time.perf_counter()
-                try:
-                    async with asyncio.timeout(REQUEST_TIMEOUT):
-                        writer.write(self._request(tenant, method, path, body))
-                        status, answer, keep_alive = await read_response(reader)
-                except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
-                    self.totals.errors[type(exc).__name__] += 1
-                    tenant.lost += 1
-                    writer.close()
-                    writer = reader = None
-                    continue
-                self.totals.latencies.append(time.perf_counter() - sent)
-                self._record(tenant, method, path, status, answer)
-                if not keep_alive:
-                    writer.close()
-                    writer = reader = None
-        finally:
-            if writer is not None:
-                writer.close()
-
-    async def run(self) -> None:
-        await asyncio.gather(*(self._connection() for _ in range(self.connections)))
 
 
 # -- sampling and the report ----------------------------------------------------------------
@@ -436,22 +259,14 @@ class Sample:
     p99_ms: float
 
 
-def percentile_ms(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
-
-
 def mib(value: float) -> str:
     return f"{value / 2**20:,.1f} MiB"
 
 
 async def sample_until(load: Load, server: Server, duration: float, samples: list[Sample]) -> float:
     """Sample every 10 s until ``duration`` has passed; stop the load; answer the seconds run."""
-    start = time.monotonic()
-    previous_at, previous_count, previous_errors = start, 0, 0
-    previous_statuses: Counter[int] = Counter()
+    start = previous_at = time.monotonic()
+    mark = load.mark()
     previous_server = tree_usage(server.pid).cpu_seconds
     previous_load = time.process_time()
     while True:
@@ -463,21 +278,20 @@ async def sample_until(load: Load, server: Server, duration: float, samples: lis
         now = time.monotonic()
         usage = tree_usage(server.pid)
         process_cpu = time.process_time()
-        statuses = load.totals.statuses.copy()
-        errors = sum(load.totals.errors.values())
+        since, mark = mark, load.mark()
+        answers = load.summary(since)
         elapsed = now - previous_at
-        latencies, load.totals.latencies = load.totals.latencies, []
         sample = Sample(
             at=now - start,
-            responses=statuses.total() - previous_count,
-            statuses=dict(sorted((statuses - previous_statuses).items())),
-            errors=errors - previous_errors,
+            responses=answers.responses,
+            statuses=dict(sorted(answers.statuses.items())),
+            errors=answers.errors.total(),
             rss_bytes=usage.rss_bytes,
             processes=usage.processes,
             server_cpu=(usage.cpu_seconds - previous_server) / elapsed,
             load_cpu=(process_cpu - previous_load) / elapsed,
-            p50_ms=percentile_ms(latencies, 0.50),
-            p99_ms=percentile_ms(latencies, 0.99),
+            p50_ms=answers.percentile_ms(0.50),
+            p99_ms=answers.percentile_ms(0.99),
         )
         samples.append(sample)
         print(
@@ -488,9 +302,8 @@ async def sample_until(load: Load, server: Server, duration: float, samples: lis
             f"  server CPU {sample.server_cpu:.2f}  load CPU {sample.load_cpu:.2f}",
             flush=True,
         )
-        previous_at, previous_count, previous_errors = now, statuses.total(), errors
-        previous_statuses, previous_server, previous_load = statuses, usage.cpu_seconds, process_cpu
-    load.stop()
+        previous_at, previous_server, previous_load = now, usage.cpu_seconds, process_cpu
+    await load.stop()  # every connection finishes its request in flight
     return time.monotonic() - start
 
 
@@ -517,7 +330,7 @@ class UsageCheck:
 def check_usage(base: str, tenants: list[Tenant], label: str, quota: int) -> UsageCheck:
     check = UsageCheck(label)
     for tenant in tenants:
-        usage = http_json("GET", f"{base}{ADMIN}/{tenant.id}/usage", key=tenant.key)
+        usage = read_usage(base, tenant.id, tenant.key)
         api_calls, rejected = int(usage["api_calls"]), int(usage["rejected_calls"])
         check.checked += 1
         check.api_calls += api_calls
@@ -592,40 +405,85 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def resources(token: str) -> Iterator[tuple[str, str, Path]]:
-    """(database URL, Redis prefix, a temporary directory), all removed at the end."""
-    database = f"tg_soak_{token}"
-    prefix = f"soak:{token}:"
-    check_redis(REDIS_URL)
-    database_url = create_database(database)
-    try:
-        with tempfile.TemporaryDirectory(prefix="tg-soak-") as tmp:
-            yield database_url, prefix, Path(tmp)
-    finally:
-        try:
-            deleted = delete_redis_keys(REDIS_URL, prefix + "*")
-            print(f"deleted {deleted} Redis keys under {prefix!r} (db 11)", flush=True)
-        except redis.RedisError as exc:
-            print(f"could not delete Redis keys under {prefix!r}: {exc}", flush=True)
-        drop_database(database)
+def report(
+    load: Load, tenants: list[Tenant], samples: list[Sample], elapsed: float, load_cpu: float
+) -> list[str]:
+    """Print the load's totals: throughput, latency, statuses, errors; what failed."""
+    totals = load.summary()
+    print(
+        f"throughput: {totals.responses:,} responses, {totals.responses / elapsed:,.0f}"
+        f" req/s; load generator CPU {load_cpu:.1f} s ({load_cpu / elapsed:.2f} cores)"
+    )
+    if samples:
+        first_minute = [s for s in samples if s.at <= 60.0 + 1e-6]
+        last_minute = [s for s in samples if s.at >= samples[-1].at - 60.0 - 1e-6]
+        print(
+            "latency: p50 (median of the 10 s samples)"
+            f" {statistics.median(s.p50_ms for s in samples):.1f} ms; p99 first minute"
+            f" {max(s.p99_ms for s in first_minute):.1f} ms, last minute"
+            f" {max(s.p99_ms for s in last_minute):.1f} ms"
+        )
+    print(f"responses by status: {dict(sorted(totals.statuses.items()))}")
+    for plan in PLAN_NAMES:
+        merged: Counter[int] = Counter()
+        for tenant in tenants:
+            if tenant.plan == plan:
+                merged.update(tenant.statuses)
+        print(f"  {plan:9}: {dict(sorted(merged.items()))}")
+    print(f"connection errors/timeouts: {dict(totals.errors) or 0}")
+    failures = []
+    server_errors = sum(n for s, n in totals.statuses.items() if s >= 500)
+    if server_errors:
+        failures.append(f"{server_errors} responses with a 5xx status")
+    unexpected = {s: n for s, n in totals.statuses.items() if not (200 <= s < 300 or s == 429)}
+    if unexpected:
+        failures.append(f"unexpected statuses {unexpected}")
+    if totals.errors:
+        failures.append(f"connection errors {dict(totals.errors)}")
+    return failures
 
 
-def log_problems(server: Server) -> list[str]:
-    """Tracebacks and 5xx access-log lines (uvicorn logs every request at ``info``)."""
-    found = []
-    with server.log.open(errors="replace") as log:
-        for line in log:
-            if "Traceback" in line or re.search(r'HTTP/1\.[01]" 5\d\d ', line):
-                found.append(line.rstrip())
-    return found
+def memory_failures(samples: list[Sample], elapsed: float, max_growth: float) -> list[str]:
+    """Print the server's RSS growth from the first minute to the last; what failed."""
+    growth = rss_growth(samples)
+    if growth is None:
+        return []
+    first, last = growth
+    percent = (last - first) / first * 100
+    overlap = " (the two minutes overlap: run ≥ 120 s to judge)" if elapsed < 120 else ""
+    print(
+        f"server RSS: first minute {mib(first)}, last minute {mib(last)}"
+        f" ({percent:+.1f} %){overlap}; peak {mib(max(s.rss_bytes for s in samples))}"
+    )
+    if elapsed >= 120 and percent > max_growth:
+        return [f"RSS grew {percent:.1f} % (> {max_growth} %)"]
+    return []
+
+
+def drive(args: argparse.Namespace, server: Server, tenants: list[Tenant]) -> list[str]:
+    """The load for ``--duration``, sampled; its summary; what failed."""
+    load = Load(server.base, Mix(tenants, args.seed, (args.post, args.delete)), args.connections)
+    samples: list[Sample] = []
+    cpu_before = time.process_time()
+
+    async def sampled() -> float:
+        load.start()
+        return await sample_until(load, server, args.duration, samples)
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        elapsed = runner.run(sampled())
+    load_cpu = time.process_time() - cpu_before
+    print(flush=True)
+    print(f"== summary ({args.duration:g} s requested, {elapsed:.1f} s run) ==")
+    failures = report(load, tenants, samples, elapsed, load_cpu)
+    return failures + memory_failures(samples, elapsed, args.max_rss_growth)
 
 
 def run(args: argparse.Namespace) -> int:
     token = secrets.token_hex(4)
     pinning = choose_pinning(args.pin)
     failures: list[str] = []
-    with resources(token) as (database_url, prefix, tmp):
+    with scratch_stores("soak", REDIS_URL) as (database_url, prefix, tmp):
         plans = tmp / "plans.json"
         plans.write_text(json.dumps(plans_document(args.quota, args.burst)))
         log = tmp / "serve.log"
@@ -633,8 +491,9 @@ def run(args: argparse.Namespace) -> int:
             "--workers", str(args.workers), "--database-url", database_url,
             "--redis-url", REDIS_URL, "--redis-key-prefix", prefix, "--plans", str(plans),
         ]  # fmt: skip
-        server = Server(serve_args, log, pinning)
+        servers = [Server(*serve_args, prefix=pinning.prefix, log=log)]
         try:
+            server = servers[0]
             server.wait_ready()
             print(
                 f"serving on {server.base}: {args.workers} workers, {pinning.describe()};"
@@ -652,77 +511,18 @@ def run(args: argparse.Namespace) -> int:
                 f" {'uvloop' if loop_factory() else 'asyncio'}",
                 flush=True,
             )
-            mix = (args.post, args.delete)
-            load = Load(server.port, tenants, args.connections, args.seed, mix)
-            samples: list[Sample] = []
-            cpu_before = time.process_time()
-
-            async def drive() -> float:
-                traffic = asyncio.create_task(load.run())
-                elapsed = await sample_until(load, server, args.duration, samples)
-                await traffic  # every connection finishes its request in flight
-                return elapsed
-
-            with asyncio.Runner(loop_factory=loop_factory()) as runner:
-                elapsed = runner.run(drive())
-            load_cpu = time.process_time() - cpu_before
-            totals = load.totals
-            print(flush=True)
-            print(f"== summary ({args.duration:g} s requested, {elapsed:.1f} s run) ==")
-            print(
-                f"throughput: {totals.responses:,} responses, {totals.responses / elapsed:,.0f}"
-                f" req/s; load generator CPU {load_cpu:.1f} s ({load_cpu / elapsed:.2f} cores)"
-            )
-            if samples:
-                first_minute = [s for s in samples if s.at <= 60.0 + 1e-6]
-                last_minute = [s for s in samples if s.at >= samples[-1].at - 60.0 - 1e-6]
-                print(
-                    "latency: p50 (median of the 10 s samples)"
-                    f" {statistics.median(s.p50_ms for s in samples):.1f} ms; p99 first minute"
-                    f" {max(s.p99_ms for s in first_minute):.1f} ms, last minute"
-                    f" {max(s.p99_ms for s in last_minute):.1f} ms"
-                )
-            print(f"responses by status: {dict(sorted(totals.statuses.items()))}")
-            for plan in PLAN_NAMES:
-                merged: Counter[int] = Counter()
-                for tenant in tenants:
-                    if tenant.plan == plan:
-                        merged.update(tenant.statuses)
-                print(f"  {plan:9}: {dict(sorted(merged.items()))}")
-            server_errors = sum(n for s, n in totals.statuses.items() if s >= 500)
-            unexpected = {
-                s: n for s, n in totals.statuses.items() if not (200 <= s < 300 or s == 429)
-            }
-            print(f"connection errors/timeouts: {dict(totals.errors) or 0}")
-            if server_errors:
-                failures.append(f"{server_errors} responses with a 5xx status")
-            if unexpected:
-                failures.append(f"unexpected statuses {unexpected}")
-            if totals.errors:
-                failures.append(f"connection errors {dict(totals.errors)}")
-            growth = rss_growth(samples)
-            if growth is not None:
-                first, last = growth
-                percent = (last - first) / first * 100
-                overlap = (
-                    " (the two minutes overlap: run ≥ 120 s to judge)" if elapsed < 120 else ""
-                )
-                print(
-                    f"server RSS: first minute {mib(first)}, last minute {mib(last)}"
-                    f" ({percent:+.1f} %){overlap}; peak {mib(max(s.rss_bytes for s in samples))}"
-                )
-                if elapsed >= 120 and percent > args.max_rss_growth:
-                    failures.append(f"RSS grew {percent:.1f} % (> {args.max_rss_growth} %)")
+            failures += drive(args, server, tenants)
 
             time.sleep(args.settle)
             live = check_usage(server.base, tenants, f"after {args.settle:g} s", args.quota)
             print(live.describe())
-            code = server.stop()
+            server.stop(timeout=45)
+            code = server.process.returncode
             if code != 0:
                 failures.append(f"server exited with {code} on SIGTERM")
             deleted = delete_redis_keys(REDIS_URL, prefix + "*")
             print(f"SIGTERM: server exited {code}; deleted {deleted} Redis keys (a Redis loss)")
-            server = Server(serve_args, log, pinning)
+            servers.append(server := Server(*serve_args, prefix=pinning.prefix, log=log))
             server.wait_ready()
             ledger = check_usage(server.base, tenants, "from the ledger after restart", args.quota)
             print(ledger.describe())
@@ -732,22 +532,21 @@ def run(args: argparse.Namespace) -> int:
                 if not check.passed:
                     failures.append(f"usage {check.label} not exact")
         finally:
-            if server.stop() != 0:
-                failures.append(f"server exited with {server.process.returncode} at the end")
-            problems = log_problems(server)
+            servers[-1].stop(timeout=45)
+            if servers[-1].process.returncode != 0:
+                code = servers[-1].process.returncode
+                failures.append(f"server exited with {code} at the end")
+            text = log.read_text(errors="replace")
+            problems = log_problems(text)
             if problems:
                 failures.append(f"{len(problems)} tracebacks or 5xx in the server log")
                 print("server log, first problems:\n" + "\n".join(problems[:20]))
-                print("server log, last lines:\n" + server.tail(60))
+                print("server log, last lines:\n" + "\n".join(text.splitlines()[-60:]))
             if args.keep_logs:
                 kept = Path(tempfile.gettempdir()) / f"tg-soak-{token}.log"
                 shutil.copyfile(log, kept)
                 print(f"server log kept at {kept}")
-    if failures:
-        print("FAIL: " + "; ".join(failures))
-        return 1
-    print("PASS: no 5xx, no connection errors, usage exact live and from the ledger")
-    return 0
+    return verdict(failures, "no 5xx, no connection errors, usage exact live and from the ledger")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ system calls (the kernel time per request is ``run.py``'s column).
 
 The sampler shares the load generator's core: the shares are proportions, not a throughput
 (``run.py`` measures that). Compiled variants are not offered: mypyc's functions are C, which
-py-spy does not see. Usage: ``.venv/bin/python benchmarks/spy.py [--variants A,M,R-quota]
+py-spy does not see. Usage: ``.venv/bin/python -m benchmarks.spy [--variants A,M,R-quota]
 [--seconds 10] [--rate 400] [--top 12] [--calibrate]``. Needs py-spy (the ``bench`` extra) and wrk;
 PostgreSQL and Redis for R*.
 """
@@ -42,11 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import common, run  # noqa: E402
+from benchmarks import common, run
+from benchmarks.launch import REPO
 
 # One frame of py-spy's raw (collapsed) output: "function (path/to/file.py:line)".
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -154,7 +151,8 @@ def record(variant: run.Variant, args: argparse.Namespace, wrk: str, env: dict[s
     """Serve ``variant``, warm it up, and sample it while wrk loads it; the raw profile."""
     tmp: Path = args.tmp
     out = tmp / f"{variant.name}.raw"
-    with run.serve(variant, env, tmp / f"{variant.name}.log", args.mode) as (port, pid):
+    with run.serve(variant, env, tmp / f"{variant.name}.log", args.mode) as server:
+        port, pid = server.port, server.pid
         _, key = run.caller(variant, port, secrets.token_hex(3))
         run.run_wrk(wrk, port, key, args.warmup, args.connections)
         sample = [
@@ -266,24 +264,17 @@ def calibrate(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--variants", default="A,M,R-quota")
-    parser.add_argument("--seconds", type=int, default=10, help="sampled load per variant")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of load before sampling")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser = run.load_options(__doc__, "A,M,R-quota", seconds=10, warmup=3, connections=32)
     parser.add_argument("--rate", type=int, default=400, help="samples per second")
     parser.add_argument("--top", type=int, default=12, help="busiest lines shown per variant")
-    parser.add_argument("--asyncio", action="store_true", help="asyncio + h11, not uvloop")
     parser.add_argument(
         "--calibrate",
         action="store_true",
         help="instead of serving, sample a program whose steps are timed: py-spy's error here",
     )
-    args = parser.parse_args(argv)
-    if min(args.seconds, args.warmup, args.connections, args.rate, args.top) < 1:
-        parser.error("--seconds, --warmup, --connections, --rate and --top must be positive")
-    args.variants = run.pick_variants(parser, args.variants)
-    args.mode = run.server_mode("asyncio" if args.asyncio else None)
+    args = run.parse_load_options(parser, argv)
+    if min(args.rate, args.top) < 1:
+        parser.error("--rate and --top must be positive")
     return args
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from benchmarks.load import Load, Request
 from tenant_gateway import TenantGateway
 from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.exceptions import StoreUnavailable
@@ -407,43 +408,6 @@ async def test_admin_requests_have_a_deadline(
         await proxy.stop()
 
 
-class Load:
-    """``workers`` concurrent callers looping until stopped; every answer is kept."""
-
-    def __init__(self, client: httpx.AsyncClient, headers: dict[str, str], workers: int = 16):
-        self.statuses: list[int] = []
-        self.slowest = 0.0
-        self._client, self._headers, self._workers = client, headers, workers
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._stop.is_set():
-            started = loop.time()
-            response = await self._client.get("/whoami", headers=self._headers)
-            self.slowest = max(self.slowest, loop.time() - started)
-            self.statuses.append(response.status_code)
-            await asyncio.sleep(0)
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._loop()) for _ in range(self._workers)]
-
-    async def until(self, count: int) -> None:
-        """Let the load run until ``count`` more answers arrive (progress, not a timer). Answers
-        that stop coming are a hang: that fails after a minute instead of waiting forever."""
-        target = len(self.statuses) + count
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while len(self.statuses) < target:
-            assert loop.time() < deadline, f"{target - len(self.statuses)} answers missing"
-            await asyncio.sleep(0.005)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
 async def test_redis_dies_and_returns_mid_load(
     redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any, fail_mode: str
@@ -453,7 +417,7 @@ async def test_redis_dies_and_returns_mid_load(
     )
     client = await client_for(gateway)
     tenant = await register(client, plan="metered")
-    load = Load(client, auth(tenant))
+    load = Load(client, Request("GET", "/whoami", auth(tenant)))
     load.start()
     await load.until(100)
     redis_proxy.blackhole = True
@@ -496,7 +460,7 @@ async def test_postgres_dies_and_returns_mid_load(
     client = await client_for(gateway)
     try:
         tenant = await register(client, plan="metered")
-        load = Load(client, auth(tenant))
+        load = Load(client, Request("GET", "/whoami", auth(tenant)))
         load.start()
         await load.until(100)
         proxy.blackhole = True

@@ -15,7 +15,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from .test_server import Server
+from benchmarks.launch import Server
+from benchmarks.load import Load, Request
 
 pytestmark = pytest.mark.slow
 T = "/api/v1/tenants"
@@ -79,51 +80,6 @@ async def redis_calls(redis_url: str, prefix: str, tenant_id: str) -> int:
     return int(value or 0)
 
 
-class Load:
-    """``workers`` connections calling the API in a loop; keeps when each 2xx completed."""
-
-    def __init__(self, base: str, key: str, workers: int = 16) -> None:
-        self.base, self.key, self.workers = base, key, workers
-        self.ok_times: list[float] = []
-        self.failures = 0
-        self.started_at = 0.0
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def _worker(self) -> None:
-        async with httpx.AsyncClient(base_url=self.base, timeout=5) as client:
-            while not self._stop.is_set():
-                try:
-                    response = await client.get("/api/v1/projects", headers={"X-API-Key": self.key})
-                except httpx.HTTPError:
-                    self.failures += 1
-                    if self._stop.is_set():
-                        return
-                    await asyncio.sleep(0.01)
-                    continue
-                if response.status_code == 200:
-                    self.ok_times.append(time.monotonic())
-
-    def start(self) -> None:
-        self.started_at = time.monotonic()
-        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
-
-    async def until(self, answered: int, intervals: float = 0) -> None:
-        """Let the load run until ``answered`` calls succeeded and at least ``intervals`` flush
-        intervals have passed: progress, not a fixed time, so a slow machine only waits longer
-        (a server that stops answering altogether fails after two minutes)."""
-        while len(self.ok_times) < answered or (
-            time.monotonic() - self.started_at < intervals * INTERVAL
-        ):
-            elapsed = time.monotonic() - self.started_at
-            assert elapsed < 120, f"{len(self.ok_times)} calls answered in {elapsed:.0f} s"
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-
 async def test_sigkill_loses_at_most_one_flush_interval(
     postgres_url: str,
     redis_url: str,
@@ -133,9 +89,9 @@ async def test_sigkill_loses_at_most_one_flush_interval(
 ) -> None:
     server = start(real_stores, plans_file)
     tenant = await register(server.base, "kill")
-    load = Load(server.base, tenant["api_key"])
+    load = Load(server.base, Request("GET", "/api/v1/projects", {"X-API-Key": tenant["api_key"]}))
     load.start()
-    await load.until(answered=300, intervals=6)  # several flushes under steady traffic
+    await load.until(300, seconds=6 * INTERVAL)  # several flushes under steady traffic
     killed_at = time.monotonic()
     server.process.send_signal(signal.SIGKILL)
     server.process.wait()
@@ -162,7 +118,7 @@ async def test_sigkill_loses_at_most_one_flush_interval(
     assert "Traceback" not in log
     counted = await redis_calls(redis_url, redis_prefix, tenant["id"])
     assert await ledger_calls(postgres_url, tenant["id"]) == counted
-    assert answered + 1 - last_interval <= counted <= answered + 1 + load.workers, measured
+    assert answered + 1 - last_interval <= counted <= answered + 1 + load.connections, measured
 
 
 async def test_sigterm_under_load_loses_nothing(
@@ -174,9 +130,9 @@ async def test_sigterm_under_load_loses_nothing(
 ) -> None:
     server = start(real_stores, plans_file)
     tenant = await register(server.base, "term")
-    load = Load(server.base, tenant["api_key"])
+    load = Load(server.base, Request("GET", "/api/v1/projects", {"X-API-Key": tenant["api_key"]}))
     load.start()
-    await load.until(answered=150)
+    await load.until(150)
     server.process.send_signal(signal.SIGTERM)
     await asyncio.to_thread(server.process.wait, 60)
     await load.stop()

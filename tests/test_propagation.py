@@ -9,12 +9,12 @@ from typing import Any
 
 import httpx
 
+from benchmarks.launch import Server
 from tenant_gateway import TenantGateway
 from tenant_gateway.redis.invalidation import RedisInvalidator
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, auth, operator_headers, register
-from .test_server import Server
 
 T = "/api/v1/tenants"
 

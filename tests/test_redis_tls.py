@@ -29,12 +29,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
 
+from benchmarks.launch import free_port
 from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.redis.pipeline import PipelinedRedis, _tls_context
 
 from .conftest import unavailable
-from .test_server import free_port
 
 pytestmark = pytest.mark.slow
 

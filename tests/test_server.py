@@ -3,82 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from benchmarks.launch import CLI, Server, free_port, run_cli
+
 from .conftest import JWT_SECRET, operator_headers
 
-CLI = [sys.executable, "-m", "tenant_gateway.cli"]
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self._args, self._env = args, env
-        self._spawn()
-
-    def _spawn(self) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tg-serve-{self.port}.log"
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            [*CLI, "serve", "--port", str(self.port), *self._args],
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(self._env or {})},
-            start_new_session=True,  # its own process group: stop() reaches every worker
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until the port accepts connections. The port was free when chosen; if something else
-        on the machine took it meanwhile, the server starts again on another (twice at most)."""
-        deadline = time.monotonic() + timeout
-        respawns = 2
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = self.stop()
-                if "address already in use" in log and respawns:
-                    respawns -= 1
-                    self._spawn()
-                    continue
-                raise AssertionError(f"server exited early:\n{log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"server not ready:\n{self.log.read_text()}")
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):  # workers left behind, if any
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self._log_file.close()
-        return self.log.read_text()
 
 
 @pytest.fixture(params=["memory", "real"])
@@ -225,10 +162,6 @@ async def assert_exact_quota(server: Server) -> None:
     async with httpx.AsyncClient(base_url=server.base) as client:
         usage = (await client.get(f"/api/v1/tenants/{tenant['id']}/usage", headers=headers)).json()
     assert usage["api_calls"] == 1000 and usage["rejected_calls"] == 100
-
-
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from benchmarks.launch import Server
 from tenant_gateway import TenantGateway
 from tenant_gateway.breaker import BreakerState
 from tenant_gateway.demo import build_demo_app, create_projects_table
@@ -25,7 +26,6 @@ from tenant_gateway.postgres.database import Database, isolate_table
 from tenant_gateway.redis.counters import RedisCounters
 
 from .conftest import JWT_SECRET, PG_ADMIN_URL, _url_with_database, auth, operator_headers
-from .test_server import Server
 
 T = "/api/v1/tenants"
 TASKS = """

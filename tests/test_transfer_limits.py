@@ -25,6 +25,7 @@ import httpx
 import pytest
 from starlette.types import Message
 
+from benchmarks.launch import Server, free_port, run_cli
 from tenant_gateway import ConfigurationError, TenantGateway
 from tenant_gateway.demo import PROJECTS_SCHEMA, build_demo_app, create_projects_table
 from tenant_gateway.exceptions import StoreBusy
@@ -38,7 +39,6 @@ from .conftest import (
     auth,
     operator_headers,
 )
-from .test_server import Server, free_port, run_cli
 from .test_transfer import ndjson, prepare_app_tables, register
 
 T = "/api/v1/tenants"
