@@ -51,6 +51,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "redis",
     ),
     "edge": (
+        "background",
         "billing",
         "events",
         "headers",

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from tenant_gateway.background import repeat
 from tenant_gateway.billing import Billing
 from tenant_gateway.client_limits import ClientLimiter, limiter_for
 from tenant_gateway.clock import Clock
@@ -111,8 +112,18 @@ class Services:
         await self.directory.start()
         await self.counters.ping()
         self._tasks = [
-            asyncio.create_task(self._flush_forever()),
-            asyncio.create_task(self._close_periods_forever()),
+            asyncio.create_task(
+                repeat("flush", self.flush, self.settings.usage_flush_interval, wait_first=True)
+            ),
+            # Closing last month's invoices: a no-op but once a month.
+            asyncio.create_task(
+                repeat(
+                    "closing invoices",
+                    self.billing.close_due,
+                    max(self.settings.usage_flush_interval, 10.0),
+                    wait_first=False,
+                )
+            ),
             asyncio.create_task(self.invalidator.run()),
             asyncio.create_task(self.events.run()),
         ]
@@ -199,27 +210,6 @@ class Services:
         except BaseException:
             self.resolver.keep_last_used(used)
             raise
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.usage_flush_interval)
-            try:
-                await self.flush()
-            except StoreUnavailable as exc:
-                logger.warning("flush postponed: %s", exc)
-            except Exception:  # keep flushing whatever went wrong once
-                logger.exception("flush failed")
-
-    async def _close_periods_forever(self) -> None:
-        """Close last month's invoices once it is due (a no-op but once a month)."""
-        while True:
-            try:
-                await self.billing.close_due()
-            except StoreUnavailable as exc:
-                logger.warning("closing invoices postponed: %s", exc)
-            except Exception:
-                logger.exception("closing invoices failed")
-            await asyncio.sleep(max(self.settings.usage_flush_interval, 10.0))
 
 
 def _shared_limiter(settings: Settings, rate: str | None, name: str) -> ClientLimiter | None:
