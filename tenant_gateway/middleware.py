@@ -45,6 +45,7 @@ class TenantGateway:
     def __init__(
         self,
         app: ASGIApp,
+        settings: Settings | None = None,
         *,
         database_url: str | None = None,
         redis_url: str | None = None,
@@ -80,7 +81,9 @@ class TenantGateway:
         admin_tenant_concurrency: int = 4,
         clock: Clock = system_clock,
     ) -> None:
-        settings = Settings(
+        """Configured by the keyword arguments, or by ``settings`` (the same options as one
+        object, ``Settings``) with none of them given."""
+        options = Settings(
             database_url=database_url,
             redis_url=redis_url,
             plans=load_plans(plans),
@@ -115,16 +118,12 @@ class TenantGateway:
             admin_tenant_concurrency=admin_tenant_concurrency,
             clock=clock,
         )
+        if settings is None:
+            settings = options
+        elif options != Settings():
+            raise ConfigurationError("give either settings= or keyword options, not both")
         self.app = app
         self._configure(settings)
-
-    @classmethod
-    def from_settings(cls, app: ASGIApp, settings: Settings) -> TenantGateway:
-        """The gateway for ``settings`` as they are (what the keyword arguments build)."""
-        gateway = cls.__new__(cls)
-        gateway.app = app
-        gateway._configure(settings)
-        return gateway
 
     def _configure(self, settings: Settings) -> None:
         self.settings = settings

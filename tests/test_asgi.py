@@ -68,9 +68,11 @@ def test_settings_are_checked_when_made_and_build_the_same_gateway() -> None:
     with pytest.raises(ConfigurationError, match="signup_plans"):
         Settings(signup_plans=frozenset({"gold"}))
     settings = Settings(admin_prefix="/admin", key_cache_size=7)
-    gateway = TenantGateway.from_settings(echo_app(), settings)
+    gateway = TenantGateway(echo_app(), settings)
     assert gateway.settings is settings and gateway.services.settings is settings
     assert TenantGateway(echo_app(), admin_prefix="/admin", key_cache_size=7).settings == settings
+    with pytest.raises(ConfigurationError, match="not both"):
+        TenantGateway(echo_app(), settings, key_cache_size=8)
 
 
 def test_lifespan_events_reach_the_wrapped_app(stores: Stores) -> None:
