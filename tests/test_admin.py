@@ -19,7 +19,7 @@ from .conftest import (
     operator_headers,
     register,
 )
-from .test_middleware import assert_problem
+from .helpers import assert_problem
 
 T = "/api/v1/tenants"
 

@@ -24,8 +24,7 @@ from tenant_gateway.postgres.invoices import PostgresInvoices
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, REDIS_URL, FakeClock, Stores, auth, operator_headers, register
-from .test_faults import gateway_via, proxy_to
-from .test_middleware import assert_problem
+from .helpers import assert_problem, gateway_via, proxy_to
 
 T = "/api/v1/tenants"
 PLANS = load_plans(

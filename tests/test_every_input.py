@@ -23,7 +23,7 @@ from tenant_gateway.demo import build_demo_app, create_projects_table
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, Stores, auth, operator_headers, register
-from .test_middleware import assert_problem
+from .helpers import assert_problem
 
 T = "/api/v1/tenants"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -20,8 +19,8 @@ from tenant_gateway.redis.counters import RedisCounters
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, register
+from .helpers import assert_problem, gateway_via, proxy_to, through
 from .tcp_proxy import TcpProxy
-from .test_middleware import assert_problem
 
 T = "/api/v1/tenants"
 PLANS = {
@@ -41,25 +40,6 @@ PLANS = {
         },
     }
 }
-
-
-async def proxy_to(url: str) -> TcpProxy:
-    target = urlsplit(url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 0)
-    await proxy.start()
-    return proxy
-
-
-def through(url: str, proxy: TcpProxy) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.port}", f":{proxy.port}")).geturl()
-
-
-def gateway_via(redis_url: str, proxy: TcpProxy, prefix: str, **kwargs: Any) -> TenantGateway:
-    """A gateway whose Redis is reached through ``proxy`` (memory directory)."""
-    return TenantGateway(
-        echo_app(), redis_url=through(redis_url, proxy), redis_key_prefix=prefix, **kwargs
-    )
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from tenant_gateway import TenantGateway
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, Stores, auth, operator_headers, register
+from .helpers import tenant_count
 
 T = "/api/v1/tenants"
 VALID = {"name": "Acme", "admin_email": "a@acme.io"}
@@ -76,18 +77,6 @@ async def gateway_client(stores: Stores, client_for: Any) -> Any:
     return await client_for(
         TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, **stores.kwargs())
     )
-
-
-async def tenant_count(client: Any) -> int:
-    """Every tenant in the store, paging through the operator listing."""
-    count, after = 0, None
-    while True:
-        params = {"limit": 500, **({"after": after} if after else {})}
-        page = (await client.get(f"{T}/", params=params, headers=operator_headers())).json()
-        count += len(page["items"])
-        after = page["next_after"]
-        if after is None:
-            return count
 
 
 @pytest.mark.parametrize(

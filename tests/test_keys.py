@@ -5,9 +5,7 @@ from __future__ import annotations
 import random
 import re
 import string
-from typing import Any
 
-from tenant_gateway.directory import MemoryDirectory
 from tenant_gateway.keys import (
     generate_api_key,
     hash_api_key,
@@ -19,6 +17,7 @@ from tenant_gateway.keys import (
 from tenant_gateway.resolver import KeyResolver
 
 from .conftest import FakeClock
+from .helpers import CountingDirectory
 
 
 def test_generated_keys_have_the_promised_shape() -> None:
@@ -43,16 +42,6 @@ def test_hash_and_verify() -> None:
 def test_ids_are_opaque_and_unique() -> None:
     ids = {new_id("tenant") for _ in range(1000)}
     assert len(ids) == 1000 and all(i.startswith("tenant_") for i in ids)
-
-
-class CountingDirectory(MemoryDirectory):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lookups = 0
-
-    async def find_key(self, key_hash: bytes) -> Any:
-        self.lookups += 1
-        return await super().find_key(key_hash)
 
 
 async def test_mutated_keys_are_rejected_without_a_store_lookup() -> None:

@@ -20,8 +20,7 @@ from tenant_gateway import TenantGateway
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
-from .test_hostile import tenant_count
-from .test_middleware import assert_problem
+from .helpers import assert_problem, tenant_count
 
 T = "/api/v1/tenants"
 FULL_KEY = re.compile(r"tk_[A-Za-z0-9_-]{38}")

@@ -31,8 +31,8 @@ from tenant_gateway.tallies import MAX_ROUTES, OTHER_ROUTES
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, register
+from .helpers import assert_problem
 from .receiver import WebhookReceiver
-from .test_middleware import assert_problem
 
 T = "/api/v1/tenants"
 QUOTA_PLANS = {

@@ -6,7 +6,6 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 
 from tenant_gateway import TenantGateway, current_tenant
@@ -14,23 +13,13 @@ from tenant_gateway.keys import generate_api_key
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
-
-PROBLEM = "application/problem+json"
+from .helpers import assert_problem
 
 
 def gateway(stores: Stores, clock: FakeClock | None = None, **kwargs: Any) -> TenantGateway:
     if clock is not None:
         kwargs["clock"] = clock
     return TenantGateway(echo_app(), **stores.kwargs(), **kwargs)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code and body["status"] == status
-    assert body["type"].startswith("https://") and body["title"] and body["detail"]
-    return body
 
 
 async def test_missing_key(stores: Stores, client_for: Any) -> None:

@@ -16,7 +16,7 @@ from tenant_gateway.tallies import MAX_ROUTES
 from tenant_gateway.usage import UsageRecorder
 
 from .conftest import BACKENDS
-from .test_faults import proxy_to, through
+from .helpers import proxy_to, through
 
 LEDGER: dict[tuple[str, str], dict[str, int]] = {}
 RESTORES: list[tuple[str, str]] = []

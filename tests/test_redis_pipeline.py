@@ -16,8 +16,8 @@ from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.redis.decisions import DecisionBatch
 from tenant_gateway.redis.pipeline import PipelinedRedis, bulk, pack_command
 
+from .helpers import proxy_to, through
 from .tcp_proxy import TcpProxy
-from .test_faults import proxy_to, through
 
 
 @pytest.fixture

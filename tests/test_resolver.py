@@ -10,34 +10,12 @@ import pytest
 
 from tenant_gateway.directory import MemoryDirectory
 from tenant_gateway.exceptions import InvalidApiKey, StoreUnavailable, TenantSuspended
-from tenant_gateway.keys import generate_api_key, hash_api_key, key_display_prefix
-from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus, User
+from tenant_gateway.keys import generate_api_key
+from tenant_gateway.models import TenantStatus
 from tenant_gateway.resolver import KeyResolver
 
 from .conftest import FakeClock
-from .test_keys import CountingDirectory
-
-
-async def add_tenant(
-    directory: CountingDirectory, *, expires_at: datetime | None = None
-) -> tuple[str, Tenant]:
-    now = datetime(2026, 11, 1, tzinfo=UTC)
-    tenant = Tenant(
-        f"tenant_{generate_api_key()[3:11]}", "T", "free", TenantStatus.ACTIVE, None, "a@t.io", now
-    )
-    secret = generate_api_key()
-    key = ApiKeyRecord(
-        "key_1",
-        tenant.id,
-        hash_api_key(secret),
-        key_display_prefix(secret),
-        None,
-        Role.ADMIN,
-        now,
-        expires_at,
-    )
-    await directory.register(tenant, User("usr_1", tenant.id, "a@t.io", Role.ADMIN, now), key)
-    return secret, tenant
+from .helpers import CountingDirectory, add_tenant
 
 
 async def test_a_warm_key_costs_no_lookup_until_the_ttl_passes() -> None:

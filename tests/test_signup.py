@@ -31,10 +31,8 @@ from tenant_gateway.resolver import KeyResolver
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
-from .test_keys import CountingDirectory
-from .test_resolver import add_tenant
+from .helpers import PROBLEM, CountingDirectory, add_tenant
 
-PROBLEM = "application/problem+json"
 REGISTER = "/api/v1/tenants/register"
 BODY = {"name": "Acme Corp", "plan": "free", "admin_email": "admin@acme.com"}
 

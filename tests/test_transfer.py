@@ -21,36 +21,14 @@ import redis.asyncio as aioredis
 from benchmarks.launch import Server
 from tenant_gateway import TenantGateway
 from tenant_gateway.breaker import BreakerState
-from tenant_gateway.demo import build_demo_app, create_projects_table
-from tenant_gateway.postgres.database import Database, isolate_table
+from tenant_gateway.demo import build_demo_app
+from tenant_gateway.postgres.database import Database
 from tenant_gateway.redis.counters import RedisCounters
 
 from .conftest import JWT_SECRET, PG_ADMIN_URL, _url_with_database, auth, operator_headers
+from .helpers import ndjson, prepare_app_tables, register_as
 
 T = "/api/v1/tenants"
-TASKS = """
-CREATE TABLE IF NOT EXISTS tasks (
-    tenant_id  text NOT NULL,
-    id         text NOT NULL,
-    project_id text NOT NULL,
-    title      text NOT NULL,
-    done       boolean NOT NULL DEFAULT false,
-    due        timestamptz,
-    PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, project_id) REFERENCES projects (tenant_id, id)
-);
-"""
-
-
-async def prepare_app_tables(url: str) -> None:
-    await create_projects_table(url)
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("SELECT pg_advisory_lock(hashtext('tenant_gateway.demo'))")
-        await conn.execute(TASKS)
-        await isolate_table(conn, "tasks")
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
@@ -75,17 +53,6 @@ async def client(gateway: TenantGateway) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=gateway)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         yield http
-
-
-async def register(
-    client: httpx.AsyncClient, email: str, plan: str = "professional"
-) -> dict[str, Any]:
-    response = await client.post(
-        f"{T}/register", json={"name": email, "plan": plan, "admin_email": email}
-    )
-    assert response.status_code == 201, response.text
-    tenant: dict[str, Any] = response.json()
-    return tenant
 
 
 async def seed(client: httpx.AsyncClient, database_url: str, tenant: dict[str, Any]) -> list[str]:
@@ -123,10 +90,6 @@ async def export(client: httpx.AsyncClient, tenant: dict[str, Any]) -> list[dict
     return [json.loads(line) for line in response.text.splitlines()]
 
 
-def ndjson(lines: list[Any]) -> bytes:
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
-
-
 async def contents(database_url: str, tenant_id: str) -> dict[str, Any]:
     """What a tenant holds, without ids or tenant ids."""
     conn = await asyncpg.connect(database_url)
@@ -157,7 +120,7 @@ async def contents(database_url: str, tenant_id: str) -> dict[str, Any]:
 
 
 async def test_round_trip_between_tenants(client: httpx.AsyncClient, postgres_url: str) -> None:
-    source = await register(client, "admin@src.io")
+    source = await register_as(client, "admin@src.io")
     await seed(client, postgres_url, source)
     stream = await export(client, source)
     header, rows = stream[0], stream[1:]
@@ -175,7 +138,7 @@ async def test_round_trip_between_tenants(client: httpx.AsyncClient, postgres_ur
         assert secret not in text  # neither the key (its shown prefix aside) nor its hash
     assert base64.b64encode(digest).decode() not in text
 
-    target = await register(client, "admin@dst.io")
+    target = await register_as(client, "admin@dst.io")
     before = await contents(postgres_url, source["id"])
     response = await client.post(
         f"{T}/{target['id']}/import", content=ndjson(stream), headers=auth(target)
@@ -197,10 +160,10 @@ async def test_round_trip_between_tenants(client: httpx.AsyncClient, postgres_ur
 async def test_colliding_keys_are_remapped_and_children_follow(
     client: httpx.AsyncClient, postgres_url: str
 ) -> None:
-    source = await register(client, "admin@src.io")
+    source = await register_as(client, "admin@src.io")
     project_ids = await seed(client, postgres_url, source)
     stream = await export(client, source)
-    target = await register(client, "admin@dst.io")
+    target = await register_as(client, "admin@dst.io")
     database = Database(postgres_url)
     await database.connect()
     try:  # the target already has a project with the id of the source's first one
@@ -224,10 +187,10 @@ async def test_colliding_keys_are_remapped_and_children_follow(
 
 
 async def test_dry_run_and_app_only(client: httpx.AsyncClient, postgres_url: str) -> None:
-    source = await register(client, "admin@src.io")
+    source = await register_as(client, "admin@src.io")
     await seed(client, postgres_url, source)
     stream = ndjson(await export(client, source))
-    target = await register(client, "admin@dst.io")
+    target = await register_as(client, "admin@dst.io")
     before = await contents(postgres_url, target["id"])
     dry = await client.post(
         f"{T}/{target['id']}/import",
@@ -307,10 +270,10 @@ def _corruptions(stream: list[dict[str, Any]]) -> Iterator[tuple[str, bytes, int
 
 
 async def test_corrupt_streams_change_nothing(client: httpx.AsyncClient, postgres_url: str) -> None:
-    source = await register(client, "admin@src.io")
+    source = await register_as(client, "admin@src.io")
     await seed(client, postgres_url, source)
     stream = await export(client, source)
-    target = await register(client, "admin@dst.io")
+    target = await register_as(client, "admin@dst.io")
     before = await contents(postgres_url, target["id"])
     for case, body, status, needle in _corruptions(stream):
         response = await client.post(
@@ -324,7 +287,7 @@ async def test_corrupt_streams_change_nothing(client: httpx.AsyncClient, postgre
 
 
 async def test_oversized_imports(client: httpx.AsyncClient, postgres_url: str) -> None:
-    target = await register(client, "admin@dst.io")
+    target = await register_as(client, "admin@dst.io")
     declared = await client.post(
         f"{T}/{target['id']}/import",
         content=b"{}",
@@ -350,9 +313,9 @@ async def test_oversized_imports(client: httpx.AsyncClient, postgres_url: str) -
 async def test_hostile_tenant_ids_land_in_the_target(
     client: httpx.AsyncClient, postgres_url: str
 ) -> None:
-    victim = await register(client, "admin@victim.io")
+    victim = await register_as(client, "admin@victim.io")
     await client.post("/api/v1/projects", json={"name": "victim's"}, headers=auth(victim))
-    target = await register(client, "admin@dst.io")
+    target = await register_as(client, "admin@dst.io")
     header = {
         "format": "tenant-gateway-export",
         "version": 1,
@@ -391,9 +354,9 @@ async def test_hostile_tenant_ids_land_in_the_target(
 
 
 async def test_seat_limit_holds_on_import(client: httpx.AsyncClient, postgres_url: str) -> None:
-    source = await register(client, "admin@src.io", plan="professional")
+    source = await register_as(client, "admin@src.io", plan="professional")
     await seed(client, postgres_url, source)  # 3 users
-    target = await register(client, "admin@dst.io", plan="free")
+    target = await register_as(client, "admin@dst.io", plan="free")
     for n in range(3):  # 4 of 5 seats taken
         await client.post(
             f"{T}/{target['id']}/users", json={"email": f"u{n}@dst.io"}, headers=auth(target)
@@ -415,7 +378,7 @@ async def test_export_is_streamed(postgres_url: str, real_stores: tuple[str, ...
     try:
         server.wait_ready()
         async with httpx.AsyncClient(base_url=server.base, timeout=60) as http:
-            tenant = await register(http, "admin@big.io", plan="enterprise")
+            tenant = await register_as(http, "admin@big.io", plan="enterprise")
             database = Database(postgres_url)
             await database.connect()
             try:
@@ -460,7 +423,7 @@ async def test_export_needs_postgres_in_the_embedded_mode() -> None:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=gateway), base_url="http://t"
         ) as http:
-            tenant = await register(http, "a@mem.io")
+            tenant = await register_as(http, "a@mem.io")
             for method, path in (("GET", "export"), ("POST", "import")):
                 response = await http.request(
                     method, f"{T}/{tenant['id']}/{path}", headers=auth(tenant)
@@ -477,7 +440,7 @@ async def test_moving_a_tenant_between_databases(
     redis_url: str,
     redis_prefix: str,
 ) -> None:
-    source = await register(client, "admin@src.io")
+    source = await register_as(client, "admin@src.io")
     await seed(client, postgres_url, source)
     await gateway.flush()  # the command reads the ledger: what was flushed is what moves
     other_db = f"tg_move_{uuid.uuid4().hex[:10]}"
@@ -490,7 +453,7 @@ async def test_moving_a_tenant_between_databases(
         await prepare_app_tables(other_url)
         transport = httpx.ASGITransport(app=destination)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as other:
-            target = await register(other, "admin@dst.io")
+            target = await register_as(other, "admin@dst.io")
         await destination.shutdown()
         cli = [sys.executable, "-m", "tenant_gateway.cli"]
         exported = await asyncio.to_thread(
@@ -540,7 +503,7 @@ async def test_moving_a_tenant_between_databases(
 
 
 async def test_import_rights(client: httpx.AsyncClient, postgres_url: str) -> None:
-    tenant = await register(client, "admin@src.io")
+    tenant = await register_as(client, "admin@src.io")
     developer = (
         await client.post(
             f"{T}/{tenant['id']}/keys", json={"role": "developer"}, headers=auth(tenant)
@@ -549,7 +512,7 @@ async def test_import_rights(client: httpx.AsyncClient, postgres_url: str) -> No
     assert (
         await client.get(f"{T}/{tenant['id']}/export", headers=auth(developer))
     ).status_code == 403
-    other = await register(client, "admin@other.io")
+    other = await register_as(client, "admin@other.io")
     assert (await client.get(f"{T}/{tenant['id']}/export", headers=auth(other))).status_code == 404
     assert (
         await client.get(f"{T}/{tenant['id']}/export", headers=operator_headers())
@@ -584,7 +547,7 @@ async def audit_of(client: httpx.AsyncClient, tenant: dict[str, Any]) -> list[di
 async def test_import_skips_the_gateways_records(
     client: httpx.AsyncClient, postgres_url: str
 ) -> None:
-    source = await register(client, "admin@src.io")
+    source = await register_as(client, "admin@src.io")
     await seed(client, postgres_url, source)
     stream = await export(client, source)
     invoice = {"tenant_id": source["id"], "period": "2026-01", "number": "INV-000001"}
@@ -592,7 +555,7 @@ async def test_import_skips_the_gateways_records(
     counts["tg_invoices"] += 1
     stream[0]["tables"] = [{"name": n, "rows": c} for n, c in counts.items()]
     stream.append({"table": "tg_invoices", "row": invoice})
-    target = await register(client, "admin@dst.io")
+    target = await register_as(client, "admin@dst.io")
     response = await client.post(
         f"{T}/{target['id']}/import", content=ndjson(stream), headers=auth(target)
     )
@@ -650,8 +613,8 @@ async def test_import_cannot_poison_the_shared_counters(
     for the current period, one call, and the shared flush used to fail for every tenant."""
     transport = httpx.ASGITransport(app=tiny_gateway)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        attacker = await register(client, "evil@x.io", plan="big")
-        victim = await register(client, "victim@x.io", plan="big")
+        attacker = await register_as(client, "evil@x.io", plan="big")
+        victim = await register_as(client, "victim@x.io", plan="big")
         row = {
             "tenant_id": attacker["id"],
             "period": this_period(),
@@ -684,7 +647,7 @@ async def test_import_cannot_lift_a_quota(tiny_gateway: TenantGateway) -> None:
     billed nothing."""
     transport = httpx.ASGITransport(app=tiny_gateway)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        tenant = await register(client, "greedy@x.io", plan="tiny")
+        tenant = await register_as(client, "greedy@x.io", plan="tiny")
         statuses = [
             (await client.get("/api/v1/projects", headers=auth(tenant))).status_code
             for _ in range(4)
@@ -707,7 +670,7 @@ async def test_import_cannot_lift_a_quota(tiny_gateway: TenantGateway) -> None:
 
 async def test_imported_audit_rows_are_not_the_audit(client: httpx.AsyncClient) -> None:
     """Finding 3: rows of ``tg_audit`` appeared in the audit log exactly as written."""
-    tenant = await register(client, "admin@src.io")
+    tenant = await register_as(client, "admin@src.io")
     forged = {"tenant_id": tenant["id"], "id": 1, "at": "2020-01-01T00:00:00Z",
               "actor": "operator:security-team", "action": "tenant.resume",
               "target": tenant["id"], "ip": "10.0.0.1"}  # fmt: skip
@@ -754,7 +717,7 @@ async def test_imported_users_are_validated(
 ) -> None:
     """Finding 3: users are held to the rules of ``POST /{id}/users``; one bad user and
     nothing of the stream is written, its audit entry included."""
-    tenant = await register(client, "admin@dst.io")
+    tenant = await register_as(client, "admin@dst.io")
     before = await contents(postgres_url, tenant["id"])
     project = {"tenant_id": tenant["id"], "id": "prj_1", "name": "p",
                "created_at": "2026-01-01T00:00:00Z"}  # fmt: skip
@@ -773,7 +736,7 @@ async def test_imported_users_are_validated(
 async def test_imported_users_are_cleaned_as_the_api_would(
     client: httpx.AsyncClient, postgres_url: str
 ) -> None:
-    tenant = await register(client, "admin@dst.io")
+    tenant = await register_as(client, "admin@dst.io")
     body = crafted(("tg_users", _user(tenant["id"], email="  new@x.io ", role="viewer")))
     response = await client.post(f"{T}/{tenant['id']}/import", content=body, headers=auth(tenant))
     assert response.status_code == 200, response.text
@@ -786,7 +749,7 @@ async def test_a_renamed_user_keeps_an_id_the_api_can_name(
 ) -> None:
     """Review #11: a user whose id (128 characters, the most an id may have) is taken in the
     target is renamed, and the new id is still one ``GET /{id}/users/{user_id}`` can name."""
-    tenant = await register(client, "admin@dst.io")
+    tenant = await register_as(client, "admin@dst.io")
     longest = "u" * 128
     for email in ("first@x.io", "second@x.io"):
         body = crafted(("tg_users", _user(tenant["id"], id=longest, email=email)))
@@ -806,7 +769,7 @@ async def test_an_import_and_its_audit_entry_are_one(
 ) -> None:
     """An operator whose token makes the audit insert fail for real (a NUL in its subject):
     the rows must not be left behind without their entry, and the answer is not a 500."""
-    tenant = await register(client, "admin@dst.io")
+    tenant = await register_as(client, "admin@dst.io")
     project = {"tenant_id": tenant["id"], "id": "prj_1", "name": "p",
                "created_at": "2026-01-01T00:00:00Z"}  # fmt: skip
     response = await client.post(
@@ -844,7 +807,7 @@ async def test_usage_moved_by_the_command_is_validated(
 ) -> None:
     """``--with-usage`` (the operator's command; never over HTTP) holds every value to what a
     counter may hold: nothing of a stream with one bad value is written."""
-    tenant = await register(client, "admin@dst.io")
+    tenant = await register_as(client, "admin@dst.io")
     before = await contents(postgres_url, tenant["id"])
     body = crafted(*(("tg_usage", _usage(tenant["id"], f, v)) for f, v in fields))
     result = await asyncio.to_thread(

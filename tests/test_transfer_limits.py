@@ -39,7 +39,7 @@ from .conftest import (
     auth,
     operator_headers,
 )
-from .test_transfer import ndjson, prepare_app_tables, register
+from .helpers import ndjson, prepare_app_tables, register_as
 
 T = "/api/v1/tenants"
 TRANSFER_APPLICATION_NAME = "tenant_gateway.transfer"  # the transfers' pool's connections
@@ -178,9 +178,9 @@ async def test_stalled_transfers_leave_the_pool_to_everyone_else(
     try:
         server.wait_ready()
         async with httpx.AsyncClient(base_url=server.base, timeout=HANG_GUARD) as http:
-            exporter = await register(http, "admin@exporter.io", plan="enterprise")
-            importer = await register(http, "admin@importer.io", plan="enterprise")
-            bystander = await register(http, "admin@bystander.io", plan="enterprise")
+            exporter = await register_as(http, "admin@exporter.io", plan="enterprise")
+            importer = await register_as(http, "admin@importer.io", plan="enterprise")
+            bystander = await register_as(http, "admin@bystander.io", plan="enterprise")
             await fill(postgres_url, exporter["id"], 30_000)  # ~16 MB of NDJSON
             for _ in range(11):
                 stalled.append(stalled_export(server, exporter))
@@ -254,8 +254,8 @@ async def test_stalled_transfers_are_cut_after_the_idle_timeout(
     try:
         server.wait_ready()
         async with httpx.AsyncClient(base_url=server.base, timeout=HANG_GUARD) as http:
-            exporter = await register(http, "admin@cut-exporter.io", plan="enterprise")
-            importer = await register(http, "admin@cut-importer.io", plan="enterprise")
+            exporter = await register_as(http, "admin@cut-exporter.io", plan="enterprise")
+            importer = await register_as(http, "admin@cut-importer.io", plan="enterprise")
             await fill(postgres_url, exporter["id"], 30_000)
             export_socket = stalled_export(server, exporter)
             import_socket = stalled_import(server, importer)
@@ -339,7 +339,7 @@ async def test_a_trickling_client_is_cut_by_the_server(
     try:
         server.wait_ready()
         async with httpx.AsyncClient(base_url=server.base, timeout=HANG_GUARD) as http:
-            tenant = await register(http, "admin@trickler.io", plan="enterprise")
+            tenant = await register_as(http, "admin@trickler.io", plan="enterprise")
             answer = await asyncio.to_thread(trickled_import, server, tenant, 0.25)
             status_line, _, rest = answer.partition(b"\r\n")
             assert status_line.startswith(b"HTTP/1.1 408"), answer[:300]
@@ -432,7 +432,7 @@ async def test_one_transfer_per_tenant_and_two_per_process(
 ) -> None:
     _, http = await gateways()
     first, second, third = [
-        await register(http, f"admin@limit{n}.io", plan="enterprise") for n in range(3)
+        await register_as(http, f"admin@limit{n}.io", plan="enterprise") for n in range(3)
     ]
     held = HeldImport(http, first)
     await held.started()
@@ -464,7 +464,7 @@ async def test_one_transfer_per_tenant_across_processes(
     """Two gateways on one database (two worker processes), and the export command: the
     tenant's transfer lock lives in PostgreSQL, so they refuse too."""
     (_, one), (_, two) = await gateways(), await gateways()
-    tenant = await register(one, "admin@two-workers.io", plan="enterprise")
+    tenant = await register_as(one, "admin@two-workers.io", plan="enterprise")
     held = HeldImport(one, tenant)
     await held.started()
     refused = await two.get(f"{T}/{tenant['id']}/export", headers=auth(tenant))
@@ -489,7 +489,7 @@ async def test_an_import_that_keeps_moving_outlives_the_admin_deadline(
     (so it has run longer than ``admin_timeout`` without a wait over the idle timeout), then
     completes: 200, every row."""
     _, http = await gateways(admin_timeout=2.0, transfer_idle_timeout=HANG_GUARD)
-    tenant = await register(http, "admin@long-import.io", plan="enterprise")
+    tenant = await register_as(http, "admin@long-import.io", plan="enterprise")
     held = HeldImport(http, tenant, rows=50)
     await held.started()
     never = asyncio.Event()
@@ -510,7 +510,7 @@ async def test_an_import_that_stops_sending_is_cut_and_writes_nothing(
     gateways: Callable[..., Awaitable[Started]], postgres_url: str
 ) -> None:
     _, http = await gateways(transfer_idle_timeout=0.5)
-    tenant = await register(http, "admin@idle-import.io", plan="enterprise")
+    tenant = await register_as(http, "admin@idle-import.io", plan="enterprise")
     held = HeldImport(http, tenant)
     response = await asyncio.wait_for(held.response, HANG_GUARD)  # never told to go on
     assert response.status_code == 408, response.text
@@ -555,7 +555,7 @@ async def test_an_export_whose_client_stops_reading_is_cut(
     when its client reads nothing. The gateway returns, the transaction is gone, and the
     tenant can export again."""
     gateway, http = await gateways(transfer_idle_timeout=0.5)
-    tenant = await register(http, "admin@idle-export.io", plan="enterprise")
+    tenant = await register_as(http, "admin@idle-export.io", plan="enterprise")
     await fill(postgres_url, tenant["id"], 100)
     sent: list[Message] = []
     stuck = asyncio.Event()
@@ -658,7 +658,7 @@ async def test_an_import_that_trickles_is_cut(
     nothing written, and the slot is free again."""
     clock = FakeClock()
     _, http = await gateways(clock=clock)
-    tenant = await register(http, "admin@trickle-import.io", plan="enterprise")
+    tenant = await register_as(http, "admin@trickle-import.io", plan="enterprise")
     trickle = TrickleImport(http, tenant, clock, ndjson(import_body(3)))
     response = await trickle.answer()
     assert response.status_code == 408, response.text
@@ -681,7 +681,7 @@ async def test_an_export_read_too_slowly_is_cut(
     never completes, the transaction ends, and the tenant can export again."""
     clock = FakeClock()
     gateway, http = await gateways(clock=clock)
-    tenant = await register(http, "admin@slow-reader.io", plan="enterprise")
+    tenant = await register_as(http, "admin@slow-reader.io", plan="enterprise")
     for n in range(3):
         created = await http.post("/api/v1/projects", json={"name": f"p{n}"}, headers=auth(tenant))
         assert created.status_code == 201, created.text
@@ -713,7 +713,7 @@ async def test_transfers_end_at_their_max_duration(
     open past ``transfer_max_duration``, in either direction."""
     clock = FakeClock()
     gateway, http = await gateways(clock=clock, transfer_min_rate=0, transfer_max_duration=60.0)
-    importer = await register(http, "admin@long-import.io", plan="enterprise")
+    importer = await register_as(http, "admin@long-import.io", plan="enterprise")
     trickle = TrickleImport(http, importer, clock, ndjson(import_body(50)), step=200)
     response = await trickle.answer()
     assert response.status_code == 408, response.text
@@ -721,7 +721,7 @@ async def test_transfers_end_at_their_max_duration(
     assert trickle.sent < len(trickle.pieces)
     assert await project_count(postgres_url, importer["id"]) == 0
 
-    exporter = await register(http, "admin@long-export.io", plan="enterprise")
+    exporter = await register_as(http, "admin@long-export.io", plan="enterprise")
     await fill(postgres_url, exporter["id"], 1_000)  # ~0.5 MB: 8 chunks of 64 KiB
     sent: list[Message] = []
 
@@ -745,7 +745,7 @@ async def test_slow_holders_of_every_slot_are_cut_and_others_then_transfer(
     clock = FakeClock()
     _, http = await gateways(clock=clock)
     first, second, bystander = [
-        await register(http, f"admin@holder{n}.io", plan="enterprise") for n in range(3)
+        await register_as(http, f"admin@holder{n}.io", plan="enterprise") for n in range(3)
     ]
     holders = [
         TrickleImport(http, tenant, clock, ndjson(import_body(3)), hold=True)
@@ -824,7 +824,7 @@ async def test_a_row_its_import_holds_fails_the_tenants_changes_at_once(
     shared pool. It now gives up after the lock timeout (1 s): 409 ``lock_timeout`` with
     ``Retry-After``, nothing changed; reads go on; after the import it goes through."""
     _, http = await gateways()
-    tenant = await register(http, "admin@locked-row.io", plan="enterprise")
+    tenant = await register_as(http, "admin@locked-row.io", plan="enterprise")
     held = HeldImport(http, tenant, body=users_import(2))
     await held.started()
     for method, path, body in (
@@ -856,8 +856,8 @@ async def test_a_tenant_runs_at_most_four_admin_requests_at_once(
     ``Retry-After: 1``. Other tenants, operators and app calls are not counted. Here the four
     are held while they read their bodies."""
     _, http = await gateways(admin_timeout=HANG_GUARD)
-    tenant = await register(http, "admin@four.io", plan="enterprise")
-    other = await register(http, "admin@other.io", plan="enterprise")
+    tenant = await register_as(http, "admin@four.io", plan="enterprise")
+    other = await register_as(http, "admin@other.io", plan="enterprise")
     reading = [asyncio.Event() for _ in range(4)]
     release = asyncio.Event()
 
@@ -897,8 +897,8 @@ async def test_a_tenant_hammering_its_own_locked_row_costs_others_nothing(
     took 9.5 s. Now at most 4 run (429 for the rest) and each gives up on the lock (409): the
     bystanders' sign-up, admin calls and app calls all answer."""
     _, http = await gateways()
-    attacker = await register(http, "admin@attacker.io", plan="enterprise")
-    bystander = await register(http, "admin@bystander.io", plan="enterprise")
+    attacker = await register_as(http, "admin@attacker.io", plan="enterprise")
+    bystander = await register_as(http, "admin@bystander.io", plan="enterprise")
     held = HeldImport(http, attacker, body=users_import(2))
     await held.started()
     blockers = [
@@ -936,8 +936,8 @@ async def test_a_worker_starting_during_an_export_takes_no_table_lock(
     projects), which queued behind the export, and every query on projects queued behind the
     ALTER. The table is isolated already: start-up reads the catalogue and runs no DDL."""
     gateway, http = await gateways(transfer_idle_timeout=4 * HANG_GUARD)
-    exporter = await register(http, "admin@ddl-exporter.io", plan="enterprise")
-    bystander = await register(http, "admin@ddl-bystander.io", plan="enterprise")
+    exporter = await register_as(http, "admin@ddl-exporter.io", plan="enterprise")
+    bystander = await register_as(http, "admin@ddl-bystander.io", plan="enterprise")
     reading = asyncio.Event()
     release = asyncio.Event()
 

@@ -30,8 +30,8 @@ from tenant_gateway.serve import build_app
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .helpers import assert_problem
 from .receiver import TlsReceiver, WebhookReceiver, certificate_authority
-from .test_middleware import assert_problem
 
 T = "/api/v1/tenants"
 
