@@ -350,11 +350,13 @@ async def test_openapi_document(stores: Stores, client_for: Any) -> None:
     assert served == documented
 
 
-@pytest.mark.parametrize("path", ["/nope/a/b/c", "/"])
+@pytest.mark.parametrize(("path", "status"), [("/nope/a/b/c", 404), ("/", 405)])
 async def test_unknown_admin_routes_are_problems(
-    stores: Stores, client_for: Any, path: str
+    stores: Stores, client_for: Any, path: str, status: int
 ) -> None:
+    """No route: 404; a route without that method (``/`` lists tenants, GET only): 405."""
     client: httpx.AsyncClient = await client_for(gateway(stores))
     response = await client.delete(f"{T}{path}")
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.status_code in (404, 405)
+    assert response.status_code == status
+    assert response.json()["code"] == ("not_found" if status == 404 else "method_not_allowed")

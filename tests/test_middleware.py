@@ -136,8 +136,8 @@ async def test_a_plan_without_limits_sends_no_rate_limit_headers(
     assert "ratelimit" not in response.headers
 
 
-async def test_burst_limit(stores: Stores, client_for: Any) -> None:
-    client = await client_for(gateway(stores))
+async def test_burst_limit(stores: Stores, client_for: Any, clock: FakeClock) -> None:
+    client = await client_for(gateway(stores, clock))  # every call in the same second
     tenant = await register(client)  # free: 10 per second
     responses = [await client.get("/whoami", headers=auth(tenant)) for _ in range(11)]
     assert [r.status_code for r in responses[:10]] == [200] * 10
