@@ -23,7 +23,6 @@ import redis
 __all__ = [
     "ADMIN",
     "PG_ADMIN_URL",
-    "build_compiled",
     "check_redis",
     "cpu_seconds",
     "create_database",
@@ -75,22 +74,6 @@ def ensure_installed(command: str, package: str) -> str:
         raise SystemExit(f"apt-get reported success but {command} is not on PATH")
     print(f"installed {found}", flush=True)
     return found
-
-
-def build_compiled(repo: Path, into: Path) -> Path:
-    """The package with its hot path compiled by mypyc (``setup.py``), plus ``benchmarks/``,
-    installed under ``into``: serve from that directory (``python -m`` puts it first on the
-    path) to measure the compiled build instead of the checkout."""
-    target = into / "compiled"
-    print(f"building the mypyc-compiled package into {target} (about a minute)", flush=True)
-    built = subprocess.run(
-        [str(repo / "scripts" / "build-compiled"), str(target)],
-        check=False, text=True, capture_output=True, timeout=900,
-    )  # fmt: skip
-    if built.returncode != 0:
-        raise SystemExit(f"the compiled build failed:\n{built.stdout}{built.stderr}")
-    shutil.copytree(repo / "benchmarks", target / "benchmarks")
-    return target
 
 
 async def _postgres_execute(sql: str) -> None:

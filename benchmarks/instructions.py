@@ -74,7 +74,6 @@ def count(
         env,
         tmp / f"{variant.name}.log",
         args.mode,
-        args.server_dirs[variant.compiled],
         wrapper=callgrind(out),
         ready_timeout=300,  # valgrind starts Python ~50x slower
     ) as server:
@@ -114,15 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = run.load_options(
         __doc__, "A,F,M,M-quota,R,R-quota", seconds=8, warmup=4, connections=8
     )
-    parser.add_argument(
-        "--compiled",
-        action="store_true",
-        help="also count each gateway variant on the build with the mypyc-compiled hot path"
-        " (setup.py), as a twin named VARIANT+mypyc",
-    )
     args = run.parse_load_options(parser, argv)
-    if args.compiled:
-        args.variants = run.with_compiled_twins(args.variants)
     return args
 
 
@@ -137,7 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.bench_stores(variants) as environment,
         tempfile.TemporaryDirectory(prefix="tg-instructions-") as tmp,
     ):
-        args.server_dirs = run.server_dirs(variants, Path(tmp))
         for variant in variants:
             started = time.monotonic()
             counted = count(variant, args, wrk, environment(variant), Path(tmp))

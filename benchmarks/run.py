@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import importlib.util
 import os
 import re
@@ -55,7 +54,6 @@ import redis
 from benchmarks import common
 from benchmarks.apps import HITS_PATH
 from benchmarks.common import (
-    build_compiled,
     check_redis,
     cpu_seconds,
     create_database,
@@ -84,8 +82,6 @@ class Variant:
     """Send a made-up API key although no tenant is registered (slowapi keys its limit on it)."""
     requires: str | None = None
     """A module the variant needs (pip installs it under the same name)."""
-    compiled: bool = False
-    """Served from the build with the mypyc-compiled hot path (``setup.py``), not the checkout."""
 
     @property
     def gated(self) -> bool:
@@ -103,16 +99,6 @@ VARIANTS = (
     ),
     Variant("S", "benchmarks.apps:slowapi_app", redis=True, sends_key=True, requires="slowapi"),
 )
-
-
-def with_compiled_twins(variants: Sequence[Variant]) -> list[Variant]:
-    """Each gateway variant followed by its twin on the compiled build, in the same rounds."""
-    chosen: list[Variant] = []
-    for variant in variants:
-        chosen.append(variant)
-        if variant.gated:
-            chosen.append(dataclasses.replace(variant, name=variant.name + "+mypyc", compiled=True))
-    return chosen
 
 
 def pick_variants(
@@ -165,15 +151,6 @@ def parse_load_options(
     args.variants = pick_variants(parser, args.variants)
     args.mode = server_mode("asyncio" if args.asyncio else None)
     return args
-
-
-def server_dirs(variants: Sequence[Variant], tmp: Path) -> dict[bool, Path]:
-    """Where the servers run from: this checkout, and the compiled build if a variant needs it
-    (``python -m uvicorn`` imports the package of its working directory first)."""
-    dirs = {False: REPO}
-    if any(variant.compiled for variant in variants):
-        dirs[True] = build_compiled(REPO, tmp)
-    return dirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,7 +468,7 @@ def measure(
 ) -> RunRecord:
     run_id = f"{variant.name.lower()}-{round_number}-{secrets.token_hex(3)}"
     log = log_dir / f"{run_id}.log"
-    with serve(variant, env, log, args.mode, args.server_dirs[variant.compiled]) as server:
+    with serve(variant, env, log, args.mode) as server:
         port = server.port
         tenant_id, key = caller(variant, port, run_id)
         warmup = run_wrk(wrk, port, key, args.warmup, args.connections)
@@ -659,12 +636,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="serve with --loop asyncio --http h11",
     )
     parser.add_argument(
-        "--compiled",
-        action="store_true",
-        help="also serve each gateway variant from the build with the mypyc-compiled hot path"
-        " (setup.py), as a twin named VARIANT+mypyc in the same rounds",
-    )
-    parser.add_argument(
         "--halt-poll-ns",
         type=int,
         metavar="NS",
@@ -680,8 +651,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.variants = pick_variants(parser, args.variants, optional=True)
     if not args.variants:
         parser.error("no variant left to run")
-    if args.compiled:
-        args.variants = with_compiled_twins(args.variants)
     args.mode = server_mode(args.loop)
     return args
 
@@ -706,7 +675,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_stores(variants) as environment,
         tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp,
     ):
-        args.server_dirs = server_dirs(variants, Path(tmp))
         for round_number in range(1, args.rounds + 1):
             for variant in variants:
                 record = measure(variant, round_number, args, wrk, environment(variant), Path(tmp))

@@ -20,8 +20,7 @@ calls. So the shares below are within about ten points for Python code and somew
 system calls (the kernel time per request is ``run.py``'s column).
 
 The sampler shares the load generator's core: the shares are proportions, not a throughput
-(``run.py`` measures that). Compiled variants are not offered: mypyc's functions are C, which
-py-spy does not see. Usage: ``.venv/bin/python -m benchmarks.spy [--variants A,M,R-quota]
+(``run.py`` measures that). Usage: ``.venv/bin/python -m benchmarks.spy [--variants A,M,R-quota]
 [--seconds 10] [--rate 400] [--top 12] [--calibrate]``. Needs py-spy (the ``bench`` extra) and wrk;
 PostgreSQL and Redis for R*.
 """

@@ -22,9 +22,8 @@ if [ "$installed" != "$(stamp "$1")" ] && [ "$installed" != "$(stamp dev)" ]; th
   fi
   stamp "$1" >.venv/locked
 fi
-# The project itself, against what is installed (no dependency is resolved here); pure Python,
-# whatever the environment says (setup.py compiles only when asked to).
-if ! env -u TENANT_GATEWAY_COMPILE .venv/bin/python -m pip install --quiet \
+# The project itself, against what is installed (no dependency is resolved here).
+if ! .venv/bin/python -m pip install --quiet \
     --disable-pip-version-check --no-deps --no-build-isolation -e . >.venv/pip.log 2>&1; then
   grep -v "is ignored: it is neither a file nor a directory" .venv/pip.log >&2
   exit 1

@@ -33,26 +33,6 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKENDS = ["memory", "real"]
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """scripts/test's second pass must test the compiled build of exactly setup.py's HOT_PATH,
-    not this checkout again (nor modules left compiled by an older build)."""
-    if os.environ.get("TG_EXPECT_COMPILED") != "1":
-        return
-    import importlib
-    import pkgutil
-
-    import tenant_gateway
-    from setup import HOT_PATH  # type: ignore[import-not-found,unused-ignore]
-
-    compiled = set()
-    for module in pkgutil.walk_packages(tenant_gateway.__path__, "tenant_gateway."):
-        loaded = importlib.import_module(module.name)
-        if (loaded.__file__ or "").endswith(".so"):
-            compiled.add(module.name.removeprefix("tenant_gateway."))
-    if compiled != set(HOT_PATH):
-        pytest.exit(f"compiled modules {sorted(compiled)}, expected {sorted(HOT_PATH)}", 1)
-
-
 def unavailable(what: str, exc: BaseException) -> NoReturn:
     """The one rule for a real service that cannot be reached: skip locally, fail under CI."""
     message = f"{what} is not reachable: {exc}"
