@@ -360,3 +360,17 @@ async def test_unknown_admin_routes_are_problems(
     assert response.headers["content-type"] == "application/problem+json"
     assert response.status_code == status
     assert response.json()["code"] == ("not_found" if status == 404 else "method_not_allowed")
+    assert ("allow" in response.headers) is (status == 405)
+
+
+async def test_a_405_names_every_method_the_path_answers(stores: Stores, client_for: Any) -> None:
+    """RFC 9110: a 405 carries ``Allow``, listing the methods of every route on the path (here
+    one route per method), and the methods listed do answer."""
+    client: httpx.AsyncClient = await client_for(gateway(stores))
+    tenant = await register(client)
+    path = f"{T}/{tenant['id']}"
+    response = await client.post(path, headers=auth(tenant))
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET, HEAD, PATCH"
+    assert response.json()["detail"] == "This path answers DELETE, GET, HEAD, PATCH."
+    assert (await client.get(path, headers=auth(tenant))).status_code == 200

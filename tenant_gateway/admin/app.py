@@ -11,12 +11,14 @@ This module assembles the app: the route table over the handler groups (``tenant
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 
 from tenant_gateway import problems
 from tenant_gateway.admin.api_keys import KeyHandlers
@@ -43,13 +45,38 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
         return problems.problem_response(problems.service_unavailable(str(exc)))
     if isinstance(exc, HTTPException):
         if exc.status_code == 405:
-            problem = Problem(405, "method_not_allowed", "Method not allowed", str(exc.detail))
+            allowed = _allowed_methods(request)
+            detail = f"This path answers {allowed}."
+            problem = Problem(405, "method_not_allowed", "Method not allowed", detail)
+            problem.headers["Allow"] = allowed  # RFC 9110 §15.5.6: a 405 names what is allowed
         else:
             problem = problems.not_found()
         return problems.problem_response(problem)
     return problems.problem_response(
         Problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path. Each method has its own route here, so the
+    router's own ``Allow`` names only the first route that matched the path. The scope is the
+    one the innermost router matched against (its ``root_path`` past the mount), so the routes
+    are matched against it as they are, wherever they are mounted."""
+    methods = {
+        method
+        for route in _routes(request.app.router.routes)
+        if route.matches(request.scope)[0] is not Match.NONE
+        for method in route.methods or ()
+    }
+    return ", ".join(sorted(methods))
+
+
+def _routes(routes: list[BaseRoute]) -> Iterator[Route]:
+    for route in routes:
+        if isinstance(route, Route):
+            yield route
+        elif isinstance(route, Mount):
+            yield from _routes(route.routes)
 
 
 def build_admin_app(services: Services, operators: OperatorAuth | None = None) -> Starlette:
