@@ -30,7 +30,7 @@ from tenant_gateway.quota import MemoryCounters
 from tenant_gateway.tallies import MAX_ROUTES, OTHER_ROUTES
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, FakeClock, Stores, auth, register
+from .conftest import JWT_SECRET, ClientFor, FakeClock, Stores, auth, register
 from .helpers import assert_problem
 from .receiver import WebhookReceiver
 
@@ -82,7 +82,7 @@ async def usage(client: Any, tenant: dict[str, Any], **params: str) -> dict[str,
     return report
 
 
-async def test_flushes_are_idempotent(stores: Stores, client_for: Any) -> None:
+async def test_flushes_are_idempotent(stores: Stores, client_for: ClientFor) -> None:
     gw = gateway(stores)
     client = await client_for(gw)
     tenant = await register(client, plan="hundred")
@@ -98,7 +98,9 @@ async def test_flushes_are_idempotent(stores: Stores, client_for: Any) -> None:
     assert await gw.services.ledger.read(key) == first
 
 
-async def test_lost_counters_are_restored_from_the_ledger(stores: Stores, client_for: Any) -> None:
+async def test_lost_counters_are_restored_from_the_ledger(
+    stores: Stores, client_for: ClientFor
+) -> None:
     """Redis loses the tenant's counters mid-month; the quota must not start again from zero.
     The bound: admissions beyond the quota equal the calls made since the last flush."""
     gw = gateway(stores)
@@ -125,7 +127,7 @@ async def test_lost_counters_are_restored_from_the_ledger(stores: Stores, client
     assert report["api_calls"] == 100 and report["remaining"] == 0
 
 
-async def test_refunds_for_server_errors(stores: Stores, client_for: Any) -> None:
+async def test_refunds_for_server_errors(stores: Stores, client_for: ClientFor) -> None:
     gw = gateway(stores)
     client = await client_for(gw)
     tenant = await register(client, plan="lenient")  # 10 calls, 5xx not counted
@@ -137,7 +139,7 @@ async def test_refunds_for_server_errors(stores: Stores, client_for: Any) -> Non
     assert (await calls(client, tenant, 8)).count(200) == 7  # the refunded calls freed quota
 
 
-async def test_route_template_cardinality(stores: Stores, client_for: Any) -> None:
+async def test_route_template_cardinality(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client, plan="open")
     for start in range(0, 10_000, 500):
@@ -175,7 +177,7 @@ def mounted_app() -> Starlette:
     )
 
 
-async def test_a_mount_counts_under_its_template(stores: Stores, client_for: Any) -> None:
+async def test_a_mount_counts_under_its_template(stores: Stores, client_for: ClientFor) -> None:
     """Under ``Mount("/orgs/{org}")`` each org is not a route of its own: a tenant calling
     ever new orgs would grow its usage hash (and every read of it) without limit."""
     gw = TenantGateway(
@@ -195,7 +197,7 @@ async def test_a_mount_counts_under_its_template(stores: Stores, client_for: Any
     }
 
 
-async def test_routes_past_the_cap_count_together(stores: Stores, client_for: Any) -> None:
+async def test_routes_past_the_cap_count_together(stores: Stores, client_for: ClientFor) -> None:
     """Mounts under a ``Host`` route: their templates are not looked for, so every org's
     path reaches the counters, which keep ``MAX_ROUTES`` routes and count the rest together."""
     inner = Router(routes=[Mount("/orgs/{org}", routes=[Route("/items", org_items)])])
@@ -211,7 +213,7 @@ async def test_routes_past_the_cap_count_together(stores: Stores, client_for: An
     assert sum(routes.values()) == MAX_ROUTES + 20 == report["api_calls"]
 
 
-async def test_csv_export(stores: Stores, client_for: Any) -> None:
+async def test_csv_export(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client, plan="hundred")
     await calls(client, tenant, 3)
@@ -230,7 +232,7 @@ async def test_csv_export(stores: Stores, client_for: Any) -> None:
         assert routes == {("GET /whoami", "2xx"): "3", ("GET /items/{item_id}", "2xx"): "1"}
 
 
-async def test_past_periods_come_from_the_ledger(stores: Stores, client_for: Any) -> None:
+async def test_past_periods_come_from_the_ledger(stores: Stores, client_for: ClientFor) -> None:
     clock = FakeClock(datetime(2026, 10, 31, 23, 59, 0, tzinfo=UTC))
     gw = gateway(stores, clock=clock)
     client = await client_for(gw)
@@ -270,7 +272,7 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     return hmac.compare_digest(expected.hexdigest(), fields["v1"])
 
 
-async def test_threshold_events_fire_once_each(stores: Stores, client_for: Any) -> None:
+async def test_threshold_events_fire_once_each(stores: Stores, client_for: ClientFor) -> None:
     hooked: list[QuotaEvent] = []
     gw = gateway(stores, on_quota_threshold=hooked.append)
     client = await client_for(gw)
@@ -295,7 +297,7 @@ async def test_threshold_events_fire_once_each(stores: Stores, client_for: Any) 
 
 
 async def test_two_gateways_still_fire_once(
-    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     kwargs: dict[str, Any] = {
         "database_url": postgres_url,
@@ -315,7 +317,9 @@ async def test_two_gateways_still_fire_once(
     assert sorted(json.loads(body)["threshold"] for _, body in receiver.deliveries) == [80, 100]
 
 
-async def test_a_hanging_receiver_never_slows_requests(stores: Stores, client_for: Any) -> None:
+async def test_a_hanging_receiver_never_slows_requests(
+    stores: Stores, client_for: ClientFor
+) -> None:
     """The receiver answers nothing until released: every call completes while the delivery it
     triggered is still waiting, so no request waits on a webhook."""
     gw = gateway(stores)
@@ -342,16 +346,15 @@ async def test_a_hanging_receiver_never_slows_requests(stores: Stores, client_fo
     ("failures", "attempts", "waits"), [(2, 3, [0.5, 1.0]), (99, 5, [0.5, 1.0, 2.0, 4.0])]
 )
 async def test_webhook_retries_with_backoff(
-    stores: Stores, client_for: Any, failures: int, attempts: int, waits: list[float]
+    stores: Stores, client_for: ClientFor, failures: int, attempts: int, waits: list[float]
 ) -> None:
     """Doubling waits from 0.5 s between attempts, five attempts at most."""
-    gw = gateway(stores)
     waited: list[float] = []
 
     async def sleep(seconds: float) -> None:  # the schedule, without the waiting
         waited.append(seconds)
 
-    gw.services.events._sleep = sleep
+    gw = gateway(stores, sleep=sleep)
     client = await client_for(gw)
     tenant = await register(client, plan="hundred")
     async with WebhookReceiver(fail_first=failures) as receiver:
@@ -366,7 +369,7 @@ async def test_webhook_retries_with_backoff(
 
 
 async def test_a_crossing_replayed_after_a_redis_loss_fires_once(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """The 80th call fires; the counters are then lost before the ledger saw it, so the next
     call is the 80th again. The outbox (claimed once per tenant, period and threshold) keeps
@@ -424,7 +427,7 @@ BAD_WEBHOOK_URLS = [
 
 
 @pytest.mark.parametrize("url", BAD_WEBHOOK_URLS)
-async def test_bad_webhook_urls(stores: Stores, client_for: Any, url: str) -> None:
+async def test_bad_webhook_urls(stores: Stores, client_for: ClientFor, url: str) -> None:
     client = await client_for(gateway(stores, webhook_allowed_networks=()))
     tenant = await register(client, plan="hundred")
     response = await client.put(
@@ -437,7 +440,7 @@ async def test_bad_webhook_urls(stores: Stores, client_for: Any, url: str) -> No
 
 
 async def test_without_an_allowed_network_nothing_reaches_loopback(
-    stores: Stores, client_for: Any, caplog: pytest.LogCaptureFixture
+    stores: Stores, client_for: ClientFor, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The receiver stands for a service on the gateway's own host. Its URL is refused when
     set; stored anyway (as before the fix), every delivery is dropped with a log line."""
@@ -467,7 +470,7 @@ async def test_without_an_allowed_network_nothing_reaches_loopback(
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "[::ffff:7f00:1]", "127.1"])
 async def test_an_allowed_network_receives_in_any_spelling(
-    stores: Stores, client_for: Any, host: str
+    stores: Stores, client_for: ClientFor, host: str
 ) -> None:
     gw = gateway(stores)  # 127.0.0.0/8 allowed
     client = await client_for(gw)
@@ -486,7 +489,7 @@ async def test_an_allowed_network_receives_in_any_spelling(
 
 
 async def test_a_name_rebound_to_loopback_after_it_was_set_is_dropped(
-    stores: Stores, client_for: Any, caplog: pytest.LogCaptureFixture
+    stores: Stores, client_for: ClientFor, caplog: pytest.LogCaptureFixture
 ) -> None:
     """DNS rebinding: the name resolves to a public address when the URL is set, to loopback
     (where the receiver listens) at delivery. Nothing connects to loopback."""
@@ -516,14 +519,13 @@ async def test_a_name_rebound_to_loopback_after_it_was_set_is_dropped(
     )
 
 
-async def test_redirects_are_not_followed(stores: Stores, client_for: Any) -> None:
-    gw = gateway(stores)
+async def test_redirects_are_not_followed(stores: Stores, client_for: ClientFor) -> None:
     waited: list[float] = []
 
     async def sleep(seconds: float) -> None:
         waited.append(seconds)
 
-    gw.services.events._sleep = sleep
+    gw = gateway(stores, sleep=sleep)
     client = await client_for(gw)
     tenant = await register(client, plan="hundred")
     async with WebhookReceiver() as inside:
@@ -623,7 +625,7 @@ class HostileReceiver:
 
 
 async def test_a_receiver_answering_an_endless_body_costs_no_memory(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """The receiver answers 200 with a 48 MiB body. The whole body was read into memory (100 MiB
     in 0.5 s in the review); now only the status line and headers are: the delivery counts as
@@ -647,19 +649,17 @@ async def test_a_receiver_answering_an_endless_body_costs_no_memory(
 
 
 async def test_a_receiver_dripping_its_answer_is_cut_at_the_attempt_deadline(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """One header byte every 50 ms never trips a per-read timeout (5 s): the delivery stayed
     open for as long as the receiver liked. Now each attempt ends at its deadline (10 s by
     default, 0.5 s here) and is retried as a failed one."""
-    gw = gateway(stores)
     waited: list[float] = []
 
     async def sleep(seconds: float) -> None:
         waited.append(seconds)
 
-    gw.services.events._sleep = sleep
-    gw.services.events._attempt_timeout = 0.5
+    gw = gateway(stores, sleep=sleep, webhook_attempt_timeout=0.5)
     client = await client_for(gw)
     tenant = await register(client, plan="hundred")
     async with HostileReceiver(drip=True) as receiver:
@@ -674,7 +674,7 @@ async def test_a_receiver_dripping_its_answer_is_cut_at_the_attempt_deadline(
 
 
 async def test_a_tenant_s_deliveries_run_one_at_a_time_in_order(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """Both thresholds crossed at once, the receiver holding every request: the 100 % delivery
     (and its hook) waited for nothing, so a tenant held as many deliveries open as it had
@@ -708,7 +708,7 @@ async def test_a_tenant_s_deliveries_run_one_at_a_time_in_order(
 # -- bounded tallies (issue 17) --------------------------------------------------------------
 
 
-async def test_odd_method_tokens_share_one_bucket(stores: Stores, client_for: Any) -> None:
+async def test_odd_method_tokens_share_one_bucket(stores: Stores, client_for: ClientFor) -> None:
     """Any token is a valid HTTP method: each must not become a usage field of its own."""
     client = await client_for(gateway(stores))
     tenant = await register(client, plan="open")
@@ -720,7 +720,7 @@ async def test_odd_method_tokens_share_one_bucket(stores: Stores, client_for: An
     assert routes == {"OTHER /whoami": len(odd), "DELETE /whoami": 1}, routes
 
 
-async def test_a_ledger_write_keeps_every_sound_row(stores: Stores, client_for: Any) -> None:
+async def test_a_ledger_write_keeps_every_sound_row(stores: Stores, client_for: ClientFor) -> None:
     """Rows the ledger cannot hold (out of range, a NUL, a field too long for its index) are
     dropped one by one: the rest of the shared write lands."""
     gw = gateway(stores)
@@ -763,7 +763,7 @@ async def test_a_row_postgres_refuses_fails_only_itself(postgres_url: str) -> No
 
 
 async def test_rows_left_by_an_old_import_are_not_counted(
-    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     """Before imports were checked, a tenant could write its own ledger rows: a billion refunds
     and a route tally at the top of the integer range. Reports and invoices leave them out."""

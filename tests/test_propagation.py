@@ -14,7 +14,7 @@ from tenant_gateway import TenantGateway
 from tenant_gateway.redis.invalidation import RedisInvalidator
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, FakeClock, auth, operator_headers, register
+from .conftest import JWT_SECRET, ClientFor, FakeClock, auth, operator_headers, register
 
 T = "/api/v1/tenants"
 
@@ -33,7 +33,7 @@ async def until_status(client: httpx.AsyncClient, headers: dict[str, str], statu
 
 
 async def test_pubsub_invalidates_another_process_cache(
-    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     """Two gateways on the same stores; the clock is frozen, so the cache TTL never expires:
     only the published invalidation can make the second gateway notice."""
