@@ -1,4 +1,5 @@
-"""Every answer of the admin API is the one its OpenAPI document declares (issue 20).
+"""The admin API's OpenAPI document (issue 20): every answer is the one it declares, and each
+operation has its security and a stable operationId.
 
 A scenario calls every documented operation, on both stores, through a client that keeps
 every response. Each must carry a status and a media type the document declares for its
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 import jsonschema_rs
+import pytest
 
 from tenant_gateway import TenantGateway
 from tenant_gateway.admin import responses
@@ -243,3 +245,42 @@ def test_answers_are_closed() -> None:
     assert validator(TENANT).is_valid(tenant)
     errors = [e.message for e in validator(TENANT).iter_errors({**tenant, "api_key": "tk_x"})]
     assert errors == ["Additional properties are not allowed ('api_key' was unexpected)"]
+
+
+@pytest.mark.parametrize("allow_signup", [True, False])
+async def test_security_per_operation(client_for: ClientFor, allow_signup: bool) -> None:
+    """``/register`` takes no credential while sign-up is open, an operator's token when it
+    is closed; every other operation a key or a token, as a bearer token or ``X-API-Key``."""
+    gateway = TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, allow_signup=allow_signup)
+    client = await client_for(gateway)
+    served = (await client.get(f"{T}/openapi.json")).json()
+    schemes = served["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["api_key"] == {**schemes["api_key"], "type": "apiKey", "in": "header"}
+    assert schemes["api_key"]["name"] == "X-API-Key" and "security" not in served
+    security = {
+        (template, method): served["paths"][template][method]["security"]
+        for template, method, _ in OPERATIONS
+    }
+    assert security.pop(("/register", "post")) == ([] if allow_signup else [{"bearer": []}])
+    assert all(s == [{"bearer": []}, {"api_key": []}] for s in security.values())
+
+
+def test_operation_ids_are_stable_snake_case() -> None:
+    """A generated client's function names: unique, snake_case, and pinned here (renaming one
+    breaks every client generated before)."""
+    ids = {
+        (template, method): DOCUMENT["paths"][template][method]["operationId"]
+        for template, method, _ in OPERATIONS
+    }
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", i) for i in ids.values())
+    assert len(set(ids.values())) == len(ids)
+    assert ids[("/register", "post")] == "register_tenant"
+    assert ids[("/{tenant_id}/usage.csv", "get")] == "get_usage_csv"
+    assert sorted(ids.values()) == sorted(
+        """add_user change_plan create_key delete_tenant delete_user delete_webhook
+        export_tenant get_invoice get_tenant get_usage get_usage_csv get_user get_webhook
+        import_tenant list_audit_entries list_invoices list_keys list_tenants list_users
+        register_tenant resume_tenant revoke_key rotate_key set_webhook suspend_tenant
+        update_tenant update_user""".split()
+    )
