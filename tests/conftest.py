@@ -24,6 +24,8 @@ import redis
 
 from tenant_gateway import TenantGateway
 
+from .pgbouncer import PgBouncer, find_pgbouncer
+
 PG_ADMIN_URL = os.environ.get(
     "TG_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -81,6 +83,18 @@ def postgres_url() -> Iterator[str]:
         yield _url_with_database(PG_ADMIN_URL, name)
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_url: str) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction pooling mode in front of the test PostgreSQL, for the run;
+    ``pgbouncer.url(database_url)`` is a database through it."""
+    binary = find_pgbouncer()
+    if binary is None:
+        missing = FileNotFoundError("no pgbouncer binary (scripts/test installs it)")
+        unavailable("PgBouncer", missing)
+    with PgBouncer(binary, PG_ADMIN_URL) as bouncer:
+        yield bouncer
 
 
 @pytest.fixture(scope="session")
