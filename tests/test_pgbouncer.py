@@ -12,12 +12,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import pytest
 
-from benchmarks.launch import CLI, Server, log_problems, run_cli
+from benchmarks.launch import CLI, Server, free_port, log_problems, run_cli
 from tenant_gateway import TenantGateway
 from tenant_gateway.clock import Period
 from tenant_gateway.demo import build_demo_app, create_projects_table
@@ -28,7 +29,7 @@ from tenant_gateway.postgres.url import parse_postgres_url
 
 from .apps import echo_app
 from .conftest import PG_ADMIN_URL, FakeClock, auth, register
-from .pgbouncer import PgBouncer
+from .pgbouncer import POOL_SIZE, PgBouncer
 
 pytestmark = pytest.mark.slow
 T = "/api/v1/tenants"
@@ -265,3 +266,42 @@ async def test_export_and_import(pgbouncer: PgBouncer, empty_database: str) -> N
     )  # fmt: skip
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["imported"] == {"tg_users": 2, "projects": 1}
+
+
+async def test_without_statement_cache_size_0_the_error_says_so(
+    pgbouncer: PgBouncer, empty_database: str
+) -> None:
+    """By default asyncpg names its prepared statements ``__asyncpg_stmt_1__`` and up, counted
+    per process, and PgBouncer lends each transaction any server connection: once every server
+    connection holds the first statement of another process, a gateway on the plain URL fails
+    at its first query. Start-up says so in one line, naming the fix."""
+    plain = pgbouncer.url(empty_database, query="")
+    others = [await asyncpg.connect(plain, statement_cache_size=0) for _ in range(POOL_SIZE)]
+    try:
+        inside = asyncio.Barrier(POOL_SIZE)
+
+        async def leave_a_statement(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+            async with conn.transaction():  # all at once: one server connection each
+                await inside.wait()
+                await conn.execute('PREPARE "__asyncpg_stmt_1__" AS SELECT 1')
+
+        await asyncio.gather(*(leave_a_statement(conn) for conn in others))
+    finally:
+        for conn in others:
+            await conn.close()
+    for command in (["migrate"], ["serve", "--port", str(free_port())]):
+        result = run_cli(*command, "--database-url", plain)
+        assert result.returncode == 2 and result.stdout == "", result
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "statement_cache_size=0" in result.stderr and "already exists" in result.stderr
+    migrated = run_cli("migrate", "--database-url", pgbouncer.url(empty_database), timeout=60)
+    assert migrated.returncode == 0, migrated.stderr
+
+
+def test_a_login_pgbouncer_refuses_is_one_line(pgbouncer: PgBouncer, postgres_url: str) -> None:
+    parts = urlsplit(pgbouncer.url(postgres_url))
+    url = parts._replace(netloc=f"tg_stranger:s3cret@{parts.hostname}:{parts.port}").geturl()
+    for command in (["migrate"], ["export", "--tenant", "t"]):
+        result = run_cli(*command, "--database-url", url)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result
+        assert "authentication failed" in result.stderr and "s3cret" not in result.stderr

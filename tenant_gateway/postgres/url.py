@@ -12,7 +12,7 @@ transaction ran on, which PgBouncer hands to another client next.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from tenant_gateway.exceptions import ConfigurationError, redact_url
 
@@ -51,11 +51,10 @@ def parse_postgres_url(url: str) -> PostgresUrl:
         parts = urlsplit(url)
     except ValueError as exc:  # an unbalanced IPv6 bracket: not even redactable as a URL
         raise ConfigurationError(f"database_url is not a URL: {exc}") from None
-    shown = redact_url(url)
     if parts.scheme not in _SCHEMES:
-        raise ConfigurationError(f"database_url must be postgresql://…, got {shown}")
+        raise ConfigurationError(f"database_url must be postgresql://…, got {redact_url(url)}")
     for host in parts.netloc.rpartition("@")[2].split(","):
-        _check_port(host, shown)
+        _check_port(host)
     kept: list[str] = []
     given: dict[str, int] = {}
     for pair in parts.query.split("&") if parts.query else ():
@@ -65,7 +64,7 @@ def parse_postgres_url(url: str) -> PostgresUrl:
             kept.append(pair)
             continue
         if name in given:
-            raise ConfigurationError(f"database_url gives {name} twice: {shown}")
+            raise ConfigurationError(f"database_url gives {name} twice")
         given[name] = _count(name, unquote_plus(value), minimum=int(name == "pool_max_size"))
     low = given.get("pool_min_size", DEFAULT_POOL_MIN_SIZE)
     high = given.get("pool_max_size", DEFAULT_POOL_MAX_SIZE)
@@ -74,20 +73,23 @@ def parse_postgres_url(url: str) -> PostgresUrl:
         raise ConfigurationError(
             f"database_url: pool_min_size ({low}) is more than pool_max_size ({high}{default})"
         )
-    dsn = urlunsplit(parts._replace(query="&".join(kept)))
+    dsn = url
+    if given:  # as text: urlunsplit would make postgresql:///db (a local socket) postgresql:/db
+        query = "?" + "&".join(kept) if kept else ""
+        dsn = url.partition("?")[0] + query + ("#" + parts.fragment if parts.fragment else "")
     cache = given.get("statement_cache_size", DEFAULT_STATEMENT_CACHE_SIZE)
     return PostgresUrl(dsn, cache, low, high)
 
 
-def _check_port(host: str, shown: str) -> None:
+def _check_port(host: str) -> None:
     """A host of the URL's host list is ``name``, ``name:port``, ``[v6]`` or ``[v6]:port``."""
     port = host.rpartition("]")[2] if host.startswith("[") else host
     if ":" not in port:
         return
     digits = port.rpartition(":")[2]
-    if not (digits.isascii() and digits.isdigit() and 0 < int(digits) < 65536):
+    if not (digits.isascii() and digits.isdigit() and len(digits) < 6 and 0 < int(digits) < 65536):
         raise ConfigurationError(
-            f"database_url has a port that is not a number from 1 to 65535 ({digits!r}): {shown}"
+            f"database_url has a port that is not a number from 1 to 65535: {_cut(digits)}"
         )
 
 
@@ -98,5 +100,10 @@ def _count(name: str, value: str, *, minimum: int) -> int:
         if minimum <= count <= _LARGEST:
             return count
     raise ConfigurationError(
-        f"database_url: {name} must be a whole number from {minimum} to {_LARGEST}, got {value!r}"
+        f"database_url: {name} must be a whole number from {minimum} to {_LARGEST},"
+        f" got {_cut(value)}"
     )
+
+
+def _cut(value: str) -> str:
+    return repr(value if len(value) <= 20 else value[:20] + "…")
