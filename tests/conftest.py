@@ -22,9 +22,8 @@ import jwt
 import pytest
 import redis
 
+from benchmarks.bouncer import PgBouncer, find_pgbouncer
 from tenant_gateway import TenantGateway
-
-from .pgbouncer import PgBouncer, find_pgbouncer
 
 PG_ADMIN_URL = os.environ.get(
     "TG_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

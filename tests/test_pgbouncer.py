@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
+from benchmarks.bouncer import POOL_SIZE, PgBouncer
 from benchmarks.launch import CLI, Server, free_port, log_problems, run_cli
 from tenant_gateway import TenantGateway
 from tenant_gateway.clock import Period
@@ -29,7 +30,6 @@ from tenant_gateway.postgres.url import parse_postgres_url
 
 from .apps import echo_app
 from .conftest import PG_ADMIN_URL, FakeClock, auth, register
-from .pgbouncer import POOL_SIZE, PgBouncer
 
 pytestmark = pytest.mark.slow
 T = "/api/v1/tenants"

@@ -1,9 +1,10 @@
-"""PgBouncer in transaction pooling mode, started by the test suite in front of the test
-PostgreSQL: the Debian package's binary (``scripts/test`` installs it when missing), on a free
-loopback port, configured in a temporary directory, stopped at the end.
+"""PgBouncer in transaction pooling mode on a free loopback port, in front of a PostgreSQL, for
+the tests and the benchmarks alike: the Debian package's binary (``scripts/test`` installs it
+when missing), configured in a temporary directory of its own, stopped (and the directory
+removed) by ``stop()``.
 
-Its server pool is small (``POOL_SIZE`` connections per database) so that the gateway's
-connections really share server connections, transaction by transaction.
+Its server pool is small (``POOL_SIZE`` connections per database and user, by default) so that
+the gateway's connections really share server connections, transaction by transaction.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ class PgBouncer:
     user. Its files live in a temporary directory of its own, removed by ``stop()``. PgBouncer
     refuses to run as root: as root it drops to the ``postgres`` account (``user =``)."""
 
-    def __init__(self, binary: str, upstream_url: str) -> None:
+    def __init__(self, binary: str, upstream_url: str, *, pool_size: int = POOL_SIZE) -> None:
         upstream = urlsplit(upstream_url)
         self._binary = binary
+        self.pool_size = pool_size
         self._upstream = f"host={upstream.hostname or HOST} port={upstream.port or 5432}"
         self.user = upstream.username or "postgres"
         # Under /tmp itself: the account PgBouncer drops to must reach its files.
@@ -69,7 +71,7 @@ class PgBouncer:
             "[pgbouncer]\n"
             f"listen_addr = {HOST}\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {auth_file}\nadmin_users = {self.user}\n"
-            f"pool_mode = transaction\ndefault_pool_size = {POOL_SIZE}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {self.pool_size}\n"
             f"max_client_conn = 500\n{run_as}"
         )
         with self.log.open("ab") as log:
