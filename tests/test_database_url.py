@@ -4,6 +4,7 @@ URL or login PostgreSQL cannot be used with refused in one line (issue 19)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from urllib.parse import urlsplit
 
 import pytest
@@ -16,8 +17,10 @@ from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.url import parse_postgres_url
 
 from .apps import echo_app
+from .helpers import as_admin
 
 BASE = "postgresql://gw:s3cret@db.internal:5433/app"
+
 
 BAD_URLS = [
     ("mysql://gw@db/app", "must be postgresql://"),
@@ -121,3 +124,24 @@ async def test_the_url_sets_the_pool_and_the_statement_cache(postgres_url: str) 
     assert uncached == (0, 2, 3)  # not one statement left on the server connection
     assert cached[0] >= 1 and cached[1:] == (1, 10)
     assert Database(postgres_url + "?pool_max_size=3", max_size=5)._max_size == 5  # code wins
+
+
+def test_a_login_that_may_not_migrate_is_one_line(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A login that owns its database but may neither create roles nor act as the gateway's
+    owner role (which the test database's migrations have created already)."""
+    suffix = uuid.uuid4().hex[:10]
+    login, name = f"tg_weak_{suffix}", f"tg_weak_{suffix}"
+    asyncio.run(as_admin(f'CREATE ROLE "{login}" LOGIN'))
+    try:
+        asyncio.run(as_admin(f'CREATE DATABASE "{name}" OWNER "{login}"'))
+        url = _as_user(postgres_url.rsplit("/", 1)[0] + "/" + name, login)
+        for command in (["migrate"], ["serve"]):
+            assert main([*command, "--database-url", url]) == 2
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1, err
+            assert "may not apply the migrations" in err and "tenant_gateway_owner" in err
+    finally:
+        asyncio.run(as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(as_admin(f'DROP OWNED BY "{login}"; DROP ROLE IF EXISTS "{login}"'))

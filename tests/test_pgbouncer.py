@@ -29,7 +29,8 @@ from tenant_gateway.postgres.schema import migrate
 from tenant_gateway.postgres.url import parse_postgres_url
 
 from .apps import echo_app
-from .conftest import PG_ADMIN_URL, FakeClock, auth, register
+from .conftest import FakeClock, auth, register
+from .helpers import as_admin
 
 pytestmark = pytest.mark.slow
 T = "/api/v1/tenants"
@@ -37,24 +38,16 @@ SIGNUPS = 20
 CALLS_PER_TENANT = 5  # 20 tenants x 5: the drill's 100 calls
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def empty_database(postgres_url: str) -> Iterator[str]:
     """A database of this test's own with no schema in it yet, dropped afterwards (even while
     PgBouncer still holds server connections to it)."""
     name = f"tg_test_pgb_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(as_admin(f'CREATE DATABASE "{name}"'))
     try:
         yield postgres_url.rsplit("/", 1)[0] + "/" + name
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _migration_names(url: str) -> list[tuple[int, str]]:

@@ -161,7 +161,14 @@ class Database:
             raise self.unavailable(exc) from exc
         self._pool = pool
         async with self.connection() as conn:
-            await migrate(conn)
+            try:
+                await migrate(conn)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise ConfigurationError(
+                    f"the login of {redact_url(self.url)} may not apply the migrations ({exc}):"
+                    f" the first time it must be able to create roles, then be a member of"
+                    f" {OWNER_ROLE}"
+                ) from None
         # min_size=0: connects nothing now; a process that never transfers holds none.
         self._transfer_pool = await asyncpg.create_pool(
             self._parsed.dsn,
