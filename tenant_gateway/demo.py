@@ -26,13 +26,14 @@ from tenant_gateway.context import get_current_tenant
 from tenant_gateway.exceptions import Problem
 from tenant_gateway.keys import is_id, new_id
 from tenant_gateway.postgres.database import (
-    DDL_ATTEMPTS,
-    DDL_LOCK_TIMEOUT,
+    POOLER_ERRORS,
     is_isolated,
     isolate_table,
-    run_ddl,
+    store_unavailable,
     tenant_transaction,
 )
+from tenant_gateway.postgres.schema import DDL_ATTEMPTS, DDL_LOCK_TIMEOUT, run_ddl
+from tenant_gateway.postgres.url import parse_postgres_url
 
 __all__ = ["PROJECTS_SCHEMA", "build_demo_app"]
 
@@ -159,7 +160,8 @@ async def create_projects_table(
     place it is only read from the catalogue (no DDL, so no lock to wait for), and otherwise
     its DDL gives up on a held lock after ``lock_timeout`` s, ``attempts`` times, then raises
     ``StoreBusy`` (see ``run_ddl``)."""
-    conn = await asyncpg.connect(database_url)
+    url = parse_postgres_url(database_url)
+    conn = await asyncpg.connect(url.dsn, statement_cache_size=url.statement_cache_size)
     try:
         if await is_isolated(conn, "projects"):
             return
@@ -173,6 +175,8 @@ async def create_projects_table(
         await run_ddl(
             conn, apply, "the demo's table projects", lock_timeout=lock_timeout, attempts=attempts
         )
+    except POOLER_ERRORS as exc:  # behind PgBouncer without ?statement_cache_size=0
+        raise store_unavailable(database_url, exc) from exc
     finally:
         await conn.close()
 

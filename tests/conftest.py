@@ -22,6 +22,7 @@ import jwt
 import pytest
 import redis
 
+from benchmarks.bouncer import PgBouncer, find_pgbouncer
 from tenant_gateway import TenantGateway
 
 PG_ADMIN_URL = os.environ.get(
@@ -81,6 +82,18 @@ def postgres_url() -> Iterator[str]:
         yield _url_with_database(PG_ADMIN_URL, name)
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_url: str) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction pooling mode in front of the test PostgreSQL, for the run;
+    ``pgbouncer.url(database_url)`` is a database through it."""
+    binary = find_pgbouncer()
+    if binary is None:
+        missing = FileNotFoundError("no pgbouncer binary (scripts/test installs it)")
+        unavailable("PgBouncer", missing)
+    with PgBouncer(binary, PG_ADMIN_URL) as bouncer:
+        yield bouncer
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus, User
 from tenant_gateway.postgres.database import isolate_table
 
 from .apps import echo_app
-from .conftest import auth, operator_headers
+from .conftest import PG_ADMIN_URL, auth, operator_headers
 from .tcp_proxy import TcpProxy
 
 T = "/api/v1/tenants"
@@ -84,6 +84,15 @@ async def prepare_app_tables(url: str) -> None:
         await conn.execute("SELECT pg_advisory_lock(hashtext('tenant_gateway.demo'))")
         await conn.execute(TASKS)
         await isolate_table(conn, "tasks")
+    finally:
+        await conn.close()
+
+
+async def as_admin(sql: str) -> None:
+    """``sql`` run by the PostgreSQL superuser the tests log in as (databases, roles)."""
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(sql)
     finally:
         await conn.close()
 

@@ -5,11 +5,16 @@ clients take, they never hold a connection the request path or the admin API nee
 
 No lock wait is unbounded: the gateway's own transactions wait at most ``lock_timeout`` for a
 row another transaction holds (``StoreBusy``), and DDL at start-up gives up on a lock after a
-few seconds rather than queue every query on the table behind it (``run_ddl``).
+few seconds rather than queue every query on the table behind it (``schema.run_ddl``).
 
 The tenant context is set per transaction only (``set_config(…, true)``), together with
 ``SET LOCAL ROLE`` to the runtime role, so nothing of it survives the transaction — not on
 commit, rollback, exception or cancellation — and the connection goes back to the pool clean.
+
+Nothing here keeps state in the database session beyond one transaction: locks are
+transaction-level advisory locks, settings ``SET LOCAL``. So it all works behind PgBouncer in
+transaction pooling mode, which hands each transaction whichever server connection is free
+(with ``?statement_cache_size=0`` in the URL: see ``url.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from importlib import resources
 from typing import TYPE_CHECKING, TypeAlias
-from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -34,9 +37,12 @@ from tenant_gateway.exceptions import (
     TransferBusy,
     redact_url,
 )
+from tenant_gateway.postgres.schema import migrate, milliseconds
+from tenant_gateway.postgres.url import parse_postgres_url
 
 __all__ = [
     "OWNER_ROLE",
+    "POOLER_ERRORS",
     "RUNTIME_ROLE",
     "TENANT_SETTING",
     "TRANSFER_APPLICATION_NAME",
@@ -47,7 +53,7 @@ __all__ = [
     "is_isolated",
     "isolate_table",
     "lock_transfer",
-    "run_ddl",
+    "store_unavailable",
     "tenant_transaction",
 ]
 
@@ -56,8 +62,6 @@ logger = logging.getLogger("tenant_gateway.postgres")
 RUNTIME_ROLE = "tenant_gateway_app"
 OWNER_ROLE = "tenant_gateway_owner"
 TENANT_SETTING = "tenant_gateway.tenant_id"
-_MIGRATION_LOCK = 0x7467_6D69  # an arbitrary advisory-lock id owned by tenant_gateway
-_MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 TRANSFER_APPLICATION_NAME = "tenant_gateway.transfer"
 """``application_name`` of the transfers' connections (visible in ``pg_stat_activity``)."""
@@ -66,9 +70,6 @@ TRANSFER_APPLICATION_NAME = "tenant_gateway.transfer"
 _TRANSFER_LOCK = (
     "SELECT pg_try_advisory_xact_lock(hashtextextended('tenant_gateway.transfer:' || $1, 0))"
 )
-DDL_LOCK_TIMEOUT = 2.0
-"""Seconds DDL at start-up waits for its table's lock before it gives up (and tries again)."""
-DDL_ATTEMPTS = 5
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -84,6 +85,14 @@ _DRIVER_ERRORS = (
 # Also possible while connecting or acquiring — but inside the caller's block an OSError or a
 # TimeoutError may be the caller's own (an HTTP call, say), so there they pass through.
 _CONNECT_ERRORS = (OSError, TimeoutError, *_DRIVER_ERRORS)
+# While a connection is being opened, any error the server (or PgBouncer) sends is a refusal of
+# the connection: a wrong login, no such database, too many connections.
+_OPEN_ERRORS = (*_CONNECT_ERRORS, asyncpg.PostgresError)
+POOLER_ERRORS = (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError)
+"""What asyncpg's named prepared statements meet behind a transaction pooler when the URL lacks
+``?statement_cache_size=0``: the server connection lent for this transaction holds another
+client's statement of the same name, or not the one prepared on another."""
+_POOLER_HINT = "behind PgBouncer in transaction pooling mode, the URL needs ?statement_cache_size=0"
 
 
 def is_identifier(name: str) -> bool:
@@ -91,70 +100,79 @@ def is_identifier(name: str) -> bool:
     return _IDENTIFIER_RE.match(name) is not None
 
 
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("tenant_gateway.postgres") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_RE.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
 class Database:
     def __init__(
         self,
         url: str,
         *,
-        min_size: int = 1,
-        max_size: int = 10,
+        min_size: int | None = None,
+        max_size: int | None = None,
         timeout: float = 5.0,
         transfer_pool_size: int = 2,
         transfer_statement_timeout: float | None = None,
         lock_timeout: float = 1.0,
     ):
-        """``transfer_pool_size`` connections at most for exports and imports, opened when one
-        needs it; each of their statements is bounded by ``transfer_statement_timeout`` s. A
-        gateway transaction waits at most ``lock_timeout`` s for any one lock."""
-        if urlsplit(url).scheme not in ("postgres", "postgresql"):
-            raise ConfigurationError(f"database_url must be postgresql://…, got {redact_url(url)}")
+        """The main pool holds ``min_size`` to ``max_size`` connections (default: the URL's
+        ``pool_min_size`` and ``pool_max_size``, else 1 and 10); ``transfer_pool_size`` at most
+        for exports and imports, opened when one needs it, each of their statements bounded by
+        ``transfer_statement_timeout`` s. A gateway transaction waits at most ``lock_timeout`` s
+        for any one lock. A URL ``parse_postgres_url`` refuses is a ``ConfigurationError``."""
         if lock_timeout <= 0:
             raise ConfigurationError("lock_timeout must be positive")
         self.url = url
-        self._min_size = min_size
-        self._max_size = max_size
+        self._parsed = parse_postgres_url(url)
+        self._min_size = self._parsed.pool_min_size if min_size is None else min_size
+        self._max_size = self._parsed.pool_max_size if max_size is None else max_size
+        if not 0 <= self._min_size <= self._max_size or self._max_size < 1:
+            raise ConfigurationError(
+                f"the pool's sizes must be 0 <= min ({self._min_size}) <= max ({self._max_size}),"
+                " max at least 1"
+            )
         self._timeout = timeout
         self._transfer_pool_size = transfer_pool_size
         self._transfer_statement_timeout = transfer_statement_timeout
         self.lock_timeout = lock_timeout
         self._gateway_settings = (
-            f"SET LOCAL ROLE {OWNER_ROLE}; SET LOCAL lock_timeout = {_milliseconds(lock_timeout)}"
+            f"SET LOCAL ROLE {OWNER_ROLE}; SET LOCAL lock_timeout = {milliseconds(lock_timeout)}"
         )
         self._pool: asyncpg.Pool | None = None
         self._transfer_pool: asyncpg.Pool | None = None
 
     def unavailable(self, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable("PostgreSQL", redact_url(self.url), str(exc) or type(exc).__name__)
+        return store_unavailable(self.url, exc)
 
     async def connect(self) -> None:
-        """Open the pool and apply pending migrations (idempotent)."""
+        """Open the pool and apply pending migrations (idempotent). ``StoreUnavailable`` when
+        no connection opens (refused, a wrong login, no such database…)."""
         if self._pool is not None:
             return
+        cache = self._parsed.statement_cache_size
         try:
             pool = await asyncpg.create_pool(
-                self.url,
+                self._parsed.dsn,
                 min_size=self._min_size,
                 max_size=self._max_size,
                 timeout=self._timeout,
+                statement_cache_size=cache,
             )
-        except (*_CONNECT_ERRORS, asyncpg.InvalidCatalogNameError) as exc:
+        except asyncpg.ClientConfigurationError as exc:  # a URL option asyncpg refuses
+            raise ConfigurationError(f"database_url {redact_url(self.url)}: {exc}") from None
+        except _OPEN_ERRORS as exc:
             raise self.unavailable(exc) from exc
         self._pool = pool
         async with self.connection() as conn:
-            await migrate(conn)
+            try:
+                await migrate(conn)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise ConfigurationError(
+                    f"the login of {redact_url(self.url)} may not apply the migrations ({exc}):"
+                    f" the first time it must be able to create roles, then be a member of"
+                    f" {OWNER_ROLE}"
+                ) from None
         # min_size=0: connects nothing now; a process that never transfers holds none.
         self._transfer_pool = await asyncpg.create_pool(
-            self.url,
+            self._parsed.dsn,
+            statement_cache_size=cache,
             min_size=0,
             max_size=self._transfer_pool_size,
             timeout=self._timeout,
@@ -174,14 +192,15 @@ class Database:
                 pool.terminate()
 
     def connection(self) -> AbstractAsyncContextManager[PooledConnection]:
-        """A pooled connection; driver connection failures become ``StoreUnavailable``."""
-        return self._pooled(self._pool, _DRIVER_ERRORS)
+        """A pooled connection; driver connection failures (and prepared statements lost to a
+        transaction pooler) become ``StoreUnavailable``."""
+        return self._pooled(self._pool, (*_DRIVER_ERRORS, *POOLER_ERRORS))
 
     def transfer_connection(self) -> AbstractAsyncContextManager[PooledConnection]:
         """A connection of the transfers' own pool (the transfer takes its tenant's lock in its
         transaction: ``lock_transfer``). A statement over the pool's timeout is the store's
         failure here (``StoreUnavailable``), like a broken connection."""
-        return self._pooled(self._transfer_pool, (*_DRIVER_ERRORS, TimeoutError))
+        return self._pooled(self._transfer_pool, (*_DRIVER_ERRORS, *POOLER_ERRORS, TimeoutError))
 
     @asynccontextmanager
     async def _pooled(
@@ -192,7 +211,7 @@ class Database:
             raise StoreUnavailable("PostgreSQL", redact_url(self.url), "the pool is not open")
         try:
             conn = await pool.acquire(timeout=self._timeout)
-        except _CONNECT_ERRORS as exc:
+        except _OPEN_ERRORS as exc:
             raise self.unavailable(exc) from exc
         try:
             yield conn
@@ -233,6 +252,16 @@ class Database:
             yield conn
 
 
+def store_unavailable(url: str, exc: BaseException) -> StoreUnavailable:
+    """``exc`` (a driver's or the server's error) as the store's failure, in one line."""
+    reason = str(exc).partition("\n")[0] or type(exc).__name__
+    if type(exc) is TimeoutError and not str(exc):
+        reason = "timed out"
+    if isinstance(exc, POOLER_ERRORS):
+        reason = f"{reason} ({_POOLER_HINT})"
+    return StoreUnavailable("PostgreSQL", redact_url(url), reason)
+
+
 async def as_owner(conn: Connection) -> None:
     """For the rest of the transaction: the table-owning role (cross-tenant gateway work)."""
     await conn.execute(f"SET LOCAL ROLE {OWNER_ROLE}")
@@ -249,10 +278,6 @@ async def as_tenant(conn: Connection, tenant_id: str) -> None:
     )
 
 
-def _milliseconds(seconds: float) -> str:
-    return f"'{max(1, round(seconds * 1000))}ms'"
-
-
 async def lock_transfer(conn: Connection, tenant_id: str) -> None:
     """Take the tenant's transfer lock for the rest of the caller's transaction, or raise
     ``TransferBusy`` if a transfer of the tenant holds it, in this process or any other."""
@@ -260,69 +285,6 @@ async def lock_transfer(conn: Connection, tenant_id: str) -> None:
         raise TransferBusy(
             "This tenant already has an export or import in progress.", per_tenant=True
         )
-
-
-async def run_ddl(
-    conn: Connection,
-    apply: Callable[[], Awaitable[object]],
-    what: str,
-    *,
-    lock_timeout: float = DDL_LOCK_TIMEOUT,
-    attempts: int = DDL_ATTEMPTS,
-) -> None:
-    """Run ``apply`` (DDL on ``conn``) in a transaction whose lock waits last at most
-    ``lock_timeout`` s: DDL waiting for its table's lock (behind an export's long read, say)
-    would queue every later query on that table behind itself. It gives up instead, pauses as
-    long, and tries again, ``attempts`` times in all; then ``StoreBusy`` naming ``what``."""
-    for attempt in range(1, attempts + 1):
-        try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = {_milliseconds(lock_timeout)}")
-                await apply()
-            return
-        except asyncpg.LockNotAvailableError:
-            if attempt == attempts:
-                break
-            logger.warning("%s: its table is locked; try %d of %d", what, attempt, attempts)
-            await asyncio.sleep(lock_timeout)
-    raise StoreBusy(
-        "PostgreSQL",
-        f"{what} could not lock its table within {lock_timeout:g} s, {attempts} times:"
-        " a long transaction holds it (an export?); try again once that has ended",
-    )
-
-
-async def migrate(conn: Connection) -> list[str]:
-    """Apply the migrations this database lacks; returns the names applied. Each runs under
-    ``run_ddl``: ``StoreBusy`` rather than a wait that stalls the tables' other users."""
-    applied_now = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-    try:
-        await conn.execute(  # takes no lock when the table exists
-            "CREATE TABLE IF NOT EXISTS tg_schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {
-            row["version"] for row in await conn.fetch("SELECT version FROM tg_schema_migrations")
-        }
-        for version, name, sql in _migrations():
-            if version in done:
-                continue
-
-            async def apply(version: int = version, name: str = name, sql: str = sql) -> None:
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO tg_schema_migrations (version, name) VALUES ($1, $2)",
-                    version,
-                    name,
-                )
-
-            await run_ddl(conn, apply, f"migration {name}")
-            applied_now.append(name)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
-    return applied_now
 
 
 _CONDITION = f"tenant_id = (SELECT current_setting('{TENANT_SETTING}', true))"
@@ -358,7 +320,7 @@ async def isolate_table(conn: Connection, table: str) -> None:
     runtime role plain DML on it. With no context set, no row is visible or writable.
     Idempotent, and a table already isolated gets no DDL at all (``ALTER TABLE`` waits for
     every reader of the table, and every later query waits behind it). Call it from the
-    application's own migration, under a lock timeout (``run_ddl`` does both).
+    application's own migration, under a lock timeout (``schema.run_ddl`` does both).
     """
     if not is_identifier(table):
         raise ConfigurationError(f"table name {table!r} must be a plain lower-case identifier")

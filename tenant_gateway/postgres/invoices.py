@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -11,8 +10,6 @@ from tenant_gateway.invoices import Render, invoice_number
 from tenant_gateway.postgres.database import Database
 
 __all__ = ["PostgresInvoices"]
-
-logger = logging.getLogger("tenant_gateway")
 
 
 class PostgresInvoices:
@@ -43,23 +40,14 @@ class PostgresInvoices:
 
     @asynccontextmanager
     async def closing(self, period: str) -> AsyncIterator[bool]:
-        # A session lock on a connection held for the whole close; if the unlock never runs
-        # (a cancelled task), the pool's reset on release drops it (pg_advisory_unlock_all).
-        async with self._db.connection() as conn:
+        # A transaction-level lock, in a transaction kept open for the whole close: it ends with
+        # the transaction (or the lost connection), and it holds behind PgBouncer's transaction
+        # pooling, where a session lock would stay on whichever server connection took it.
+        async with self._db.connection() as conn, conn.transaction():
             held: bool = await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtext('tg_close'), hashtext($1))", period
+                "SELECT pg_try_advisory_xact_lock(hashtext('tg_close'), hashtext($1))", period
             )
-            try:
-                yield held
-            finally:
-                if held:
-                    try:
-                        await conn.execute(
-                            "SELECT pg_advisory_unlock(hashtext('tg_close'), hashtext($1))",
-                            period,
-                        )
-                    except Exception:  # the pool's reset or the lost session drops it
-                        logger.warning("could not unlock the close of %s", period, exc_info=True)
+            yield held
 
     async def issue(
         self, tenant_id: str, period: str, at: datetime, render: Render

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 from tenant_gateway.clock import format_timestamp
 from tenant_gateway.postgres.catalog import application_tables
 from tenant_gateway.postgres.database import Database, as_owner, as_tenant, lock_transfer
+from tenant_gateway.postgres.transfer import FORMAT, GATEWAY_TABLES, VERSION, Table, describe
 
 if TYPE_CHECKING:
-    pass
-
-from tenant_gateway.postgres.transfer import FORMAT, GATEWAY_TABLES, VERSION, Table, describe
+    from tenant_gateway.postgres.database import Connection
 
 __all__ = ["EXPORT_CHUNK_BYTES", "export_tenant"]
 
@@ -26,6 +25,21 @@ def _select(table: Table, excluded: frozenset[str], *, scoped_by_policy: bool) -
     order = ", ".join(f'"{c}"' for c in table.key) or "1"
     rows = f'SELECT {columns} FROM "{table.name}"{where} ORDER BY {order}'
     return f"SELECT row_to_json(r)::text FROM ({rows}) r"
+
+
+FETCH_ROWS = 500
+
+
+async def _rows(conn: Connection, query: str, *args: object) -> AsyncIterator[str]:
+    """The query's one text column, ``FETCH_ROWS`` rows at a time, through a cursor declared in
+    SQL: it lives in the transaction alone. (asyncpg's own cursor names a prepared statement,
+    which outlives the transaction on the server connection: behind PgBouncer's transaction
+    pooling, another client gets that connection, and a statement of the same name fails.)"""
+    await conn.execute(f"DECLARE tg_export NO SCROLL CURSOR FOR {query}", *args)
+    while rows := await conn.fetch(f"FETCH {FETCH_ROWS} FROM tg_export"):
+        for row in rows:
+            yield row[0]
+    await conn.execute("CLOSE tg_export")
 
 
 EXPORT_CHUNK_BYTES = 64 * 1024
@@ -97,11 +111,11 @@ async def _export_lines(
                 excluded = GATEWAY_TABLES[table.name][2]
                 query = _select(table, excluded, scoped_by_policy=False)
                 prefix = b'{"table":"' + table.name.encode() + b'","row":'
-                async for record in conn.cursor(query, tenant_id, prefetch=500):
-                    yield prefix + record[0].encode() + b"}\n"
+                async for row in _rows(conn, query, tenant_id):
+                    yield prefix + row.encode() + b"}\n"
             await as_tenant(conn, tenant_id)
             for table in app:
                 query = _select(table, frozenset(), scoped_by_policy=True)
                 prefix = b'{"table":"' + table.name.encode() + b'","row":'
-                async for record in conn.cursor(query, prefetch=500):
-                    yield prefix + record[0].encode() + b"}\n"
+                async for row in _rows(conn, query):
+                    yield prefix + row.encode() + b"}\n"
