@@ -13,7 +13,8 @@ from tenant_gateway.exceptions import (
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.models import Role, Tenant, TenantStatus
 from tenant_gateway.plans import DEFAULT_PLANS, Plan, PlanCatalog, load_plans
-from tenant_gateway.postgres.database import isolate_table, tenant_transaction
+from tenant_gateway.postgres.database import tenant_transaction
+from tenant_gateway.postgres.isolation import isolate_table
 from tenant_gateway.settings import Settings
 
 __all__ = [

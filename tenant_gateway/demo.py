@@ -28,11 +28,10 @@ from tenant_gateway.keys import is_id, new_id
 from tenant_gateway.postgres.database import (
     DDL_ATTEMPTS,
     DDL_LOCK_TIMEOUT,
-    is_isolated,
-    isolate_table,
     run_ddl,
     tenant_transaction,
 )
+from tenant_gateway.postgres.isolation import is_isolated, isolate_table
 
 __all__ = ["PROJECTS_SCHEMA", "build_demo_app"]
 
