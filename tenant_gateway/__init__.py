@@ -10,6 +10,7 @@ from tenant_gateway.exceptions import (
     StoreUnavailable,
     TenantGatewayError,
 )
+from tenant_gateway.frameworks import django_routes, quart_routes
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.models import Role, Tenant, TenantStatus
 from tenant_gateway.plans import DEFAULT_PLANS, Plan, PlanCatalog, load_plans
@@ -36,8 +37,10 @@ __all__ = [
     "TenantGatewayError",
     "TenantStatus",
     "current_tenant",
+    "django_routes",
     "get_current_tenant",
     "isolate_table",
     "load_plans",
+    "quart_routes",
     "tenant_transaction",
 ]
