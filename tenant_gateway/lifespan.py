@@ -117,11 +117,16 @@ class FinalFlush:
 
     async def _flush_then_pass_on(self, sig: int) -> None:
         self.exiting = True
+        await self.flush()
+        self._pass_on(sig, None)
+
+    async def flush(self) -> None:
+        """Flush now (once the process is ``exiting``, after each call): a failure is logged,
+        never raised into the call that happened to be last."""
         try:
             await self._flush()
         except Exception:
-            logger.exception("usage could not be flushed on %s", signal.Signals(sig).name)
-        self._pass_on(sig, None)
+            logger.exception("usage could not be flushed as the process ends")
 
     def _pass_on(self, sig: int, frame: FrameType | None) -> None:
         previous = self._handlers.get(sig)

@@ -350,4 +350,4 @@ class TenantGateway:
                 await refuse(too_large, scope, receive, send)
         final = self._final_flush
         if final is not None and final.exiting:  # the server may end the process next
-            await self.flush()
+            await final.flush()
