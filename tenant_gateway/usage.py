@@ -96,9 +96,9 @@ class UsageRecorder:
         """Tally one answered call by route and status class (hot path: no I/O, one count).
 
         The route is what the app matched, read from ``scope`` once it has answered: the
+        ``path`` of the route it matched (``scope["route"]``: Starlette, FastAPI), else the
         template an app or framework left in ``scope["path_template"]`` (Litestar; the Django
-        middleware and Quart hook of ``frameworks.py``), else the ``path`` of the route it
-        matched (``scope["route"]``: Starlette, FastAPI); a template that is not a string
+        middleware and Quart hook of ``frameworks.py``); a template that is not a string
         counts as unmatched and never reaches the dict key. ``route_of`` (a setting), when
         given, answers instead. Under mounts, the path they took (``root_path`` grown since
         ``root_path``) is spelled as their templates where ``scope["router"]`` has them:
@@ -108,16 +108,15 @@ class UsageRecorder:
         if route_of is not None:
             template, mount_prefix = self._asked(route_of, scope), ""
         else:
-            own = scope.get("path_template")
             route = scope.get("route")
-            template = own if own is not None else getattr(route, "path", None)
+            template = scope.get("path_template") if route is None else getattr(route, "path", None)
             mount_prefix = scope.get("root_path", "")[len(root_path) :]
             if mount_prefix:
                 mounted = _mounted(scope.get("router"), mount_prefix)
                 if mounted is not None:
                     mount_prefix, mount = mounted
-                    if route is mount and own is None:  # a mounted app that is no router
-                        template = ""
+                    if route is mount:  # a mounted app that is no Starlette router answered
+                        template = scope.get("path_template", "")
         answered = (
             key,
             method if method in _METHODS else _OTHER_METHOD,

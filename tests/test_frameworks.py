@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.types import Message, Scope
 
 from tenant_gateway import ConfigurationError, TenantGateway
@@ -50,6 +52,18 @@ async def test_usage_by_route_template_in_each_framework(
         "POST /echo": {"2xx": 1},
         "GET (unmatched)": {"4xx": 1},
     }
+
+
+async def test_an_app_of_another_framework_under_a_starlette_mount(
+    stores: Stores, client_for: ClientFor
+) -> None:
+    """Litestar mounted in Starlette: the mount's template, then the template Litestar left."""
+    outer = Starlette(routes=[Mount("/v1/{tier}", app=APPS["litestar"]())])
+    client = await client_for(TenantGateway(outer, **stores.kwargs()))
+    tenant = await register(client, plan="enterprise")
+    for tier in ("gold", "silver"):
+        assert (await client.get(f"/v1/{tier}/items/7", headers=auth(tenant))).status_code == 200
+    assert await by_route(client, tenant) == {"GET /v1/{tier}/items/{item_id}": {"2xx": 2}}
 
 
 async def test_route_of_hook_names_the_route(stores: Stores, client_for: ClientFor) -> None:
