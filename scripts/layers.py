@@ -36,6 +36,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "flights",
         "keys",
         "models",
+        "observations",
         "plans",
         "tallies",
     ),
@@ -72,8 +73,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "exchange",
         "frameworks",
         "lifespan",
+        "metrics",
         "middleware",
         "problems",
+        "tracing",
     ),
     "entry": ("__init__", "cli", "serve"),
 }

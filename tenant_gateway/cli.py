@@ -151,6 +151,27 @@ def _parser() -> argparse.ArgumentParser:
         " self-hosted receiver); repeatable; default TG_WEBHOOK_ALLOWED_NETWORKS (comma-separated)",
     )
 
+    # Metrics and logs (README, "Operations: metrics, traces, logs").
+    operations = serving.add_argument_group("metrics and logs")
+    operations.add_argument(
+        "--metrics-path",
+        default=os.environ.get("TG_METRICS_PATH", "/metrics"),
+        metavar="PATH",
+        help="where Prometheus scrapes the gateway's metrics (default /metrics; '' turns them"
+        " off; env TG_METRICS_PATH)",
+    )
+    operations.add_argument(
+        "--metrics-require-operator",
+        action="store_true",
+        help="the metrics path needs an operator token (env TG_METRICS_REQUIRE_OPERATOR=true)",
+    )
+    operations.add_argument(
+        "--log-format",
+        default=os.environ.get("TG_LOG_FORMAT") or "text",
+        metavar="FORMAT",
+        help="text (the default) or json: one JSON object a line (env TG_LOG_FORMAT)",
+    )
+
     billing = commands.add_parser("billing", help="billing operations")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
     close = billing_commands.add_parser(

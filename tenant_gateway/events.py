@@ -43,11 +43,21 @@ from tenant_gateway.exceptions import StoreUnavailable, WebhookTargetRefused
 from tenant_gateway.ledger import UsageLedger
 from tenant_gateway.netpolicy import TENANT_EXTENSION, PinnedTransport, WebhookPolicy
 
-__all__ = ["THRESHOLDS", "EventDispatcher", "QuotaEvent", "QuotaHook", "sign_webhook"]
+__all__ = [
+    "DELIVERY_OUTCOMES",
+    "THRESHOLDS",
+    "EventDispatcher",
+    "QuotaEvent",
+    "QuotaHook",
+    "sign_webhook",
+]
 
 logger = logging.getLogger("tenant_gateway.events")
 
 THRESHOLDS = (80, 100)
+DELIVERY_OUTCOMES = ("delivered", "failed", "dropped")
+"""A webhook delivery is answered 2xx, fails every attempt, or is dropped: the target is one
+the policy refuses, or no URL."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +132,8 @@ class EventDispatcher:
         self._queue: asyncio.Queue[QuotaEvent] = asyncio.Queue(maxsize=10_000)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._marks: dict[int, dict[int, tuple[int, ...]]] = {}
+        self.deliveries: dict[str, int] = dict.fromkeys(DELIVERY_OUTCOMES, 0)
+        """Webhook deliveries by how they ended (``/metrics``)."""
         self._turns: dict[str, tuple[asyncio.Semaphore, int]] = {}
         """Per tenant with deliveries in flight or waiting: its slots and how many hold or
         wait for one."""
@@ -241,10 +253,12 @@ class EventDispatcher:
                     ) as response:
                         status = response.status_code  # leaving unread closes the connection
                 if status < 300:
+                    self.deliveries["delivered"] += 1
                     return
                 error = f"HTTP {status}"  # a redirect too: never followed
             except (WebhookTargetRefused, httpx.InvalidURL) as exc:
                 logger.warning("webhook %s dropped: %s", event.id, exc)
+                self.deliveries["dropped"] += 1
                 return
             except httpx.HTTPError as exc:
                 error = type(exc).__name__
@@ -254,3 +268,4 @@ class EventDispatcher:
             if attempt < self._attempts:
                 await self._sleep(delay)
                 delay *= 2
+        self.deliveries["failed"] += 1

@@ -7,12 +7,14 @@ the threshold events need. Refusals raise a ``Refusal`` that already carries its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from time import perf_counter
 
 from tenant_gateway.clock import Clock, Period
 from tenant_gateway.events import EventDispatcher
 from tenant_gateway.exceptions import BurstLimited, BurstRefused, QuotaExceeded, StoreUnavailable
 from tenant_gateway.headers import Header, policy_header, remaining_header
 from tenant_gateway.models import Tenant, UsageKey
+from tenant_gateway.observations import Latencies
 from tenant_gateway.plans import Plan, PlanCatalog
 from tenant_gateway.quota import CounterStore
 from tenant_gateway.ratelimit import BurstLimiter
@@ -67,6 +69,8 @@ class Meter:
         self._events = events
         self._clock = clock
         self._moment = _Moment(-1, "", "", 0)
+        self.decisions = Latencies()
+        """How long the counter store took to answer each quota decision (``/metrics``)."""
 
     def _now(self) -> _Moment:
         now = self._clock()
@@ -142,6 +146,7 @@ class Meter:
         limit = plan.monthly_calls
         if limit is None:  # nothing to decide: count locally, no round trip
             return self._unmetered(usage_key, day, headers, burst_left)
+        started = perf_counter()
         try:
             admission = await self._counters.admit(usage_key, day, limit, plan.allows_overage)
         except StoreUnavailable:
@@ -150,6 +155,7 @@ class Meter:
             # Fail open: admit, count in process; the batch reaches Redis when it is back.
             self._recorder.admitted(usage_key, day)
             return Metered(usage_key, day, headers)
+        self.decisions.observe(perf_counter() - started)
         remaining = remaining_header("monthly", limit - admission.used, reset)
         headers = (*headers, (b"ratelimit", remaining))
         if not admission.admitted:

@@ -28,15 +28,25 @@ from tenant_gateway.client_limits import client_address
 from tenant_gateway.clock import Clock, Sleep, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
-from tenant_gateway.exceptions import ConfigurationError, Problem, Refusal, StoreUnavailable
+from tenant_gateway.exceptions import (
+    ConfigurationError,
+    Problem,
+    Refusal,
+    StoreUnavailable,
+    TooManyAttempts,
+)
 from tenant_gateway.exchange import BodyTooLarge, Exchange, refuse, refuse_unread, scan_headers
 from tenant_gateway.headers import declared_over
 from tenant_gateway.lifespan import FinalFlush, relay
 from tenant_gateway.metering import Meter
+from tenant_gateway.metrics import MetricsEndpoint, Sources
+from tenant_gateway.models import Tenant
+from tenant_gateway.observations import GateCounts
 from tenant_gateway.plans import PlanCatalog, load_plans
 from tenant_gateway.ratelimit import BurstLimiter
 from tenant_gateway.services import Services
 from tenant_gateway.settings import Settings
+from tenant_gateway.tracing import note_refusal, traced
 from tenant_gateway.usage import RouteOf
 
 __all__ = ["TenantGateway"]
@@ -79,6 +89,9 @@ class TenantGateway:
         webhook_attempt_timeout: float = 10.0,
         redis_fail_mode: str = "closed",
         health_paths: tuple[str, str] | None = ("/healthz", "/readyz"),
+        metrics_path: str | None = "/metrics",
+        metrics_require_operator: bool = False,
+        tracer_provider: object | None = None,
         route_of: RouteOf | None = None,
         admin_timeout: float = 10.0,
         transfer_concurrency: int = 2,
@@ -119,6 +132,9 @@ class TenantGateway:
             webhook_attempt_timeout=webhook_attempt_timeout,
             redis_fail_mode=redis_fail_mode,
             health_paths=health_paths,
+            metrics_path=metrics_path,
+            metrics_require_operator=metrics_require_operator,
+            tracer_provider=tracer_provider,
             route_of=route_of,
             admin_timeout=admin_timeout,
             transfer_concurrency=transfer_concurrency,
@@ -167,7 +183,19 @@ class TenantGateway:
             settings.redis_fail_mode,
         )
         self._plans = dict(settings.plans)  # a plain dict: the hot path's lookup
+        self.gate_counts = GateCounts(self._plans)
+        self._admitted = self.gate_counts.admitted
+        self.metrics_path = settings.metrics_path or ""
+        self.metrics = MetricsEndpoint(
+            Sources(self.gate_counts, self.meter.decisions, self.services),
+            operators if settings.metrics_require_operator else None,
+            settings.usage_flush_interval,
+        )
         self.admin_app = build_admin_app(self.services, operators)
+        # Each in its span when OpenTelemetry is installed; else called as they are.
+        self._enter_gate, self._enter_admin = traced(
+            self._gate, self.admin_app, settings.tracer_provider, settings.admin_prefix
+        )
         self._started = False
         self._start_lock = asyncio.Lock()
         self._final_flush: FinalFlush | None = None
@@ -181,6 +209,7 @@ class TenantGateway:
         async with self._start_lock:
             if not self._started:
                 await self.services.start()
+                self.metrics.start()
                 self._started = True
 
     async def shutdown(self) -> None:
@@ -192,6 +221,7 @@ class TenantGateway:
                     self._final_flush.disarm()
                     self._final_flush = None
                 await self.services.stop()
+                await self.metrics.stop()
 
     async def _start_without_lifespan(self) -> None:
         """A request before any lifespan start-up: the server sends no lifespan events. Start
@@ -228,15 +258,17 @@ class TenantGateway:
                 return
         path: str = scope["path"]
         if path == self.admin_prefix or path.startswith(self._admin_subpaths):
-            await self.admin_app(scope, receive, send)
+            await self._enter_admin(scope, receive, send)
         elif path == self.liveness_path and scope["type"] == "http":
             await JSONResponse({"status": "ok"})(scope, receive, send)
         elif path == self.readiness_path and scope["type"] == "http":
             await self._ready(scope, receive, send)
+        elif path == self.metrics_path and scope["type"] == "http":
+            await self.metrics(scope, receive, send)
         elif path in self.public_paths or (self._public_prefixes and self._public_prefix(path)):
             await self.app(scope, receive, send)
         else:
-            await self._gate(scope, receive, send)
+            await self._enter_gate(scope, receive, send)
 
     async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         """200 when every configured store answers, else 503 problem+json listing each."""
@@ -268,6 +300,11 @@ class TenantGateway:
             raise problems.payload_too_large(self.max_body_bytes)
         return length is not None and length.isdigit() and not encoded
 
+    def _counted(self, problem: Problem, reason: str, tenant: Tenant | None) -> Problem:
+        """A refusal, counted by reason and plan (and noted on the gate's span)."""
+        note_refusal(reason, tenant, self.gate_counts.refuse(reason, tenant))
+        return problem
+
     def _log_outage(self, exc: StoreUnavailable) -> None:
         """One warning per store per 10 s, not one per refused request (an outage under load
         would otherwise flood the log; the breaker logs its own transitions)."""
@@ -280,6 +317,7 @@ class TenantGateway:
         # Authenticate and meter, or refuse. Written inline, with no coroutine for the steps
         # that need no I/O (a warm key, a plan without limits): each level of coroutine costs
         # as much as a step.
+        tenant: Tenant | None = None
         try:
             raw_key, length, encoded = scan_headers(scope)
             if raw_key is None:
@@ -288,9 +326,9 @@ class TenantGateway:
             principal = resolver.cached(raw_key) or await resolver.resolve(
                 raw_key, client_address(scope)
             )
+            tenant = principal.tenant
             if not principal.may_call_api:
                 raise problems.forbidden(f"A {principal.key.role.value} key may not call the API.")
-            tenant = principal.tenant
             plan = self._plans.get(tenant.plan)
             if plan is None:
                 raise problems.service_unavailable(f"plan {tenant.plan!r} is not configured")
@@ -300,10 +338,12 @@ class TenantGateway:
             meter = self.meter
             metered = meter.admit_locally(tenant, plan) or await meter.admit(tenant, plan)
         except Problem as problem:
-            await refuse(problem, scope, receive, send)
+            await refuse(self._counted(problem, problem.code, tenant), scope, receive, send)
             return
         except Refusal as refusal:
-            await refuse(problems.for_refusal(refusal), scope, receive, send)
+            reason = "failed_auth_limit" if isinstance(refusal, TooManyAttempts) else ""
+            answer = problems.for_refusal(refusal)
+            await refuse(self._counted(answer, reason or answer.code, tenant), scope, receive, send)
             return
         except StoreUnavailable as exc:
             self._log_outage(exc)
@@ -312,8 +352,10 @@ class TenantGateway:
                 if exc.store == "Redis"
                 else problems.service_unavailable("The tenant directory is unavailable.")
             )
-            await refuse(unavailable, scope, receive, send)
+            counted = self._counted(unavailable, unavailable.code, tenant)
+            await refuse(counted, scope, receive, send)
             return
+        self._admitted[plan.name] += 1
 
         state = scope.get("state")
         if state is None:

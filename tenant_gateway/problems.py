@@ -37,9 +37,11 @@ __all__ = [
     "import_rejected",
     "invalid_api_key",
     "lock_timeout",
+    "method_not_allowed",
     "missing_api_key",
     "not_found",
     "not_supported",
+    "operator_token_required",
     "payload_too_large",
     "problem_response",
     "quota_exceeded",
@@ -140,6 +142,27 @@ def unauthorized(detail: str) -> Problem:
         "Invalid credentials",
         detail,
         headers={"WWW-Authenticate": 'Bearer realm="tenant-gateway", error="invalid_token"'},
+    )
+
+
+def operator_token_required() -> Problem:
+    return Problem(
+        401,
+        "missing_api_key",
+        "Operator token required",
+        "Send an operator token as 'Authorization: Bearer <JWT>'.",
+        headers={"WWW-Authenticate": 'Bearer realm="tenant-gateway"'},
+    )
+
+
+def method_not_allowed(allowed: str) -> Problem:
+    """RFC 9110 §15.5.6: a 405 names what is allowed."""
+    return Problem(
+        405,
+        "method_not_allowed",
+        "Method not allowed",
+        f"This path answers {allowed}.",
+        headers={"Allow": allowed},
     )
 
 

@@ -105,6 +105,10 @@ class KeyResolver:
         self._loads: Flights[str, _Entry] = Flights("loading a key")
         self._generation = 0
         """Bumped by every eviction: a load that started before one is not cached."""
+        self.hits = 0
+        """Keys answered from a fresh cache entry (read by ``/metrics``)."""
+        self.misses = 0
+        """Keys that needed a directory lookup (a cold or expired entry)."""
 
     def cached(self, raw_key: str) -> Principal | None:
         """The principal for a warm key, without I/O (and without a coroutine: this is the
@@ -113,6 +117,7 @@ class KeyResolver:
         entry = self._cache.get(raw_key)
         if entry is None or entry[0] <= now:
             return None
+        self.hits += 1
         if entry[0] - now < self._refresh_window and raw_key not in self._loads:
             self._loads.start(raw_key, lambda: self._load(raw_key, now))
         return self._admit(entry, now)
@@ -133,6 +138,7 @@ class KeyResolver:
                 wait = await gate.begin(client)
                 if wait:
                     raise TooManyAttempts("failed authentications", wait)
+            self.misses += 1
             try:
                 entry = await self._lookup(raw_key, entry, now)
                 if failures is not None and _fails(entry, now):
@@ -142,6 +148,8 @@ class KeyResolver:
             finally:
                 if gate is not None:
                     gate.end(client)
+        else:
+            self.hits += 1
         return self._admit(entry, now)
 
     async def _lookup(self, raw_key: str, entry: _Entry | None, now: float) -> _Entry:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 
 import uvicorn
 
-from tenant_gateway.accesslog import log_config
+from tenant_gateway.accesslog import LOG_FORMATS, log_config
 from tenant_gateway.client_limits import parse_rate
 from tenant_gateway.demo import build_demo_app, create_projects_table
 from tenant_gateway.exceptions import ConfigurationError, StoreBusy, StoreUnavailable
@@ -48,9 +51,9 @@ def fail(message: str) -> int:
     return 2
 
 
-def _env_flag(name: str) -> bool:
-    """A true/false environment setting (unset: true)."""
-    value = os.environ.get(name, "true").strip().lower()
+def _env_flag(name: str, default: str = "true") -> bool:
+    """A true/false environment setting (unset: ``default``)."""
+    value = os.environ.get(name, default).strip().lower()
     if value not in ("true", "1", "yes", "on", "false", "0", "no", "off"):
         raise ConfigurationError(f"{name} must be true or false, got {value!r}")
     return value in ("true", "1", "yes", "on")
@@ -86,7 +89,39 @@ def build_app() -> TenantGateway:
         transfer_min_rate=int(os.environ.get("TG_TRANSFER_MIN_RATE") or 1024),
         transfer_max_duration=float(os.environ.get("TG_TRANSFER_MAX_DURATION") or 3600.0),
         webhook_allowed_networks=_networks(os.environ.get("TG_WEBHOOK_ALLOWED_NETWORKS", "")),
+        metrics_path=os.environ.get("TG_METRICS_PATH", "/metrics") or None,
+        metrics_require_operator=_env_flag("TG_METRICS_REQUIRE_OPERATOR", "false"),
     )
+
+
+def _operations(args: argparse.Namespace) -> str | None:
+    """What is wrong with the metrics and log flags, if anything; the metrics settings go to
+    the environment the workers read."""
+    if args.log_format not in LOG_FORMATS:
+        return f"--log-format must be text or json, got {args.log_format!r}"
+    if args.metrics_path and not args.metrics_path.startswith("/"):
+        return f"--metrics-path must start with '/' ('' turns it off), got {args.metrics_path!r}"
+    require = args.metrics_require_operator or _env_flag("TG_METRICS_REQUIRE_OPERATOR", "false")
+    if require and not os.environ.get("TG_ADMIN_JWT_SECRET"):
+        return "--metrics-require-operator needs operator tokens: set TG_ADMIN_JWT_SECRET"
+    os.environ["TG_METRICS_PATH"] = args.metrics_path
+    os.environ["TG_METRICS_REQUIRE_OPERATOR"] = "true" if require else "false"
+    return None
+
+
+@contextlib.contextmanager
+def _metrics_directory(workers: int) -> Iterator[None]:
+    """Workers share their metrics through files (prometheus_client's multiprocess mode): in a
+    fresh directory for this run, removed after it. One set by the caller is used as it is."""
+    if workers < 2 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="tg-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     if networks is None:
         networks = _networks(os.environ.get("TG_WEBHOOK_ALLOWED_NETWORKS", ""))
     WebhookPolicy(networks)  # a bad CIDR fails here, with its name
+    wrong = _operations(args)
+    if wrong:
+        return fail(wrong)
     try:
         asyncio.run(preflight(args.database_url, args.redis_url, demo=True))
     except StoreBusy as exc:
@@ -153,6 +191,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.database_url and not args.redis_url or args.redis_url and not args.database_url:
         print("note: only one of --database-url/--redis-url given; the other store is memory")
+    with _metrics_directory(args.workers):
+        _serve(args)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> None:
     uvicorn.run(
         "tenant_gateway.serve:build_app",
         factory=True,
@@ -164,6 +208,5 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
         # The client address (limits, audit) follows X-Forwarded-For only from these proxies.
         forwarded_allow_ips=args.forwarded_allow_ips,
-        log_config=log_config(),  # no tk_ key reaches the log
+        log_config=log_config(args.log_format),  # no tk_ key reaches the log
     )
-    return 0

@@ -58,6 +58,13 @@ class Services:
     """Plan changes per tenant id (operators' are not counted): each is a transaction and a
     plan-history row. In Redis when there is one, like sign-ups."""
     transfers: TransferSlots
+    flushed_at: float = 0.0
+    """When a flush last completed every step (at start: the start); ``/metrics`` reports
+    how long ago."""
+    flush_failures: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("counters", "ledger", "key_use"), 0)
+    )
+    """Flush steps that failed, by step (``/metrics``)."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -113,6 +120,7 @@ class Services:
         """Open pools (applying migrations), check the counters, start the background work."""
         await self.directory.start()
         await self.counters.ping()
+        self.flushed_at = self.clock()
         self._tasks = [
             asyncio.create_task(
                 repeat("flush", self.flush, self.settings.usage_flush_interval, wait_first=True)
@@ -177,13 +185,19 @@ class Services:
         Each step runs whether the others failed or not (Redis away must not stop key use
         reaching PostgreSQL); the first failure is raised once all have run."""
         failures: list[Exception] = []
-        for step in (self.recorder.flush, self._flush_ledger, self._flush_key_use):
+        for name, step in (
+            ("counters", self.recorder.flush),
+            ("ledger", self._flush_ledger),
+            ("key_use", self._flush_key_use),
+        ):
             try:
                 await step()
             except Exception as exc:
                 failures.append(exc)
+                self.flush_failures[name] += 1
         if failures:
             raise failures[0]
+        self.flushed_at = self.clock()
 
     async def flush_tenant(self, tenant_id: str) -> None:
         """What a transfer of one tenant needs: the pending tallies in the counters, and that

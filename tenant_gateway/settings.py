@@ -55,6 +55,14 @@ class Settings:
     """Seconds one webhook attempt may take in all (name lookup, connect, send, answer)."""
     redis_fail_mode: str = "closed"
     health_paths: tuple[str, str] | None = ("/healthz", "/readyz")
+    metrics_path: str | None = "/metrics"
+    """Where the gateway answers its Prometheus metrics (None: nowhere); never metered."""
+    metrics_require_operator: bool = False
+    """Whether ``metrics_path`` needs an operator token (``admin_jwt_secret`` or
+    ``admin_jwt_public_key`` set)."""
+    tracer_provider: object | None = None
+    """The OpenTelemetry ``TracerProvider`` of the gateway's spans (None: the global one);
+    unused without ``opentelemetry-api``."""
     route_of: RouteOf | None = None
     """The route template of an answered call, from its scope, for frameworks the gateway
     does not read itself (None: ``scope["path_template"]`` or ``scope["route"]``)."""
@@ -97,6 +105,15 @@ class Settings:
         if self.transfer_min_rate < 0 or self.transfer_max_duration <= 0:
             raise ConfigurationError(
                 "transfer_min_rate must be >= 0 and transfer_max_duration positive"
+            )
+        if self.metrics_path is not None and not self.metrics_path.startswith("/"):
+            raise ConfigurationError("metrics_path must start with '/' (None: no metrics)")
+        if self.metrics_require_operator and not (
+            self.admin_jwt_secret or self.admin_jwt_public_key
+        ):
+            raise ConfigurationError(
+                "metrics_require_operator needs operator tokens: set admin_jwt_secret"
+                " (TG_ADMIN_JWT_SECRET) or admin_jwt_public_key"
             )
         offered = self.signup_plans
         if offered is not None and (not offered or not offered <= set(self.plans)):

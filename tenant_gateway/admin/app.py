@@ -45,10 +45,7 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
         return problems.problem_response(problems.service_unavailable(str(exc)))
     if isinstance(exc, HTTPException):
         if exc.status_code == 405:
-            allowed = _allowed_methods(request)
-            detail = f"This path answers {allowed}."
-            problem = Problem(405, "method_not_allowed", "Method not allowed", detail)
-            problem.headers["Allow"] = allowed  # RFC 9110 §15.5.6: a 405 names what is allowed
+            problem = problems.method_not_allowed(_allowed_methods(request))
         else:
             problem = problems.not_found()
         return problems.problem_response(problem)

@@ -189,6 +189,13 @@ class Database:
                 logger.error("PostgreSQL connections still in use after %s s: terminated", timeout)
                 pool.terminate()
 
+    def pool_connections(self) -> tuple[int, int, int]:
+        """The main pool's (open, idle, most it may open) connections, for ``/metrics``."""
+        pool = self._pool
+        if pool is None:
+            return 0, 0, self._max_size
+        return pool.get_size(), pool.get_idle_size(), self._max_size
+
     def connection(self) -> AbstractAsyncContextManager[PooledConnection]:
         """A pooled connection; driver connection failures (and prepared statements lost to a
         transaction pooler) become ``StoreUnavailable``."""
