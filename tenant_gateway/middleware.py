@@ -192,10 +192,8 @@ class TenantGateway:
             settings.usage_flush_interval,
         )
         self.admin_app = build_admin_app(self.services, operators)
-        # Each in its span when OpenTelemetry is installed; else called as they are.
-        self._enter_gate, self._enter_admin = traced(
-            self._gate, self.admin_app, settings.tracer_provider, settings.admin_prefix
-        )
+        self._enter_gate: ASGIApp = self._gate  # each in its span once started, if traced
+        self._enter_admin: ASGIApp = self.admin_app
         self._started = False
         self._start_lock = asyncio.Lock()
         self._final_flush: FinalFlush | None = None
@@ -210,6 +208,9 @@ class TenantGateway:
             if not self._started:
                 await self.services.start()
                 self.metrics.start()
+                self._enter_gate, self._enter_admin = traced(
+                    self._gate, self.admin_app, self.settings.tracer_provider, self.admin_prefix
+                )
                 self._started = True
 
     async def shutdown(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from tenant_gateway.accesslog import LOG_FORMATS, log_config
+from tenant_gateway.accesslog import LOG_FORMATS, JsonFormatter, log_config
 from tenant_gateway.client_limits import parse_rate
 from tenant_gateway.demo import build_demo_app, create_projects_table
 from tenant_gateway.exceptions import ConfigurationError, StoreBusy, StoreUnavailable
@@ -109,6 +110,15 @@ def _operations(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _announce(lines: list[str], log_format: str) -> None:
+    """The banner as it is, or as JSON log lines (a log pipeline reads nothing else)."""
+    for line in lines:
+        if log_format == "json":
+            record = {"name": "tenant_gateway.serve", "levelname": "INFO", "msg": line}
+            line = JsonFormatter().format(logging.makeLogRecord(record))
+        print(line, flush=True)
+
+
 @contextlib.contextmanager
 def _metrics_directory(workers: int) -> Iterator[None]:
     """Workers share their metrics through files (prometheus_client's multiprocess mode): in a
@@ -182,15 +192,17 @@ def run(args: argparse.Namespace) -> int:
         else ("memory" if not (args.database_url or args.redis_url) else "mixed")
     )
     base = f"http://{args.host}:{args.port}"
-    print(f"tenant-gateway: serving the demo app on {base} (stores: {stores})", flush=True)
-    print(
+    banner = [
+        f"tenant-gateway: serving the demo app on {base} (stores: {stores})",
         "register a tenant:\n"
         f"  curl -s -X POST {base}/api/v1/tenants/register -H 'Content-Type: application/json' "
         """-d '{"name": "Acme Corp", "plan": "free", "admin_email": "admin@acme.com"}'""",
-        flush=True,
-    )
+    ]
     if args.database_url and not args.redis_url or args.redis_url and not args.database_url:
-        print("note: only one of --database-url/--redis-url given; the other store is memory")
+        banner.append(
+            "note: only one of --database-url/--redis-url given; the other store is memory"
+        )
+    _announce(banner, args.log_format)
     with _metrics_directory(args.workers):
         _serve(args)
     return 0

@@ -7,9 +7,11 @@ One span per metered request, ``tenant_gateway.gate``, current while the wrapped
 named by its route (``PUT /api/v1/tenants/{tenant_id}/plan``), with the tenant it acts on. Both
 are ``INTERNAL``: the server span, if any, is the ASGI instrumentation's.
 
-Without the package the middleware calls the gate and the admin app directly and nothing here
-runs. With it but no SDK configured (the API alone traces nothing) a request costs one
-``start_span`` that answers a non-recording span, and goes on untraced.
+The tracer provider is the one given (``tracer_provider=``) or the global one as the gateway
+starts (its lifespan start-up, or its first request): configure the SDK before. Without the
+package, or with the API alone and no provider set, the middleware calls the gate and the admin
+app directly and nothing here runs. A provider that records nothing (a sampler that drops the
+request) costs one ``start_span`` that answers a non-recording span.
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ REASON = "tenant_gateway.refusal"
 def traced(
     gate: ASGIApp, admin: ASGIApp, provider: Any, admin_prefix: str
 ) -> tuple[ASGIApp, ASGIApp]:
-    """The gate and the admin app, each in its span when OpenTelemetry is installed, else as
-    they are. ``provider``: a ``TracerProvider`` (None: the global one)."""
+    """The gate and the admin app, each in its span when there is a tracer provider, else as
+    they are. ``provider``: a ``TracerProvider``; None: the global one, if one is set by now
+    (the API alone, with no SDK, has none: a span per request would cost for nothing)."""
     if trace is None:
         return gate, admin
+    if provider is None:
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):
+            return gate, admin
     tracer = trace.get_tracer("tenant_gateway", tracer_provider=provider)
     return _gate_in_span(gate, tracer), _admin_in_span(admin, tracer, admin_prefix)
 
