@@ -24,8 +24,9 @@ __all__ = ["LOG_FORMATS", "REDACTED", "JsonFormatter", "RedactKeys", "log_config
 LOG_FORMATS = ("text", "json")
 
 REDACTED = "tk_…redacted"
-# The prefix, raw or with its underscore percent-encoded, and whatever URL-safe run follows it.
-_KEY = re.compile(r"tk(?:_|%5[fF])[A-Za-z0-9_%\-]*")
+# The prefix, raw or with its underscore percent-encoded, and the URL-safe run that follows it
+# (at least one character: so a line already redacted stays as it is).
+_KEY = re.compile(r"tk(?:_|%5[fF])[A-Za-z0-9_%\-]+")
 
 
 def redact_keys(text: str) -> str:

@@ -56,8 +56,8 @@ logger = logging.getLogger("tenant_gateway.events")
 
 THRESHOLDS = (80, 100)
 DELIVERY_OUTCOMES = ("delivered", "failed", "dropped")
-"""A webhook delivery is answered 2xx, fails every attempt, or is dropped: the target is one
-the policy refuses, or no URL."""
+"""How a webhook delivery ends: answered 2xx; failed, every attempt; dropped, its target one
+the policy refuses (or its URL none at all)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,11 +47,10 @@ from starlette.types import Receive, Scope, Send
 from tenant_gateway import problems
 from tenant_gateway.admin.auth import OperatorAuth
 from tenant_gateway.background import repeat
-from tenant_gateway.breaker import BreakerState
+from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.exceptions import Problem, Refusal
 from tenant_gateway.keys import KEY_PREFIX, extract_api_key
 from tenant_gateway.observations import GateCounts, Latencies
-from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.services import Services
 
 __all__ = ["MetricsEndpoint", "Sources", "families", "multiprocess"]
@@ -104,10 +103,10 @@ def families(sources: Sources) -> list[Metric]:
         "1 for the state the Redis circuit breaker is in (several workers: how many are in it).",
         labels=["store", "state"],
     )
-    if isinstance(services.counters, RedisCounters):
-        current = services.counters.breaker.state
+    circuit = getattr(services.counters, "breaker", None)  # a Redis store's, whichever kind
+    if isinstance(circuit, Breaker):
         for state in BreakerState:
-            breaker.add_metric(["redis", state.value], float(state is current))
+            breaker.add_metric([circuit.name, state.value], float(state is circuit.state))
     metrics = [
         _counter(
             "tenant_gateway_calls_admitted",

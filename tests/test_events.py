@@ -149,6 +149,12 @@ async def test_webhook_retries_with_backoff(
         assert receiver.attempts == attempts
         assert len(receiver.deliveries) == (1 if failures < attempts else 0)
     assert waited == waits
+    delivered = failures < attempts  # /metrics: tenant_gateway_webhook_deliveries_total
+    assert gw.services.events.deliveries == {
+        "delivered": int(delivered),
+        "failed": int(not delivered),
+        "dropped": 0,
+    }
 
 
 async def test_a_crossing_replayed_after_a_redis_loss_fires_once(
@@ -248,6 +254,7 @@ async def test_without_an_allowed_network_nothing_reaches_loopback(
         assert receiver.attempts == 0
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(dropped) == len(spellings)
+    assert gw.services.events.deliveries["dropped"] == len(spellings)
     assert any("2130706433 is 127.0.0.1, which is loopback" in line for line in dropped)
 
 
