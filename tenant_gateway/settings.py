@@ -15,6 +15,7 @@ from tenant_gateway.clock import Clock, Sleep, system_clock
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.plans import DEFAULT_PLANS, PlanCatalog
+from tenant_gateway.redis.urls import check_redis_url
 
 __all__ = ["Settings"]
 
@@ -75,6 +76,8 @@ class Settings:
             raise ConfigurationError("webhook_attempt_timeout must be positive")
         if self.usage_flush_interval <= 0 or self.key_cache_ttl < 0 or self.key_cache_size < 1:
             raise ConfigurationError("flush interval, cache TTL and cache size must be positive")
+        if self.redis_url:
+            check_redis_url(self.redis_url)
         if self.redis_fail_mode not in ("open", "closed"):
             raise ConfigurationError('redis_fail_mode must be "open" or "closed"')
         if self.transfer_concurrency < 1 or self.transfer_idle_timeout <= 0:

@@ -1,9 +1,10 @@
 """The stores a gateway's URLs name, chosen in one place.
 
 ``database_url`` (``postgresql://…``) puts the tenant directory, the usage ledger and the
-invoices in PostgreSQL, else they live in process memory; ``redis_url`` (``redis://…`` or
-``rediss://…``) puts the usage counters and the cross-process invalidation in Redis, else they
-are in process. Each of the two is independent of the other.
+invoices in PostgreSQL, else they live in process memory; ``redis_url`` (``redis://…``,
+``rediss://…``, or a cluster's ``redis+cluster://…``: ``redis/urls.py``) puts the usage counters
+and the cross-process invalidation in Redis, else they are in process. Each of the two is
+independent of the other.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tenant_gateway.postgres.invoices import PostgresInvoices
 from tenant_gateway.postgres.ledger import PostgresLedger
 from tenant_gateway.propagation import Invalidator, KeyCache
 from tenant_gateway.quota import CounterStore, MemoryCounters
-from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.connect import open_counters
 from tenant_gateway.redis.invalidation import RedisInvalidator
 from tenant_gateway.settings import Settings
 
@@ -54,7 +55,7 @@ def open_stores(settings: Settings) -> Stores:
         directory, ledger, invoices = MemoryDirectory(), MemoryLedger(), MemoryInvoices()
     counters: CounterStore
     if settings.redis_url:
-        counters = RedisCounters(
+        counters = open_counters(
             settings.redis_url,
             key_prefix=settings.redis_key_prefix,
             hydrate_from=ledger.read,
