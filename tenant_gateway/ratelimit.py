@@ -20,6 +20,7 @@ import time
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import ConfigurationError as LimitsConfigurationError
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from redis.exceptions import RedisError
@@ -52,7 +53,10 @@ class BurstLimiter:
         if storage_uri != IN_PROCESS:
             # On Redis, limits defaults to the coredis client; use redis-py, already here.
             options = {"implementation": "redispy"} if "redis" in storage_uri.split(":")[0] else {}
-            storage = storage_from_string(storage_uri, **options)
+            try:
+                storage = storage_from_string(storage_uri, **options)
+            except LimitsConfigurationError as exc:  # an unknown scheme, a malformed URI
+                raise ConfigurationError(f"burst_storage {storage_uri!r}: {exc}") from None
             if not isinstance(storage, Storage):
                 raise ConfigurationError(f"burst storage {storage_uri!r} is not an async+ storage")
             self._shared = MovingWindowRateLimiter(storage)

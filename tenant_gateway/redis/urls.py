@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, SSLConnection, parse_url
 
@@ -154,5 +154,5 @@ def limits_storage(url: str) -> tuple[str, dict[str, Any]]:
     found = check_redis_url(url)
     if found is None:
         return f"async+{url}", {}
-    hosts = ",".join(f"{quote(host)}:{port}" for host, port in found.seeds)
+    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in found.seeds)
     return f"async+redis+cluster://{hosts}", found.client_options()
