@@ -41,7 +41,7 @@ from tenant_gateway.redis.counters import RedisCounters, _unreachable
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
 from tenant_gateway.redis.lua import load
 from tenant_gateway.redis.pipeline import pack_command
-from tenant_gateway.redis.slots import Node, slot_of, slot_tag
+from tenant_gateway.redis.slots import Node, node_name, slot_of, slot_tag
 from tenant_gateway.redis.urls import cluster_url
 from tenant_gateway.tallies import HYDRATED
 
@@ -103,9 +103,9 @@ class ClusterCounters(RedisCounters):
             slot = self._slots[key] = slot_of(self._key(key))
         return slot
 
-    def _node_down(self, node: Node | None) -> StoreUnavailable:
-        where = "the cluster" if node is None else f"the cluster node {node[0]}:{node[1]}"
-        return StoreUnavailable("Redis", redact_url(self._url), f"circuit open for {where}")
+    def _node_down(self, node: Node) -> StoreUnavailable:
+        reason = f"circuit open for the cluster node {node_name(node)}"
+        return StoreUnavailable("Redis", redact_url(self._url), reason)
 
     # -- the breakers: one per primary -------------------------------------------------------
 
@@ -255,7 +255,8 @@ class ClusterCounters(RedisCounters):
             if isinstance(outcome, StoreUnavailable):
                 self.mark_dirty(group)
                 failures.append(outcome)
-                logger.warning("usage of %d hashes on %s not read: %s", len(group), node, outcome)
+                where = "an unknown node" if node is None else node_name(node)
+                logger.warning("usage of %d hashes on %s not read: %s", len(group), where, outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
