@@ -95,6 +95,7 @@ async def test_a_dead_primary_fails_only_its_own_tenants(
         redis_url=fault_cluster.url,
         redis_key_prefix="tg-faults:",
         plans=PLANS,
+        signup_rate=None,  # as many sign-ups as it takes to have tenants on every node
         clock=clock,
     )
     client = await client_for(gateway)

@@ -377,9 +377,16 @@ async def test_the_burst_window_can_be_shared_on_the_cluster(
     assert statuses.count(200) == 10 and statuses.count(429) == 2
 
 
-def test_a_burst_storage_limits_cannot_serve_is_a_configuration_error() -> None:
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "async+rediss+cluster://127.0.0.1:7000",  # no such scheme in limits
+        "async+redis+cluster://127.0.0.1:7000?ssl=true",  # limits would drop the option
+    ],
+)
+def test_a_burst_storage_limits_cannot_serve_is_a_configuration_error(uri: str) -> None:
     with pytest.raises(ConfigurationError, match="burst_storage"):
-        TenantGateway(echo_app(), burst_storage="async+rediss+cluster://127.0.0.1:7000")
+        TenantGateway(echo_app(), burst_storage=uri)
 
 
 async def test_sign_ups_are_limited_across_processes_on_the_cluster(

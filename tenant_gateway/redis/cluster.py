@@ -66,6 +66,7 @@ class ClusterNodes:
         self._timeout = timeout
         self._clock = clock
         self._owners: list[Node | None] = [None] * SLOTS
+        self._primaries: list[Node] = []
         self._pipes: dict[Node, PipelinedRedis] = {}
         self._breakers: dict[Node, Breaker] = {}
         self._refreshing: asyncio.Task[None] | None = None
@@ -78,13 +79,17 @@ class ClusterNodes:
         return self._owners[slot]
 
     def primaries(self) -> list[Node]:
-        return sorted({node for node in self._owners if node is not None})
+        return self._primaries
 
     def breaker(self, node: Node) -> Breaker:
         breaker = self._breakers.get(node)
         if breaker is None:
             breaker = self._breakers[node] = Breaker(f"redis {node_name(node)}", self._clock)
         return breaker
+
+    def _set_owners(self, owners: list[Node | None]) -> None:
+        self._owners = owners
+        self._primaries = sorted({node for node in owners if node is not None})
 
     async def refresh(self) -> None:
         """Load the slot map again (concurrent callers share one attempt)."""
@@ -117,7 +122,7 @@ class ClusterNodes:
             except (errors.RedisError, ValueError, TypeError, IndexError) as exc:
                 failure = exc
                 continue
-            self._owners = owners
+            self._set_owners(owners)
             self._refreshed_at = asyncio.get_running_loop().time()
             return
         raise errors.ConnectionError(f"no cluster node answered CLUSTER SHARDS: {failure}")
@@ -241,7 +246,9 @@ class ClusterNodes:
                 redirects += 1
                 target = address(words[2], node[0])
                 if code == "MOVED":
-                    self._owners[slot], asking = target, None
+                    owners = list(self._owners)
+                    owners[slot], asking = target, None
+                    self._set_owners(owners)
                     self._refresh_soon()
                 else:
                     asking = target
