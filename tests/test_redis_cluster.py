@@ -21,11 +21,9 @@ from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.redis.pipeline import PipelinedRedis
 from tenant_gateway.redis.roles import WrongServer
 from tenant_gateway.redis.slots import (
-    SLOTS,
     owners_from_shards,
     owners_from_slots,
     slot_of,
-    slot_tag,
 )
 from tenant_gateway.redis.urls import check_redis_url, limits_storage
 from tenant_gateway.settings import Settings
@@ -97,11 +95,6 @@ def test_cluster_urls_name_the_nodes_their_credentials_and_tls() -> None:
 
 
 # -- the key space -----------------------------------------------------------------------------
-
-
-def test_a_slot_tag_puts_a_key_in_that_slot() -> None:
-    for slot in range(SLOTS):
-        assert slot_of(f"tg:flushed:0123abcd:{{{slot_tag(slot)}}}") == slot
 
 
 async def test_the_slot_map_from_shards_and_from_slots_agree(redis_cluster: LocalCluster) -> None:
@@ -266,6 +259,16 @@ async def test_a_plain_url_to_a_cluster_node_is_not_ready(redis_cluster: LocalCl
         with pytest.raises(StoreUnavailable, match="Redis Cluster node") as refused:
             await counters.ping()
         assert isinstance(refused.value.__cause__, WrongServer)
+    finally:
+        await counters.close()
+
+
+async def test_a_cluster_url_to_a_server_without_cluster_is_not_ready(redis_url: str) -> None:
+    host_port = redis_url.removeprefix("redis://").split("/")[0]
+    counters = ClusterCounters(f"redis+cluster://{host_port}")
+    try:
+        with pytest.raises(StoreUnavailable, match="cluster support disabled"):
+            await counters.ping()
     finally:
         await counters.close()
 

@@ -7,9 +7,9 @@ A tenant's hashes share one slot (``{<tenant>}`` in their names), so:
   written on the pipelined connection of the slot's primary (``cluster.py``, which follows
   ``MOVED``, ``ASK``, ``TRYAGAIN`` and ``NOSCRIPT``).
 - **The flush.** Tallies owed are grouped by slot too: one ``add.lua`` call per slot, each with an
-  exactly-once marker of this writer *for that slot* (named with a hash tag of the slot, so the
-  marker moves with the hashes it covers when the slot migrates). A slot whose reply was lost
-  is sent again under its number while the other slots go on.
+  exactly-once marker of this writer in that slot (named with the hash tag of the batch's first
+  tenant, so the marker moves with the hashes it covers when the slot migrates). A slot whose
+  reply was lost is sent again under its number while the other slots go on.
 - **Reads, restores, deletions** go through redis-py's ``RedisCluster``; a snapshot reads each
   primary's keys apart, so a node that does not answer leaves out its own keys only (they stay
   owed to the ledger).
@@ -41,7 +41,7 @@ from tenant_gateway.redis.counters import RedisCounters, _unreachable
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
 from tenant_gateway.redis.lua import load
 from tenant_gateway.redis.pipeline import pack_command
-from tenant_gateway.redis.slots import Node, node_name, slot_of, slot_tag
+from tenant_gateway.redis.slots import Node, node_name, slot_of
 from tenant_gateway.redis.urls import cluster_url
 from tenant_gateway.tallies import HYDRATED
 
@@ -212,7 +212,9 @@ class ClusterCounters(RedisCounters):
         for key, hydrated in zip(keys, present, strict=True):
             if hydrated != 1:  # missing, or not a hash (the restore sets it aside)
                 await self._hydrate(key)
-        marker = f"{self._marker}:{{{slot_tag(slot)}}}"
+        # The marker shares the first tenant's hash tag, so its slot: a batch sent again has the
+        # same first tenant, and the next batch of the slot is sent only once this one is done.
+        marker = f"{self._marker}:{{{keys[0][0]}}}"
         try:
             skipped = await self._add_script(
                 keys=[*names, marker], args=self._add_arguments(sequence, batch)

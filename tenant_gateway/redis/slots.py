@@ -1,10 +1,8 @@
-"""Redis Cluster's key space: 16384 hash slots, a key's slot (its ``{tag}``, when it has one), a
-tag for any slot, and the slot map as ``CLUSTER SHARDS`` or ``CLUSTER SLOTS`` answer it."""
+"""Redis Cluster's key space: 16384 hash slots, a key's slot (its ``{tag}``, when it has one),
+and the slot map as ``CLUSTER SHARDS`` or ``CLUSTER SLOTS`` answer it."""
 
 from __future__ import annotations
 
-import binascii
-import functools
 from typing import Any
 
 from redis.crc import key_slot
@@ -17,7 +15,6 @@ __all__ = [
     "owners_from_shards",
     "owners_from_slots",
     "slot_of",
-    "slot_tag",
     "text",
 ]
 
@@ -30,26 +27,6 @@ Node = tuple[str, int]
 def slot_of(name: str) -> int:
     """The hash slot of a key (its ``{tag}`` when it has one)."""
     return key_slot(name.encode())
-
-
-@functools.cache
-def _slot_tags() -> tuple[str, ...]:
-    """For each slot, the shortest decimal number whose hash is that slot (found once)."""
-    tags: list[str | None] = [None] * SLOTS
-    missing, number = SLOTS, 0
-    while missing:
-        candidate = str(number)
-        slot = binascii.crc_hqx(candidate.encode(), 0) % SLOTS
-        if tags[slot] is None:
-            tags[slot] = candidate
-            missing -= 1
-        number += 1
-    return tuple(tag or "" for tag in tags)
-
-
-def slot_tag(slot: int) -> str:
-    """A hash tag (``{<tag>}`` in a key name) that puts a key in ``slot``."""
-    return _slot_tags()[slot]
 
 
 def node_name(node: Node) -> str:
