@@ -7,6 +7,11 @@ waits until every node says ``cluster_state:ok``. ``url`` is the gateway's
 ``restart(port)`` brings it back with its cluster configuration (its slots) but no data, as a
 node without persistence comes back. ``stop()`` ends them all and removes the directory.
 
+``tls=<directory>``: every node speaks TLS only (clients and cluster bus), with the
+``server.pem``/``server.key``, ``client.pem``/``client.key`` (a node's, on the bus) and ``ca.pem``
+found there (clients are not asked for certificates), and
+``url`` is ``rediss+cluster://…?ssl_ca_certs=…``.
+
 ``require_full_coverage=False`` is ``cluster-require-full-coverage no``: the other primaries go
 on serving their slots while one is down. (With Redis's default, ``yes``, a primary lost with no
 replica to promote stops the whole cluster.)
@@ -58,6 +63,7 @@ class LocalCluster:
         require_full_coverage: bool = False,
         node_timeout_ms: int = 2000,
         ready_timeout: float = 60.0,
+        tls: Path | None = None,
     ) -> None:
         for tool in ("redis-server", "redis-cli"):
             if shutil.which(tool) is None:
@@ -69,6 +75,7 @@ class LocalCluster:
             "--cluster-node-timeout", str(node_timeout_ms),
         )  # fmt: skip
         self._ready_timeout = ready_timeout
+        self._tls = tls
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         try:
             for port in self.ports:
@@ -76,7 +83,8 @@ class LocalCluster:
             for port in self.ports:
                 self._wait_answering(port)
             created = subprocess.run(
-                ["redis-cli", "--cluster", "create", *(f"{HOST}:{port}" for port in self.ports)]
+                ["redis-cli", *self._cli_tls(), "--cluster", "create"]
+                + [f"{HOST}:{port}" for port in self.ports]
                 + ["--cluster-replicas", "0", "--cluster-yes"],
                 capture_output=True,
                 text=True,
@@ -91,12 +99,31 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"{HOST}:{port}" for port in self.ports)
+        nodes = ",".join(f"{HOST}:{port}" for port in self.ports)
+        if self._tls is None:
+            return f"redis+cluster://{nodes}"
+        return f"rediss+cluster://{nodes}?ssl_ca_certs={self._tls / 'ca.pem'}"
+
+    def _cli_tls(self) -> list[str]:
+        return [] if self._tls is None else ["--tls", "--cacert", str(self._tls / "ca.pem")]
+
+    def _server_tls(self, port: int) -> list[str]:
+        if self._tls is None:
+            return ["--port", str(port)]
+        return ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes"] + [
+            "--tls-cert-file", str(self._tls / "server.pem"),
+            "--tls-key-file", str(self._tls / "server.key"),
+            "--tls-ca-cert-file", str(self._tls / "ca.pem"),
+            "--tls-auth-clients", "no",
+            # what a node shows the others on the cluster bus, where it is their client
+            "--tls-client-cert-file", str(self._tls / "client.pem"),
+            "--tls-client-key-file", str(self._tls / "client.key"),
+        ]  # fmt: skip
 
     def _start(self, port: int) -> None:
         log = (self.directory / f"{port}.log").open("ab")
         self.processes[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", HOST, "--cluster-enabled", "yes"]
+            ["redis-server", *self._server_tls(port), "--bind", HOST, "--cluster-enabled", "yes"]
             + ["--cluster-config-file", f"nodes-{port}.conf", "--dir", str(self.directory)]
             + ["--save", "", "--appendonly", "no", *self._options],
             stdin=subprocess.DEVNULL,
@@ -108,7 +135,7 @@ class LocalCluster:
     def cli(self, port: int, *command: str) -> str:
         """``redis-cli -p port command…``: its output ("" if the node does not answer)."""
         done = subprocess.run(
-            ["redis-cli", "-h", HOST, "-p", str(port), *command],
+            ["redis-cli", *self._cli_tls(), "-h", HOST, "-p", str(port), *command],
             capture_output=True,
             text=True,
             timeout=10,
