@@ -19,7 +19,8 @@ from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
-from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.connect import open_counters
+from tenant_gateway.redis.roles import WrongServer
 
 __all__ = ["build_app", "fail", "preflight", "run"]
 
@@ -36,9 +37,13 @@ async def preflight(database_url: str | None, redis_url: str | None, *, demo: bo
         if demo:
             await create_projects_table(database_url)
     if redis_url:
-        counters = RedisCounters(redis_url)
+        counters = open_counters(redis_url)  # a bad URL: ConfigurationError
         try:
             await counters.ping()
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, WrongServer):  # it answers, and is not what we need
+                raise ConfigurationError(f"--redis-url {exc.url}: {exc.reason}") from None
+            raise
         finally:
             await counters.close()
 

@@ -27,6 +27,7 @@ from tenant_gateway.postgres.database import Database
 from tenant_gateway.propagation import Invalidator
 from tenant_gateway.quota import CounterStore
 from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.urls import limits_storage
 from tenant_gateway.resolver import KeyResolver
 from tenant_gateway.settings import Settings
 from tenant_gateway.stores import open_invalidator, open_stores
@@ -220,6 +221,6 @@ def _shared_limiter(settings: Settings, rate: str | None, name: str) -> ClientLi
         rate,
         name,
         settings.clock,
-        redis_url=settings.redis_url,
+        storage=limits_storage(settings.redis_url) if settings.redis_url else None,
         key_prefix=settings.redis_key_prefix,
     )
