@@ -68,6 +68,7 @@ class Services:
             stores.directory,
             clock,
             ttl=settings.key_cache_ttl,
+            long_ttl=settings.key_cache_long_ttl,
             max_entries=settings.key_cache_size,
             api_roles=API_ROLES,
             # Failed authentications are counted in process, inline: no I/O on a flood's path.

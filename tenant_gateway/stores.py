@@ -66,8 +66,17 @@ def open_stores(settings: Settings) -> Stores:
 
 
 def open_invalidator(settings: Settings, cache: KeyCache) -> Invalidator:
-    """How a change reaches every process's key cache: Redis pub/sub, or this process only."""
+    """How a change reaches every process's key cache: Redis pub/sub, or this process only (a
+    directory in memory is this process's alone; a database without Redis may be shared)."""
+    if not settings.database_url:
+        return Invalidator(cache, sole_directory=True)
     if settings.redis_url:
         channel = f"{settings.redis_key_prefix}invalidate"
-        return RedisInvalidator(cache, settings.redis_url, channel=channel)
+        return RedisInvalidator(
+            cache,
+            settings.redis_url,
+            channel=channel,
+            clock=settings.clock,
+            heartbeat=settings.key_cache_ttl / 4,  # several confirmations per short TTL
+        )
     return Invalidator(cache)
