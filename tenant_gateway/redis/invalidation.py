@@ -47,9 +47,8 @@ class RedisInvalidator(Invalidator):
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=None, socket_connect_timeout=timeout
         )
-        # No retry for the subscriber: redis-py would reconnect and resubscribe by itself,
-        # and whatever was published meanwhile would be lost unnoticed. Its error makes run()
-        # start afresh instead.
+        # No retry for the subscriber: a read that fails must reach run(), which starts afresh,
+        # never be retried on a new connection (what was published in between would be lost).
         self._subscriber = aioredis.Redis.from_url(
             url, socket_timeout=None, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
