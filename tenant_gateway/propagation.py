@@ -47,5 +47,9 @@ class Invalidator:
         """Nothing to listen to in one process."""
         return None
 
+    async def listening(self) -> None:
+        """Once changes are heard (at once here)."""
+        return None
+
     async def close(self) -> None:
         return None

@@ -128,6 +128,7 @@ class Services:
             asyncio.create_task(self.invalidator.run()),
             asyncio.create_task(self.events.run()),
         ]
+        await self.invalidator.listening()  # else the first keys served would load twice
 
     async def stop(self) -> None:
         """Stop the background work, flush everything batched, close the connections."""

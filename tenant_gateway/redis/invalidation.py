@@ -12,6 +12,7 @@ cache falls back to its short TTL, and the subscription starts afresh, cache emp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import redis.asyncio as aioredis
@@ -64,6 +65,12 @@ class RedisInvalidator(Invalidator):
             await self._redis.publish(self._channel, tenant_id)
         except RedisError as exc:  # the other workers fall back on their cache's long TTL
             logger.warning("could not publish invalidation of %s: %s", tenant_id, exc)
+
+    async def listening(self, timeout: float = 2.0) -> None:
+        """Once subscribed, or after ``timeout`` seconds without (the cache keeps its short TTL
+        meanwhile): what is cached before the subscription is dropped when it comes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), timeout)
 
     async def run(self) -> None:
         """Listen until cancelled, resubscribing after a lost or silent connection."""
