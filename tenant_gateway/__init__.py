@@ -1,6 +1,6 @@
 """tenant_gateway: a drop-in ASGI middleware that makes an API multi-tenant."""
 
-from tenant_gateway.clock import Clock, Period
+from tenant_gateway.clock import Clock, Period, Sleep
 from tenant_gateway.context import current_tenant, get_current_tenant
 from tenant_gateway.events import QuotaEvent
 from tenant_gateway.exceptions import (
@@ -28,6 +28,7 @@ __all__ = [
     "QuotaEvent",
     "Role",
     "Settings",
+    "Sleep",
     "StoreUnavailable",
     "Tenant",
     "TenantGateway",

@@ -50,7 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the servers' Redis (none: the embedded counters)",
     )
     stores.add_argument("--redis-key-prefix", default="tg:")
-    stores.add_argument("--plans", metavar="FILE", default=None)
+    stores.add_argument(
+        "--plans",
+        metavar="FILE",
+        default=None,
+        help="the plans file, JSON or TOML (README, Plans; env TG_PLANS); default: free,"
+        " professional, enterprise",
+    )
 
     serving = commands.add_parser(
         "serve", parents=[stores], help="run the demo app behind the gateway"

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 __all__ = [
     "Clock",
     "Period",
+    "Sleep",
     "format_timestamp",
     "system_clock",
 ]
@@ -22,6 +23,10 @@ Clock = Callable[[], float]
 """Seconds since the epoch, like ``time.time``."""
 
 system_clock: Clock = time.time
+
+Sleep = Callable[[float], Awaitable[None]]
+"""How background work waits a number of seconds, like ``asyncio.sleep`` (the webhook backoff);
+the clock's partner, injected with it."""
 
 _PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 import httpx
 
 from tenant_gateway.client_limits import ClientLimiter, limiter_for
-from tenant_gateway.clock import Clock, format_timestamp
+from tenant_gateway.clock import Clock, Sleep, format_timestamp
 from tenant_gateway.directory import TenantDirectory
 from tenant_gateway.exceptions import StoreUnavailable, WebhookTargetRefused
 from tenant_gateway.ledger import UsageLedger
@@ -103,7 +103,7 @@ class EventDispatcher:
         attempt_timeout: float = 10.0,
         deliveries_per_tenant: int = 1,
         change_rate: str | None = "10/minute",
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._ledger = ledger
         self._directory = directory
@@ -118,7 +118,7 @@ class EventDispatcher:
         self._deliveries_per_tenant = deliveries_per_tenant
         self.changes: ClientLimiter | None = limiter_for(change_rate, "webhook_change_rate", clock)
         """Webhook settings per tenant id (in process: each process resolves its own)."""
-        self._sleep = sleep  # injected by tests: the backoff schedule without the waiting
+        self._sleep = sleep  # the backoff's waits (tests record the schedule without waiting)
         self._queue: asyncio.Queue[QuotaEvent] = asyncio.Queue(maxsize=10_000)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._marks: dict[int, dict[int, tuple[int, ...]]] = {}

@@ -24,7 +24,7 @@ from tenant_gateway import problems
 from tenant_gateway.admin.app import build_admin_app
 from tenant_gateway.admin.auth import OperatorAuth
 from tenant_gateway.client_limits import client_address
-from tenant_gateway.clock import Clock, system_clock
+from tenant_gateway.clock import Clock, Sleep, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, Refusal, StoreUnavailable
@@ -72,6 +72,7 @@ class TenantGateway:
         usage_flush_interval: float = 1.0,
         on_quota_threshold: QuotaHook | None = None,
         webhook_allowed_networks: Sequence[str] = (),
+        webhook_attempt_timeout: float = 10.0,
         redis_fail_mode: str = "closed",
         health_paths: tuple[str, str] | None = ("/healthz", "/readyz"),
         admin_timeout: float = 10.0,
@@ -81,6 +82,7 @@ class TenantGateway:
         transfer_max_duration: float = 3600.0,
         admin_tenant_concurrency: int = 4,
         clock: Clock = system_clock,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         """Configured by the keyword arguments, or by ``settings`` (the same options as one
         object, ``Settings``) with none of them given."""
@@ -110,6 +112,7 @@ class TenantGateway:
             usage_flush_interval=usage_flush_interval,
             on_quota_threshold=on_quota_threshold,
             webhook_allowed_networks=tuple(webhook_allowed_networks),
+            webhook_attempt_timeout=webhook_attempt_timeout,
             redis_fail_mode=redis_fail_mode,
             health_paths=health_paths,
             admin_timeout=admin_timeout,
@@ -119,6 +122,7 @@ class TenantGateway:
             transfer_max_duration=transfer_max_duration,
             admin_tenant_concurrency=admin_tenant_concurrency,
             clock=clock,
+            sleep=sleep,
         )
         if settings is None:
             settings = options

@@ -90,6 +90,8 @@ class Services:
                 clock,
                 hook=settings.on_quota_threshold,
                 policy=WebhookPolicy(settings.webhook_allowed_networks),
+                attempt_timeout=settings.webhook_attempt_timeout,
+                sleep=settings.sleep,
             ),
             billing=Billing(
                 directory=stores.directory,

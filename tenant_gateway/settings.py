@@ -8,10 +8,11 @@ the same name in the README ("Embedding it").
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 
-from tenant_gateway.clock import Clock, system_clock
+from tenant_gateway.clock import Clock, Sleep, system_clock
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.plans import DEFAULT_PLANS, PlanCatalog
@@ -52,6 +53,8 @@ class Settings:
     invoice_close_grace: float = 60.0
     on_quota_threshold: QuotaHook | None = None
     webhook_allowed_networks: tuple[str, ...] = ()
+    webhook_attempt_timeout: float = 10.0
+    """Seconds one webhook attempt may take in all (name lookup, connect, send, answer)."""
     redis_fail_mode: str = "closed"
     health_paths: tuple[str, str] | None = ("/healthz", "/readyz")
     admin_timeout: float = 10.0
@@ -65,6 +68,7 @@ class Settings:
     """Seconds a transfer may last at most, however fast it moves."""
     admin_tenant_concurrency: int = 4
     clock: Clock = field(default=system_clock)
+    sleep: Sleep = field(default=asyncio.sleep)
 
     def __post_init__(self) -> None:
         prefix = self.admin_prefix
@@ -72,6 +76,8 @@ class Settings:
             raise ConfigurationError("admin_prefix must start with '/' and not end with '/'")
         if min(self.max_body_bytes, self.admin_max_body_bytes, self.import_max_bytes) < 0:
             raise ConfigurationError("body limits must be non-negative")
+        if self.webhook_attempt_timeout <= 0:
+            raise ConfigurationError("webhook_attempt_timeout must be positive")
         if self.usage_flush_interval <= 0 or self.key_cache_size < 1:
             raise ConfigurationError("flush interval and cache size must be positive")
         if not 0 <= self.key_cache_ttl < math.inf or not 0 <= self.key_cache_long_ttl < math.inf:

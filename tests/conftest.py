@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import asyncpg
 import httpx
@@ -155,8 +155,14 @@ async def started(gateway: TenantGateway) -> TenantGateway:
     return gateway
 
 
+class ClientFor(Protocol):
+    """The ``client_for`` fixture: an httpx client on ``gateway``, started."""
+
+    async def __call__(self, gateway: TenantGateway) -> httpx.AsyncClient: ...
+
+
 @pytest.fixture
-async def client_for() -> AsyncIterator[Any]:
+async def client_for() -> AsyncIterator[ClientFor]:
     """``await client_for(gateway)`` → an httpx client on a started gateway; all closed after."""
     opened: list[tuple[TenantGateway, httpx.AsyncClient]] = []
 

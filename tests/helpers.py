@@ -1,9 +1,10 @@
 """What several test modules share: problem assertions, tenants made through the API or the
-directory, an import stream, the application tables of the transfer tests, a TCP proxy in front
-of a store."""
+directory, calls and usage reports through the API, plans by quota shape, an import stream, the
+application tables of the transfer tests, a TCP proxy in front of a store."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +25,7 @@ from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus, User
 from tenant_gateway.postgres.database import isolate_table
 
 from .apps import echo_app
-from .conftest import operator_headers
+from .conftest import auth, operator_headers
 from .tcp_proxy import TcpProxy
 
 T = "/api/v1/tenants"
@@ -140,3 +141,40 @@ def gateway_via(redis_url: str, proxy: TcpProxy, prefix: str, **kwargs: Any) -> 
     return TenantGateway(
         echo_app(), redis_url=through(redis_url, proxy), redis_key_prefix=prefix, **kwargs
     )
+
+
+QUOTA_PLANS = {  # plans by quota shape: 100 calls, 10 without counting 5xx, no quota
+    "plans": {
+        "hundred": {
+            "max_users": 5,
+            "monthly_calls": 100,
+            "burst_per_second": None,
+            "price_cents": 0,
+        },
+        "lenient": {
+            "max_users": 5,
+            "monthly_calls": 10,
+            "burst_per_second": None,
+            "price_cents": 0,
+            "count_server_errors": False,
+        },
+        "open": {
+            "max_users": None,
+            "monthly_calls": None,
+            "burst_per_second": None,
+            "price_cents": 0,
+        },
+    }
+}
+
+
+async def calls(client: Any, tenant: dict[str, Any], n: int, path: str = "/whoami") -> list[int]:
+    responses = await asyncio.gather(*(client.get(path, headers=auth(tenant)) for _ in range(n)))
+    return [r.status_code for r in responses]
+
+
+async def usage(client: Any, tenant: dict[str, Any], **params: str) -> dict[str, Any]:
+    response = await client.get(f"{T}/{tenant['id']}/usage", params=params, headers=auth(tenant))
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()
+    return report

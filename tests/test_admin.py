@@ -13,6 +13,7 @@ from .apps import echo_app
 from .conftest import (
     JWT_SECRET,
     REDIS_URL,
+    ClientFor,
     FakeClock,
     Stores,
     auth,
@@ -28,7 +29,9 @@ def gateway(stores: Stores, **kwargs: Any) -> TenantGateway:
     return TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, **stores.kwargs(), **kwargs)
 
 
-async def test_register_answers_the_tenant_and_a_key_once(stores: Stores, client_for: Any) -> None:
+async def test_register_answers_the_tenant_and_a_key_once(
+    stores: Stores, client_for: ClientFor
+) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client, plan="enterprise", max_users=100)
     assert tenant["id"].startswith("tenant_") and tenant["api_key"].startswith("tk_")
@@ -44,7 +47,7 @@ async def test_register_answers_the_tenant_and_a_key_once(stores: Stores, client
     assert fetched.json() == {k: v for k, v in tenant.items() if k != "api_key"}
 
 
-async def test_users_and_seat_limit(stores: Stores, client_for: Any) -> None:
+async def test_users_and_seat_limit(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client, max_users=3)  # free allows 5; the tenant caps at 3
     users = f"{T}/{tenant['id']}/users"
@@ -67,7 +70,9 @@ async def test_users_and_seat_limit(stores: Stores, client_for: Any) -> None:
     assert usage["users"] == 3 and usage["max_users"] == 3
 
 
-async def test_duplicate_email_is_409_case_insensitively(stores: Stores, client_for: Any) -> None:
+async def test_duplicate_email_is_409_case_insensitively(
+    stores: Stores, client_for: ClientFor
+) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
     users = f"{T}/{tenant['id']}/users"
@@ -87,7 +92,7 @@ async def test_duplicate_email_is_409_case_insensitively(stores: Stores, client_
 
 
 async def test_concurrent_user_additions_respect_the_seat_limit(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     import asyncio
 
@@ -106,7 +111,7 @@ async def test_concurrent_user_additions_respect_the_seat_limit(
     assert len((await client.get(users, headers=auth(tenant))).json()) == 5
 
 
-async def test_plan_change_keeps_the_months_count(stores: Stores, client_for: Any) -> None:
+async def test_plan_change_keeps_the_months_count(stores: Stores, client_for: ClientFor) -> None:
     plans = {
         "plans": {
             "small": {
@@ -159,7 +164,7 @@ async def plan_state(gw: TenantGateway, tenant_id: str) -> tuple[str, list[Any],
 
 
 async def test_plan_changes_are_rate_limited_per_tenant(
-    stores: Stores, client_for: Any, clock: FakeClock
+    stores: Stores, client_for: ClientFor, clock: FakeClock
 ) -> None:
     """Flipping plans in a loop (each change a transaction and a plan-history row): 10 an
     hour per tenant by default. The 11th is 429 rate_limited with Retry-After and writes
@@ -201,7 +206,7 @@ async def test_plan_changes_are_rate_limited_per_tenant(
 
 
 async def test_the_plan_change_limit_is_shared_by_every_process(
-    postgres_url: str, redis_prefix: str, client_for: Any, clock: FakeClock
+    postgres_url: str, redis_prefix: str, client_for: ClientFor, clock: FakeClock
 ) -> None:
     """Two gateway processes on one Redis count one window per tenant."""
     stores = Stores("real", postgres_url, REDIS_URL, redis_prefix)
@@ -216,14 +221,16 @@ async def test_the_plan_change_limit_is_shared_by_every_process(
     assert fetched.json()["plan"] == "enterprise"
 
 
-async def test_the_plan_change_limit_can_be_turned_off(client_for: Any, clock: FakeClock) -> None:
+async def test_the_plan_change_limit_can_be_turned_off(
+    client_for: ClientFor, clock: FakeClock
+) -> None:
     client = await client_for(TenantGateway(echo_app(), clock=clock, plan_change_rate=None))
     tenant = await register(client)
     for plan in ["professional", "free"] * 8:
         assert (await put_plan(client, tenant, plan)).status_code == 200
 
 
-async def test_downgrade_below_current_users_is_409(stores: Stores, client_for: Any) -> None:
+async def test_downgrade_below_current_users_is_409(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client, plan="professional")
     for n in range(5):  # admin + 5 = 6 users; free allows 5
@@ -246,7 +253,7 @@ async def test_downgrade_below_current_users_is_409(stores: Stores, client_for: 
     )
 
 
-async def test_another_tenants_resources_are_404(stores: Stores, client_for: Any) -> None:
+async def test_another_tenants_resources_are_404(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     a = await register(client)
     b = await register(client)
@@ -268,7 +275,7 @@ async def test_another_tenants_resources_are_404(stores: Stores, client_for: Any
     assert len((await client.get(f"{T}/{b['id']}/users", headers=auth(b))).json()) == 1
 
 
-async def test_operator_token(stores: Stores, client_for: Any) -> None:
+async def test_operator_token(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     a = await register(client)
     assert (await client.get(f"{T}/{a['id']}", headers=operator_headers())).status_code == 200
@@ -289,7 +296,7 @@ async def test_operator_token(stores: Stores, client_for: Any) -> None:
         assert_problem(await client.get(f"{T}/{a['id']}", headers=bad), 401, "invalid_api_key")
 
 
-async def test_closed_signup_needs_an_operator(stores: Stores, client_for: Any) -> None:
+async def test_closed_signup_needs_an_operator(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores, allow_signup=False))
     body = {"name": "X", "admin_email": "a@x.io"}
     assert_problem(await client.post(f"{T}/register", json=body), 401, "missing_api_key")
@@ -298,7 +305,7 @@ async def test_closed_signup_needs_an_operator(stores: Stores, client_for: Any) 
     ).status_code == 201
 
 
-async def test_usage_periods(stores: Stores, client_for: Any, clock: FakeClock) -> None:
+async def test_usage_periods(stores: Stores, client_for: ClientFor, clock: FakeClock) -> None:
     client = await client_for(gateway(stores, clock=clock))
     tenant = await register(client)
     await client.get("/whoami", headers=auth(tenant))
@@ -316,7 +323,7 @@ async def test_usage_periods(stores: Stores, client_for: Any, clock: FakeClock) 
         )
 
 
-async def test_admin_calls_are_not_metered(stores: Stores, client_for: Any) -> None:
+async def test_admin_calls_are_not_metered(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
     for _ in range(15):  # beyond the burst of 10: admin is not limited
@@ -327,7 +334,7 @@ async def test_admin_calls_are_not_metered(stores: Stores, client_for: Any) -> N
     ] == 0
 
 
-async def test_openapi_document(stores: Stores, client_for: Any) -> None:
+async def test_openapi_document(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     document = (await client.get(f"{T}/openapi.json")).json()
     assert document["openapi"].startswith("3.")
@@ -352,7 +359,7 @@ async def test_openapi_document(stores: Stores, client_for: Any) -> None:
 
 @pytest.mark.parametrize(("path", "status"), [("/nope/a/b/c", 404), ("/", 405)])
 async def test_unknown_admin_routes_are_problems(
-    stores: Stores, client_for: Any, path: str, status: int
+    stores: Stores, client_for: ClientFor, path: str, status: int
 ) -> None:
     """No route: 404; a route without that method (``/`` lists tenants, GET only): 405."""
     client: httpx.AsyncClient = await client_for(gateway(stores))
@@ -363,7 +370,9 @@ async def test_unknown_admin_routes_are_problems(
     assert ("allow" in response.headers) is (status == 405)
 
 
-async def test_a_405_names_every_method_the_path_answers(stores: Stores, client_for: Any) -> None:
+async def test_a_405_names_every_method_the_path_answers(
+    stores: Stores, client_for: ClientFor
+) -> None:
     """RFC 9110: a 405 carries ``Allow``, listing the methods of every route on the path (here
     one route per method), and the methods listed do answer."""
     client: httpx.AsyncClient = await client_for(gateway(stores))

@@ -40,6 +40,7 @@ def test_public_names_are_pinned() -> None:
         "QuotaEvent",
         "Role",
         "Settings",
+        "Sleep",
         "StoreUnavailable",
         "Tenant",
         "TenantGateway",

@@ -23,7 +23,16 @@ from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.invoices import PostgresInvoices
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, REDIS_URL, FakeClock, Stores, auth, operator_headers, register
+from .conftest import (
+    JWT_SECRET,
+    REDIS_URL,
+    ClientFor,
+    FakeClock,
+    Stores,
+    auth,
+    operator_headers,
+    register,
+)
 from .helpers import assert_problem, gateway_via, proxy_to
 
 T = "/api/v1/tenants"
@@ -391,7 +400,7 @@ def _raw(plan: Any) -> dict[str, Any]:
 
 
 async def test_a_month_with_plan_changes_then_an_immutable_invoice(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     clock = FakeClock(at("2026-11-01T00:00:00"))
     client = await client_for(gateway(stores, clock))
@@ -441,7 +450,7 @@ async def test_a_month_with_plan_changes_then_an_immutable_invoice(
     assert [i["number"] for i in listed] == [issued["number"]]
 
 
-async def test_overage_is_admitted_and_billed(stores: Stores, client_for: Any) -> None:
+async def test_overage_is_admitted_and_billed(stores: Stores, client_for: ClientFor) -> None:
     clock = FakeClock(at("2026-11-01T00:00:00"))
     gw = gateway(stores, clock)
     client = await client_for(gw)
@@ -456,7 +465,9 @@ async def test_overage_is_admitted_and_billed(stores: Stores, client_for: Any) -
     assert [line["amount_cents"] for line in invoice["lines"]] == [1000, 200]
 
 
-async def test_overage_stays_on_the_plan_it_was_made_on(stores: Stores, client_for: Any) -> None:
+async def test_overage_stays_on_the_plan_it_was_made_on(
+    stores: Stores, client_for: ClientFor
+) -> None:
     """The finding, over the API: 1,100 calls on metered, then free for the last day. The
     overage is still billed (metered 29/30: 967 cents, quota 967, 133 over → 200), in the
     draft, after Redis lost its counters (real stores), and on the issued invoice."""
@@ -504,7 +515,7 @@ async def change_plan(client: Any, tenant: dict[str, Any], plan: str) -> None:
 
 
 async def test_the_calls_before_a_change_are_stored_with_it(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """The plan history holds, in each change's row, the month's calls made before it; the
     registration's row holds none, and a change to the same plan stores no row."""
@@ -526,7 +537,7 @@ async def test_the_calls_before_a_change_are_stored_with_it(
     ]
 
 
-async def test_no_snapshot_field_in_the_usage_hash(stores: Stores, client_for: Any) -> None:
+async def test_no_snapshot_field_in_the_usage_hash(stores: Stores, client_for: ClientFor) -> None:
     """A plan change writes nothing into the tenant's usage: not in the counters, not in the
     ledger, not in the Redis hash itself; flipping plans cannot grow them."""
     clock = FakeClock(at("2026-11-01T00:00:00"))
@@ -552,7 +563,7 @@ async def test_no_snapshot_field_in_the_usage_hash(stores: Stores, client_for: A
 
 
 async def test_losing_the_usage_hash_cannot_move_overage_to_the_new_plan(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """The attack: on metered (1,000 calls, 200 cents per started 1,000 beyond), 1,100 calls
     in the first second of day 20, then a change to free 5 s later; then the live usage hash
@@ -588,7 +599,7 @@ async def test_losing_the_usage_hash_cannot_move_overage_to_the_new_plan(
 
 
 async def test_a_change_stored_before_the_count_reads_the_legacy_snapshot(
-    postgres_url: str, redis_prefix: str, client_for: Any
+    postgres_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     """A ledger and plan history as an earlier version left them: the change's row without a
     count (``calls_before`` NULL, as migration 0008 leaves older rows), its snapshot in the
@@ -625,7 +636,7 @@ async def test_a_change_stored_before_the_count_reads_the_legacy_snapshot(
     assert [line["amount_cents"] for line in draft["lines"]] == [633, 0, 200]
 
 
-async def test_switching_away_and_back(stores: Stores, client_for: Any) -> None:
+async def test_switching_away_and_back(stores: Stores, client_for: ClientFor) -> None:
     """metered days 1-10 (calls 1-700), free days 11-20 (701-900), metered days 21-30
     (901-1,200): 2 × 333 cents for metered's time; of its calls, 1,001-1,200 passed its quota →
     one started thousand, 200."""
@@ -649,7 +660,7 @@ async def test_switching_away_and_back(stores: Stores, client_for: Any) -> None:
 
 
 async def test_no_plan_change_without_its_snapshot(
-    redis_url: str, redis_prefix: str, client_for: Any
+    redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     """With the counter store unreachable the change cannot snapshot the calls made so far:
     it answers 503 and the plan stays as it was."""
@@ -670,7 +681,7 @@ async def test_no_plan_change_without_its_snapshot(
         await proxy.stop()
 
 
-async def test_invoice_bad_input(stores: Stores, client_for: Any) -> None:
+async def test_invoice_bad_input(stores: Stores, client_for: ClientFor) -> None:
     clock = FakeClock(at("2026-11-15T00:00:00"))
     client = await client_for(gateway(stores, clock))
     tenant = await register(client, plan="free")
@@ -699,7 +710,7 @@ async def test_invoice_bad_input(stores: Stores, client_for: Any) -> None:
     assert (await client.get(url, headers=operator_headers())).status_code == 200
 
 
-async def test_closing_twice_issues_once(stores: Stores, client_for: Any) -> None:
+async def test_closing_twice_issues_once(stores: Stores, client_for: ClientFor) -> None:
     clock = FakeClock(at("2026-10-20T00:00:00"))
     gw = gateway(stores, clock)
     client = await client_for(gw)
@@ -721,7 +732,9 @@ async def test_closing_twice_issues_once(stores: Stores, client_for: Any) -> Non
     assert await gw.services.billing.close_period(october) == 0
 
 
-async def test_two_processes_close_the_same_period(postgres_url: str, client_for: Any) -> None:
+async def test_two_processes_close_the_same_period(
+    postgres_url: str, client_for: ClientFor
+) -> None:
     """Two `tenant-gateway billing close` processes at once: one invoice, one number."""
     clock = FakeClock(at("2026-09-10T00:00:00"))
     gw = TenantGateway(echo_app(), database_url=postgres_url, clock=clock)
@@ -799,7 +812,7 @@ async def test_one_closer_at_a_time_holds_a_period(
 
 
 async def test_a_worker_leaves_the_close_to_the_one_already_closing(
-    postgres_url: str, client_for: Any
+    postgres_url: str, client_for: ClientFor
 ) -> None:
     """N workers at the turn of the month: one closes, the others skip and look again."""
     clock = FakeClock(at("2026-10-20T00:00:00"))
@@ -833,7 +846,7 @@ async def test_a_worker_leaves_the_close_to_the_one_already_closing(
 
 
 async def test_the_background_close_issues_last_month_once_past_the_grace(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     clock = FakeClock(at("2026-11-20T00:00:00"))
     gw = gateway(stores, clock)

@@ -18,7 +18,7 @@ from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.redis.counters import RedisCounters
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, FakeClock, Stores, auth, register
+from .conftest import JWT_SECRET, ClientFor, FakeClock, Stores, auth, register
 from .helpers import assert_problem, gateway_via, proxy_to, through
 from .tcp_proxy import TcpProxy
 
@@ -49,7 +49,7 @@ async def redis_proxy(redis_url: str) -> AsyncIterator[TcpProxy]:
     await proxy.stop()
 
 
-async def test_health_endpoints(stores: Stores, client_for: Any) -> None:
+async def test_health_endpoints(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(TenantGateway(echo_app(), **stores.kwargs()))
     live = await client.get("/healthz")
     assert live.status_code == 200 and live.json() == {"status": "ok"}
@@ -61,7 +61,7 @@ async def test_health_endpoints(stores: Stores, client_for: Any) -> None:
 
 
 async def test_readiness_reports_a_dead_redis(
-    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: ClientFor
 ) -> None:
     clock = FakeClock()
     gateway = gateway_via(redis_url, redis_proxy, redis_prefix, clock=clock)
@@ -77,7 +77,7 @@ async def test_a_dead_redis_trips_the_breaker_and_recovery_closes_it(
     redis_url: str,
     redis_prefix: str,
     redis_proxy: TcpProxy,
-    client_for: Any,
+    client_for: ClientFor,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
@@ -135,7 +135,7 @@ async def _outage(client: Any, tenant: dict[str, Any], proxy: TcpProxy) -> None:
 
 
 async def test_a_probe_answered_by_a_server_wide_error_counts_as_a_failure(
-    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: ClientFor
 ) -> None:
     """Redis came back but is still loading its data: its answer to the half-open probe is an
     error reply. That is a failure (open again), not a probe left unanswered that holds the
@@ -165,7 +165,7 @@ async def test_a_probe_answered_by_a_server_wide_error_counts_as_a_failure(
 
 
 async def test_a_probe_answered_by_an_error_about_one_key_closes_the_circuit(
-    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: ClientFor
 ) -> None:
     """An error reply about one command says Redis answers: that call fails, the circuit
     closes and the next call goes through."""
@@ -299,7 +299,7 @@ def test_a_probe_that_never_reports_is_given_up_on() -> None:
 
 
 async def test_fail_open_admits_and_reconciles(
-    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: ClientFor
 ) -> None:
     clock = FakeClock()
     gateway = gateway_via(redis_url, redis_proxy, redis_prefix, plans=PLANS, clock=clock)
@@ -321,7 +321,7 @@ async def test_fail_open_admits_and_reconciles(
 
 
 async def test_a_postgres_outage(
-    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     proxy = await proxy_to(postgres_url)
     clock = FakeClock()
@@ -366,7 +366,7 @@ def _period(clock: FakeClock) -> str:
 
 
 async def test_admin_requests_have_a_deadline(
-    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     proxy = await proxy_to(postgres_url)
     gateway = TenantGateway(
@@ -390,7 +390,7 @@ async def test_admin_requests_have_a_deadline(
 
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
 async def test_redis_dies_and_returns_mid_load(
-    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any, fail_mode: str
+    redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: ClientFor, fail_mode: str
 ) -> None:
     gateway = gateway_via(
         redis_url, redis_proxy, redis_prefix, plans=PLANS, redis_fail_mode=fail_mode
@@ -426,7 +426,7 @@ async def test_redis_dies_and_returns_mid_load(
 
 
 async def test_postgres_dies_and_returns_mid_load(
-    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     proxy = await proxy_to(postgres_url)
     gateway = TenantGateway(
@@ -483,7 +483,7 @@ POISONED_PLANS = {
 
 @pytest.mark.parametrize("poison", [str(2**63 - 1), "not a number"])
 async def test_a_poisoned_usage_hash_harms_no_other_tenant(
-    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any, poison: str
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor, poison: str
 ) -> None:
     """Tenant A's usage hash holds a route tally at the top of Redis's integer range (what an
     import of a hostile ``tg_usage`` row left behind) or no number at all. A's next call makes
@@ -540,7 +540,7 @@ async def test_a_poisoned_usage_hash_harms_no_other_tenant(
 
 
 async def test_a_corrupt_counter_fails_only_its_own_tenant(
-    redis_url: str, redis_prefix: str, client_for: Any
+    redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     """Quota decisions of concurrent requests share one script call: a tenant whose hash
     cannot be used must not turn the others' calls into 503s nor open the breaker."""
@@ -569,7 +569,11 @@ async def test_a_corrupt_counter_fails_only_its_own_tenant(
 
 
 async def test_each_flush_step_runs_whatever_the_others_did(
-    postgres_url: str, redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: Any
+    postgres_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    redis_proxy: TcpProxy,
+    client_for: ClientFor,
 ) -> None:
     """Redis is away: the usage tallies wait, but the keys' last use still reaches PostgreSQL,
     and the tallies arrive once Redis is back."""

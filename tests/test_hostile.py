@@ -10,7 +10,7 @@ import pytest
 from tenant_gateway import TenantGateway
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, Stores, auth, operator_headers, register
+from .conftest import JWT_SECRET, ClientFor, Stores, auth, operator_headers, register
 from .helpers import tenant_count
 
 T = "/api/v1/tenants"
@@ -73,7 +73,7 @@ REGISTER_BODIES: list[tuple[str, bytes, int]] = [
 
 
 @pytest.fixture
-async def gateway_client(stores: Stores, client_for: Any) -> Any:
+async def gateway_client(stores: Stores, client_for: ClientFor) -> Any:
     return await client_for(
         TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, **stores.kwargs())
     )

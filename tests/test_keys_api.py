@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tenant_gateway import TenantGateway
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .conftest import JWT_SECRET, ClientFor, FakeClock, Stores, auth, operator_headers, register
 from .helpers import assert_problem, tenant_count
 
 T = "/api/v1/tenants"
@@ -39,7 +39,7 @@ async def new_key(client: Any, tenant: dict[str, Any], **body: Any) -> dict[str,
     return created
 
 
-async def test_create_list_revoke(stores: Stores, client_for: Any) -> None:
+async def test_create_list_revoke(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
     created = await new_key(client, tenant, name="ci", role="developer")
@@ -76,7 +76,7 @@ async def test_create_list_revoke(stores: Stores, client_for: Any) -> None:
 
 
 async def test_no_endpoint_returns_a_secret_except_create_and_rotate(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
@@ -90,7 +90,7 @@ async def test_no_endpoint_returns_a_secret_except_create_and_rotate(
 
 
 async def test_rotate_with_grace_zero_and_n(
-    stores: Stores, client_for: Any, clock: FakeClock
+    stores: Stores, client_for: ClientFor, clock: FakeClock
 ) -> None:
     client = await client_for(gateway(stores, clock))
     tenant = await register(client)
@@ -118,7 +118,7 @@ async def test_rotate_with_grace_zero_and_n(
     assert_problem(stale, 404, "not_found")
 
 
-async def test_expired_key_is_401(stores: Stores, client_for: Any, clock: FakeClock) -> None:
+async def test_expired_key_is_401(stores: Stores, client_for: ClientFor, clock: FakeClock) -> None:
     client = await client_for(gateway(stores, clock))
     tenant = await register(client)
     expires = datetime.fromtimestamp(clock(), UTC) + timedelta(seconds=30)
@@ -144,7 +144,7 @@ async def test_expired_key_is_401(stores: Stores, client_for: Any, clock: FakeCl
     ],
 )
 async def test_key_creation_bad_input(
-    stores: Stores, client_for: Any, body: dict[str, Any], field: str
+    stores: Stores, client_for: ClientFor, body: dict[str, Any], field: str
 ) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
@@ -155,7 +155,7 @@ async def test_key_creation_bad_input(
 
 
 @pytest.mark.parametrize("grace", [-1, 30 * 86_400 + 1, "60", 1.5, None])
-async def test_rotation_grace_bounds(stores: Stores, client_for: Any, grace: Any) -> None:
+async def test_rotation_grace_bounds(stores: Stores, client_for: ClientFor, grace: Any) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
     key = await new_key(client, tenant)
@@ -188,7 +188,7 @@ ROLE_TABLE: list[tuple[str, str, str, Any, set[str]]] = [
 
 @pytest.mark.parametrize("role", ["admin", "developer", "viewer", "billing"])
 async def test_each_roles_allowed_and_forbidden_endpoints(
-    stores: Stores, client_for: Any, role: str
+    stores: Stores, client_for: ClientFor, role: str
 ) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client, plan="professional")
@@ -243,7 +243,7 @@ def _none_token() -> dict[str, str]:
     ],
 )
 async def test_bad_operator_tokens_are_401(
-    stores: Stores, client_for: Any, headers: dict[str, str]
+    stores: Stores, client_for: ClientFor, headers: dict[str, str]
 ) -> None:
     client = await client_for(
         gateway(stores, admin_jwt_audience="tenant-gateway", admin_jwt_issuer="https://ops.example")
@@ -254,7 +254,7 @@ async def test_bad_operator_tokens_are_401(
 
 
 @pytest.mark.parametrize("kind", ["RS256", "ES256"])
-async def test_public_key_operator_tokens(stores: Stores, client_for: Any, kind: str) -> None:
+async def test_public_key_operator_tokens(stores: Stores, client_for: ClientFor, kind: str) -> None:
     private: Any = (
         rsa.generate_private_key(public_exponent=65537, key_size=2048)
         if kind == "RS256"
@@ -296,7 +296,7 @@ async def test_public_key_operator_tokens(stores: Stores, client_for: Any, kind:
 # -- status, deletion, audit -------------------------------------------------------------------
 
 
-async def test_delete_tenant(stores: Stores, client_for: Any) -> None:
+async def test_delete_tenant(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
     extra = await new_key(client, tenant)
@@ -310,7 +310,7 @@ async def test_delete_tenant(stores: Stores, client_for: Any) -> None:
     assert tenant["id"] not in [t["id"] for t in listing.json()["items"]]
 
 
-async def test_update_tenant(stores: Stores, client_for: Any) -> None:
+async def test_update_tenant(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client, max_users=4)
     url = f"{T}/{tenant['id']}"
@@ -332,7 +332,7 @@ async def test_update_tenant(stores: Stores, client_for: Any) -> None:
         )
 
 
-async def test_user_get_update_delete(stores: Stores, client_for: Any) -> None:
+async def test_user_get_update_delete(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
     users = f"{T}/{tenant['id']}/users"
@@ -356,7 +356,7 @@ async def test_user_get_update_delete(stores: Stores, client_for: Any) -> None:
     )
 
 
-async def test_audit_log(stores: Stores, client_for: Any) -> None:
+async def test_audit_log(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
     key = await new_key(client, tenant, name="k")
@@ -396,7 +396,7 @@ async def test_audit_log(stores: Stores, client_for: Any) -> None:
 
 
 async def test_a_second_rotation_never_prolongs_the_old_key(
-    stores: Stores, client_for: Any, clock: FakeClock
+    stores: Stores, client_for: ClientFor, clock: FakeClock
 ) -> None:
     client = await client_for(gateway(stores, clock))
     tenant = await register(client)
@@ -456,14 +456,14 @@ def _hour() -> int:
     ],
 )
 async def test_operator_tokens_with_bad_times_are_401(
-    stores: Stores, client_for: Any, headers: Any
+    stores: Stores, client_for: ClientFor, headers: Any
 ) -> None:
     client = await client_for(gateway(stores))
     assert_problem(await client.get(f"{T}/", headers=headers()), 401, "invalid_api_key")
     assert (await client.get(f"{T}/", headers=_signed(exp=_hour()))).status_code == 200
 
 
-async def test_operator_token_lifetime_setting(stores: Stores, client_for: Any) -> None:
+async def test_operator_token_lifetime_setting(stores: Stores, client_for: ClientFor) -> None:
     now = int(time.time())
     default = await client_for(gateway(stores))
     for fine in (
@@ -482,7 +482,7 @@ async def test_operator_token_lifetime_setting(stores: Stores, client_for: Any) 
 
 
 async def test_an_operator_subject_with_control_characters_is_recorded_escaped(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """The finding: a NUL in ``sub`` suspended the tenant, then the audit insert failed (500,
     no entry). A bidi override or a line break would disguise or forge an entry."""
@@ -502,7 +502,7 @@ async def test_an_operator_subject_with_control_characters_is_recorded_escaped(
     assert entry["actor"].isprintable()
 
 
-async def test_only_changes_made_are_recorded(stores: Stores, client_for: Any) -> None:
+async def test_only_changes_made_are_recorded(stores: Stores, client_for: ClientFor) -> None:
     """Each entry is written in the step of the change it records (deletion used to write its
     entry before deleting), and a refused change leaves none."""
     gw = gateway(stores)
@@ -535,7 +535,9 @@ def real(postgres_url: str, redis_url: str, redis_prefix: str) -> Stores:
     return Stores("real", postgres_url, redis_url, redis_prefix)
 
 
-async def test_a_change_whose_audit_entry_fails_is_not_made(real: Stores, client_for: Any) -> None:
+async def test_a_change_whose_audit_entry_fails_is_not_made(
+    real: Stores, client_for: ClientFor
+) -> None:
     """A real failure of the audit insert, for one operator only: a CHECK constraint on
     ``tg_audit`` refuses that operator's entries. Every change that operator makes must then
     fail whole (500) and leave nothing behind."""
@@ -609,7 +611,7 @@ async def _snapshot(client: Any, url: str) -> dict[str, Any]:
     }
 
 
-async def test_the_audit_trail_is_append_only(real: Stores, client_for: Any) -> None:
+async def test_the_audit_trail_is_append_only(real: Stores, client_for: ClientFor) -> None:
     """No role the gateway runs as may rewrite or erase an entry: not the owner role its own
     work runs under, not the runtime role the app runs under; the trigger stops even the
     superuser login the tests use."""
@@ -643,7 +645,7 @@ async def test_the_audit_trail_is_append_only(real: Stores, client_for: Any) -> 
         await conn.close()
 
 
-async def test_an_import_does_not_bring_audit_entries(real: Stores, client_for: Any) -> None:
+async def test_an_import_does_not_bring_audit_entries(real: Stores, client_for: ClientFor) -> None:
     """An export's audit rows are a record of the source: importing them would let a tenant
     write entries in its own trail ("operator:… deleted …") that the gateway never wrote."""
     client = await client_for(gateway(real))

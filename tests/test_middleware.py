@@ -12,7 +12,7 @@ from tenant_gateway import TenantGateway, current_tenant
 from tenant_gateway.keys import generate_api_key
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .conftest import JWT_SECRET, ClientFor, FakeClock, Stores, auth, operator_headers, register
 from .helpers import assert_problem
 
 
@@ -22,7 +22,7 @@ def gateway(stores: Stores, clock: FakeClock | None = None, **kwargs: Any) -> Te
     return TenantGateway(echo_app(), **stores.kwargs(), **kwargs)
 
 
-async def test_missing_key(stores: Stores, client_for: Any) -> None:
+async def test_missing_key(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     response = await client.get("/whoami")
     assert_problem(response, 401, "missing_api_key")
@@ -41,7 +41,9 @@ async def test_missing_key(stores: Stores, client_for: Any) -> None:
         {"Authorization": "Basic dXNlcjpwYXNz"},
     ],
 )
-async def test_malformed_keys(stores: Stores, client_for: Any, header: dict[str, str]) -> None:
+async def test_malformed_keys(
+    stores: Stores, client_for: ClientFor, header: dict[str, str]
+) -> None:
     client = await client_for(gateway(stores))
     expected = (
         "missing_api_key"
@@ -51,13 +53,13 @@ async def test_malformed_keys(stores: Stores, client_for: Any, header: dict[str,
     assert_problem(await client.get("/whoami", headers=header), 401, expected)
 
 
-async def test_unknown_well_formed_key(stores: Stores, client_for: Any) -> None:
+async def test_unknown_well_formed_key(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     response = await client.get("/whoami", headers={"X-API-Key": generate_api_key()})
     assert_problem(response, 401, "invalid_api_key")
 
 
-async def test_tenant_reaches_the_app_three_ways(stores: Stores, client_for: Any) -> None:
+async def test_tenant_reaches_the_app_three_ways(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
     for headers in (
@@ -75,7 +77,7 @@ async def test_tenant_reaches_the_app_three_ways(stores: Stores, client_for: Any
     assert current_tenant.get() is None  # reset after the request
 
 
-async def test_suspended_tenant(stores: Stores, client_for: Any) -> None:
+async def test_suspended_tenant(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores, admin_jwt_secret=JWT_SECRET))
     tenant = await register(client)
     response = await client.post(
@@ -88,7 +90,7 @@ async def test_suspended_tenant(stores: Stores, client_for: Any) -> None:
 
 
 async def test_rate_limit_headers_and_monthly_quota(
-    stores: Stores, client_for: Any, clock: FakeClock
+    stores: Stores, client_for: ClientFor, clock: FakeClock
 ) -> None:
     plans = {
         "plans": {
@@ -115,7 +117,7 @@ async def test_rate_limit_headers_and_monthly_quota(
     assert fresh.status_code == 200 and fresh.headers["ratelimit"].startswith('"monthly";r=2;')
 
 
-async def test_first_call_on_free_plan_shows_999(stores: Stores, client_for: Any) -> None:
+async def test_first_call_on_free_plan_shows_999(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores))
     tenant = await register(client)
     response = await client.get("/whoami", headers=auth(tenant))
@@ -124,7 +126,7 @@ async def test_first_call_on_free_plan_shows_999(stores: Stores, client_for: Any
 
 
 async def test_a_plan_without_limits_sends_no_rate_limit_headers(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     unlimited = {"max_users": None, "monthly_calls": None, "burst_per_second": None}
     plans = {"plans": {"open": {**unlimited, "price_cents": 0}}}
@@ -136,7 +138,7 @@ async def test_a_plan_without_limits_sends_no_rate_limit_headers(
     assert "ratelimit" not in response.headers
 
 
-async def test_burst_limit(stores: Stores, client_for: Any, clock: FakeClock) -> None:
+async def test_burst_limit(stores: Stores, client_for: ClientFor, clock: FakeClock) -> None:
     client = await client_for(gateway(stores, clock))  # every call in the same second
     tenant = await register(client)  # free: 10 per second
     responses = [await client.get("/whoami", headers=auth(tenant)) for _ in range(11)]
@@ -149,7 +151,7 @@ async def test_burst_limit(stores: Stores, client_for: Any, clock: FakeClock) ->
 
 
 async def test_burst_limit_in_a_window_shared_on_redis(
-    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     """``burst_storage`` on Redis: two gateways (as two processes would) draw on one window."""
     shared: dict[str, Any] = {
@@ -169,7 +171,7 @@ async def test_burst_limit_in_a_window_shared_on_redis(
     assert statuses.count(200) == 10 and statuses.count(429) == 2
 
 
-async def test_a_shared_burst_window_that_is_down(stores: Stores, client_for: Any) -> None:
+async def test_a_shared_burst_window_that_is_down(stores: Stores, client_for: ClientFor) -> None:
     """Its Redis unreachable: 503 quota_unavailable, or admitted on a fail-open plan."""
     nothing = "async+redis://127.0.0.1:1/0"
     closed = await client_for(gateway(stores, burst_storage=nothing))
@@ -180,7 +182,9 @@ async def test_a_shared_burst_window_that_is_down(stores: Stores, client_for: An
     assert (await lenient.get("/whoami", headers=auth(tenant))).status_code == 200
 
 
-async def test_quota_exact_under_1100_concurrent_requests(stores: Stores, client_for: Any) -> None:
+async def test_quota_exact_under_1100_concurrent_requests(
+    stores: Stores, client_for: ClientFor
+) -> None:
     """In-process concurrency (the HTTP version, with >= 50 in flight, is in test_server.py)."""
     plans = {
         "plans": {
@@ -210,7 +214,7 @@ async def test_quota_exact_under_1100_concurrent_requests(stores: Stores, client
 
 
 async def test_public_paths_are_neither_authenticated_nor_metered(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     client = await client_for(gateway(stores, public_paths=["/public"]))
     response = await client.get("/public")
@@ -218,7 +222,7 @@ async def test_public_paths_are_neither_authenticated_nor_metered(
     assert "ratelimit-policy" not in response.headers
 
 
-async def test_body_limit(stores: Stores, client_for: Any) -> None:
+async def test_body_limit(stores: Stores, client_for: ClientFor) -> None:
     client = await client_for(gateway(stores, max_body_bytes=100))
     tenant = await register(client)
     assert (await client.post("/echo", content=b"x" * 100, headers=auth(tenant))).json() == {
@@ -240,7 +244,7 @@ async def test_body_limit(stores: Stores, client_for: Any) -> None:
 
 
 async def test_body_limit_without_content_length_over_http2(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """HTTP/2 frames a body without Content-Length: the gateway counts it as it streams."""
     gw = gateway(stores, max_body_bytes=100)
@@ -284,7 +288,7 @@ async def call(
 
 
 async def test_a_length_beside_a_transfer_encoding_is_not_trusted(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """A server that accepts both frames by the encoding: the body is counted as it streams."""
     gw = gateway(stores, max_body_bytes=100)
@@ -294,7 +298,9 @@ async def test_a_length_beside_a_transfer_encoding_is_not_trusted(
     assert sent[0]["status"] == 413
 
 
-async def test_a_content_length_of_any_size_is_answered(stores: Stores, client_for: Any) -> None:
+async def test_a_content_length_of_any_size_is_answered(
+    stores: Stores, client_for: ClientFor
+) -> None:
     gw = gateway(stores, max_body_bytes=100)
     tenant = await register(await client_for(gw))
     huge = [(b"content-length", b"9" * 5000)]
@@ -304,7 +310,7 @@ async def test_a_content_length_of_any_size_is_answered(stores: Stores, client_f
 
 
 async def test_usage_by_route_template_and_status(
-    stores: Stores, client_for: Any, clock: FakeClock
+    stores: Stores, client_for: ClientFor, clock: FakeClock
 ) -> None:
     client = await client_for(gateway(stores, clock))
     tenant = await register(client, plan="enterprise")
@@ -328,7 +334,7 @@ async def test_usage_by_route_template_and_status(
 
 
 async def test_a_route_whose_path_is_not_a_string_counts_as_unmatched(
-    stores: Stores, client_for: Any
+    stores: Stores, client_for: ClientFor
 ) -> None:
     """An app's own route type may carry any ``path`` (here an unhashable list): the call is
     answered and tallied, never a 500 from the usage tally."""
@@ -359,7 +365,7 @@ async def test_other_scopes_pass_through(stores: Stores) -> None:
 
 
 async def test_redis_outage_is_503_quota_unavailable_and_recovers(
-    redis_url: str, redis_prefix: str, client_for: Any
+    redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     from urllib.parse import urlsplit
 

@@ -11,6 +11,9 @@ import pytest
 
 from tenant_gateway import DEFAULT_PLANS, ConfigurationError, Period, load_plans
 from tenant_gateway.models import Tenant, TenantStatus, effective_seat_limit
+from tenant_gateway.plans import PlanFields, plans_schema
+
+SCHEMA_FILE = Path(__file__).parent.parent / "docs" / "plans.schema.json"
 
 
 def test_defaults_match_the_spec() -> None:
@@ -131,6 +134,46 @@ def test_load_json_toml_and_mapping(tmp_path: Path) -> None:
 def test_invalid_plans_are_clear(document: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         load_plans(document)
+
+
+def test_every_problem_is_named_at_once_with_the_valid_fields() -> None:
+    """A plan written from guesses: each problem in one message, the valid fields named."""
+    document = {
+        "plans": {
+            "pro": {"burst": 5, "monthly_quota": 100, "max_users": "5", "price_cents": None},
+            "team": {"max_users": 1, "monthly_calls": 1, "burst_per_second": 1, "price_cents": -1},
+        }
+    }
+    with pytest.raises(ConfigurationError) as raised:
+        load_plans(document)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("the plans document has 7 problems: ")
+    for expected in (
+        "plans.pro.burst: unknown field (the fields are max_users, monthly_calls,",
+        "plans.pro.monthly_quota: unknown field",
+        "plans.pro.max_users: must be an integer or null, got '5'",
+        "plans.pro.monthly_calls: required",
+        "plans.pro.burst_per_second: required",
+        "plans.pro.price_cents: may not be null",
+        "plans.team.price_cents: must be between 0 and",
+    ):
+        assert expected in message
+    for field in PlanFields.model_fields:
+        assert field in message
+
+
+@pytest.mark.parametrize("name", ["plans.yaml", "plans.yml", "plans"])
+def test_only_json_and_toml_files(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("plans:\n  gold: {}\n")
+    with pytest.raises(ConfigurationError, match=r"JSON \(\.json\) or TOML \(\.toml\) only"):
+        load_plans(path)
+
+
+def test_the_published_schema_is_the_one_enforced() -> None:
+    """docs/plans.schema.json is what load_plans checks (regenerate it from plans_schema())."""
+    assert json.loads(SCHEMA_FILE.read_text()) == plans_schema()
 
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:

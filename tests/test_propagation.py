@@ -16,7 +16,7 @@ from tenant_gateway.redis.invalidation import RedisInvalidator
 from tenant_gateway.resolver import KeyResolver
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, FakeClock, auth, operator_headers, register
+from .conftest import JWT_SECRET, ClientFor, FakeClock, auth, operator_headers, register
 from .helpers import CountingDirectory, add_tenant, proxy_to, through
 from .tcp_proxy import TcpProxy
 
@@ -37,7 +37,7 @@ async def until_status(client: httpx.AsyncClient, headers: dict[str, str], statu
 
 
 async def test_pubsub_invalidates_another_process_cache(
-    postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     """Two gateways on the same stores; the clock is frozen, so the cache TTL never expires:
     only the published invalidation can make the second gateway notice."""
@@ -189,7 +189,7 @@ async def take_away(proxy: TcpProxy, outage: str, invalidator: RedisInvalidator)
 
 @pytest.mark.parametrize("stores", ["memory", "postgres", "postgres+redis"])
 async def test_the_long_ttl_applies_only_where_every_change_is_heard(
-    stores: str, postgres_url: str, redis_url: str, redis_prefix: str, client_for: Any
+    stores: str, postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
 ) -> None:
     """A directory in this process's memory changes only here; one in PostgreSQL may be changed
     by other processes, heard through Redis alone."""

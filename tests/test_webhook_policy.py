@@ -29,7 +29,7 @@ from tenant_gateway.netpolicy import (
 from tenant_gateway.serve import build_app
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, FakeClock, Stores, auth, operator_headers, register
+from .conftest import JWT_SECRET, ClientFor, FakeClock, Stores, auth, operator_headers, register
 from .helpers import assert_problem
 from .receiver import TlsReceiver, WebhookReceiver, certificate_authority
 
@@ -358,7 +358,7 @@ async def put_webhook(
 
 
 async def test_setting_a_webhook_is_rate_limited_per_tenant(
-    stores: Stores, client_for: Any, clock: FakeClock
+    stores: Stores, client_for: ClientFor, clock: FakeClock
 ) -> None:
     """Every PUT resolves a name: in a loop it was a lookup per request. Now 10 a minute per
     tenant (every attempt counts, even one whose body is refused), then 429 rate_limited with
@@ -381,7 +381,7 @@ async def test_setting_a_webhook_is_rate_limited_per_tenant(
 
 
 async def test_a_name_server_that_never_answers_holds_only_the_tenant_s_lookups(
-    monkeypatch: pytest.MonkeyPatch, client_for: Any, clock: FakeClock
+    monkeypatch: pytest.MonkeyPatch, client_for: ClientFor, clock: FakeClock
 ) -> None:
     """Names under ``blackhole.test`` hang in ``getaddrinfo`` (a name server that never
     answers). A tenant firing 40 webhook settings at once filled the event loop's default

@@ -109,6 +109,7 @@ def build_admin_app(services: Services, operators: OperatorAuth | None = None) -
         Route(key, keys.revoke_key, methods=["DELETE"]),
         Route(key + "/rotate", keys.rotate_key, methods=["POST"]),
         Route(tenant + "/usage", reports.usage, methods=["GET"]),
+        Route(tenant + "/usage.csv", reports.usage_csv, methods=["GET"]),
         Route(tenant + "/audit", reports.audit, methods=["GET"]),
         Route(tenant + "/export", transfers.export, methods=["GET"]),
         Route(tenant + "/import", transfers.import_, methods=["POST"]),

@@ -21,6 +21,22 @@ class ReportHandlers(AdminHandlers):
     """Usage (JSON or CSV), invoices, the audit log and the OpenAPI document."""
 
     async def usage(self, request: Request) -> Response:
+        """JSON, or CSV with ``?format=csv`` or ``Accept: text/csv``."""
+        report = await self._usage_report(request)
+        requested = request.query_params.get("format")
+        if requested not in (None, "json", "csv"):
+            raise field_error("format", "must be json or csv")
+        wants_csv = requested == "csv" or (
+            requested is None and "text/csv" in request.headers.get("accept", "")
+        )
+        return _csv_answer(report) if wants_csv else JSONResponse(report)
+
+    async def usage_csv(self, request: Request) -> Response:
+        """The CSV under a path of its own: an operation answers one media type for a client
+        generated from the OpenAPI document (openapi-python-client reads the first)."""
+        return _csv_answer(await self._usage_report(request))
+
+    async def _usage_report(self, request: Request) -> dict[str, object]:
         _, tenant = await self._tenant(request, Action.READ_USAGE)
         period = self._period(request)
         key = (tenant.id, str(period))
@@ -30,7 +46,7 @@ class ReportHandlers(AdminHandlers):
         else:
             tallies = await period_tallies(self.services.ledger, self.services.counters, key)
         plan = self._plan(tenant.plan)
-        report = usage_report(
+        return usage_report(
             tenant_id=tenant.id,
             period=period,
             tallies=tallies,
@@ -38,21 +54,6 @@ class ReportHandlers(AdminHandlers):
             users=await self.services.directory.count_users(tenant.id),
             max_users=effective_seat_limit(plan, tenant),
         )
-        requested = request.query_params.get("format")
-        if requested not in (None, "json", "csv"):
-            raise field_error("format", "must be json or csv")
-        wants_csv = requested == "csv" or (
-            requested is None and "text/csv" in request.headers.get("accept", "")
-        )
-        if wants_csv:
-            return Response(
-                usage_csv(report),
-                media_type="text/csv; charset=utf-8",
-                headers={
-                    "Content-Disposition": f'attachment; filename="usage-{tenant.id}-{period}.csv"'
-                },
-            )
-        return JSONResponse(report)
 
     def _period(self, request: Request, tenant: Tenant | None = None) -> Period:
         """``?period=`` or the current one; 422 for a bad or future one, and with ``tenant``,
@@ -105,4 +106,15 @@ class ReportHandlers(AdminHandlers):
         )
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(request.scope.get("root_path", "")))
+        root_path = request.scope.get("root_path", "")
+        document = openapi_document(root_path, signup_open=self.settings.allow_signup)
+        return JSONResponse(document)
+
+
+def _csv_answer(report: dict[str, object]) -> Response:
+    filename = f"usage-{report['tenant_id']}-{report['period']}.csv"
+    return Response(
+        usage_csv(report),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

@@ -11,6 +11,7 @@ from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.rows import (
     KEY_COLUMNS,
     TENANT_COLUMNS,
+    audited_change,
     insert_audit,
     insert_key,
     key_of,
@@ -53,18 +54,16 @@ class KeyRows:
     async def revoke_key(
         self, tenant_id: str, key_id: str, at: datetime, *, audit: AuditEntry | None = None
     ) -> bool:
-        async with self._db.gateway_transaction() as conn:
-            found = await conn.fetchval(
-                "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
-                " WHERE tenant_id = $1 AND id = $2 RETURNING id",
-                tenant_id,
-                key_id,
-                at,
-            )
-            if found is None:
-                return False
-            await insert_audit(conn, audit)
-        return True
+        revoked = await audited_change(
+            self._db,
+            audit,
+            "UPDATE tg_api_keys SET revoked_at = LEAST(coalesce(revoked_at, $3), $3)"
+            " WHERE tenant_id = $1 AND id = $2 RETURNING id",
+            tenant_id,
+            key_id,
+            at,
+        )
+        return revoked is not None
 
     async def rotate_key(
         self,

@@ -29,6 +29,7 @@ from tenant_gateway.postgres.catalog import application_tables
 from tenant_gateway.postgres.database import RUNTIME_ROLE, TENANT_SETTING, Database
 from tenant_gateway.postgres.rows import (
     TENANT_COLUMNS,
+    audited_change,
     insert_audit,
     insert_key,
     insert_user,
@@ -190,17 +191,15 @@ class PostgresDirectory(UserRows, KeyRows):
     async def set_status(
         self, tenant_id: str, status: TenantStatus, *, audit: AuditEntry | None = None
     ) -> Tenant | None:
-        async with self._db.gateway_transaction() as conn:
-            row = await conn.fetchrow(
-                "UPDATE tg_tenants SET status = $2, updated_at = now()"
-                f" WHERE id = $1 AND status <> 'deleted' RETURNING {TENANT_COLUMNS}",
-                tenant_id,
-                status.value,
-            )
-            if row is None:
-                return None
-            await insert_audit(conn, audit)
-        return tenant_of(row)
+        row = await audited_change(
+            self._db,
+            audit,
+            "UPDATE tg_tenants SET status = $2, updated_at = now()"
+            f" WHERE id = $1 AND status <> 'deleted' RETURNING {TENANT_COLUMNS}",
+            tenant_id,
+            status.value,
+        )
+        return None if row is None else tenant_of(row)
 
     async def plan_history(self, tenant_id: str) -> list[PlanChange]:
         async with self._db.gateway_transaction() as conn:
@@ -251,18 +250,16 @@ class PostgresDirectory(UserRows, KeyRows):
         *,
         audit: AuditEntry | None = None,
     ) -> bool:
-        async with self._db.gateway_transaction() as conn:
-            found = await conn.fetchval(
-                "UPDATE tg_tenants SET webhook_url = $2, webhook_secret = $3, updated_at = now()"
-                " WHERE id = $1 AND status <> 'deleted' RETURNING id",
-                tenant_id,
-                url,
-                secret,
-            )
-            if found is None:
-                return False
-            await insert_audit(conn, audit)
-        return True
+        found = await audited_change(
+            self._db,
+            audit,
+            "UPDATE tg_tenants SET webhook_url = $2, webhook_secret = $3, updated_at = now()"
+            " WHERE id = $1 AND status <> 'deleted' RETURNING id",
+            tenant_id,
+            url,
+            secret,
+        )
+        return found is not None
 
     async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
         async with self._db.gateway_transaction() as conn:

@@ -9,11 +9,13 @@ import asyncpg
 
 from tenant_gateway.exceptions import UserExists
 from tenant_gateway.models import ApiKeyRecord, AuditEntry, Role, Tenant, TenantStatus, User
+from tenant_gateway.postgres.database import Database
 
 __all__ = [
     "KEY_COLUMNS",
     "TENANT_COLUMNS",
     "USER_COLUMNS",
+    "audited_change",
     "insert_audit",
     "insert_key",
     "insert_user",
@@ -109,3 +111,15 @@ async def insert_audit(conn: Any, entry: AuditEntry | None) -> None:
             entry.target,
             entry.ip,
         )
+
+
+async def audited_change(
+    db: Database, audit: AuditEntry | None, sql: str, *args: object
+) -> asyncpg.Record | None:
+    """One change whose statement returns the row it changed, and ``audit`` in the same
+    transaction when it changed one. None: nothing matched, nothing was written."""
+    async with db.gateway_transaction() as conn:
+        row: asyncpg.Record | None = await conn.fetchrow(sql, *args)
+        if row is not None:
+            await insert_audit(conn, audit)
+    return row

@@ -5,7 +5,13 @@ from __future__ import annotations
 from tenant_gateway.exceptions import SeatLimitReached, UserExists
 from tenant_gateway.models import AuditEntry, Role, User
 from tenant_gateway.postgres.database import Database
-from tenant_gateway.postgres.rows import USER_COLUMNS, insert_audit, insert_user, user_of
+from tenant_gateway.postgres.rows import (
+    USER_COLUMNS,
+    audited_change,
+    insert_audit,
+    insert_user,
+    user_of,
+)
 
 __all__ = ["UserRows"]
 
@@ -56,32 +62,28 @@ class UserRows:
     async def update_user(
         self, tenant_id: str, user_id: str, role: Role, *, audit: AuditEntry | None = None
     ) -> User | None:
-        async with self._db.gateway_transaction() as conn:
-            row = await conn.fetchrow(
-                f"UPDATE tg_users SET role = $3 WHERE tenant_id = $1 AND id = $2"
-                f" RETURNING {USER_COLUMNS}",
-                tenant_id,
-                user_id,
-                role.value,
-            )
-            if row is None:
-                return None
-            await insert_audit(conn, audit)
-        return user_of(row)
+        row = await audited_change(
+            self._db,
+            audit,
+            f"UPDATE tg_users SET role = $3 WHERE tenant_id = $1 AND id = $2"
+            f" RETURNING {USER_COLUMNS}",
+            tenant_id,
+            user_id,
+            role.value,
+        )
+        return None if row is None else user_of(row)
 
     async def delete_user(
         self, tenant_id: str, user_id: str, *, audit: AuditEntry | None = None
     ) -> bool:
-        async with self._db.gateway_transaction() as conn:
-            deleted = await conn.fetchval(
-                "DELETE FROM tg_users WHERE tenant_id = $1 AND id = $2 RETURNING id",
-                tenant_id,
-                user_id,
-            )
-            if deleted is None:
-                return False
-            await insert_audit(conn, audit)
-        return True
+        deleted = await audited_change(
+            self._db,
+            audit,
+            "DELETE FROM tg_users WHERE tenant_id = $1 AND id = $2 RETURNING id",
+            tenant_id,
+            user_id,
+        )
+        return deleted is not None
 
     async def count_users(self, tenant_id: str) -> int:
         async with self._db.gateway_transaction() as conn:

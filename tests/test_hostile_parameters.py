@@ -22,7 +22,7 @@ from tenant_gateway.admin.openapi import openapi_document
 from tenant_gateway.demo import build_demo_app, create_projects_table
 
 from .apps import echo_app
-from .conftest import JWT_SECRET, Stores, auth, operator_headers, register
+from .conftest import JWT_SECRET, ClientFor, Stores, auth, operator_headers, register
 from .helpers import assert_problem
 
 T = "/api/v1/tenants"
@@ -119,7 +119,7 @@ def test_the_document_names_every_admin_route() -> None:
 
 @pytest.mark.parametrize(("path", "method", "name"), PATH_CASES)
 async def test_hostile_path_ids_are_404(
-    stores: Stores, client_for: Any, path: str, method: str, name: str
+    stores: Stores, client_for: ClientFor, path: str, method: str, name: str
 ) -> None:
     client = await client_for(_gateway(stores))
     ids = await _own_ids(client)
@@ -138,7 +138,7 @@ async def test_hostile_path_ids_are_404(
 
 @pytest.mark.parametrize(("path", "method", "name"), QUERY_CASES)
 async def test_hostile_query_values_are_422(
-    stores: Stores, client_for: Any, path: str, method: str, name: str
+    stores: Stores, client_for: ClientFor, path: str, method: str, name: str
 ) -> None:
     client = await client_for(_gateway(stores))
     ids = await _own_ids(client)
@@ -155,7 +155,7 @@ async def test_hostile_query_values_are_422(
 
 @pytest.mark.parametrize(("path", "method"), READ_CASES)
 async def test_query_parameters_a_route_does_not_read_are_ignored(
-    stores: Stores, client_for: Any, path: str, method: str
+    stores: Stores, client_for: ClientFor, path: str, method: str
 ) -> None:
     client = await client_for(_gateway(stores))
     ids = await _own_ids(client)
@@ -169,7 +169,7 @@ async def test_query_parameters_a_route_does_not_read_are_ignored(
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
 async def test_health_endpoints_ignore_hostile_queries(
-    stores: Stores, client_for: Any, path: str
+    stores: Stores, client_for: ClientFor, path: str
 ) -> None:
     client = await client_for(_gateway(stores))
     for case, value in HOSTILE.items():
@@ -178,7 +178,7 @@ async def test_health_endpoints_ignore_hostile_queries(
             assert response.status_code == 200, (case, name, response.text)
 
 
-async def test_demo_project_routes(stores: Stores, client_for: Any) -> None:
+async def test_demo_project_routes(stores: Stores, client_for: ClientFor) -> None:
     gateway = TenantGateway(
         build_demo_app(stores.database_url), admin_jwt_secret=JWT_SECRET, **stores.kwargs()
     )
