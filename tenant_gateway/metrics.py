@@ -51,6 +51,9 @@ from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.exceptions import Problem, Refusal
 from tenant_gateway.keys import KEY_PREFIX, extract_api_key
 from tenant_gateway.observations import GateCounts, Latencies
+from tenant_gateway.quota import CounterStore
+from tenant_gateway.redis.cluster_counters import ClusterCounters
+from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.services import Services
 
 __all__ = ["MetricsEndpoint", "Sources", "families", "multiprocess"]
@@ -80,6 +83,16 @@ class Sources:
     services: Services
 
 
+def _breakers(counters: CounterStore) -> list[Breaker]:
+    """The counter store's circuit breakers: one for a Redis server (``redis``), one per primary
+    of a cluster (``redis HOST:PORT``), none in memory."""
+    if isinstance(counters, ClusterCounters):
+        return [counters.nodes.breaker(node) for node in counters.nodes.primaries()]
+    if isinstance(counters, RedisCounters):
+        return [counters.breaker]
+    return []
+
+
 def _counter(
     name: str, doc: str, labels: list[str], counts: Iterable[tuple[Iterable[str], int]]
 ) -> Metric:
@@ -100,11 +113,10 @@ def families(sources: Sources) -> list[Metric]:
         buckets.append((le, float(cumulative)))
     breaker = GaugeMetricFamily(
         "tenant_gateway_breaker_state",
-        "1 for the state the Redis circuit breaker is in (several workers: how many are in it).",
-        labels=["store", "state"],
+        "1 for the state each Redis circuit breaker is in (several workers: how many are in it).",
+        labels=["breaker", "state"],
     )
-    circuit = getattr(services.counters, "breaker", None)  # a Redis store's, whichever kind
-    if isinstance(circuit, Breaker):
+    for circuit in _breakers(services.counters):
         for state in BreakerState:
             breaker.add_metric([circuit.name, state.value], float(state is circuit.state))
     metrics = [

@@ -8,10 +8,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -23,7 +24,8 @@ from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
-from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.connect import open_counters
+from tenant_gateway.redis.roles import WrongServer
 
 __all__ = ["build_app", "fail", "preflight", "run"]
 
@@ -40,9 +42,13 @@ async def preflight(database_url: str | None, redis_url: str | None, *, demo: bo
         if demo:
             await create_projects_table(database_url)
     if redis_url:
-        counters = RedisCounters(redis_url)
+        counters = open_counters(redis_url)  # a bad URL: ConfigurationError
         try:
             await counters.ping()
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, WrongServer):  # it answers, and is not what we need
+                raise ConfigurationError(f"--redis-url {exc.url}: {exc.reason}") from None
+            raise
         finally:
             await counters.close()
 
@@ -80,6 +86,7 @@ def build_app() -> TenantGateway:
         redis_key_prefix=os.environ.get("TG_REDIS_KEY_PREFIX", "tg:"),
         usage_flush_interval=float(os.environ.get("TG_FLUSH_INTERVAL", "1.0")),
         key_cache_ttl=float(os.environ.get("TG_KEY_CACHE_TTL", "1.0")),
+        key_cache_long_ttl=float(os.environ.get("TG_KEY_CACHE_LONG_TTL", "60.0")),
         key_cache_size=int(os.environ.get("TG_KEY_CACHE_SIZE", "100000")),
         allow_signup=_env_flag("TG_ALLOW_SIGNUP"),
         signup_rate=os.environ.get("TG_SIGNUP_RATE") or "10/minute",
@@ -93,6 +100,20 @@ def build_app() -> TenantGateway:
         metrics_path=os.environ.get("TG_METRICS_PATH", "/metrics") or None,
         metrics_require_operator=_env_flag("TG_METRICS_REQUIRE_OPERATOR", "false"),
     )
+
+
+def _number(text: str, flag: str, kind: Callable[[str], float], least: float) -> tuple[str, str]:
+    """``text``, the value of ``flag`` (or of its environment variable), checked to be a finite
+    number no less than ``least``: (the variable that hands it to the workers, the number).
+    Else a ``ConfigurationError`` naming both."""
+    variable = "TG_" + flag.removeprefix("--").replace("-", "_").upper()
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        value = math.nan
+    if not least <= value < math.inf:
+        raise ConfigurationError(f"{flag} ({variable}) must be a number >= {least:g}, got {text!r}")
+    return variable, str(value)
 
 
 def _operations(args: argparse.Namespace) -> str | None:
@@ -135,8 +156,13 @@ def _metrics_directory(workers: int) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.flush_interval <= 0 or args.key_cache_ttl < 0 or args.key_cache_size < 1:
-        return fail("--flush-interval must be > 0, --key-cache-ttl >= 0 and --key-cache-size >= 1")
+    if args.flush_interval <= 0:
+        return fail("--flush-interval must be > 0")
+    key_cache = (
+        _number(args.key_cache_ttl, "--key-cache-ttl", float, 0),
+        _number(args.key_cache_long_ttl, "--key-cache-long-ttl", float, 0),
+        _number(args.key_cache_size, "--key-cache-size", int, 1),
+    )
     catalog = load_plans(args.plans)  # fail fast with a clear message
     allow_signup = not args.no_signup and _env_flag("TG_ALLOW_SIGNUP")
     parse_rate(args.signup_rate, "--signup-rate")
@@ -170,8 +196,7 @@ def run(args: argparse.Namespace) -> int:
         ("TG_PLANS", args.plans),
         ("TG_REDIS_KEY_PREFIX", args.redis_key_prefix),
         ("TG_FLUSH_INTERVAL", str(args.flush_interval)),
-        ("TG_KEY_CACHE_TTL", str(args.key_cache_ttl)),
-        ("TG_KEY_CACHE_SIZE", str(args.key_cache_size)),
+        *key_cache,
         ("TG_ALLOW_SIGNUP", "true" if allow_signup else "false"),
         ("TG_SIGNUP_RATE", args.signup_rate),
         ("TG_SIGNUP_PLANS", args.signup_plans),

@@ -27,6 +27,7 @@ from tenant_gateway.postgres.database import Database
 from tenant_gateway.propagation import Invalidator
 from tenant_gateway.quota import CounterStore
 from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.urls import limits_storage
 from tenant_gateway.resolver import KeyResolver
 from tenant_gateway.settings import Settings
 from tenant_gateway.stores import open_invalidator, open_stores
@@ -75,6 +76,7 @@ class Services:
             stores.directory,
             clock,
             ttl=settings.key_cache_ttl,
+            long_ttl=settings.key_cache_long_ttl,
             max_entries=settings.key_cache_size,
             api_roles=API_ROLES,
             # Failed authentications are counted in process, inline: no I/O on a flood's path.
@@ -137,6 +139,7 @@ class Services:
             asyncio.create_task(self.invalidator.run()),
             asyncio.create_task(self.events.run()),
         ]
+        await self.invalidator.listening()  # else the first keys served would load twice
 
     async def stop(self) -> None:
         """Stop the background work, flush everything batched, close the connections."""
@@ -234,6 +237,6 @@ def _shared_limiter(settings: Settings, rate: str | None, name: str) -> ClientLi
         rate,
         name,
         settings.clock,
-        redis_url=settings.redis_url,
+        storage=limits_storage(settings.redis_url) if settings.redis_url else None,
         key_prefix=settings.redis_key_prefix,
     )

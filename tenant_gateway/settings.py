@@ -9,6 +9,7 @@ the same name in the README ("Embedding it").
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 
 from tenant_gateway.clock import Clock, Sleep, system_clock
@@ -16,6 +17,7 @@ from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.plans import DEFAULT_PLANS, PlanCatalog
 from tenant_gateway.postgres.url import parse_postgres_url
+from tenant_gateway.redis.urls import check_redis_url
 from tenant_gateway.usage import RouteOf
 
 __all__ = ["Settings"]
@@ -46,6 +48,10 @@ class Settings:
     redis_key_prefix: str = "tg:"
     burst_storage: str = "async+memory://"
     key_cache_ttl: float = 1.0
+    """Seconds a cached key is trusted past the last moment this process knew every change."""
+    key_cache_long_ttl: float = 60.0
+    """Seconds a cached key may live at most while invalidation is confirmed (never less than
+    ``key_cache_ttl``)."""
     key_cache_size: int = 100_000
     usage_flush_interval: float = 1.0
     invoice_close_grace: float = 60.0
@@ -92,10 +98,14 @@ class Settings:
             raise ConfigurationError("body limits must be non-negative")
         if self.webhook_attempt_timeout <= 0:
             raise ConfigurationError("webhook_attempt_timeout must be positive")
-        if self.usage_flush_interval <= 0 or self.key_cache_ttl < 0 or self.key_cache_size < 1:
-            raise ConfigurationError("flush interval, cache TTL and cache size must be positive")
+        if self.usage_flush_interval <= 0 or self.key_cache_size < 1:
+            raise ConfigurationError("flush interval and cache size must be positive")
+        if not 0 <= self.key_cache_ttl < math.inf or not 0 <= self.key_cache_long_ttl < math.inf:
+            raise ConfigurationError("key_cache_ttl and key_cache_long_ttl must be finite and >= 0")
         if self.database_url is not None:
             parse_postgres_url(self.database_url)  # its scheme, ports and pool options
+        if self.redis_url:
+            check_redis_url(self.redis_url)
         if self.redis_fail_mode not in ("open", "closed"):
             raise ConfigurationError('redis_fail_mode must be "open" or "closed"')
         if self.transfer_concurrency < 1 or self.transfer_idle_timeout <= 0:

@@ -1,9 +1,10 @@
 """The stores a gateway's URLs name, chosen in one place.
 
 ``database_url`` (``postgresql://…``) puts the tenant directory, the usage ledger and the
-invoices in PostgreSQL, else they live in process memory; ``redis_url`` (``redis://…`` or
-``rediss://…``) puts the usage counters and the cross-process invalidation in Redis, else they
-are in process. Each of the two is independent of the other.
+invoices in PostgreSQL, else they live in process memory; ``redis_url`` (``redis://…``,
+``rediss://…``, or a cluster's ``redis+cluster://…``: ``redis/urls.py``) puts the usage counters
+and the cross-process invalidation in Redis, else they are in process. Each of the two is
+independent of the other.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from tenant_gateway.postgres.invoices import PostgresInvoices
 from tenant_gateway.postgres.ledger import PostgresLedger
 from tenant_gateway.propagation import Invalidator, KeyCache
 from tenant_gateway.quota import CounterStore, MemoryCounters
-from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.cluster_invalidation import ClusterInvalidator
+from tenant_gateway.redis.connect import open_counters
 from tenant_gateway.redis.invalidation import RedisInvalidator
+from tenant_gateway.redis.urls import check_redis_url
 from tenant_gateway.settings import Settings
 
 __all__ = ["Stores", "open_invalidator", "open_stores"]
@@ -54,7 +57,7 @@ def open_stores(settings: Settings) -> Stores:
         directory, ledger, invoices = MemoryDirectory(), MemoryLedger(), MemoryInvoices()
     counters: CounterStore
     if settings.redis_url:
-        counters = RedisCounters(
+        counters = open_counters(
             settings.redis_url,
             key_prefix=settings.redis_key_prefix,
             hydrate_from=ledger.read,
@@ -66,8 +69,20 @@ def open_stores(settings: Settings) -> Stores:
 
 
 def open_invalidator(settings: Settings, cache: KeyCache) -> Invalidator:
-    """How a change reaches every process's key cache: Redis pub/sub, or this process only."""
+    """How a change reaches every process's key cache: Redis pub/sub, or this process only (a
+    directory in memory is this process's alone; a database without Redis may be shared)."""
+    if not settings.database_url:
+        return Invalidator(cache, sole_directory=True)
     if settings.redis_url:
         channel = f"{settings.redis_key_prefix}invalidate"
-        return RedisInvalidator(cache, settings.redis_url, channel=channel)
+        if check_redis_url(settings.redis_url) is not None:  # a cluster: sharded pub/sub
+            # It sends no heartbeats, so the key cache keeps its short TTL on a cluster.
+            return ClusterInvalidator(cache, settings.redis_url, channel=channel)
+        return RedisInvalidator(
+            cache,
+            settings.redis_url,
+            channel=channel,
+            clock=settings.clock,
+            heartbeat=settings.key_cache_ttl / 4,  # several confirmations per short TTL
+        )
     return Invalidator(cache)

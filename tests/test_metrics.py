@@ -9,6 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.redis_cluster import LocalCluster
 from tenant_gateway import TenantGateway
 from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
 from tenant_gateway.keys import generate_api_key
@@ -71,9 +72,9 @@ async def test_counts_after_real_traffic_are_exact(
         assert value(samples, "tenant_gateway_webhook_deliveries_total", outcome=outcome) == 0
     assert value(samples, "tenant_gateway_usage_flush_failures_total", step="counters") == 0
     if stores.name == "real":
-        breaker = "tenant_gateway_breaker_state"
-        assert value(samples, breaker, store="redis", state="closed") == 1
-        assert value(samples, breaker, store="redis", state="open") == 0
+        circuit = "tenant_gateway_breaker_state"
+        assert value(samples, circuit, breaker="redis", state="closed") == 1
+        assert value(samples, circuit, breaker="redis", state="open") == 0
         assert value(samples, "tenant_gateway_postgres_connections_max") == 10
         opened = sum(
             value(samples, "tenant_gateway_postgres_connections", state=state)
@@ -124,8 +125,8 @@ async def test_a_dead_redis_shows_as_an_open_breaker_and_failed_flushes(
     samples = await scrape(client)
     refused = "tenant_gateway_calls_refused_total"
     assert value(samples, refused, reason="quota_unavailable", plan="seven") == 3
-    assert value(samples, "tenant_gateway_breaker_state", store="redis", state="open") == 1
-    assert value(samples, "tenant_gateway_breaker_state", store="redis", state="closed") == 0
+    assert value(samples, "tenant_gateway_breaker_state", breaker="redis", state="open") == 1
+    assert value(samples, "tenant_gateway_breaker_state", breaker="redis", state="closed") == 0
     failures = "tenant_gateway_usage_flush_failures_total"
     assert value(samples, failures, step="counters") == 1  # the call's route tally
     assert value(samples, failures, step="ledger") == 1  # its counters' snapshot
@@ -173,3 +174,21 @@ async def test_the_metrics_path_moves_or_goes(path: str | None, client_for: Clie
     if path is not None:
         samples = await scrape(client, path)
         assert value(samples, "tenant_gateway_calls_admitted_total", plan="free") == 1
+
+
+async def test_a_breaker_per_cluster_primary(
+    redis_cluster: LocalCluster, cluster_url: str, cluster_prefix: str, client_for: ClientFor
+) -> None:
+    gateway = TenantGateway(
+        echo_app(), plans=SEVEN, redis_url=cluster_url, redis_key_prefix=cluster_prefix
+    )
+    client = await client_for(gateway)
+    tenant = await register(client, plan="seven")
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    samples = await scrape(client)
+    closed = {
+        dict(labels)["breaker"]
+        for (name, labels), state in samples.items()
+        if name == "tenant_gateway_breaker_state" and ("state", "closed") in labels and state
+    }
+    assert closed == {f"redis 127.0.0.1:{port}" for port in redis_cluster.ports}

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,6 +35,7 @@ from tenant_gateway.quota import Admission, DirtyKeys, HydrateSource, refunds_la
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
 from tenant_gateway.redis.lua import load
 from tenant_gateway.redis.pipeline import PipelinedRedis, bulk
+from tenant_gateway.redis.roles import check_server
 from tenant_gateway.tallies import (
     HYDRATED,
     MAX_ROUTES,
@@ -75,16 +77,7 @@ class RedisCounters(DirtyKeys):
         self._url = url
         self.breaker = Breaker("redis", clock)
         self._prefix = key_prefix
-        # A blocking pool: a burst of requests waits (up to ``timeout``) for a connection
-        # instead of failing with "too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._open(url, timeout, max_connections)
         self._packed_sha = bulk(self._redis.register_script(ADMIT_SCRIPT).sha)
         self._hydrate_script = self._redis.register_script(load("hydrate"))
         self._add_script = self._redis.register_script(load("add"))
@@ -94,13 +87,27 @@ class RedisCounters(DirtyKeys):
         self._sequence = 0
         self._unacked: tuple[int, dict[UsageKey, Counter[str]]] | None = None
         self._adding = asyncio.Lock()
-        # The hot path's decisions bypass redis-py: see ``redis/pipeline.py``.
-        self._pipe = PipelinedRedis(url, timeout=timeout)
         self._batch = DecisionBatch()
         self._inflight: set[asyncio.Task[None]] = set()
         # RESP bytes reused by every decision (cleared if they ever grow large).
         self._packed_names: dict[UsageKey, bytes] = {}
         self._packed_terms: dict[tuple[int | None, bool, str], bytes] = {}
+
+    def _open(self, url: str, timeout: float, max_connections: int) -> None:
+        """The clients: redis-py's for everything but the decisions, which bypass it on their
+        own pipelined connection (``redis/pipeline.py``). A cluster opens its own
+        (``redis/cluster_counters.py``)."""
+        # A blocking pool: a burst of requests waits (up to ``timeout``) for a connection
+        # instead of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self._redis: aioredis.Redis | RedisCluster = aioredis.Redis(connection_pool=pool)
+        self._pipe = PipelinedRedis(url, timeout=timeout)
 
     def _key(self, key: UsageKey) -> str:
         return f"{self._prefix}usage:{{{key[0]}}}:{key[1]}"
@@ -158,7 +165,14 @@ class RedisCounters(DirtyKeys):
         return future
 
     def _add(self, entry: tuple[Decision, bool], future: asyncio.Future[Admission]) -> None:
-        key, day, limit, allow_overage = entry[0]
+        name, terms = self._pack(entry[0])
+        if not self._batch.futures:  # the first of this turn: send when the turn ends
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        self._batch.add(name, terms, entry, future)
+
+    def _pack(self, decision: Decision) -> tuple[bytes, bytes]:
+        """The decision's hash name and (limit, overage, day), as RESP bytes reused."""
+        key, day, limit, allow_overage = decision
         name = self._packed_names.get(key)
         if name is None:
             if len(self._packed_names) >= _PACKED_CACHE_SIZE:
@@ -170,9 +184,7 @@ class RedisCounters(DirtyKeys):
                 self._packed_terms.clear()
             terms = bulk(-1 if limit is None else limit) + bulk(int(allow_overage)) + bulk(day)
             self._packed_terms[(limit, allow_overage, day)] = terms
-        if not self._batch.futures:  # the first of this turn: send when the turn ends
-            asyncio.get_running_loop().call_soon(self._send_batch)
-        self._batch.add(name, terms, entry, future)
+        return name, terms
 
     async def _restore_then_decide(
         self, decision: Decision, future: asyncio.Future[Admission]
@@ -216,6 +228,11 @@ class RedisCounters(DirtyKeys):
             self._fail_batch(batch, error or ResponseError(f"unexpected reply {flat!r}"))
             return
         self.breaker.succeeded()
+        self._settle(batch, flat)
+
+    def _settle(self, batch: DecisionBatch, flat: list[Any]) -> None:
+        """Answer each decision of a batch from the script's reply; one whose hash must be
+        restored first is restored, then decided again."""
         set_aside: set[UsageKey] = set()
         for index, future in enumerate(batch.futures):
             if future.done():
@@ -298,19 +315,31 @@ class RedisCounters(DirtyKeys):
         for key, hydrated in zip(keys, present, strict=True):
             if hydrated is not True:  # missing, or not a hash (the restore sets it aside)
                 await self._hydrate(key)
+        try:
+            skipped = await self._add_script(
+                keys=[*(self._key(key) for key in keys), self._marker],
+                args=self._add_arguments(sequence, batch),
+            )
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        self.breaker.succeeded()
+        self._applied(keys, batch, skipped)
+
+    @staticmethod
+    def _add_arguments(sequence: int, batch: Mapping[UsageKey, Counter[str]]) -> list[int | str]:
+        """``add.lua``'s ARGV for a batch."""
         args: list[int | str] = [MAX_TALLY, sequence, _MARKER_SECONDS, _HISTORY_SECONDS]
         args += [MAX_ROUTES, OTHER_ROUTES]
         for fields in batch.values():
             args.append(len(fields))
             for field, amount in refunds_last(fields):
                 args += [field, amount]
-        try:
-            skipped = await self._add_script(
-                keys=[*(self._key(key) for key in keys), self._marker], args=args
-            )
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
-        self.breaker.succeeded()
+        return args
+
+    def _applied(
+        self, keys: list[UsageKey], batch: Mapping[UsageKey, Counter[str]], skipped: list[Any]
+    ) -> None:
+        """What ``add.lua`` answered: what a set-aside hash did not take is owed again."""
         self._dirty.update(keys)
         for at in range(1, len(skipped), 3):
             key = keys[int(skipped[at]) - 1]
@@ -321,7 +350,7 @@ class RedisCounters(DirtyKeys):
             else:
                 logger.warning("usage increment dropped: %s %s %.80r: %s", *key, field, reason)
 
-    async def _read_first(self, queue: Callable[[Pipeline], object]) -> list[Any]:
+    async def _read_first(self, queue: Callable[[Pipeline | ClusterPipeline], object]) -> list[Any]:
         """``_read_all`` as the first step of a flush or a read, through the breaker."""
         probe = self._allow()
         try:
@@ -331,7 +360,7 @@ class RedisCounters(DirtyKeys):
                 self.breaker.released()
             raise
 
-    async def _read_all(self, queue: Callable[[Pipeline], object]) -> list[Any]:
+    async def _read_all(self, queue: Callable[[Pipeline | ClusterPipeline], object]) -> list[Any]:
         """Run read-only commands in one pipeline; a command Redis refuses (a key of another
         type) answers its exception in place, but one by which Redis serves nothing now
         (``_unreachable``) fails them all. A pooled connection found dead (Redis came back
@@ -350,7 +379,7 @@ class RedisCounters(DirtyKeys):
         self.breaker.succeeded()
         return results
 
-    async def _pipeline(self, queue: Callable[[Pipeline], object]) -> list[Any]:
+    async def _pipeline(self, queue: Callable[[Pipeline | ClusterPipeline], object]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
             queue(pipe)
             return list(await pipe.execute(raise_on_error=False))
@@ -398,8 +427,12 @@ class RedisCounters(DirtyKeys):
         self.breaker.succeeded()
 
     async def ping(self) -> None:
+        """Redis answers, and is a server that can hold the counters (``roles.py``)."""
         try:
             await self._redis.ping()
+            if isinstance(self._redis, aioredis.Redis):
+                where = self._redis.connection_pool.connection_kwargs
+                await check_server(self._redis, f"{where.get('host')}:{where.get('port')}")
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         self.breaker.succeeded()
