@@ -78,7 +78,6 @@ async def test_invalidation_on_a_tls_cluster(tls_cluster: LocalCluster) -> None:
         def forget_all(self) -> None:
             pass
 
-
         def confirm(self, moment: float) -> None:
 
             pass  # a cluster subscription sends no heartbeats
