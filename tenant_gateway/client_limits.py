@@ -31,6 +31,7 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from typing import Any
 
 from limits import RateLimitItem, parse_many
@@ -75,14 +76,23 @@ def limiter_for(
     *,
     redis_url: str | None = None,
     key_prefix: str = "",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ClientLimiter | None:
-    """The limiter for a rate setting (None when unlimited): in process, or shared on Redis."""
+    """The limiter for a rate setting (None when unlimited): in process, or shared on Redis
+    (``redis_url`` as ``limits`` reads it, with its ``storage_options``)."""
     item = parse_rate(rate, setting)
     if item is None:
         return None
     storage_uri = f"async+{redis_url}" if redis_url else None
     name = setting.removesuffix("_rate")
-    return ClientLimiter(item, clock, name=name, storage_uri=storage_uri, key_prefix=key_prefix)
+    return ClientLimiter(
+        item,
+        clock,
+        name=name,
+        storage_uri=storage_uri,
+        key_prefix=key_prefix,
+        storage_options=storage_options,
+    )
 
 
 def client_address(scope: Any) -> str:
@@ -112,6 +122,7 @@ class ClientLimiter:
         name: str,
         storage_uri: str | None = None,
         key_prefix: str = "",
+        storage_options: Mapping[str, Any] | None = None,
         max_addresses: int = MAX_ADDRESSES,
         in_flight: int = IN_FLIGHT,
     ) -> None:
@@ -140,6 +151,7 @@ class ClientLimiter:
                 key_prefix=f"{key_prefix}limits",
                 socket_timeout=1.0,
                 socket_connect_timeout=1.0,
+                **(storage_options or {}),
             )
             if not isinstance(storage, Storage):
                 raise ConfigurationError(f"{storage_uri!r} is not an async+ storage")

@@ -3,7 +3,8 @@
 TenantGatewayError
 ├── ConfigurationError        bad constructor argument or plans file
 ├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
-│   └── StoreBusy             it answered, but a lock the work needed stayed held too long
+│   ├── StoreBusy             it answered, but a lock the work needed stayed held too long
+│   └── StoreMisdirected      it answered, but it is not a server that can hold the data
 ├── NoTenantContext           a tenant query was attempted outside a resolved request
 ├── TransferBusy              an export or import cannot start now (tenant or process limit)
 ├── WebhookTargetRefused      a webhook URL leads to an address the policy refuses
@@ -43,6 +44,7 @@ __all__ = [
     "Refusal",
     "SeatLimitReached",
     "StoreBusy",
+    "StoreMisdirected",
     "StoreUnavailable",
     "TenantGatewayError",
     "TenantSuspended",
@@ -83,6 +85,11 @@ class StoreBusy(StoreUnavailable):
     def __init__(self, store: str, reason: str) -> None:
         super().__init__(store, "", reason)
         self.args = (f"{store} is busy: {reason}",)
+
+
+class StoreMisdirected(StoreUnavailable):
+    """The URL leads to a server that answers but cannot hold the data: a Redis replica (read
+    only) or a sentinel where a primary was expected. Not a matter of waiting: fix the URL."""
 
 
 class NoTenantContext(TenantGatewayError):
@@ -223,7 +230,14 @@ class Problem(TenantGatewayError):
 def redact_url(url: str) -> str:
     """The URL without its passwords, fit for logs and error messages: the user's, and query
     values whose name ends in ``password`` (``ssl_password``, libpq's ``sslpassword``)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # beyond urllib (an unclosed IPv6 bracket): hide the whole user part
+        head, _, query = url.partition("?")
+        scheme, sep, rest = head.rpartition("://")
+        user, at, rest = rest.partition("@") if "@" in rest else ("", "", rest)
+        query = "&".join(_redact_parameter(pair) for pair in query.split("&")) if query else ""
+        return f"{scheme}{sep}{'***' if at else ''}{at}{rest}" + (f"?{query}" if query else "")
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@")

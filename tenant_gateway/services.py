@@ -26,6 +26,7 @@ from tenant_gateway.plans import PlanCatalog
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.propagation import Invalidator
 from tenant_gateway.quota import CounterStore
+from tenant_gateway.redis.clients import limits_storage_for
 from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.resolver import KeyResolver
 from tenant_gateway.settings import Settings
@@ -216,10 +217,14 @@ class Services:
 
 def _shared_limiter(settings: Settings, rate: str | None, name: str) -> ClientLimiter | None:
     """A limiter every worker shares through Redis when there is one."""
+    storage_url, storage_options = (
+        limits_storage_for(settings.redis_url, 1.0) if settings.redis_url else (None, {})
+    )
     return limiter_for(
         rate,
         name,
         settings.clock,
-        redis_url=settings.redis_url,
+        redis_url=storage_url,
         key_prefix=settings.redis_key_prefix,
+        storage_options=storage_options,
     )

@@ -16,6 +16,7 @@ from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.plans import DEFAULT_PLANS, PlanCatalog
 from tenant_gateway.postgres.url import parse_postgres_url
+from tenant_gateway.redis.clients import check_redis_url
 
 __all__ = ["Settings"]
 
@@ -78,6 +79,8 @@ class Settings:
             raise ConfigurationError("flush interval, cache TTL and cache size must be positive")
         if self.database_url is not None:
             parse_postgres_url(self.database_url)  # its scheme, ports and pool options
+        if self.redis_url:
+            check_redis_url(self.redis_url)
         if self.redis_fail_mode not in ("open", "closed"):
             raise ConfigurationError('redis_fail_mode must be "open" or "closed"')
         if self.transfer_concurrency < 1 or self.transfer_idle_timeout <= 0:

@@ -1,9 +1,10 @@
 """The stores a gateway's URLs name, chosen in one place.
 
 ``database_url`` (``postgresql://…``) puts the tenant directory, the usage ledger and the
-invoices in PostgreSQL, else they live in process memory; ``redis_url`` (``redis://…`` or
-``rediss://…``) puts the usage counters and the cross-process invalidation in Redis, else they
-are in process. Each of the two is independent of the other.
+invoices in PostgreSQL, else they live in process memory; ``redis_url`` (``redis://…``,
+``rediss://…``, or a Sentinel service: ``redis+sentinel://…``, see ``redis/clients.py``) puts the
+usage counters and the cross-process invalidation in Redis, else they are in process. Each of
+the two is independent of the other.
 """
 
 from __future__ import annotations

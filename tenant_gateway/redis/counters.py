@@ -7,6 +7,12 @@ of another type) fails that entry only, never the rest of a shared batch, and te
 breaker that Redis answered. What counts against it is a lost connection or an error reply by
 which Redis says it serves nothing now (``_unreachable``). A hash a decision cannot use is set
 aside (``<key>:set-aside``) and restored from the ledger.
+
+Counters never trail the ledger: each hash is stamped with the lineage of the server's data set
+it was last restored or checked on (``identity.py``), which every new pipelined connection
+learns. A hash stamped with another (the server restarted from an older dump, a replica was
+promoted, a primary came back as another's replica) is checked against the ledger, and raised
+to it, before the next decision on it, the next tally added to it, or the next read of it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -28,12 +33,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.clock import Clock
-from tenant_gateway.exceptions import StoreUnavailable, redact_url
+from tenant_gateway.exceptions import StoreMisdirected, StoreUnavailable, redact_url
 from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import Admission, DirtyKeys, HydrateSource, refunds_last
+from tenant_gateway.redis.clients import pipelined_redis, redis_client
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
+from tenant_gateway.redis.identity import UNKNOWN_LINEAGE, Ask, ServerIdentity, identify
 from tenant_gateway.redis.lua import load
-from tenant_gateway.redis.pipeline import PipelinedRedis, bulk
+from tenant_gateway.redis.pipeline import bulk
 from tenant_gateway.tallies import (
     HYDRATED,
     MAX_ROUTES,
@@ -77,14 +84,14 @@ class RedisCounters(DirtyKeys):
         self._prefix = key_prefix
         # A blocking pool: a burst of requests waits (up to ``timeout``) for a connection
         # instead of failing with "too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(
+        self._redis = redis_client(
             url,
-            max_connections=max_connections,
             timeout=timeout,
+            blocking=True,
+            max_connections=max_connections,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
         )
-        self._redis = aioredis.Redis(connection_pool=pool)
         self._packed_sha = bulk(self._redis.register_script(ADMIT_SCRIPT).sha)
         self._hydrate_script = self._redis.register_script(load("hydrate"))
         self._add_script = self._redis.register_script(load("add"))
@@ -95,7 +102,9 @@ class RedisCounters(DirtyKeys):
         self._unacked: tuple[int, dict[UsageKey, Counter[str]]] | None = None
         self._adding = asyncio.Lock()
         # The hot path's decisions bypass redis-py: see ``redis/pipeline.py``.
-        self._pipe = PipelinedRedis(url, timeout=timeout)
+        self._pipe = pipelined_redis(url, self._redis, timeout=timeout, greet=self._greet)
+        self._lineage = UNKNOWN_LINEAGE  # of the server the pipelined connection reached last
+        self._packed_lineage = bulk(UNKNOWN_LINEAGE)
         self._batch = DecisionBatch()
         self._inflight: set[asyncio.Task[None]] = set()
         # RESP bytes reused by every decision (cleared if they ever grow large).
@@ -115,6 +124,8 @@ class RedisCounters(DirtyKeys):
         failure. Any other error reply (a key of another type, a script it does not know):
         Redis answered. Anything else (a cancellation) says nothing about Redis, but frees the
         probe if the call was it."""
+        if _demoted(exc):  # the next connection asks where the primary is now
+            self._pipe.disconnect()
         if _unreachable(exc):
             self.breaker.failed()
         elif isinstance(exc, ResponseError):
@@ -129,9 +140,32 @@ class RedisCounters(DirtyKeys):
             raise StoreUnavailable("Redis", redact_url(self._url), "circuit open after failures")
         return self.breaker.state is not BreakerState.CLOSED
 
+    async def _greet(self, ask: Ask) -> None:
+        """Each new pipelined connection: refuse a server that cannot hold the counters (a
+        replica, a sentinel), and learn the lineage of its data set."""
+        identity = await identify(ask)
+        refusal = None if identity is None else identity.refusal()
+        if refusal is not None:
+            raise RedisConnectionError(refusal)
+        lineage = UNKNOWN_LINEAGE if identity is None else identity.lineage
+        if lineage != self._lineage:
+            self._lineage, self._packed_lineage = lineage, bulk(lineage)
+            logger.info("Redis data set %s: usage hashes checked against the ledger", lineage)
+
+    async def _current_lineage(self) -> int:
+        """The lineage of the server the counters are on now (connecting if need be)."""
+        if not self._pipe.connected:
+            try:
+                await self._pipe.connect()
+            except RedisError as exc:
+                raise self._unavailable(exc) from exc
+        return self._lineage
+
     async def _hydrate(self, key: UsageKey) -> None:
+        """Restore the hash, or check it against the ledger (``lua/hydrate.lua``)."""
+        lineage = await self._current_lineage()
         restored = await self._restored(key)
-        args: list[int | str] = [MAX_TALLY, _HISTORY_SECONDS]
+        args: list[int | str] = [MAX_TALLY, _HISTORY_SECONDS, lineage]
         for field, amount in restored.items():
             if field != HYDRATED:
                 args += [field, amount]
@@ -143,6 +177,8 @@ class RedisCounters(DirtyKeys):
         self.breaker.succeeded()
         if outcome == 2:
             logger.warning("%s was not a hash: set aside, restored from the ledger", name)
+        elif outcome == 4:
+            logger.warning("%s was behind the ledger (the Redis server changed): raised", name)
 
     def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
@@ -198,7 +234,7 @@ class RedisCounters(DirtyKeys):
 
     def _write(self, batch: DecisionBatch, *, retried: bool) -> None:
         try:
-            reply = self._pipe.send_packed(batch.command(self._packed_sha))
+            reply = self._pipe.send_packed(batch.command(self._packed_sha, self._packed_lineage))
         except RedisError as exc:
             self._fail_batch(batch, exc)
             return
@@ -256,10 +292,15 @@ class RedisCounters(DirtyKeys):
         self._write(batch, retried=False)
 
     async def _load_and_write(self, batch: DecisionBatch) -> None:
+        """Load the script on the server the pipelined connection is on (a promoted replica
+        may not have it), then write the batch again."""
         try:
-            await self._redis.script_load(ADMIT_SCRIPT)
+            loaded = await self._pipe.send("SCRIPT", "LOAD", ADMIT_SCRIPT)
         except RedisError as exc:
             self._fail_batch(batch, exc)
+            return
+        if isinstance(loaded, ResponseError):
+            self._fail_batch(batch, loaded)
             return
         if self._pipe.connected:
             self._write(batch, retried=True)
@@ -292,11 +333,12 @@ class RedisCounters(DirtyKeys):
         """One batch, after restoring any hash the ledger must fill first (a tally added to a
         lost hash would otherwise hide the loss from the next decision)."""
         keys = list(batch)
-        present = await self._read_first(
-            lambda pipe: [pipe.hexists(self._key(key), HYDRATED) for key in keys]
+        stamps = await self._read_first(
+            lambda pipe: [pipe.hget(self._key(key), HYDRATED) for key in keys]
         )
-        for key, hydrated in zip(keys, present, strict=True):
-            if hydrated is not True:  # missing, or not a hash (the restore sets it aside)
+        stamp = str(self._lineage).encode()
+        for key, stamped in zip(keys, stamps, strict=True):
+            if stamped != stamp:  # not restored, not checked on this lineage, or not a hash
                 await self._hydrate(key)
         args: list[int | str] = [MAX_TALLY, sequence, _MARKER_SECONDS, _HISTORY_SECONDS]
         args += [MAX_ROUTES, OTHER_ROUTES]
@@ -322,9 +364,11 @@ class RedisCounters(DirtyKeys):
                 logger.warning("usage increment dropped: %s %s %.80r: %s", *key, field, reason)
 
     async def _read_first(self, queue: Callable[[Pipeline], object]) -> list[Any]:
-        """``_read_all`` as the first step of a flush or a read, through the breaker."""
+        """``_read_all`` as the first step of a flush or a read, through the breaker; the
+        pipelined connection is opened first if need be, so ``_lineage`` is the server's."""
         probe = self._allow()
         try:
+            await self._current_lineage()
             return await self._read_all(queue)
         except BaseException:
             if probe:  # cancelled before Redis answered (else it reported): the next call probes
@@ -356,14 +400,23 @@ class RedisCounters(DirtyKeys):
             return list(await pipe.execute(raise_on_error=False))
 
     async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int] | None]:
-        """Each hash's sound tallies (see ``tallies.py``), or None for a key of another type."""
+        """Each hash's sound tallies (see ``tallies.py``), or None for a key of another type.
+        ``hydrated`` is there (as 1) only when the hash was restored or checked on the current
+        lineage: one that was not is, to its readers, not restored yet."""
         results = await self._read_first(
             lambda pipe: [pipe.hgetall(self._key(key)) for key in keys]
         )
-        return [
-            None if isinstance(raw, Exception) else sound_tallies(raw, self._key(key))
-            for key, raw in zip(keys, results, strict=True)
-        ]
+        lineage = self._lineage
+        hashes: list[dict[str, int] | None] = []
+        for key, raw in zip(keys, results, strict=True):
+            if isinstance(raw, Exception):
+                hashes.append(None)
+                continue
+            tallies = sound_tallies(raw, self._key(key))
+            if tallies.pop(HYDRATED, None) == lineage:
+                tallies[HYDRATED] = 1
+            hashes.append(tallies)
+        return hashes
 
     async def read(self, key: UsageKey) -> dict[str, int]:
         (tallies,) = await self._hgetall([key])
@@ -398,11 +451,22 @@ class RedisCounters(DirtyKeys):
         self.breaker.succeeded()
 
     async def ping(self) -> None:
+        """Redis answers, and is a primary (``StoreMisdirected``: a replica, a sentinel)."""
         try:
-            await self._redis.ping()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for section in ("server", "replication"):
+                    pipe.info(section)
+                server, replication = await pipe.execute(raise_on_error=False)
+            if isinstance(server, ResponseError) or isinstance(replication, ResponseError):
+                await self._redis.ping()  # INFO refused (an ACL): primary or not is unknown
+                server = replication = None
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         self.breaker.succeeded()
+        if server is not None and replication is not None:
+            refusal = ServerIdentity.from_info(server, replication).refusal()
+            if refusal is not None:
+                raise StoreMisdirected("Redis", redact_url(self._url), refusal)
 
     async def close(self) -> None:
         """Fail what is still waiting, stop the work in flight, close both clients."""
@@ -420,14 +484,24 @@ def _unreachable(exc: BaseException) -> bool:
     """Does ``exc`` say Redis serves nothing now, rather than that it refused one command?"""
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return True  # refused, reset, timed out (redis-py files LOADING and NOAUTH here too)
-    if not isinstance(exc, ResponseError):
-        return False
+    return isinstance(exc, ResponseError) and not _SERVER_WIDE.isdisjoint(_codes(exc))
+
+
+def _demoted(exc: BaseException) -> bool:
+    """Does ``exc`` say the server is no longer the primary (a write refused as ``READONLY``,
+    which redis-py's sentinel-managed connections turn into a ``ConnectionError``)?"""
+    if isinstance(exc, RedisConnectionError):
+        return "now a slave" in str(exc)
+    return isinstance(exc, ResponseError) and "READONLY" in _codes(exc)
+
+
+def _codes(exc: ResponseError) -> set[str | None]:
     # redis-py keeps the reply's code apart; the pipelined connection leaves it first in the
     # text; a script's failed call (Redis 6) quotes it after a '-'
     words = str(exc).split()
     codes = {getattr(exc, "status_code", None), *words[:1]}
     codes.update(word[1:] for word in words if word.startswith("-"))
-    return not _SERVER_WIDE.isdisjoint(codes)
+    return codes
 
 
 def _text(value: object) -> str:

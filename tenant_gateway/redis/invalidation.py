@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tenant_gateway.propagation import Invalidator, KeyCache
+from tenant_gateway.redis.clients import redis_client
 
 __all__ = ["RedisInvalidator"]
 
@@ -19,8 +19,9 @@ logger = logging.getLogger("tenant_gateway.propagation")
 class RedisInvalidator(Invalidator):
     def __init__(self, resolver: KeyCache, url: str, *, channel: str, timeout: float = 1.0) -> None:
         super().__init__(resolver)
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout
+        # Subscribed on the primary (redis+sentinel://: wherever it is when resubscribing).
+        self._redis = redis_client(
+            url, timeout=timeout, socket_timeout=None, socket_connect_timeout=timeout
         )
         self._channel = channel
         self.ready = asyncio.Event()
