@@ -91,6 +91,10 @@ class StoreMisdirected(StoreUnavailable):
     """The URL leads to a server that answers but cannot hold the data: a Redis replica (read
     only) or a sentinel where a primary was expected. Not a matter of waiting: fix the URL."""
 
+    def __init__(self, store: str, url: str, reason: str) -> None:
+        super().__init__(store, url, reason)
+        self.args = (f"{store} at {url} cannot hold the data: {reason}",)
+
 
 class NoTenantContext(TenantGatewayError):
     """A tenant-scoped query was attempted without a tenant resolved by the gateway."""

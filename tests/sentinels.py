@@ -221,6 +221,16 @@ class SentinelGroup:
 
         poll(f"{node.name} a replica in sync", replicating, timeout)
 
+    def switch_over(self) -> RedisProcess:
+        """``SENTINEL FAILOVER``: the replica promoted, the primary (alive) made its replica;
+        the new primary."""
+        old = self.primary()
+        with self.sentinels[0].client() as sentinel:
+            sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+        new = self.wait_for_failover(old)
+        self.wait_for_replica(old)
+        return new
+
     def stop(self) -> None:
         for process in [*self.sentinels, *self.nodes]:
             process.stop()

@@ -14,14 +14,15 @@ import redis.asyncio as aioredis
 from benchmarks.launch import free_port, run_cli
 from tenant_gateway import TenantGateway
 from tenant_gateway.client_limits import limiter_for
-from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
+from tenant_gateway.exceptions import ConfigurationError, StoreMisdirected, StoreUnavailable
 from tenant_gateway.redis.clients import check_redis_url, limits_storage_for
 from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.redis.invalidation import RedisInvalidator
 from tenant_gateway.redis.sentinel import SentinelURL
 
 from .apps import echo_app
-from .conftest import FakeClock
+from .conftest import FakeClock, auth, register
+from .helpers import assert_problem
 from .sentinels import SentinelGroup
 
 KEY = ("tenant_a", "2026-11")
@@ -197,3 +198,53 @@ async def _resubscribed(invalidator: RedisInvalidator, cache: _Evictions, port: 
             await asyncio.sleep(0.1)
     finally:
         await publisher.aclose()
+
+
+# -- readiness -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_readiness_and_start_up_tell_a_primary_from_a_replica_or_a_sentinel(
+    sentinel_group: SentinelGroup, redis_prefix: str, client_for: Any
+) -> None:
+    """A gateway given the primary's own address is ready until a switchover makes it a
+    replica; then it says so, and its metered calls answer 503 (never 500). One given the
+    service follows. A replica or a sentinel given as ``redis://`` is refused at start-up."""
+    primary = sentinel_group.primary()
+    fixed = await client_for(
+        TenantGateway(echo_app(), redis_url=primary.url, redis_key_prefix=redis_prefix)
+    )
+    followed = await client_for(
+        TenantGateway(echo_app(), redis_url=sentinel_group.url, redis_key_prefix=redis_prefix)
+    )
+    tenants = [await register(client) for client in (fixed, followed)]
+    for client, tenant in zip((fixed, followed), tenants, strict=True):
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    # The gateways keep running meanwhile: the blocking waits go to a thread.
+    await asyncio.to_thread(sentinel_group.switch_over)
+
+    problem = assert_problem(await fixed.get("/readyz"), 503, "not_ready")
+    assert "it is a replica" in problem["checks"]["redis"], problem
+    assert_problem(await fixed.get("/whoami", headers=auth(tenants[0])), 503, "quota_unavailable")
+
+    async def ready() -> None:
+        response = await followed.get("/readyz")
+        if response.status_code != 200:
+            raise StoreUnavailable("Redis", "", response.text)
+        assert (await followed.get("/whoami", headers=auth(tenants[1]))).status_code == 200
+
+    await _until_answered(ready, 15)
+
+    sentinel = f"redis://127.0.0.1:{sentinel_group.sentinels[1].port}"
+    for url, reason in ((primary.url, "it is a replica"), (sentinel, "it is a Redis Sentinel")):
+        refused = TenantGateway(echo_app(), redis_url=url)
+        with pytest.raises(StoreMisdirected, match=reason):
+            await refused.startup()
+        await refused.services.counters.close()
+        result = await asyncio.to_thread(
+            run_cli, "serve", "--port", str(free_port()), "--redis-url", url
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0], result.stderr

@@ -152,18 +152,9 @@ class RedisCounters(DirtyKeys):
             self._lineage, self._packed_lineage = lineage, bulk(lineage)
             logger.info("Redis data set %s: usage hashes checked against the ledger", lineage)
 
-    async def _current_lineage(self) -> int:
-        """The lineage of the server the counters are on now (connecting if need be)."""
-        if not self._pipe.connected:
-            try:
-                await self._pipe.connect()
-            except RedisError as exc:
-                raise self._unavailable(exc) from exc
-        return self._lineage
-
-    async def _hydrate(self, key: UsageKey) -> None:
-        """Restore the hash, or check it against the ledger (``lua/hydrate.lua``)."""
-        lineage = await self._current_lineage()
+    async def _hydrate(self, key: UsageKey, lineage: int) -> None:
+        """Restore the hash, or check it against the ledger (``lua/hydrate.lua``), and stamp
+        it with ``lineage``: the server's, as the call that found it unchecked saw it."""
         restored = await self._restored(key)
         args: list[int | str] = [MAX_TALLY, _HISTORY_SECONDS, lineage]
         for field, amount in restored.items():
@@ -215,7 +206,7 @@ class RedisCounters(DirtyKeys):
     ) -> None:
         """A decision found its hash unrestored: fill it from the ledger, then decide again."""
         try:
-            await self._hydrate(decision[0])
+            await self._hydrate(decision[0], self._lineage)
         except Exception as exc:  # the request fails with it, whatever it is
             if not future.done():
                 future.set_exception(exc)
@@ -333,13 +324,13 @@ class RedisCounters(DirtyKeys):
         """One batch, after restoring any hash the ledger must fill first (a tally added to a
         lost hash would otherwise hide the loss from the next decision)."""
         keys = list(batch)
-        stamps = await self._read_first(
+        lineage, stamps = await self._read_first(
             lambda pipe: [pipe.hget(self._key(key), HYDRATED) for key in keys]
         )
-        stamp = str(self._lineage).encode()
+        stamp = str(lineage).encode()
         for key, stamped in zip(keys, stamps, strict=True):
             if stamped != stamp:  # not restored, not checked on this lineage, or not a hash
-                await self._hydrate(key)
+                await self._hydrate(key, lineage)
         args: list[int | str] = [MAX_TALLY, sequence, _MARKER_SECONDS, _HISTORY_SECONDS]
         args += [MAX_ROUTES, OTHER_ROUTES]
         for fields in batch.values():
@@ -363,17 +354,25 @@ class RedisCounters(DirtyKeys):
             else:
                 logger.warning("usage increment dropped: %s %s %.80r: %s", *key, field, reason)
 
-    async def _read_first(self, queue: Callable[[Pipeline], object]) -> list[Any]:
-        """``_read_all`` as the first step of a flush or a read, through the breaker; the
-        pipelined connection is opened first if need be, so ``_lineage`` is the server's."""
+    async def _read_first(self, queue: Callable[[Pipeline], object]) -> tuple[int, list[Any]]:
+        """``_read_all`` as the first step of a flush or a read, through the breaker, with
+        the lineage of the server that answered (asked on the same connection: a server that
+        restarted a moment ago is not taken for the one before)."""
         probe = self._allow()
         try:
-            await self._current_lineage()
-            return await self._read_all(queue)
+            server, replication, *results = await self._read_all(
+                lambda pipe: (pipe.info("server"), pipe.info("replication"), queue(pipe))
+            )
         except BaseException:
             if probe:  # cancelled before Redis answered (else it reported): the next call probes
                 self.breaker.released()
             raise
+        lineage = UNKNOWN_LINEAGE
+        if isinstance(server, dict) and isinstance(replication, dict):  # else INFO refused
+            lineage = ServerIdentity.from_info(server, replication).lineage
+        if lineage != self._lineage:  # the decisions' connection is on another server: drop it
+            self._pipe.disconnect()
+        return lineage, results
 
     async def _read_all(self, queue: Callable[[Pipeline], object]) -> list[Any]:
         """Run read-only commands in one pipeline; a command Redis refuses (a key of another
@@ -399,14 +398,13 @@ class RedisCounters(DirtyKeys):
             queue(pipe)
             return list(await pipe.execute(raise_on_error=False))
 
-    async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int] | None]:
-        """Each hash's sound tallies (see ``tallies.py``), or None for a key of another type.
-        ``hydrated`` is there (as 1) only when the hash was restored or checked on the current
-        lineage: one that was not is, to its readers, not restored yet."""
-        results = await self._read_first(
+    async def _hgetall(self, keys: list[UsageKey]) -> tuple[int, list[dict[str, int] | None]]:
+        """The server's lineage, and each hash's sound tallies (see ``tallies.py``), or None
+        for a key of another type. ``hydrated`` is there (as 1) only when the hash was restored
+        or checked on that lineage: one that was not is, to its readers, not restored yet."""
+        lineage, results = await self._read_first(
             lambda pipe: [pipe.hgetall(self._key(key)) for key in keys]
         )
-        lineage = self._lineage
         hashes: list[dict[str, int] | None] = []
         for key, raw in zip(keys, results, strict=True):
             if isinstance(raw, Exception):
@@ -416,13 +414,13 @@ class RedisCounters(DirtyKeys):
             if tallies.pop(HYDRATED, None) == lineage:
                 tallies[HYDRATED] = 1
             hashes.append(tallies)
-        return hashes
+        return lineage, hashes
 
     async def read(self, key: UsageKey) -> dict[str, int]:
-        (tallies,) = await self._hgetall([key])
+        lineage, (tallies,) = await self._hgetall([key])
         if tallies is None or HYDRATED not in tallies:
-            await self._hydrate(key)
-            (tallies,) = await self._hgetall([key])
+            await self._hydrate(key, lineage)
+            _, (tallies,) = await self._hgetall([key])
         if tallies is None:  # replaced again since: this read fails, nothing else
             reason = "the usage hash was replaced by another type"
             raise StoreUnavailable("Redis", redact_url(self._url), reason)
@@ -432,7 +430,7 @@ class RedisCounters(DirtyKeys):
         ordered = list(keys)
         if not ordered:
             return {}
-        results = await self._hgetall(ordered)
+        _, results = await self._hgetall(ordered)
         return {
             key: tallies
             for key, tallies in zip(ordered, results, strict=True)
@@ -452,21 +450,14 @@ class RedisCounters(DirtyKeys):
 
     async def ping(self) -> None:
         """Redis answers, and is a primary (``StoreMisdirected``: a replica, a sentinel)."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for section in ("server", "replication"):
-                    pipe.info(section)
-                server, replication = await pipe.execute(raise_on_error=False)
-            if isinstance(server, ResponseError) or isinstance(replication, ResponseError):
-                await self._redis.ping()  # INFO refused (an ACL): primary or not is unknown
-                server = replication = None
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
-        self.breaker.succeeded()
-        if server is not None and replication is not None:
-            refusal = ServerIdentity.from_info(server, replication).refusal()
-            if refusal is not None:
-                raise StoreMisdirected("Redis", redact_url(self._url), refusal)
+        server, replication = await self._read_all(
+            lambda pipe: (pipe.info("server"), pipe.info("replication"))
+        )
+        if isinstance(server, ResponseError) or isinstance(replication, ResponseError):
+            return  # INFO refused (an ACL): it answered; primary or not is unknown
+        refusal = ServerIdentity.from_info(server, replication).refusal()
+        if refusal is not None:
+            raise StoreMisdirected("Redis", redact_url(self._url), refusal)
 
     async def close(self) -> None:
         """Fail what is still waiting, stop the work in flight, close both clients."""
