@@ -38,7 +38,7 @@ from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import Admission, DirtyKeys, HydrateSource, refunds_last
 from tenant_gateway.redis.clients import pipelined_redis, redis_client
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
-from tenant_gateway.redis.identity import UNKNOWN_LINEAGE, Ask, ServerIdentity, identify
+from tenant_gateway.redis.identity import ServerWatch, lineage_of, refusal_of
 from tenant_gateway.redis.lua import load
 from tenant_gateway.redis.pipeline import bulk
 from tenant_gateway.tallies import (
@@ -102,9 +102,8 @@ class RedisCounters(DirtyKeys):
         self._unacked: tuple[int, dict[UsageKey, Counter[str]]] | None = None
         self._adding = asyncio.Lock()
         # The hot path's decisions bypass redis-py: see ``redis/pipeline.py``.
-        self._pipe = pipelined_redis(url, self._redis, timeout=timeout, greet=self._greet)
-        self._lineage = UNKNOWN_LINEAGE  # of the server the pipelined connection reached last
-        self._packed_lineage = bulk(UNKNOWN_LINEAGE)
+        self._server = ServerWatch()  # which server the pipelined connection reached last
+        self._pipe = pipelined_redis(url, self._redis, timeout=timeout, greet=self._server.greet)
         self._batch = DecisionBatch()
         self._inflight: set[asyncio.Task[None]] = set()
         # RESP bytes reused by every decision (cleared if they ever grow large).
@@ -139,18 +138,6 @@ class RedisCounters(DirtyKeys):
         if not self.breaker.allow():
             raise StoreUnavailable("Redis", redact_url(self._url), "circuit open after failures")
         return self.breaker.state is not BreakerState.CLOSED
-
-    async def _greet(self, ask: Ask) -> None:
-        """Each new pipelined connection: refuse a server that cannot hold the counters (a
-        replica, a sentinel), and learn the lineage of its data set."""
-        identity = await identify(ask)
-        refusal = None if identity is None else identity.refusal()
-        if refusal is not None:
-            raise RedisConnectionError(refusal)
-        lineage = UNKNOWN_LINEAGE if identity is None else identity.lineage
-        if lineage != self._lineage:
-            self._lineage, self._packed_lineage = lineage, bulk(lineage)
-            logger.info("Redis data set %s: usage hashes checked against the ledger", lineage)
 
     async def _hydrate(self, key: UsageKey, lineage: int) -> None:
         """Restore the hash, or check it against the ledger (``lua/hydrate.lua``), and stamp
@@ -206,7 +193,7 @@ class RedisCounters(DirtyKeys):
     ) -> None:
         """A decision found its hash unrestored: fill it from the ledger, then decide again."""
         try:
-            await self._hydrate(decision[0], self._lineage)
+            await self._hydrate(decision[0], self._server.lineage)
         except Exception as exc:  # the request fails with it, whatever it is
             if not future.done():
                 future.set_exception(exc)
@@ -225,7 +212,7 @@ class RedisCounters(DirtyKeys):
 
     def _write(self, batch: DecisionBatch, *, retried: bool) -> None:
         try:
-            reply = self._pipe.send_packed(batch.command(self._packed_sha, self._packed_lineage))
+            reply = self._pipe.send_packed(batch.command(self._packed_sha, self._server.packed))
         except RedisError as exc:
             self._fail_batch(batch, exc)
             return
@@ -367,10 +354,8 @@ class RedisCounters(DirtyKeys):
             if probe:  # cancelled before Redis answered (else it reported): the next call probes
                 self.breaker.released()
             raise
-        lineage = UNKNOWN_LINEAGE
-        if isinstance(server, dict) and isinstance(replication, dict):  # else INFO refused
-            lineage = ServerIdentity.from_info(server, replication).lineage
-        if lineage != self._lineage:  # the decisions' connection is on another server: drop it
+        lineage = lineage_of(server, replication)
+        if lineage != self._server.lineage:  # the decisions' connection is elsewhere: drop it
             self._pipe.disconnect()
         return lineage, results
 
@@ -405,15 +390,13 @@ class RedisCounters(DirtyKeys):
         lineage, results = await self._read_first(
             lambda pipe: [pipe.hgetall(self._key(key)) for key in keys]
         )
-        hashes: list[dict[str, int] | None] = []
-        for key, raw in zip(keys, results, strict=True):
-            if isinstance(raw, Exception):
-                hashes.append(None)
-                continue
-            tallies = sound_tallies(raw, self._key(key))
-            if tallies.pop(HYDRATED, None) == lineage:
+        hashes = [
+            None if isinstance(raw, Exception) else sound_tallies(raw, self._key(key))
+            for key, raw in zip(keys, results, strict=True)
+        ]
+        for tallies in hashes:
+            if tallies is not None and tallies.pop(HYDRATED, None) == lineage:
                 tallies[HYDRATED] = 1
-            hashes.append(tallies)
         return lineage, hashes
 
     async def read(self, key: UsageKey) -> dict[str, int]:
@@ -453,9 +436,7 @@ class RedisCounters(DirtyKeys):
         server, replication = await self._read_all(
             lambda pipe: (pipe.info("server"), pipe.info("replication"))
         )
-        if isinstance(server, ResponseError) or isinstance(replication, ResponseError):
-            return  # INFO refused (an ACL): it answered; primary or not is unknown
-        refusal = ServerIdentity.from_info(server, replication).refusal()
+        refusal = refusal_of(server, replication)  # None too when INFO is refused (an ACL)
         if refusal is not None:
             raise StoreMisdirected("Redis", redact_url(self._url), refusal)
 

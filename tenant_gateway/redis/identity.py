@@ -12,13 +12,27 @@ server changed, whoever was connected when it did.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as errors
 
-__all__ = ["UNKNOWN_LINEAGE", "Ask", "ServerIdentity", "identify", "parse_info"]
+from tenant_gateway.redis.pipeline import bulk
+
+__all__ = [
+    "UNKNOWN_LINEAGE",
+    "Ask",
+    "ServerIdentity",
+    "ServerWatch",
+    "identify",
+    "lineage_of",
+    "parse_info",
+    "refusal_of",
+]
+
+logger = logging.getLogger("tenant_gateway.quota")
 
 Ask = Callable[..., Awaitable[Any]]
 """Send one command on a connection and wait for its reply (an error reply is returned)."""
@@ -94,3 +108,38 @@ def parse_info(text: bytes | str) -> dict[str, str]:
         if colon and not name.startswith("#"):
             fields[name.strip()] = value.strip()
     return fields
+
+
+def lineage_of(server: object, replication: object) -> int:
+    """The lineage from redis-py's ``INFO server`` and ``INFO replication`` answers (an error
+    in their place, INFO refused: ``UNKNOWN_LINEAGE``)."""
+    if isinstance(server, Mapping) and isinstance(replication, Mapping):
+        return ServerIdentity.from_info(server, replication).lineage
+    return UNKNOWN_LINEAGE
+
+
+def refusal_of(server: object, replication: object) -> str | None:
+    """``ServerIdentity.refusal`` from redis-py's answers (None when INFO was refused)."""
+    if isinstance(server, Mapping) and isinstance(replication, Mapping):
+        return ServerIdentity.from_info(server, replication).refusal()
+    return None
+
+
+class ServerWatch:
+    """The server the hot path's connection reached last: ``greet`` is that connection's hook
+    (``pipeline.py``). It refuses a server that cannot hold the counters, and keeps the
+    lineage every decision carries (``lineage``, and ``packed`` as RESP)."""
+
+    def __init__(self) -> None:
+        self.lineage = UNKNOWN_LINEAGE
+        self.packed = bulk(UNKNOWN_LINEAGE)
+
+    async def greet(self, ask: Ask) -> None:
+        identity = await identify(ask)
+        refusal = None if identity is None else identity.refusal()
+        if refusal is not None:
+            raise errors.ConnectionError(refusal)
+        lineage = UNKNOWN_LINEAGE if identity is None else identity.lineage
+        if lineage != self.lineage:
+            self.lineage, self.packed = lineage, bulk(lineage)
+            logger.info("Redis data set %s: usage hashes are checked against the ledger", lineage)
