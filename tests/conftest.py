@@ -140,6 +140,24 @@ def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
 
 
 @pytest.fixture
+def tls_sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """The same group speaking TLS only (a private CA's certificates, ``ca.pem``)."""
+    from .test_redis_tls import make_certificates
+
+    certificates = tmp_path / "certificates"
+    certificates.mkdir()
+    make_certificates(certificates)
+    group = SentinelGroup(tmp_path / "sentinel", tls=certificates)
+    try:
+        group.start()
+    except (NoRedisServer, AssertionError) as exc:
+        group.stop()
+        unavailable("a Redis Sentinel group with TLS", exc)
+    yield group
+    group.stop()
+
+
+@pytest.fixture
 def lone_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     """A private redis-server the test may kill and start again; stopped at the end."""
     server = RedisProcess(tmp_path / "lone", "lone")

@@ -45,12 +45,17 @@ class NoRedisServer(Exception):
 
 
 class RedisProcess:
-    """One redis-server (or sentinel) on a free port, started by ``start()``."""
+    """One redis-server (or sentinel) on a free port, started by ``start()``. With ``tls`` (a
+    directory holding ``ca.pem``, ``server.pem`` and ``server.key``) it speaks TLS only, and
+    replicates over TLS."""
 
-    def __init__(self, directory: Path, name: str, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, directory: Path, name: str, args: Sequence[str] = (), tls: Path | None = None
+    ) -> None:
         self.directory = directory / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name
+        self.tls = tls
         self._args = list(args)
         self.log = self.directory / "redis.log"
         self.port = 0
@@ -59,11 +64,21 @@ class RedisProcess:
     def command(self, executable: str) -> list[str]:
         return [
             executable,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            *self.listening(),
             "--save", "", "--appendonly", "no",
             "--dir", str(self.directory),
             *self._args,
+        ]  # fmt: skip
+
+    def listening(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port), "--bind", "127.0.0.1"]
+        return [
+            "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+            "--tls-cert-file", str(self.tls / "server.pem"),
+            "--tls-key-file", str(self.tls / "server.key"),
+            "--tls-ca-cert-file", str(self.tls / "ca.pem"),
+            "--tls-auth-clients", "no", "--tls-replication", "yes",
         ]  # fmt: skip
 
     def start(self, *, port: int | None = None, timeout: float = 30.0) -> None:
@@ -93,11 +108,19 @@ class RedisProcess:
             return bool(client.ping())
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        if self.tls is None:
+            return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        return redis.Redis(
+            port=self.port,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            ssl=True,
+            ssl_ca_certs=str(self.tls / "ca.pem"),
+        )
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
 
     def kill(self) -> None:
         """SIGKILL: gone at once, as in a crash (nothing written, connections reset)."""
@@ -120,8 +143,10 @@ class Sentinel(RedisProcess):
     """A sentinel watching ``SERVICE`` on ``primary_port`` (quorum 2). It rewrites its own
     configuration file, as sentinels do."""
 
-    def __init__(self, directory: Path, name: str, primary_port: int) -> None:
-        super().__init__(directory, name)
+    def __init__(
+        self, directory: Path, name: str, primary_port: int, tls: Path | None = None
+    ) -> None:
+        super().__init__(directory, name, tls=tls)
         self.config = self.directory / "sentinel.conf"
         self.config.write_text(
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n"
@@ -133,7 +158,7 @@ class Sentinel(RedisProcess):
     def command(self, executable: str) -> list[str]:
         return [
             executable, str(self.config), "--sentinel",
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            *self.listening(), "--dir", str(self.directory),
         ]  # fmt: skip
 
     def primary(self) -> int | None:
@@ -146,22 +171,23 @@ class Sentinel(RedisProcess):
 class SentinelGroup:
     """Two data nodes (``nodes``: one primary, one replica of it) and three sentinels."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tls: Path | None = None) -> None:
         self.directory = directory
+        self.tls = tls
         self.nodes: list[RedisProcess] = []
         self.sentinels: list[Sentinel] = []
 
     def start(self) -> None:
-        primary = RedisProcess(self.directory, "node-a")
+        primary = RedisProcess(self.directory, "node-a", tls=self.tls)
         self.nodes.append(primary)
         primary.start()
         replica = RedisProcess(
-            self.directory, "node-b", ["--replicaof", "127.0.0.1", str(primary.port)]
+            self.directory, "node-b", ["--replicaof", "127.0.0.1", str(primary.port)], self.tls
         )
         self.nodes.append(replica)
         replica.start()
         for n in range(3):
-            sentinel = Sentinel(self.directory, f"sentinel-{n}", primary.port)
+            sentinel = Sentinel(self.directory, f"sentinel-{n}", primary.port, self.tls)
             self.sentinels.append(sentinel)
             sentinel.start()
         poll("the sentinels seeing the primary, the replica and each other", self._watching, 60)
@@ -180,7 +206,9 @@ class SentinelGroup:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}"
+        if self.tls is None:
+            return f"redis+sentinel://{hosts}/{SERVICE}"
+        return f"rediss+sentinel://{hosts}/{SERVICE}?ssl_ca_certs={self.tls / 'ca.pem'}"
 
     def node(self, port: int) -> RedisProcess:
         return next(node for node in self.nodes if node.port == port)

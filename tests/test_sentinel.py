@@ -248,3 +248,29 @@ async def test_readiness_and_start_up_tell_a_primary_from_a_replica_or_a_sentine
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and reason in lines[0], result.stderr
+
+
+@pytest.mark.slow
+async def test_a_tls_service_is_followed_over_tls(
+    tls_sentinel_group: SentinelGroup, redis_prefix: str
+) -> None:
+    """``rediss+sentinel://``: the sentinels, the pipelined decisions and redis-py's clients
+    all speak TLS (the URL's ``ssl_ca_certs``), before a failover and after it."""
+    counters = RedisCounters(tls_sentinel_group.url, key_prefix=redis_prefix)
+    try:
+        await counters.ping()
+        for _ in range(3):
+            assert (await counters.admit(KEY, "01", 100, False)).admitted
+        old = tls_sentinel_group.primary()
+        with old.client() as client:
+            client.execute_command("WAIT", 1, 1000)
+        old.kill()
+
+        async def decide() -> None:
+            assert (await counters.admit(KEY, "01", 100, False)).used == 4
+
+        assert await _until_answered(decide, 15) < 15
+        assert (await counters.read(KEY))["calls"] == 4
+        await counters.ping()
+    finally:
+        await counters.close()
