@@ -2,8 +2,9 @@
 
 ``Server(*args)`` runs ``tenant-gateway serve --host 127.0.0.1 --port <free> *args``; a
 ``command`` runs anything else that takes ``--host`` and ``--port`` (``run.py``: uvicorn with a
-benchmark app), behind a ``prefix`` (``taskset``, valgrind). Each server runs in a process group
-of its own, so ``stop()`` reaches every worker; its output goes to a log that ``stop()`` returns.
+benchmark app), or the flags its ``address`` spells (daphne, hypercorn), behind a ``prefix``
+(``taskset``, valgrind). Each server runs in a process group of its own, so ``stop()`` reaches
+every worker; its output goes to a log that ``stop()`` returns.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -30,6 +31,11 @@ CLI = (sys.executable, "-m", "tenant_gateway.cli")
 SERVE = (*CLI, "serve")
 RESPAWNS = 2
 """How often a server whose port was taken between choosing and binding it starts again."""
+
+
+def host_and_port(host: str, port: int) -> list[str]:
+    """How ``tenant-gateway serve`` and uvicorn are told where to listen."""
+    return ["--host", host, "--port", str(port)]
 
 
 def free_port() -> int:
@@ -73,8 +79,10 @@ class Server:
         log: Path | None = None,
         ready_path: str = "/healthz",
         ready_timeout: float = 60.0,
+        address: Callable[[str, int], Sequence[str]] = host_and_port,
     ) -> None:
         self._command = [*prefix, *command]
+        self._address = address
         self._args, self._env, self._cwd = args, env, cwd
         self._log_path, self._ready_path, self._ready_timeout = log, ready_path, ready_timeout
         self._spawn()
@@ -88,7 +96,7 @@ class Server:
         with self.log.open("ab") as log_file:
             self._log_start = log_file.tell()
             self.process = subprocess.Popen(
-                [*self._command, "--host", HOST, "--port", str(self.port), *self._args],
+                [*self._command, *self._address(HOST, self.port), *self._args],
                 cwd=self._cwd,
                 env={**os.environ, **(self._env or {})},
                 stdin=subprocess.DEVNULL,

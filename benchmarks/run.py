@@ -10,6 +10,8 @@ Variants, each served alone by one uvicorn worker pinned to core 0 (wrk runs on 
     M-quota  as M, on a plan with a burst limit and a finite monthly quota (like free and pro)
     R        as M, on PostgreSQL + Redis
     R-quota  as M-quota, on PostgreSQL + Redis (the exact quota decision in Redis)
+    C-quota  as R-quota, on a Redis Cluster of three primaries the benchmark starts on free
+             local ports (``redis_cluster.py``) instead of the one Redis
     (``apps.BENCH_PLANS``: limits set so high that no call is refused, but every one is checked)
     S        the bare app behind slowapi (``SlowAPIMiddleware``, Redis storage, a limit keyed by
              the API key header that never refuses): the baseline the issue names; skipped with a
@@ -63,6 +65,7 @@ from benchmarks.common import (
     http_json,
 )
 from benchmarks.launch import HOST, REPO, Server
+from benchmarks.redis_cluster import LocalCluster
 
 PING_PATH = "/api/v1/ping"
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -76,6 +79,8 @@ class Variant:
     factory: str
     database: bool = False
     redis: bool = False
+    cluster: bool = False
+    """On a Redis Cluster of three primaries (started for the run) instead of the one Redis."""
     plan: str | None = None
     """The gateway plan of the tenant registered for the run (gateway variants only)."""
     sends_key: bool = False
@@ -96,6 +101,9 @@ VARIANTS = (
     Variant("R", "benchmarks.apps:gateway_app", database=True, redis=True, plan="bench"),
     Variant(
         "R-quota", "benchmarks.apps:gateway_app", database=True, redis=True, plan="bench_quota"
+    ),
+    Variant(
+        "C-quota", "benchmarks.apps:gateway_app", database=True, cluster=True, plan="bench_quota"
     ),
     Variant("S", "benchmarks.apps:slowapi_app", redis=True, sends_key=True, requires="slowapi"),
 )
@@ -362,11 +370,15 @@ def bench_stores(variants: Sequence[Variant]) -> Iterator[Callable[[Variant], di
     if uses_redis:
         check_redis(REDIS_URL)
     database_url: str | None = None
+    cluster: LocalCluster | None = None
 
     def environment(variant: Variant) -> dict[str, str]:
+        redis_url = REDIS_URL if variant.redis else ""
+        if variant.cluster and cluster is not None:
+            redis_url = cluster.url
         return {
             "TG_BENCH_DATABASE_URL": database_url if variant.database and database_url else "",
-            "TG_BENCH_REDIS_URL": REDIS_URL if variant.redis else "",
+            "TG_BENCH_REDIS_URL": redis_url,
             "TG_BENCH_REDIS_PREFIX": prefix,
             "TG_BENCH_SLOWAPI_LIMIT": "",
         }
@@ -374,8 +386,13 @@ def bench_stores(variants: Sequence[Variant]) -> Iterator[Callable[[Variant], di
     try:
         if any(v.database for v in variants):
             database_url = create_database(database)
+        if any(v.cluster for v in variants):
+            cluster = LocalCluster(primaries=3)  # thrown away after the run, keys and all
+            print(f"Redis Cluster: {cluster.url}", flush=True)
         yield environment
     finally:
+        if cluster is not None:
+            cluster.stop()
         if uses_redis:
             try:
                 clean_redis(prefix)

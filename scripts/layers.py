@@ -64,7 +64,17 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "transfers",
         "usage",
     ),
-    "http": ("accesslog", "admin", "bodies", "demo", "exchange", "middleware", "problems"),
+    "http": (
+        "accesslog",
+        "admin",
+        "bodies",
+        "demo",
+        "exchange",
+        "frameworks",
+        "lifespan",
+        "middleware",
+        "problems",
+    ),
     "entry": ("__init__", "cli", "serve"),
 }
 """Layer → modules (a package name stands for every module in it), lowest layer first."""

@@ -10,10 +10,12 @@ from tenant_gateway.exceptions import (
     StoreUnavailable,
     TenantGatewayError,
 )
+from tenant_gateway.frameworks import django_routes, quart_routes
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.models import Role, Tenant, TenantStatus
 from tenant_gateway.plans import DEFAULT_PLANS, Plan, PlanCatalog, load_plans
-from tenant_gateway.postgres.database import isolate_table, tenant_transaction
+from tenant_gateway.postgres.database import tenant_transaction
+from tenant_gateway.postgres.isolation import isolate_table
 from tenant_gateway.settings import Settings
 
 __all__ = [
@@ -35,8 +37,10 @@ __all__ = [
     "TenantGatewayError",
     "TenantStatus",
     "current_tenant",
+    "django_routes",
     "get_current_tenant",
     "isolate_table",
     "load_plans",
+    "quart_routes",
     "tenant_transaction",
 ]

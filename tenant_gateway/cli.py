@@ -29,7 +29,7 @@ from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
 from tenant_gateway.postgres.transfer_export import export_tenant
 from tenant_gateway.postgres.transfer_import import import_tenant, numbered_lines
-from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.connect import open_counters
 from tenant_gateway.serve import fail, preflight
 from tenant_gateway.services import Services
 from tenant_gateway.settings import Settings
@@ -279,7 +279,7 @@ async def _transfer(args: argparse.Namespace) -> int:
         except ImportRejected as exc:
             return fail(f"nothing was imported: {exc}")
         if args.redis_url and result.ledger_periods:
-            counters = RedisCounters(args.redis_url, key_prefix=args.redis_key_prefix)
+            counters = open_counters(args.redis_url, key_prefix=args.redis_key_prefix)
             try:
                 await counters.forget((tenant.id, period) for period in result.ledger_periods)
             finally:

@@ -74,24 +74,18 @@ def limiter_for(
     setting: str,
     clock: Clock,
     *,
-    redis_url: str | None = None,
+    storage: tuple[str, Mapping[str, Any]] | None = None,
     key_prefix: str = "",
-    storage_options: Mapping[str, Any] | None = None,
 ) -> ClientLimiter | None:
     """The limiter for a rate setting (None when unlimited): in process, or shared on Redis
-    (``redis_url`` as ``limits`` reads it, with its ``storage_options``)."""
+    (``storage``: a ``limits`` storage URI and its options)."""
     item = parse_rate(rate, setting)
     if item is None:
         return None
-    storage_uri = f"async+{redis_url}" if redis_url else None
+    uri, options = storage or (None, {})
     name = setting.removesuffix("_rate")
     return ClientLimiter(
-        item,
-        clock,
-        name=name,
-        storage_uri=storage_uri,
-        key_prefix=key_prefix,
-        storage_options=storage_options,
+        item, clock, name=name, storage_uri=uri, storage_options=options, key_prefix=key_prefix
     )
 
 
@@ -121,8 +115,8 @@ class ClientLimiter:
         *,
         name: str,
         storage_uri: str | None = None,
-        key_prefix: str = "",
         storage_options: Mapping[str, Any] | None = None,
+        key_prefix: str = "",
         max_addresses: int = MAX_ADDRESSES,
         in_flight: int = IN_FLIGHT,
     ) -> None:
@@ -149,9 +143,7 @@ class ClientLimiter:
                 storage_uri,
                 implementation="redispy",  # limits defaults to coredis; redis-py is already here
                 key_prefix=f"{key_prefix}limits",
-                socket_timeout=1.0,
-                socket_connect_timeout=1.0,
-                **(storage_options or {}),
+                **{"socket_timeout": 1.0, "socket_connect_timeout": 1.0, **(storage_options or {})},
             )
             if not isinstance(storage, Storage):
                 raise ConfigurationError(f"{storage_uri!r} is not an async+ storage")

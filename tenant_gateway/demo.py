@@ -27,11 +27,10 @@ from tenant_gateway.exceptions import Problem
 from tenant_gateway.keys import is_id, new_id
 from tenant_gateway.postgres.database import (
     POOLER_ERRORS,
-    is_isolated,
-    isolate_table,
     store_unavailable,
     tenant_transaction,
 )
+from tenant_gateway.postgres.isolation import is_isolated, isolate_table
 from tenant_gateway.postgres.schema import DDL_ATTEMPTS, DDL_LOCK_TIMEOUT, run_ddl
 from tenant_gateway.postgres.url import parse_postgres_url
 

@@ -3,8 +3,7 @@
 TenantGatewayError
 ├── ConfigurationError        bad constructor argument or plans file
 ├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
-│   ├── StoreBusy             it answered, but a lock the work needed stayed held too long
-│   └── StoreMisdirected      it answered, but it is not a server that can hold the data
+│   └── StoreBusy             it answered, but a lock the work needed stayed held too long
 ├── NoTenantContext           a tenant query was attempted outside a resolved request
 ├── TransferBusy              an export or import cannot start now (tenant or process limit)
 ├── WebhookTargetRefused      a webhook URL leads to an address the policy refuses
@@ -44,7 +43,6 @@ __all__ = [
     "Refusal",
     "SeatLimitReached",
     "StoreBusy",
-    "StoreMisdirected",
     "StoreUnavailable",
     "TenantGatewayError",
     "TenantSuspended",
@@ -85,15 +83,6 @@ class StoreBusy(StoreUnavailable):
     def __init__(self, store: str, reason: str) -> None:
         super().__init__(store, "", reason)
         self.args = (f"{store} is busy: {reason}",)
-
-
-class StoreMisdirected(StoreUnavailable):
-    """The URL leads to a server that answers but cannot hold the data: a Redis replica (read
-    only) or a sentinel where a primary was expected. Not a matter of waiting: fix the URL."""
-
-    def __init__(self, store: str, url: str, reason: str) -> None:
-        super().__init__(store, url, reason)
-        self.args = (f"{store} at {url} cannot hold the data: {reason}",)
 
 
 class NoTenantContext(TenantGatewayError):

@@ -6,6 +6,7 @@ websocket.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 
 from starlette.types import Message, Receive, Scope, Send
@@ -15,7 +16,7 @@ from tenant_gateway.exceptions import Problem
 from tenant_gateway.headers import Header
 from tenant_gateway.keys import api_key_from, api_key_from_lines
 
-__all__ = ["BodyTooLarge", "Exchange", "refuse", "scan_headers"]
+__all__ = ["BodyTooLarge", "Exchange", "refuse", "refuse_unread", "scan_headers"]
 
 
 class BodyTooLarge(Exception):
@@ -66,6 +67,7 @@ class Exchange:
         "_limit",
         "_receive",
         "_send",
+        "body_left",
         "overflow",
         "received",
         "started",
@@ -83,6 +85,8 @@ class Exchange:
         self.status = 500
         self.started = False
         self.overflow = False
+        self.body_left = False
+        """Whether more of the body was to come when it passed the limit."""
 
     def send(self, message: Message) -> Awaitable[None]:
         """Not ``async``: it hands back the server's own awaitable, so a response message costs
@@ -106,12 +110,49 @@ class Exchange:
             self.received += len(message.get("body", b""))
             if self.received > self._limit:
                 self.overflow = True
+                self.body_left = message.get("more_body", False)
                 raise BodyTooLarge
         return message
 
 
 async def _ignored() -> None:
     return None
+
+
+DISCARD_LIMIT = 1024 * 1024
+"""Bytes of a refused body read and dropped past the limit, so that a body ending within them
+leaves its connection ready for the client's next request."""
+
+
+async def refuse_unread(problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer a request whose body was not read to its end (it went past the limit).
+
+    Up to ``DISCARD_LIMIT`` more bytes are read and dropped first: if the body ends within
+    them, the connection is left as clean as after any answer. Past them, the answer closes
+    the connection (``Connection: close`` over HTTP/1), and what still comes is read and
+    dropped while it is sent: a server that queues the body for the app (hypercorn) waits for
+    room in that queue before it takes the answer's last message, and would wait forever."""
+    if await _discard(receive, DISCARD_LIMIT):
+        await refuse(problem, scope, receive, send)
+        return
+    if scope.get("http_version", "1.1") < "2":
+        problem.headers["Connection"] = "close"
+    discard = asyncio.create_task(_discard(receive, None))
+    try:
+        await refuse(problem, scope, receive, send)
+    finally:
+        discard.cancel()
+
+
+async def _discard(receive: Receive, limit: int | None) -> bool:
+    """Read the body's rest, up to ``limit`` bytes: whether it ended (or the client left)."""
+    dropped = 0
+    while limit is None or dropped <= limit:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return True
+        dropped += len(message.get("body", b""))
+    return False
 
 
 async def refuse(problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:

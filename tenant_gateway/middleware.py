@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenant_gateway import problems
 from tenant_gateway.admin.app import build_admin_app
@@ -28,17 +29,21 @@ from tenant_gateway.clock import Clock, Sleep, system_clock
 from tenant_gateway.context import current_database, current_tenant
 from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError, Problem, Refusal, StoreUnavailable
-from tenant_gateway.exchange import BodyTooLarge, Exchange, refuse, scan_headers
+from tenant_gateway.exchange import BodyTooLarge, Exchange, refuse, refuse_unread, scan_headers
 from tenant_gateway.headers import declared_over
+from tenant_gateway.lifespan import FinalFlush, relay
 from tenant_gateway.metering import Meter
 from tenant_gateway.plans import PlanCatalog, load_plans
 from tenant_gateway.ratelimit import BurstLimiter
 from tenant_gateway.services import Services
 from tenant_gateway.settings import Settings
+from tenant_gateway.usage import RouteOf
 
 __all__ = ["TenantGateway"]
 
 logger = logging.getLogger("tenant_gateway")
+
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 
 
 class TenantGateway:
@@ -74,6 +79,7 @@ class TenantGateway:
         webhook_attempt_timeout: float = 10.0,
         redis_fail_mode: str = "closed",
         health_paths: tuple[str, str] | None = ("/healthz", "/readyz"),
+        route_of: RouteOf | None = None,
         admin_timeout: float = 10.0,
         transfer_concurrency: int = 2,
         transfer_idle_timeout: float = 10.0,
@@ -113,6 +119,7 @@ class TenantGateway:
             webhook_attempt_timeout=webhook_attempt_timeout,
             redis_fail_mode=redis_fail_mode,
             health_paths=health_paths,
+            route_of=route_of,
             admin_timeout=admin_timeout,
             transfer_concurrency=transfer_concurrency,
             transfer_idle_timeout=transfer_idle_timeout,
@@ -134,7 +141,9 @@ class TenantGateway:
         self.liveness_path, self.readiness_path = settings.health_paths or ("", "")
         self.admin_prefix = settings.admin_prefix
         self._admin_subpaths = settings.admin_prefix + "/"
-        self.public_paths = settings.public_paths
+        self.public_paths = frozenset(p for p in settings.public_paths if not p.endswith("*"))
+        self._public_prefixes = tuple(p[:-1] for p in settings.public_paths if p.endswith("*"))
+        self._route_of = settings.route_of
         self.max_body_bytes = settings.max_body_bytes
         operators = (
             OperatorAuth(
@@ -161,6 +170,8 @@ class TenantGateway:
         self.admin_app = build_admin_app(self.services, operators)
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._final_flush: FinalFlush | None = None
+        self._told_no_lifespan = False
         self._outage_logged: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -177,68 +188,41 @@ class TenantGateway:
         async with self._start_lock:
             if self._started:
                 self._started = False
+                if self._final_flush is not None:
+                    self._final_flush.disarm()
+                    self._final_flush = None
                 await self.services.stop()
+
+    async def _start_without_lifespan(self) -> None:
+        """A request before any lifespan start-up: the server sends no lifespan events. Start
+        now, and stop (flushing usage) when the process ends."""
+        await self.startup()
+        if self._final_flush is None and self._started:
+            self._final_flush = FinalFlush(self.flush, self.shutdown)
+            if not self._told_no_lifespan:
+                self._told_no_lifespan = True
+                logger.warning(
+                    "the server sends no lifespan events: the gateway started on the first"
+                    " request and flushes usage when the process exits"
+                )
 
     async def flush(self) -> None:
         """Write what is batched in memory now (the background loop does it every interval)."""
         await self.services.flush()
-
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Start before the wrapped app does, stop after it has; relay every event."""
-        app_answered = app_finished = False
-        startup_message = await receive()
-        try:
-            await self.startup()
-        except (StoreUnavailable, ConfigurationError) as exc:
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        replayed = False
-
-        async def lifespan_receive() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return startup_message
-            return await receive()
-
-        async def lifespan_send(message: Message) -> None:
-            nonlocal app_answered, app_finished
-            if message["type"] in ("lifespan.startup.complete", "lifespan.startup.failed"):
-                app_answered = True
-            elif message["type"] == "lifespan.shutdown.complete":
-                app_finished = True
-                await self.shutdown()
-            await send(message)
-
-        try:
-            await self.app(scope, lifespan_receive, lifespan_send)
-        except Exception:
-            if app_answered:  # a real failure of the app's own lifespan, already reported
-                await self.shutdown()
-                raise
-            # The wrapped app does not speak lifespan: answer for both of us.
-            logger.debug("wrapped app does not support lifespan", exc_info=True)
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await self.shutdown()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if not app_finished:
-            await self.shutdown()
 
     # -- requests ----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await self._lifespan(scope, receive, send)
+            await relay(self.app, self.startup, self.shutdown, scope, receive, send)
             return
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         if not self._started:
             try:
-                await self.startup()
+                await self._start_without_lifespan()
             except StoreUnavailable as exc:
                 await refuse(problems.service_unavailable(str(exc)), scope, receive, send)
                 return
@@ -249,7 +233,7 @@ class TenantGateway:
             await JSONResponse({"status": "ok"})(scope, receive, send)
         elif path == self.readiness_path and scope["type"] == "http":
             await self._ready(scope, receive, send)
-        elif path in self.public_paths:
+        elif path in self.public_paths or (self._public_prefixes and self._public_prefix(path)):
             await self.app(scope, receive, send)
         else:
             await self._gate(scope, receive, send)
@@ -269,6 +253,11 @@ class TenantGateway:
             extensions={"checks": checks},
         )
         await problems.problem_response(problem)(scope, receive, send)
+
+    def _public_prefix(self, path: str) -> bool:
+        """Under a public prefix, with no ``.`` or ``..`` segment: an app or proxy that
+        resolves them would serve ``/docs/../private`` as ``/private``."""
+        return path.startswith(self._public_prefixes) and _DOT_SEGMENT.search(path) is None
 
     def _framed(self, length: str | None, encoded: bool) -> bool:
         """Whether the server frames the body by its Content-Length, so it needs no counting
@@ -350,15 +339,15 @@ class TenantGateway:
                 current_database.reset(database_token)
             status = 413 if exchange.overflow else exchange.status
             recorder = self.services.recorder
-            recorder.record(
-                metered.usage_key,
-                scope.get("method", "WS"),
-                scope.get("route"),
-                scope.get("root_path", "")[len(root_path) :],
-                status,
-                scope.get("router"),
-            )
+            recorder.record(metered.usage_key, scope, root_path, status, self._route_of)
             if status >= 500 and not plan.count_server_errors:
                 recorder.refund(metered.usage_key, metered.day)
         if exchange.overflow and not exchange.started:
-            await refuse(problems.payload_too_large(self.max_body_bytes), scope, receive, send)
+            too_large = problems.payload_too_large(self.max_body_bytes)
+            if exchange.body_left:
+                await refuse_unread(too_large, scope, receive, send)
+            else:
+                await refuse(too_large, scope, receive, send)
+        final = self._final_flush
+        if final is not None and final.exiting:  # the server may end the process next
+            await final.flush()

@@ -20,12 +20,18 @@ import time
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import ConfigurationError as LimitsConfigurationError
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from redis.exceptions import RedisError
 
 from tenant_gateway.clock import Clock
-from tenant_gateway.exceptions import BurstRefused, ConfigurationError, StoreUnavailable
+from tenant_gateway.exceptions import (
+    BurstRefused,
+    ConfigurationError,
+    StoreUnavailable,
+    redact_url,
+)
 
 __all__ = ["BurstLimiter"]
 
@@ -51,8 +57,19 @@ class BurstLimiter:
         self._items: dict[int, RateLimitItem] = {}
         if storage_uri != IN_PROCESS:
             # On Redis, limits defaults to the coredis client; use redis-py, already here.
-            options = {"implementation": "redispy"} if "redis" in storage_uri.split(":")[0] else {}
-            storage = storage_from_string(storage_uri, **options)
+            scheme, shown = storage_uri.split(":")[0], redact_url(storage_uri)
+            options = {"implementation": "redispy"} if "redis" in scheme else {}
+            if scheme == "async+redis+cluster" and "?" in storage_uri:
+                # limits would drop them silently: TLS or a password would just not be used
+                raise ConfigurationError(
+                    f"burst_storage {shown!r}: limits reads no options from an"
+                    " async+redis+cluster:// URI (a TLS cluster cannot hold the burst window)"
+                )
+            try:
+                storage = storage_from_string(storage_uri, **options)
+            except LimitsConfigurationError as exc:  # an unknown scheme, a malformed URI
+                problem = str(exc).replace(storage_uri, shown)
+                raise ConfigurationError(f"burst_storage {shown!r}: {problem}") from None
             if not isinstance(storage, Storage):
                 raise ConfigurationError(f"burst storage {storage_uri!r} is not an async+ storage")
             self._shared = MovingWindowRateLimiter(storage)

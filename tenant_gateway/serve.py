@@ -14,18 +14,13 @@ import uvicorn
 from tenant_gateway.accesslog import log_config
 from tenant_gateway.client_limits import parse_rate
 from tenant_gateway.demo import build_demo_app, create_projects_table
-from tenant_gateway.exceptions import (
-    ConfigurationError,
-    StoreBusy,
-    StoreMisdirected,
-    StoreUnavailable,
-)
+from tenant_gateway.exceptions import ConfigurationError, StoreBusy, StoreUnavailable
 from tenant_gateway.middleware import TenantGateway
 from tenant_gateway.netpolicy import WebhookPolicy
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
-from tenant_gateway.redis.clients import check_redis_url
-from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.connect import open_counters
+from tenant_gateway.redis.roles import WrongServer
 
 __all__ = ["build_app", "fail", "preflight", "run"]
 
@@ -42,10 +37,13 @@ async def preflight(database_url: str | None, redis_url: str | None, *, demo: bo
         if demo:
             await create_projects_table(database_url)
     if redis_url:
-        check_redis_url(redis_url)
-        counters = RedisCounters(redis_url)
+        counters = open_counters(redis_url)  # a bad URL: ConfigurationError
         try:
             await counters.ping()
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, WrongServer):  # it answers, and is not what we need
+                raise ConfigurationError(f"--redis-url {exc.url}: {exc.reason}") from None
+            raise
         finally:
             await counters.close()
 
@@ -117,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     WebhookPolicy(networks)  # a bad CIDR fails here, with its name
     try:
         asyncio.run(preflight(args.database_url, args.redis_url, demo=True))
-    except (StoreBusy, StoreMisdirected) as exc:  # it answered: waiting will not help
-        return fail(f"{exc}." if isinstance(exc, StoreMisdirected) else str(exc))
+    except StoreBusy as exc:
+        return fail(str(exc))
     except StoreUnavailable as exc:
         flag = "--database-url" if exc.store == "PostgreSQL" else "--redis-url"
         return fail(f"{exc}. Start the server, or fix {flag} (omit it to use memory).")

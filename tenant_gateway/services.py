@@ -26,8 +26,8 @@ from tenant_gateway.plans import PlanCatalog
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.propagation import Invalidator
 from tenant_gateway.quota import CounterStore
-from tenant_gateway.redis.clients import limits_storage_for
 from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.urls import limits_storage
 from tenant_gateway.resolver import KeyResolver
 from tenant_gateway.settings import Settings
 from tenant_gateway.stores import open_invalidator, open_stores
@@ -217,14 +217,10 @@ class Services:
 
 def _shared_limiter(settings: Settings, rate: str | None, name: str) -> ClientLimiter | None:
     """A limiter every worker shares through Redis when there is one."""
-    storage_url, storage_options = (
-        limits_storage_for(settings.redis_url, 1.0) if settings.redis_url else (None, {})
-    )
     return limiter_for(
         rate,
         name,
         settings.clock,
-        redis_url=storage_url,
+        storage=limits_storage(settings.redis_url) if settings.redis_url else None,
         key_prefix=settings.redis_key_prefix,
-        storage_options=storage_options,
     )

@@ -16,7 +16,8 @@ from tenant_gateway.events import QuotaHook
 from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.plans import DEFAULT_PLANS, PlanCatalog
 from tenant_gateway.postgres.url import parse_postgres_url
-from tenant_gateway.redis.clients import check_redis_url
+from tenant_gateway.redis.urls import check_redis_url
+from tenant_gateway.usage import RouteOf
 
 __all__ = ["Settings"]
 
@@ -33,6 +34,7 @@ class Settings:
     admin_jwt_issuer: str | None = None
     admin_jwt_max_lifetime: float | None = 24 * 3600.0
     public_paths: frozenset[str] = frozenset()
+    """Exact paths, or prefixes: a trailing ``*`` stands for any rest (``/docs/*``)."""
     max_body_bytes: int = 10 * 1024 * 1024
     admin_max_body_bytes: int = 1024 * 1024
     import_max_bytes: int = 256 * 1024 * 1024
@@ -54,6 +56,9 @@ class Settings:
     """Seconds one webhook attempt may take in all (name lookup, connect, send, answer)."""
     redis_fail_mode: str = "closed"
     health_paths: tuple[str, str] | None = ("/healthz", "/readyz")
+    route_of: RouteOf | None = None
+    """The route template of an answered call, from its scope, for frameworks the gateway
+    does not read itself (None: ``scope["path_template"]`` or ``scope["route"]``)."""
     admin_timeout: float = 10.0
     """Seconds an admin request may take; also bounds each of a transfer's statements."""
     transfer_concurrency: int = 2
@@ -71,6 +76,11 @@ class Settings:
         prefix = self.admin_prefix
         if not prefix.startswith("/") or prefix.endswith("/"):
             raise ConfigurationError("admin_prefix must start with '/' and not end with '/'")
+        for path in self.public_paths:
+            if not path.startswith("/") or "*" in path[:-1]:
+                raise ConfigurationError(
+                    f"public path {path!r} must start with '/' and may hold one '*', at its end"
+                )
         if min(self.max_body_bytes, self.admin_max_body_bytes, self.import_max_bytes) < 0:
             raise ConfigurationError("body limits must be non-negative")
         if self.webhook_attempt_timeout <= 0:

@@ -2,9 +2,9 @@
 
 ``database_url`` (``postgresql://…``) puts the tenant directory, the usage ledger and the
 invoices in PostgreSQL, else they live in process memory; ``redis_url`` (``redis://…``,
-``rediss://…``, or a Sentinel service: ``redis+sentinel://…``, see ``redis/clients.py``) puts the
-usage counters and the cross-process invalidation in Redis, else they are in process. Each of
-the two is independent of the other.
+``rediss://…``, a cluster's ``redis+cluster://…`` or a Sentinel service's ``redis+sentinel://…``:
+``redis/urls.py``) puts the usage counters and the cross-process invalidation in Redis, else
+they are in process. Each of the two is independent of the other.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from tenant_gateway.postgres.invoices import PostgresInvoices
 from tenant_gateway.postgres.ledger import PostgresLedger
 from tenant_gateway.propagation import Invalidator, KeyCache
 from tenant_gateway.quota import CounterStore, MemoryCounters
-from tenant_gateway.redis.counters import RedisCounters
+from tenant_gateway.redis.cluster_invalidation import ClusterInvalidator
+from tenant_gateway.redis.connect import open_counters
 from tenant_gateway.redis.invalidation import RedisInvalidator
+from tenant_gateway.redis.urls import check_redis_url
 from tenant_gateway.settings import Settings
 
 __all__ = ["Stores", "open_invalidator", "open_stores"]
@@ -55,7 +57,7 @@ def open_stores(settings: Settings) -> Stores:
         directory, ledger, invoices = MemoryDirectory(), MemoryLedger(), MemoryInvoices()
     counters: CounterStore
     if settings.redis_url:
-        counters = RedisCounters(
+        counters = open_counters(
             settings.redis_url,
             key_prefix=settings.redis_key_prefix,
             hydrate_from=ledger.read,
@@ -70,5 +72,7 @@ def open_invalidator(settings: Settings, cache: KeyCache) -> Invalidator:
     """How a change reaches every process's key cache: Redis pub/sub, or this process only."""
     if settings.redis_url:
         channel = f"{settings.redis_key_prefix}invalidate"
+        if check_redis_url(settings.redis_url) is not None:  # a cluster: sharded pub/sub
+            return ClusterInvalidator(cache, settings.redis_url, channel=channel)
         return RedisInvalidator(cache, settings.redis_url, channel=channel)
     return Invalidator(cache)

@@ -12,17 +12,24 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 from collections import Counter, defaultdict
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias
 
 from starlette.routing import Mount
+from starlette.types import Scope
 
 from tenant_gateway.clock import Period, format_timestamp
 from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import CounterStore
 
-__all__ = ["UsageRecorder", "billed_calls", "usage_csv", "usage_report"]
+__all__ = ["RouteOf", "UsageRecorder", "billed_calls", "usage_csv", "usage_report"]
+
+logger = logging.getLogger("tenant_gateway")
+
+RouteOf: TypeAlias = Callable[[Scope], "str | None"]
+"""A setting: the route template of an answered call from its scope (None: unmatched)."""
 
 
 _UNMATCHED_ROUTE = "(unmatched)"
@@ -81,30 +88,35 @@ class UsageRecorder:
         self._admitted: dict[tuple[UsageKey, str], int] = {}
         self._answered: dict[_Answered, int] = {}
         self._lock = asyncio.Lock()
+        self._hook_failed = False
 
     def record(
-        self,
-        key: UsageKey,
-        method: str,
-        route: object,
-        mount_prefix: str,
-        status: int,
-        router: object = None,
+        self, key: UsageKey, scope: Scope, root_path: str, status: int, route_of: RouteOf | None
     ) -> None:
         """Tally one answered call by route and status class (hot path: no I/O, one count).
-        ``route`` is the one the app matched (``scope["route"]``): a ``path`` that is not a
-        string (no route matched, or an app's own route type) counts as unmatched, and never
-        reaches the dict key. ``mount_prefix`` is the path the app's mounts took, spelled as
-        their templates where ``router`` (``scope["router"]``) has them: every org under
-        ``/orgs/{org}`` is one route. A method token outside the standard ones counts as
-        ``OTHER``."""
-        template = getattr(route, "path", None)
-        if mount_prefix:
-            mounted = _mounted(router, mount_prefix)
-            if mounted is not None:
-                mount_prefix, mount = mounted
-                if route is mount:  # a mounted app that is not a router answered
-                    template = ""
+
+        The route is what the app matched, read from ``scope`` once it has answered: the
+        ``path`` of the route it matched (``scope["route"]``: Starlette, FastAPI), else the
+        template an app or framework left in ``scope["path_template"]`` (Litestar; the Django
+        middleware and Quart hook of ``frameworks.py``); a template that is not a string
+        counts as unmatched and never reaches the dict key. ``route_of`` (a setting), when
+        given, answers instead. Under mounts, the path they took (``root_path`` grown since
+        ``root_path``) is spelled as their templates where ``scope["router"]`` has them:
+        every org under ``/orgs/{org}`` is one route. A method token outside the standard
+        ones counts as ``OTHER``."""
+        method = scope.get("method", "WS")
+        if route_of is not None:
+            template, mount_prefix = self._asked(route_of, scope), ""
+        else:
+            route = scope.get("route")
+            template = scope.get("path_template") if route is None else getattr(route, "path", None)
+            mount_prefix = scope.get("root_path", "")[len(root_path) :]
+            if mount_prefix:
+                mounted = _mounted(scope.get("router"), mount_prefix)
+                if mounted is not None:
+                    mount_prefix, mount = mounted
+                    if route is mount:  # a mounted app that is no Starlette router answered
+                        template = scope.get("path_template", "")
         answered = (
             key,
             method if method in _METHODS else _OTHER_METHOD,
@@ -113,6 +125,17 @@ class UsageRecorder:
             status // 100,
         )
         self._answered[answered] = self._answered.get(answered, 0) + 1
+
+    def _asked(self, route_of: RouteOf, scope: Scope) -> object:
+        """``route_of``'s answer; a failure of it counts the call as unmatched (logged once:
+        it would fail alike for every call)."""
+        try:
+            return route_of(scope)
+        except Exception:
+            if not self._hook_failed:
+                self._hook_failed = True
+                logger.exception("route_of failed: calls it fails on count as unmatched")
+            return None
 
     def admitted(self, key: UsageKey, day: str) -> None:
         """Count a call of a plan with no monthly quota: no decision depends on the count, so

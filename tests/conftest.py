@@ -1,4 +1,5 @@
-"""Shared fixtures: a throw-away Postgres database, a private Redis namespace, a movable clock.
+"""Shared fixtures: a throw-away Postgres database, a private Redis namespace, a movable clock,
+a Redis Cluster started for the run (``redis_cluster.py``).
 
 Postgres and Redis are the real servers on this machine (TG_TEST_PG_ADMIN_URL,
 TG_TEST_REDIS_URL override them). Under CI=true a missing server fails the run; locally
@@ -26,6 +27,7 @@ import redis
 from benchmarks.bouncer import PgBouncer, find_pgbouncer
 from tenant_gateway import TenantGateway
 
+from .redis_cluster import cluster_prefix, cluster_url, redis_cluster  # noqa: F401 (fixtures)
 from .sentinels import NoRedisServer, RedisProcess, SentinelGroup
 
 PG_ADMIN_URL = os.environ.get(

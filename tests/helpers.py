@@ -22,7 +22,7 @@ from tenant_gateway.keys import (
     key_display_prefix,
 )
 from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus, User
-from tenant_gateway.postgres.database import isolate_table
+from tenant_gateway.postgres.isolation import isolate_table
 
 from .apps import echo_app
 from .conftest import PG_ADMIN_URL, auth, operator_headers

@@ -47,9 +47,11 @@ def test_public_names_are_pinned() -> None:
         "TenantGatewayError",
         "TenantStatus",
         "current_tenant",
+        "django_routes",
         "get_current_tenant",
         "isolate_table",
         "load_plans",
+        "quart_routes",
         "tenant_transaction",
     }
     for name in tenant_gateway.__all__:

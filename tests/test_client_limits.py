@@ -390,7 +390,11 @@ async def test_window_and_retry_after_follow_the_injected_clock() -> None:
 async def test_an_unreachable_shared_window_is_a_store_outage() -> None:
     """The admin API answers it 503 service_unavailable, as any store outage."""
     limiter = limiter_for(
-        "3/day", "signup_rate", FakeClock(), redis_url="redis://127.0.0.1:1/0", key_prefix="x:"
+        "3/day",
+        "signup_rate",
+        FakeClock(),
+        storage=("async+redis://127.0.0.1:1/0", {}),
+        key_prefix="x:",
     )
     assert limiter is not None
     with pytest.raises(StoreUnavailable) as outage:

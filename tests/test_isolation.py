@@ -17,7 +17,8 @@ from starlette.testclient import TestClient
 
 from tenant_gateway import Tenant, TenantGateway, get_current_tenant, tenant_transaction
 from tenant_gateway.demo import create_projects_table
-from tenant_gateway.postgres.database import OWNER_ROLE, RUNTIME_ROLE, Database, isolate_table
+from tenant_gateway.postgres.database import OWNER_ROLE, RUNTIME_ROLE, Database
+from tenant_gateway.postgres.isolation import is_isolated, isolate_table
 
 from .conftest import PG_ADMIN_URL, _url_with_database, unavailable
 
@@ -416,3 +417,77 @@ async def _seed_url(url: str, tenant_id: str, name: str) -> None:
         await seed(database, tenant_id, name)
     finally:
         await database.close()
+
+
+# -- sequences ------------------------------------------------------------------------------
+
+NOTES_SCHEMA = """
+CREATE TABLE notes (
+    tenant_id text NOT NULL, id serial, body text NOT NULL, PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE marks (
+    tenant_id text NOT NULL, id integer GENERATED ALWAYS AS IDENTITY,
+    PRIMARY KEY (tenant_id, id)
+);
+"""
+SEQUENCE_USAGE = "SELECT has_sequence_privilege($1, $2, 'USAGE')"
+
+
+def test_serial_columns_work_through_tenant_transaction(isolated_db: str) -> None:
+    """A ``serial`` column's sequence is granted with its table (it was ``permission denied
+    for sequence notes_id_seq``, a 500); an identity column's needs nothing and gets nothing.
+    A table isolated before that grant existed reads as not isolated, and gets it."""
+    api = FastAPI()
+
+    @api.post("/notes")
+    async def add_note(tenant: Annotated[Tenant, Depends(get_current_tenant)]) -> dict[str, int]:
+        async with tenant_transaction() as conn:
+            note = await conn.fetchval(
+                "INSERT INTO notes (tenant_id, body) VALUES ($1, 'hi') RETURNING id", tenant.id
+            )
+            mark = await conn.fetchval(
+                "INSERT INTO marks (tenant_id) VALUES ($1) RETURNING id", tenant.id
+            )
+            return {"note": note, "mark": mark, "seen": len(await conn.fetch("TABLE notes"))}
+
+    async def create_tables() -> tuple[bool, bool, bool]:
+        conn = await asyncpg.connect(isolated_db)
+        try:
+            await conn.execute(NOTES_SCHEMA)
+            await isolate_table(conn, "notes")
+            await isolate_table(conn, "marks")
+            await conn.execute(f"REVOKE USAGE ON SEQUENCE notes_id_seq FROM {RUNTIME_ROLE}")
+            revoked = await is_isolated(conn, "notes")
+            await isolate_table(conn, "notes")
+            return (
+                revoked,
+                await conn.fetchval(SEQUENCE_USAGE, RUNTIME_ROLE, "notes_id_seq"),
+                await conn.fetchval(SEQUENCE_USAGE, RUNTIME_ROLE, "marks_id_seq"),
+            )
+        finally:
+            await conn.close()
+
+    async def drop_tables() -> None:
+        conn = await asyncpg.connect(isolated_db)
+        try:
+            await conn.execute("DROP TABLE notes, marks")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(create_tables()) == (False, True, False)
+    try:
+        with TestClient(TenantGateway(api, database_url=isolated_db)) as client:
+            seen = []
+            for name in ("one", "two"):
+                tenant = client.post(
+                    "/api/v1/tenants/register", json={"name": name, "admin_email": f"a@{name}.io"}
+                ).json()
+                for _ in range(2):
+                    answer = client.post("/notes", headers={"X-API-Key": tenant["api_key"]})
+                    assert answer.status_code == 200, answer.text
+                    seen.append(answer.json())
+    finally:
+        asyncio.run(drop_tables())
+    assert [s["note"] for s in seen] == [1, 2, 3, 4]  # one sequence, shared by the tenants
+    assert [s["mark"] for s in seen] == [1, 2, 3, 4]
+    assert [s["seen"] for s in seen] == [1, 2, 1, 2]  # each tenant sees its own notes

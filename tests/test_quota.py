@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from tenant_gateway.breaker import BreakerState
 from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.quota import CounterStore, MemoryCounters
+from tenant_gateway.redis.cluster_counters import ClusterCounters
 from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.tallies import MAX_ROUTES
 from tenant_gateway.usage import UsageRecorder
@@ -28,16 +30,23 @@ async def restore(key: tuple[str, str]) -> dict[str, int]:
     return LEDGER.get(key, {})
 
 
+COUNTER_BACKENDS = [*BACKENDS, "cluster"]
+"""The counter stores: memory, one Redis, and a Redis Cluster of three primaries."""
+
+
 def make_counters(kind: str, request: pytest.FixtureRequest) -> CounterStore:
     if kind == "memory":
         return MemoryCounters(hydrate_from=restore)
+    if kind == "cluster":
+        url, prefix = (request.getfixturevalue(name) for name in ("cluster_url", "cluster_prefix"))
+        return ClusterCounters(url, key_prefix=prefix, hydrate_from=restore)
     url = request.getfixturevalue("redis_url")
     return RedisCounters(
         url, key_prefix=request.getfixturevalue("redis_prefix"), hydrate_from=restore
     )
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=COUNTER_BACKENDS)
 async def counters(request: pytest.FixtureRequest) -> AsyncIterator[CounterStore]:
     LEDGER.clear()
     RESTORES.clear()
@@ -182,22 +191,32 @@ async def test_restored_values_are_bounded(counters: CounterStore) -> None:
     assert "refunded" not in tallies and "route|2xx|GET /a" not in tallies
 
 
-@pytest.fixture
+@pytest.fixture(params=["real", "cluster"])
 async def redis_counters(request: pytest.FixtureRequest) -> AsyncIterator[RedisCounters]:
     LEDGER.clear()
     RESTORES.clear()
-    store = make_counters("real", request)
+    store = make_counters(request.param, request)
     assert isinstance(store, RedisCounters)
     yield store
     await store.close()
 
 
-def _raw(request: pytest.FixtureRequest) -> aioredis.Redis:
+def _on_cluster(request: pytest.FixtureRequest) -> bool:
+    callspec = getattr(request.node, "callspec", None)
+    return callspec is not None and callspec.params.get("redis_counters") == "cluster"
+
+
+def _raw(request: pytest.FixtureRequest) -> aioredis.Redis | RedisCluster:
+    """A plain client on the Redis the test's counters use, to write behind their back."""
+    if _on_cluster(request):
+        first = request.getfixturevalue("cluster_url").split("//")[1].split(",")[0]
+        return RedisCluster.from_url(f"redis://{first}")
     return aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
 
 
 def _name(request: pytest.FixtureRequest, key: tuple[str, str]) -> str:
-    return f"{request.getfixturevalue('redis_prefix')}usage:{{{key[0]}}}:{key[1]}"
+    prefix = request.getfixturevalue("cluster_prefix" if _on_cluster(request) else "redis_prefix")
+    return f"{prefix}usage:{{{key[0]}}}:{key[1]}"
 
 
 async def test_one_refused_increment_fails_only_itself(

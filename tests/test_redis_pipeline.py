@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from tenant_gateway.exceptions import StoreUnavailable
 from tenant_gateway.quota import MemoryCounters
+from tenant_gateway.redis.connect import open_counters
 from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.redis.decisions import DecisionBatch
 from tenant_gateway.redis.pipeline import PipelinedRedis, bulk, pack_command
@@ -25,6 +26,26 @@ async def proxy(redis_url: str) -> AsyncIterator[TcpProxy]:
     proxy = await proxy_to(redis_url)
     yield proxy
     await proxy.stop()
+
+
+@pytest.fixture(params=["real", "cluster"])
+def counters_on(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(URL, key prefix) of one Redis, then of a Redis Cluster: the counters' shared cases."""
+    if request.param == "cluster":
+        return request.getfixturevalue("cluster_url"), request.getfixturevalue("cluster_prefix")
+    return request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+
+
+async def flush_scripts(url: str) -> None:
+    """SCRIPT FLUSH on every primary, as after a restart: EVALSHA answers NOSCRIPT."""
+    if url.startswith("redis+cluster://"):
+        nodes = url.removeprefix("redis+cluster://").split(",")
+        clients = [aioredis.Redis.from_url(f"redis://{node}") for node in nodes]
+    else:
+        clients = [aioredis.Redis.from_url(url)]
+    for client in clients:
+        await client.script_flush()
+        await client.aclose()
 
 
 @pytest.fixture
@@ -128,13 +149,12 @@ async def test_concurrent_connects_share_one_attempt(redis_url: str, proxy: TcpP
     await pipe.close()
 
 
-async def test_decisions_survive_a_script_flush(
-    redis_url: str, redis_prefix: str, reference: aioredis.Redis
-) -> None:
-    counters = RedisCounters(redis_url, key_prefix=redis_prefix)
+async def test_decisions_survive_a_script_flush(counters_on: tuple[str, str]) -> None:
+    url, prefix = counters_on
+    counters = open_counters(url, key_prefix=prefix)
     key = ("tenant", "2026-11")
     assert (await counters.admit(key, "01", 10, False)).used == 1
-    await reference.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
+    await flush_scripts(url)
     results = await asyncio.gather(*(counters.admit(key, "01", 10, False) for _ in range(12)))
     assert sum(result.admitted for result in results) == 9
     assert (await counters.read(key))["calls"] == 10
@@ -174,17 +194,16 @@ def test_a_batch_packs_each_hash_once() -> None:
         loop.close()
 
 
-async def test_one_batch_decides_as_calls_one_by_one_would(
-    redis_url: str, redis_prefix: str
-) -> None:
+async def test_one_batch_decides_as_calls_one_by_one_would(counters_on: tuple[str, str]) -> None:
     """Many tenants, limits, overage and days mixed in each batch: the aggregated script must
     answer every decision as the memory store, deciding them one by one, does. (The hashes
     are restored first: decisions that wait for a restore are re-sent in whatever order the
     restores finish, which concurrent requests never had a claim to anyway.)"""
+    url, prefix = counters_on
     rng = random.Random(20261126)
     plans = [(3, False), (5, True), (None, False), (0, False), (8, False)]
     for trial in range(5):
-        redis_counters = RedisCounters(redis_url, key_prefix=f"{redis_prefix}{trial}:")
+        redis_counters = open_counters(url, key_prefix=f"{prefix}{trial}:")
         memory_counters = MemoryCounters()
         calls = [
             ((f"tenant{rng.randrange(4)}", "2026-11"), rng.choice(["01", "02"]), rng.randrange(5))

@@ -29,7 +29,8 @@ from benchmarks.launch import Server, free_port, run_cli
 from tenant_gateway import ConfigurationError, TenantGateway
 from tenant_gateway.demo import PROJECTS_SCHEMA, build_demo_app, create_projects_table
 from tenant_gateway.exceptions import StoreBusy
-from tenant_gateway.postgres.database import Database, is_isolated, isolate_table
+from tenant_gateway.postgres.database import Database
+from tenant_gateway.postgres.isolation import is_isolated, isolate_table
 
 from .conftest import (
     JWT_SECRET,

@@ -4,10 +4,10 @@ from tenant_gateway.postgres.database import (
     RUNTIME_ROLE,
     TENANT_SETTING,
     Database,
-    isolate_table,
     tenant_transaction,
 )
 from tenant_gateway.postgres.directory import PostgresDirectory
+from tenant_gateway.postgres.isolation import isolate_table
 
 __all__ = [
     "RUNTIME_ROLE",

@@ -50,8 +50,6 @@ __all__ = [
     "as_owner",
     "as_tenant",
     "is_identifier",
-    "is_isolated",
-    "isolate_table",
     "lock_transfer",
     "store_unavailable",
     "tenant_transaction",
@@ -285,57 +283,6 @@ async def lock_transfer(conn: Connection, tenant_id: str) -> None:
         raise TransferBusy(
             "This tenant already has an export or import in progress.", per_tenant=True
         )
-
-
-_CONDITION = f"tenant_id = (SELECT current_setting('{TENANT_SETTING}', true))"
-# The condition as PostgreSQL prints it back (pg_get_expr, version 15). Should another version
-# print it otherwise, a table merely looks not isolated yet and isolate_table runs its DDL.
-_CONDITION_STORED = (
-    f"(tenant_id = ( SELECT current_setting('{TENANT_SETTING}'::text, true) AS current_setting))"
-)
-_ISOLATED = """
-SELECT c.relrowsecurity AND c.relforcerowsecurity
-  AND EXISTS (SELECT 1 FROM pg_policy p
-              WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation' AND p.polcmd = '*'
-                AND p.polpermissive AND p.polroles = '{0}'
-                AND pg_get_expr(p.polqual, p.polrelid) = $2
-                AND pg_get_expr(p.polwithcheck, p.polrelid) = $2)
-  AND has_table_privilege($3, c.oid, 'SELECT') AND has_table_privilege($3, c.oid, 'INSERT')
-  AND has_table_privilege($3, c.oid, 'UPDATE') AND has_table_privilege($3, c.oid, 'DELETE')
-FROM pg_class c WHERE c.oid = to_regclass($1)
-"""
-
-
-async def is_isolated(conn: Connection, table: str) -> bool:
-    """Whether ``table`` is already as ``isolate_table`` leaves it (read from the catalogue:
-    no lock on the table)."""
-    return bool(await conn.fetchval(_ISOLATED, table, _CONDITION_STORED, RUNTIME_ROLE))
-
-
-async def isolate_table(conn: Connection, table: str) -> None:
-    """Put an application table with a ``tenant_id text`` column under tenant isolation.
-
-    Enables and forces row-level security, installs a policy whose USING and WITH CHECK both
-    compare ``tenant_id`` with the tenant context (read once per statement), and grants the
-    runtime role plain DML on it. With no context set, no row is visible or writable.
-    Idempotent, and a table already isolated gets no DDL at all (``ALTER TABLE`` waits for
-    every reader of the table, and every later query waits behind it). Call it from the
-    application's own migration, under a lock timeout (``schema.run_ddl`` does both).
-    """
-    if not is_identifier(table):
-        raise ConfigurationError(f"table name {table!r} must be a plain lower-case identifier")
-    if await is_isolated(conn, table):
-        return
-    condition = _CONDITION
-    await conn.execute(
-        f"""
-        ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
-        ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
-        DROP POLICY IF EXISTS tenant_isolation ON {table};
-        CREATE POLICY tenant_isolation ON {table} USING ({condition}) WITH CHECK ({condition});
-        GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {RUNTIME_ROLE};
-        """
-    )
 
 
 @asynccontextmanager

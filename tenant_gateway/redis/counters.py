@@ -26,14 +26,16 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.clock import Clock
-from tenant_gateway.exceptions import StoreMisdirected, StoreUnavailable, redact_url
+from tenant_gateway.exceptions import StoreUnavailable, redact_url
 from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import Admission, DirtyKeys, HydrateSource, refunds_last
 from tenant_gateway.redis.clients import pipelined_redis, redis_client
@@ -41,6 +43,7 @@ from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
 from tenant_gateway.redis.identity import ServerWatch, lineage_of, refusal_of
 from tenant_gateway.redis.lua import load
 from tenant_gateway.redis.pipeline import bulk
+from tenant_gateway.redis.roles import WrongServer, check_server
 from tenant_gateway.tallies import (
     HYDRATED,
     MAX_ROUTES,
@@ -82,16 +85,8 @@ class RedisCounters(DirtyKeys):
         self._url = url
         self.breaker = Breaker("redis", clock)
         self._prefix = key_prefix
-        # A blocking pool: a burst of requests waits (up to ``timeout``) for a connection
-        # instead of failing with "too many connections".
-        self._redis = redis_client(
-            url,
-            timeout=timeout,
-            blocking=True,
-            max_connections=max_connections,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
+        self._server = ServerWatch()  # which server the decisions' connection reached last
+        self._open(url, timeout, max_connections)
         self._packed_sha = bulk(self._redis.register_script(ADMIT_SCRIPT).sha)
         self._hydrate_script = self._redis.register_script(load("hydrate"))
         self._add_script = self._redis.register_script(load("add"))
@@ -101,14 +96,29 @@ class RedisCounters(DirtyKeys):
         self._sequence = 0
         self._unacked: tuple[int, dict[UsageKey, Counter[str]]] | None = None
         self._adding = asyncio.Lock()
-        # The hot path's decisions bypass redis-py: see ``redis/pipeline.py``.
-        self._server = ServerWatch()  # which server the pipelined connection reached last
-        self._pipe = pipelined_redis(url, self._redis, timeout=timeout, greet=self._server.greet)
         self._batch = DecisionBatch()
         self._inflight: set[asyncio.Task[None]] = set()
         # RESP bytes reused by every decision (cleared if they ever grow large).
         self._packed_names: dict[UsageKey, bytes] = {}
         self._packed_terms: dict[tuple[int | None, bool, str], bytes] = {}
+
+    def _open(self, url: str, timeout: float, max_connections: int) -> None:
+        """The clients: redis-py's for everything but the decisions, which bypass it on their
+        own pipelined connection (``redis/pipeline.py``); for a Sentinel service, both follow
+        its primary (``redis/clients.py``). A cluster opens its own
+        (``redis/cluster_counters.py``)."""
+        # A blocking pool: a burst of requests waits (up to ``timeout``) for a connection
+        # instead of failing with "too many connections".
+        client = redis_client(
+            url,
+            timeout=timeout,
+            blocking=True,
+            max_connections=max_connections,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self._redis: aioredis.Redis | RedisCluster = client
+        self._pipe = pipelined_redis(url, client, timeout=timeout, greet=self._server.greet)
 
     def _key(self, key: UsageKey) -> str:
         return f"{self._prefix}usage:{{{key[0]}}}:{key[1]}"
@@ -172,7 +182,14 @@ class RedisCounters(DirtyKeys):
         return future
 
     def _add(self, entry: tuple[Decision, bool], future: asyncio.Future[Admission]) -> None:
-        key, day, limit, allow_overage = entry[0]
+        name, terms = self._pack(entry[0])
+        if not self._batch.futures:  # the first of this turn: send when the turn ends
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        self._batch.add(name, terms, entry, future)
+
+    def _pack(self, decision: Decision) -> tuple[bytes, bytes]:
+        """The decision's hash name and (limit, overage, day), as RESP bytes reused."""
+        key, day, limit, allow_overage = decision
         name = self._packed_names.get(key)
         if name is None:
             if len(self._packed_names) >= _PACKED_CACHE_SIZE:
@@ -184,9 +201,7 @@ class RedisCounters(DirtyKeys):
                 self._packed_terms.clear()
             terms = bulk(-1 if limit is None else limit) + bulk(int(allow_overage)) + bulk(day)
             self._packed_terms[(limit, allow_overage, day)] = terms
-        if not self._batch.futures:  # the first of this turn: send when the turn ends
-            asyncio.get_running_loop().call_soon(self._send_batch)
-        self._batch.add(name, terms, entry, future)
+        return name, terms
 
     async def _restore_then_decide(
         self, decision: Decision, future: asyncio.Future[Admission]
@@ -230,6 +245,11 @@ class RedisCounters(DirtyKeys):
             self._fail_batch(batch, error or ResponseError(f"unexpected reply {flat!r}"))
             return
         self.breaker.succeeded()
+        self._settle(batch, flat)
+
+    def _settle(self, batch: DecisionBatch, flat: list[Any]) -> None:
+        """Answer each decision of a batch from the script's reply; one whose hash must be
+        restored first is restored, then decided again."""
         set_aside: set[UsageKey] = set()
         for index, future in enumerate(batch.futures):
             if future.done():
@@ -311,26 +331,38 @@ class RedisCounters(DirtyKeys):
         """One batch, after restoring any hash the ledger must fill first (a tally added to a
         lost hash would otherwise hide the loss from the next decision)."""
         keys = list(batch)
-        lineage, stamps = await self._read_first(
+        lineage, stamps = await self._read_stamped(
             lambda pipe: [pipe.hget(self._key(key), HYDRATED) for key in keys]
         )
         stamp = str(lineage).encode()
         for key, stamped in zip(keys, stamps, strict=True):
             if stamped != stamp:  # not restored, not checked on this lineage, or not a hash
                 await self._hydrate(key, lineage)
+        try:
+            skipped = await self._add_script(
+                keys=[*(self._key(key) for key in keys), self._marker],
+                args=self._add_arguments(sequence, batch),
+            )
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        self.breaker.succeeded()
+        self._applied(keys, batch, skipped)
+
+    @staticmethod
+    def _add_arguments(sequence: int, batch: Mapping[UsageKey, Counter[str]]) -> list[int | str]:
+        """``add.lua``'s ARGV for a batch."""
         args: list[int | str] = [MAX_TALLY, sequence, _MARKER_SECONDS, _HISTORY_SECONDS]
         args += [MAX_ROUTES, OTHER_ROUTES]
         for fields in batch.values():
             args.append(len(fields))
             for field, amount in refunds_last(fields):
                 args += [field, amount]
-        try:
-            skipped = await self._add_script(
-                keys=[*(self._key(key) for key in keys), self._marker], args=args
-            )
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
-        self.breaker.succeeded()
+        return args
+
+    def _applied(
+        self, keys: list[UsageKey], batch: Mapping[UsageKey, Counter[str]], skipped: list[Any]
+    ) -> None:
+        """What ``add.lua`` answered: what a set-aside hash did not take is owed again."""
         self._dirty.update(keys)
         for at in range(1, len(skipped), 3):
             key = keys[int(skipped[at]) - 1]
@@ -341,25 +373,30 @@ class RedisCounters(DirtyKeys):
             else:
                 logger.warning("usage increment dropped: %s %s %.80r: %s", *key, field, reason)
 
-    async def _read_first(self, queue: Callable[[Pipeline], object]) -> tuple[int, list[Any]]:
-        """``_read_all`` as the first step of a flush or a read, through the breaker, with
-        the lineage of the server that answered (asked on the same connection: a server that
-        restarted a moment ago is not taken for the one before)."""
-        probe = self._allow()
-        try:
-            server, replication, *results = await self._read_all(
-                lambda pipe: (pipe.info("server"), pipe.info("replication"), queue(pipe))
-            )
-        except BaseException:
-            if probe:  # cancelled before Redis answered (else it reported): the next call probes
-                self.breaker.released()
-            raise
+    async def _read_stamped(
+        self, queue: Callable[[Pipeline | ClusterPipeline], object]
+    ) -> tuple[int, list[Any]]:
+        """``_read_first``, with the lineage of the server that answered (asked on the same
+        connection: a server that restarted a moment ago is not taken for the one before)."""
+        server, replication, *results = await self._read_first(
+            lambda pipe: (pipe.info("server"), pipe.info("replication"), queue(pipe))
+        )
         lineage = lineage_of(server, replication)
         if lineage != self._server.lineage:  # the decisions' connection is elsewhere: drop it
             self._pipe.disconnect()
         return lineage, results
 
-    async def _read_all(self, queue: Callable[[Pipeline], object]) -> list[Any]:
+    async def _read_first(self, queue: Callable[[Pipeline | ClusterPipeline], object]) -> list[Any]:
+        """``_read_all`` as the first step of a flush or a read, through the breaker."""
+        probe = self._allow()
+        try:
+            return await self._read_all(queue)
+        except BaseException:
+            if probe:  # cancelled before Redis answered (else it reported): the next call probes
+                self.breaker.released()
+            raise
+
+    async def _read_all(self, queue: Callable[[Pipeline | ClusterPipeline], object]) -> list[Any]:
         """Run read-only commands in one pipeline; a command Redis refuses (a key of another
         type) answers its exception in place, but one by which Redis serves nothing now
         (``_unreachable``) fails them all. A pooled connection found dead (Redis came back
@@ -378,7 +415,7 @@ class RedisCounters(DirtyKeys):
         self.breaker.succeeded()
         return results
 
-    async def _pipeline(self, queue: Callable[[Pipeline], object]) -> list[Any]:
+    async def _pipeline(self, queue: Callable[[Pipeline | ClusterPipeline], object]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
             queue(pipe)
             return list(await pipe.execute(raise_on_error=False))
@@ -387,7 +424,7 @@ class RedisCounters(DirtyKeys):
         """The server's lineage, and each hash's sound tallies (see ``tallies.py``), or None
         for a key of another type. ``hydrated`` is there (as 1) only when the hash was restored
         or checked on that lineage: one that was not is, to its readers, not restored yet."""
-        lineage, results = await self._read_first(
+        lineage, results = await self._read_stamped(
             lambda pipe: [pipe.hgetall(self._key(key)) for key in keys]
         )
         hashes = [
@@ -432,13 +469,20 @@ class RedisCounters(DirtyKeys):
         self.breaker.succeeded()
 
     async def ping(self) -> None:
-        """Redis answers, and is a primary (``StoreMisdirected``: a replica, a sentinel)."""
+        """Redis answers, and is a server that can hold the counters: a primary, not a replica
+        or a sentinel (``identity.py``), nor one node of a cluster (``roles.py``)."""
         server, replication = await self._read_all(
             lambda pipe: (pipe.info("server"), pipe.info("replication"))
         )
-        refusal = refusal_of(server, replication)  # None too when INFO is refused (an ACL)
-        if refusal is not None:
-            raise StoreMisdirected("Redis", redact_url(self._url), refusal)
+        try:
+            refusal = refusal_of(server, replication)  # None too when INFO is refused (an ACL)
+            if refusal is not None:
+                raise WrongServer(refusal)
+            if isinstance(self._redis, aioredis.Redis):
+                where = self._redis.connection_pool.connection_kwargs
+                await check_server(self._redis, f"{where.get('host')}:{where.get('port')}")
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
 
     async def close(self) -> None:
         """Fail what is still waiting, stop the work in flight, close both clients."""
