@@ -38,11 +38,12 @@ from tenant_gateway.exceptions import StoreUnavailable, redact_url
 from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import Admission, HydrateSource
 from tenant_gateway.redis.cluster import ClusterNodes, SlotScript
-from tenant_gateway.redis.counters import RedisCounters, _unreachable
+from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
 from tenant_gateway.redis.identity import UNKNOWN_LINEAGE
 from tenant_gateway.redis.lua import load
 from tenant_gateway.redis.pipeline import pack_command
+from tenant_gateway.redis.replies import unreachable
 from tenant_gateway.redis.slots import Node, node_name, slot_of
 from tenant_gateway.redis.urls import cluster_url
 from tenant_gateway.tallies import HYDRATED
@@ -118,7 +119,7 @@ class ClusterCounters(RedisCounters):
         """A redis-py call failed: tell the breaker of the node it failed on, if it says that
         node serves nothing now. (The decisions' own connections report in ``cluster.py``.)"""
         node = getattr(exc, "connection", None)
-        if isinstance(node, ClusterNode) and _unreachable(exc):
+        if isinstance(node, ClusterNode) and unreachable(exc):
             self.nodes.breaker((node.host, int(node.port))).failed()
 
     # -- decisions ---------------------------------------------------------------------------

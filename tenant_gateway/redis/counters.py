@@ -5,7 +5,7 @@ The hashes, fields and the quota decision are those of ``quota.py``. Hostile or 
 a command Redis refuses for one key (a field that is not a number, a sum past the bound, a key
 of another type) fails that entry only, never the rest of a shared batch, and tells the circuit
 breaker that Redis answered. What counts against it is a lost connection or an error reply by
-which Redis says it serves nothing now (``_unreachable``). A hash a decision cannot use is set
+which Redis says it serves nothing now (``replies.py``). A hash a decision cannot use is set
 aside (``<key>:set-aside``) and restored from the ledger.
 
 Counters never trail the ledger: each hash is stamped with the lineage of the server's data set
@@ -31,7 +31,6 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.clock import Clock
@@ -43,6 +42,7 @@ from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
 from tenant_gateway.redis.identity import ServerWatch, lineage_of, refusal_of
 from tenant_gateway.redis.lua import load
 from tenant_gateway.redis.pipeline import bulk
+from tenant_gateway.redis.replies import demoted, unreachable
 from tenant_gateway.redis.roles import WrongServer, check_server
 from tenant_gateway.tallies import (
     HYDRATED,
@@ -59,13 +59,6 @@ logger = logging.getLogger("tenant_gateway.quota")
 _PACKED_CACHE_SIZE = 100_000
 _HISTORY_SECONDS = 400 * 86_400  # keep a period's tallies for 13 months
 _MARKER_SECONDS = 86_400  # how long Redis remembers a writer's last batch (for its retries)
-# Error replies by which Redis says it serves nothing now, whatever the command: loading its
-# data after a restart, a replica after a failover, out of memory or disk, a script running too
-# long, a cluster without quorum, a password changed under us. They count as a lost connection.
-_SERVER_WIDE = frozenset(
-    ("LOADING", "READONLY", "MASTERDOWN", "OOM", "MISCONF", "BUSY", "CLUSTERDOWN", "TRYAGAIN")
-    + ("NOREPLICAS", "NOAUTH", "WRONGPASS")
-)
 
 
 class RedisCounters(DirtyKeys):
@@ -129,13 +122,13 @@ class RedisCounters(DirtyKeys):
         return StoreUnavailable("Redis", redact_url(self._url), str(exc) or type(exc).__name__)
 
     def _judge(self, exc: BaseException) -> None:
-        """Report a failed call to the breaker. Redis unreachable (``_unreachable``): a
+        """Report a failed call to the breaker. Redis unreachable (``replies.py``): a
         failure. Any other error reply (a key of another type, a script it does not know):
         Redis answered. Anything else (a cancellation) says nothing about Redis, but frees the
         probe if the call was it."""
-        if _demoted(exc):  # the next connection asks where the primary is now
+        if demoted(exc):  # the next connection asks where the primary is now
             self._pipe.disconnect()
-        if _unreachable(exc):
+        if unreachable(exc):
             self.breaker.failed()
         elif isinstance(exc, ResponseError):
             self.breaker.succeeded()
@@ -399,7 +392,7 @@ class RedisCounters(DirtyKeys):
     async def _read_all(self, queue: Callable[[Pipeline | ClusterPipeline], object]) -> list[Any]:
         """Run read-only commands in one pipeline; a command Redis refuses (a key of another
         type) answers its exception in place, but one by which Redis serves nothing now
-        (``_unreachable``) fails them all. A pooled connection found dead (Redis came back
+        (``replies.py``) fails them all. A pooled connection found dead (Redis came back
         after an outage) is replaced once: redis-py retries single commands, not pipelines,
         and reads are safe to repeat."""
         try:
@@ -408,7 +401,7 @@ class RedisCounters(DirtyKeys):
             except RedisConnectionError:
                 results = await self._pipeline(queue)  # once more, on a fresh connection
             for result in results:
-                if isinstance(result, RedisError) and _unreachable(result):
+                if isinstance(result, RedisError) and unreachable(result):
                     raise result
         except RedisError as exc:
             raise self._unavailable(exc) from exc
@@ -494,30 +487,6 @@ class RedisCounters(DirtyKeys):
         await asyncio.gather(*self._inflight, return_exceptions=True)
         await self._pipe.close()
         await self._redis.aclose()
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Does ``exc`` say Redis serves nothing now, rather than that it refused one command?"""
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        return True  # refused, reset, timed out (redis-py files LOADING and NOAUTH here too)
-    return isinstance(exc, ResponseError) and not _SERVER_WIDE.isdisjoint(_codes(exc))
-
-
-def _demoted(exc: BaseException) -> bool:
-    """Does ``exc`` say the server is no longer the primary (a write refused as ``READONLY``,
-    which redis-py's sentinel-managed connections turn into a ``ConnectionError``)?"""
-    if isinstance(exc, RedisConnectionError):
-        return "now a slave" in str(exc)
-    return isinstance(exc, ResponseError) and "READONLY" in _codes(exc)
-
-
-def _codes(exc: ResponseError) -> set[str | None]:
-    # redis-py keeps the reply's code apart; the pipelined connection leaves it first in the
-    # text; a script's failed call (Redis 6) quotes it after a '-'
-    words = str(exc).split()
-    codes = {getattr(exc, "status_code", None), *words[:1]}
-    codes.update(word[1:] for word in words if word.startswith("-"))
-    return codes
 
 
 def _text(value: object) -> str:
