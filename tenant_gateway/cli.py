@@ -70,16 +70,26 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between usage flushes to the ledger (the loss window on a crash)",
     )
-    serving.add_argument(
+    cache = serving.add_argument_group("key cache (admin changes evict it at once, everywhere)")
+    cache.add_argument(
         "--key-cache-ttl",
-        type=float,
-        default=1.0,
+        default=os.environ.get("TG_KEY_CACHE_TTL") or "1",
         metavar="SECONDS",
-        help="how long a worker trusts a resolved key before asking the database again"
-        " (admin changes also evict it at once through Redis)",
+        help="how long a worker trusts a resolved key when it cannot confirm that it hears every"
+        " change: no Redis beside PostgreSQL, or the subscription down (default 1)",
     )
-    serving.add_argument(
-        "--key-cache-size", type=int, default=100_000, help="resolved keys kept per worker"
+    cache.add_argument(
+        "--key-cache-long-ttl",
+        default=os.environ.get("TG_KEY_CACHE_LONG_TTL") or "60",
+        metavar="SECONDS",
+        help="how long it trusts one while the Redis subscription is confirmed, or when the"
+        " directory is in memory (default 60)",
+    )
+    cache.add_argument(
+        "--key-cache-size",
+        default=os.environ.get("TG_KEY_CACHE_SIZE") or "100000",
+        metavar="KEYS",
+        help="resolved keys kept per worker (default 100000)",
     )
     signup = serving.add_argument_group("sign-up and client addresses")
     signup.add_argument(

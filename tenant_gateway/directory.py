@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from tenant_gateway.exceptions import SeatLimitReached, TooManyUsers, UserExists
@@ -31,10 +31,22 @@ from tenant_gateway.models import (
 )
 from tenant_gateway.plans import Plan
 
-__all__ = ["KeyUse", "MemoryDirectory", "TenantChanges", "TenantDirectory"]
+__all__ = [
+    "LAST_USED_GRANULARITY",
+    "KeyUse",
+    "MemoryDirectory",
+    "TenantChanges",
+    "TenantDirectory",
+]
 
 KeyUse = Mapping[tuple[str, str], datetime]
 """(tenant id, key id) → when the key was last used."""
+
+LAST_USED_GRANULARITY = timedelta(seconds=60)
+"""A key's ``last_used_at`` is rewritten only once the stored value is this much older than a
+use. It is there to tell a key in use from one forgotten (days, months), which a minute does
+not blur; finer, it would cost a row update per busy key every flush — in PostgreSQL a dead row
+each, whatever the number of keys."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,7 +160,8 @@ class TenantDirectory(Protocol):
         False when the old key is unknown or no longer usable at ``new_key.created_at``."""
 
     async def touch_keys(self, used: KeyUse) -> None:
-        """Record last use times in one batch (never one write per request)."""
+        """Record last use times in one batch (never one write per request), each only where
+        the stored one is ``LAST_USED_GRANULARITY`` or more older."""
 
     # webhooks
     async def set_webhook(
@@ -376,7 +389,8 @@ class MemoryDirectory:
             digest = by_id.get(ids)
             if digest is not None:
                 record = self._keys[digest]
-                if record.last_used_at is None or record.last_used_at < moment:
+                stored = record.last_used_at
+                if stored is None or stored <= moment - LAST_USED_GRANULARITY:
                     self._keys[digest] = dataclasses.replace(record, last_used_at=moment)
 
     async def set_webhook(

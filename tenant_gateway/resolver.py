@@ -3,18 +3,28 @@
 A warm key costs one dictionary lookup: no database query, no hashing. (The cache is keyed by
 the presented key itself; Python's string hashing is salted per process, so probing it for a
 valid key is no easier than guessing one.) The stored SHA-256 digest is compared in constant
-time when an entry is loaded. Entries live ``ttl`` seconds
-(default 1 s): that bounds how long a revocation, suspension or plan change made by another
-worker process can go unseen. Changes made through this process's admin API evict at once.
-Unknown keys are cached too (as misses), so a flood of well-formed fake keys cannot hammer
-the database.
+time when an entry is loaded.
+
+How long an entry is trusted: every change made through the admin API evicts the tenant's
+entries at once, in this process and (through ``propagation``) in every other. So an entry may
+live long (``long_ttl``, default 60 s) while this process *knows* it has applied every change
+published before a recent moment: ``confirm(moment)`` says so (the invalidation channel calls
+it each time a heartbeat comes back through the subscription, behind every message published
+before it). An entry is served until ``ttl`` (default 1 s) past the later of its load and the
+latest confirmation, and never past ``long_ttl`` after its load. While confirmations keep
+coming, that is ``long_ttl``; once they stop (the subscription is lost, or silent), every entry
+— however long it was allowed before — expires at most ``ttl`` after the last confirmation,
+that is, within ``ttl`` of the moment the outage began; entries loaded since live ``ttl``. A
+process that never confirms (a PostgreSQL directory without Redis, shared with other processes)
+keeps the short ``ttl``. Unknown keys are cached too (as misses, for ``ttl`` only), so a flood
+of well-formed fake keys cannot hammer the database.
 
 Loads are single-flight: the requests that find a key cold together share one directory
-query. A key in use is refreshed ahead: a use in the last quarter of its entry's life starts a
-background reload, so a busy key never expires under its traffic (without it, every busy key
-stalls all its concurrent requests on a query once per TTL). An entry is never served past its
-TTL, so refreshing ahead does not stretch the revocation bound; a load that overlaps an
-eviction (``forget_*``) is not cached.
+query. A key in use is refreshed ahead: a use in the last quarter of ``ttl`` before its entry
+expires starts a background reload, so a busy key never expires under its traffic (without it,
+every busy key stalls all its concurrent requests on a query each time it expires). An entry is
+never served past its expiry, so refreshing ahead does not stretch the revocation bound; a load
+that overlaps an eviction (``forget_*``) is not cached.
 
 Failed authentications that cost a lookup (unknown, revoked or expired keys, deleted tenants)
 are counted per client address when a ``failures`` limiter is given. An address over its limit
@@ -65,16 +75,16 @@ class Principal:
 
 
 REFRESH_AHEAD = 0.25
-"""Share of an entry's TTL, before it expires, in which a use starts a background reload."""
+"""Share of the short TTL, before an entry expires, in which a use starts a background reload."""
 
-# (entry expires at, principal or a cached miss, the key usable until)
-_Entry = tuple[float, Principal | None, float]
+# (loaded at, never served past, principal or a cached miss, the key usable until)
+_Entry = tuple[float, float, Principal | None, float]
 
 
 def _fails(entry: _Entry, now: float) -> bool:
     """Whether ``_admit`` refuses the entry as an invalid key (what the failure limit counts)."""
-    principal = entry[1]
-    return principal is None or now >= entry[2] or principal.tenant.status is TenantStatus.DELETED
+    principal = entry[2]
+    return principal is None or now >= entry[3] or principal.tenant.status is TenantStatus.DELETED
 
 
 def _usable_until(key: ApiKeyRecord) -> float:
@@ -89,6 +99,7 @@ class KeyResolver:
         clock: Clock,
         *,
         ttl: float = 1.0,
+        long_ttl: float = 60.0,
         max_entries: int = 100_000,
         api_roles: frozenset[Role] = frozenset(Role),
         failures: ClientLimiter | None = None,
@@ -97,6 +108,9 @@ class KeyResolver:
         self._failures = failures
         self._clock = clock
         self._ttl = ttl
+        self._long_ttl = max(ttl, long_ttl)
+        self._confirmed_at = -math.inf
+        """The latest moment by which every published change is known applied here."""
         self._max_entries = max_entries
         self._api_roles = api_roles
         self._refresh_window = ttl * REFRESH_AHEAD
@@ -111,24 +125,46 @@ class KeyResolver:
         hot path); None when the key must be loaded first. Refusals raise, as in ``resolve``."""
         now = self._clock()
         entry = self._cache.get(raw_key)
-        if entry is None or entry[0] <= now:
+        if entry is None:
             return None
-        if entry[0] - now < self._refresh_window and raw_key not in self._loads:
+        # _expires, inlined: this runs on every request
+        loaded, confirmed = entry[0], self._confirmed_at
+        expires = (loaded if loaded > confirmed else confirmed) + self._ttl
+        if expires > entry[1]:
+            expires = entry[1]
+        if expires <= now:
+            return None
+        if expires - now < self._refresh_window and raw_key not in self._loads:
             self._loads.start(raw_key, lambda: self._load(raw_key, now))
         return self._admit(entry, now)
+
+    def _expires(self, entry: _Entry) -> float:
+        """When ``entry`` stops being served: ``ttl`` after its load or the latest confirmation,
+        whichever is later, and never later than its longest life."""
+        return min(max(entry[0], self._confirmed_at) + self._ttl, entry[1])
+
+    def confirm(self, moment: float) -> None:
+        """Every change published before ``moment`` (this clock's time) has been applied here:
+        entries loaded earlier stay trusted ``ttl`` past it, up to their longest life."""
+        if moment > self._confirmed_at:
+            self._confirmed_at = moment
+
+    @property
+    def confirmed_at(self) -> float:
+        return self._confirmed_at
 
     async def resolve(self, raw_key: str, client: str = "") -> Principal:
         """The principal for ``raw_key``, or a ``Refusal`` (401 invalid key, 403 suspended,
         429 when ``client``, an address from ``client_address``, has failed too often)."""
         now = self._clock()
         entry = self._cache.get(raw_key)
-        if entry is None or entry[0] <= now:
+        if entry is None or self._expires(entry) <= now:
             if not is_well_formed(raw_key):
                 raise InvalidApiKey()
             failures = self._failures
             # A key never seen valid may fail: its lookup waits for room in the address's
             # window, so concurrent ones cannot all pass before the first failures count.
-            gate = failures if entry is None or entry[1] is None else None
+            gate = failures if entry is None or entry[2] is None else None
             if gate is not None:
                 wait = await gate.begin(client)
                 if wait:
@@ -153,14 +189,14 @@ class KeyResolver:
             # safe to fall back on (503).
             if entry is None or generation != self._generation:
                 raise
-            # The directory is down: keep serving what we knew, and try again next TTL.
-            entry = (now + self._ttl, entry[1], entry[2])
+            # The directory is down: keep serving what we knew, and try again next (short) TTL.
+            entry = (now, now + self._ttl, entry[2], entry[3])
             self._cache[raw_key] = entry
             return entry
 
     def _admit(self, entry: _Entry, now: float) -> Principal:
-        principal = entry[1]
-        if principal is None or now >= entry[2]:
+        principal = entry[2]
+        if principal is None or now >= entry[3]:
             raise InvalidApiKey()
         status = principal.tenant.status
         if status is not TenantStatus.ACTIVE:
@@ -190,10 +226,12 @@ class KeyResolver:
         found = await self._directory.find_key(hash_api_key(raw_key))
         entry: _Entry
         if found is None or not verify_api_key(raw_key, found[0].key_hash):
-            entry = (now + self._ttl, None, 0.0)
+            # a miss: no eviction names it, so only the short TTL bounds it
+            entry = (now, now + self._ttl, None, 0.0)
         else:
             entry = (
-                now + self._ttl,
+                now,
+                now + self._long_ttl,
                 Principal(found[1], found[0], found[0].role in self._api_roles),
                 _usable_until(found[0]),
             )
@@ -219,7 +257,7 @@ class KeyResolver:
         self._evicting()
         stale = [
             raw_key
-            for raw_key, (_, principal, _) in self._cache.items()
+            for raw_key, (_, _, principal, _) in self._cache.items()
             if principal is not None and principal.tenant.id == tenant_id
         ]
         for raw_key in stale:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
@@ -81,6 +83,7 @@ def build_app() -> TenantGateway:
         redis_key_prefix=os.environ.get("TG_REDIS_KEY_PREFIX", "tg:"),
         usage_flush_interval=float(os.environ.get("TG_FLUSH_INTERVAL", "1.0")),
         key_cache_ttl=float(os.environ.get("TG_KEY_CACHE_TTL", "1.0")),
+        key_cache_long_ttl=float(os.environ.get("TG_KEY_CACHE_LONG_TTL", "60.0")),
         key_cache_size=int(os.environ.get("TG_KEY_CACHE_SIZE", "100000")),
         allow_signup=_env_flag("TG_ALLOW_SIGNUP"),
         signup_rate=os.environ.get("TG_SIGNUP_RATE") or "10/minute",
@@ -94,9 +97,28 @@ def build_app() -> TenantGateway:
     )
 
 
+def _number(text: str, flag: str, kind: Callable[[str], float], least: float) -> tuple[str, str]:
+    """``text``, the value of ``flag`` (or of its environment variable), checked to be a finite
+    number no less than ``least``: (the variable that hands it to the workers, the number).
+    Else a ``ConfigurationError`` naming both."""
+    variable = "TG_" + flag.removeprefix("--").replace("-", "_").upper()
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        value = math.nan
+    if not least <= value < math.inf:
+        raise ConfigurationError(f"{flag} ({variable}) must be a number >= {least:g}, got {text!r}")
+    return variable, str(value)
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.flush_interval <= 0 or args.key_cache_ttl < 0 or args.key_cache_size < 1:
-        return fail("--flush-interval must be > 0, --key-cache-ttl >= 0 and --key-cache-size >= 1")
+    if args.flush_interval <= 0:
+        return fail("--flush-interval must be > 0")
+    key_cache = (
+        _number(args.key_cache_ttl, "--key-cache-ttl", float, 0),
+        _number(args.key_cache_long_ttl, "--key-cache-long-ttl", float, 0),
+        _number(args.key_cache_size, "--key-cache-size", int, 1),
+    )
     catalog = load_plans(args.plans)  # fail fast with a clear message
     allow_signup = not args.no_signup and _env_flag("TG_ALLOW_SIGNUP")
     parse_rate(args.signup_rate, "--signup-rate")
@@ -127,8 +149,7 @@ def run(args: argparse.Namespace) -> int:
         ("TG_PLANS", args.plans),
         ("TG_REDIS_KEY_PREFIX", args.redis_key_prefix),
         ("TG_FLUSH_INTERVAL", str(args.flush_interval)),
-        ("TG_KEY_CACHE_TTL", str(args.key_cache_ttl)),
-        ("TG_KEY_CACHE_SIZE", str(args.key_cache_size)),
+        *key_cache,
         ("TG_ALLOW_SIGNUP", "true" if allow_signup else "false"),
         ("TG_SIGNUP_RATE", args.signup_rate),
         ("TG_SIGNUP_PLANS", args.signup_plans),

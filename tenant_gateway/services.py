@@ -69,6 +69,7 @@ class Services:
             stores.directory,
             clock,
             ttl=settings.key_cache_ttl,
+            long_ttl=settings.key_cache_long_ttl,
             max_entries=settings.key_cache_size,
             api_roles=API_ROLES,
             # Failed authentications are counted in process, inline: no I/O on a flood's path.
@@ -130,6 +131,7 @@ class Services:
             asyncio.create_task(self.invalidator.run()),
             asyncio.create_task(self.events.run()),
         ]
+        await self.invalidator.listening()  # else the first keys served would load twice
 
     async def stop(self) -> None:
         """Stop the background work, flush everything batched, close the connections."""

@@ -9,6 +9,7 @@ the same name in the README ("Embedding it").
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 
 from tenant_gateway.clock import Clock, Sleep, system_clock
@@ -47,6 +48,10 @@ class Settings:
     redis_key_prefix: str = "tg:"
     burst_storage: str = "async+memory://"
     key_cache_ttl: float = 1.0
+    """Seconds a cached key is trusted past the last moment this process knew every change."""
+    key_cache_long_ttl: float = 60.0
+    """Seconds a cached key may live at most while invalidation is confirmed (never less than
+    ``key_cache_ttl``)."""
     key_cache_size: int = 100_000
     usage_flush_interval: float = 1.0
     invoice_close_grace: float = 60.0
@@ -85,8 +90,10 @@ class Settings:
             raise ConfigurationError("body limits must be non-negative")
         if self.webhook_attempt_timeout <= 0:
             raise ConfigurationError("webhook_attempt_timeout must be positive")
-        if self.usage_flush_interval <= 0 or self.key_cache_ttl < 0 or self.key_cache_size < 1:
-            raise ConfigurationError("flush interval, cache TTL and cache size must be positive")
+        if self.usage_flush_interval <= 0 or self.key_cache_size < 1:
+            raise ConfigurationError("flush interval and cache size must be positive")
+        if not 0 <= self.key_cache_ttl < math.inf or not 0 <= self.key_cache_long_ttl < math.inf:
+            raise ConfigurationError("key_cache_ttl and key_cache_long_ttl must be finite and >= 0")
         if self.database_url is not None:
             parse_postgres_url(self.database_url)  # its scheme, ports and pool options
         if self.redis_url:

@@ -69,10 +69,20 @@ def open_stores(settings: Settings) -> Stores:
 
 
 def open_invalidator(settings: Settings, cache: KeyCache) -> Invalidator:
-    """How a change reaches every process's key cache: Redis pub/sub, or this process only."""
+    """How a change reaches every process's key cache: Redis pub/sub, or this process only (a
+    directory in memory is this process's alone; a database without Redis may be shared)."""
+    if not settings.database_url:
+        return Invalidator(cache, sole_directory=True)
     if settings.redis_url:
         channel = f"{settings.redis_key_prefix}invalidate"
         if check_redis_url(settings.redis_url) is not None:  # a cluster: sharded pub/sub
+            # It sends no heartbeats, so the key cache keeps its short TTL on a cluster.
             return ClusterInvalidator(cache, settings.redis_url, channel=channel)
-        return RedisInvalidator(cache, settings.redis_url, channel=channel)
+        return RedisInvalidator(
+            cache,
+            settings.redis_url,
+            channel=channel,
+            clock=settings.clock,
+            heartbeat=settings.key_cache_ttl / 4,  # several confirmations per short TTL
+        )
     return Invalidator(cache)

@@ -262,7 +262,7 @@ async def test_fake_key_flood_stops_reaching_the_directory(
     """6,000 well-formed fake keys cost 6,000 PostgreSQL queries. Now the default allows 30
     failed authentications a minute per address; after them, the address's unknown keys get
     429 without a lookup, while keys this process knows valid keep working from it (NAT)."""
-    gw = gateway(stores, clock)
+    gw = gateway(stores, clock, key_cache_long_ttl=1.0)  # stale 1 s after its load, anywhere
     assert isinstance(gw.services.directory, PostgresDirectory) == (stores.name == "real")
     attacker = await connect(gw, "203.0.113.7")
     neighbour = await register(await connect(gw, "198.51.100.1"))

@@ -78,6 +78,11 @@ async def test_invalidation_on_a_tls_cluster(tls_cluster: LocalCluster) -> None:
         def forget_all(self) -> None:
             pass
 
+
+        def confirm(self, moment: float) -> None:
+
+            pass  # a cluster subscription sends no heartbeats
+
     caches = [Cache(), Cache()]
     invalidators = [ClusterInvalidator(c, tls_cluster.url, channel="tls:inv") for c in caches]
     listening = [asyncio.create_task(i.run()) for i in invalidators]

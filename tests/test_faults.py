@@ -436,6 +436,7 @@ async def test_postgres_dies_and_returns_mid_load(
         redis_url=redis_url,
         redis_key_prefix=redis_prefix,
         key_cache_ttl=0.05,  # expire often, so the outage is really felt by the cache
+        key_cache_long_ttl=0.05,  # (the subscription to Redis is up: else it would trust longer)
     )
     client = await client_for(gateway)
     try:

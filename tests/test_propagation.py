@@ -8,13 +8,17 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from benchmarks.launch import Server
 from tenant_gateway import TenantGateway
 from tenant_gateway.redis.invalidation import RedisInvalidator
+from tenant_gateway.resolver import KeyResolver
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, ClientFor, FakeClock, auth, operator_headers, register
+from .helpers import CountingDirectory, add_tenant, proxy_to, through
+from .tcp_proxy import TcpProxy
 
 T = "/api/v1/tenants"
 
@@ -63,9 +67,9 @@ async def test_pubsub_invalidates_another_process_cache(
 
 
 async def test_revocation_reaches_both_uvicorn_workers(real_stores: tuple[str, ...]) -> None:
-    """Each worker would trust its cached key for an hour: only the published invalidation
-    can make both refuse it."""
-    server = Server("--workers", "2", "--key-cache-ttl", "3600", *real_stores)
+    """With the default settings each worker, subscribed, trusts its cached key for a minute:
+    only the published invalidation can make both refuse it within the 30 s allowed here."""
+    server = Server("--workers", "2", *real_stores)
     try:
         server.wait_ready()
         async with httpx.AsyncClient(base_url=server.base) as admin:
@@ -106,3 +110,132 @@ async def test_revocation_reaches_both_uvicorn_workers(real_stores: tuple[str, .
         log = server.stop()
     assert "Traceback" not in log
     assert log.count("Started server process") == 2
+
+
+# -- the long TTL holds only while the subscription answers (issue 19) -----------------------
+
+
+async def until_confirmed(resolver: KeyResolver, moment: float) -> None:
+    """Until a heartbeat sent at ``moment`` (the injected clock's) or later has come back."""
+    started = time.monotonic()
+    while resolver.confirmed_at < moment:
+        assert time.monotonic() - started < 10, "no heartbeat came back through Redis"
+        await asyncio.sleep(0.01)
+
+
+async def until(condition: Any, what: str) -> None:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < 10, what
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("outage", ["silent", "dropped"])
+async def test_the_long_ttl_holds_only_while_the_subscription_answers(
+    outage: str, redis_url: str, redis_prefix: str
+) -> None:
+    """A subscription through a proxy the test wedges (no byte passes, no error: only the
+    heartbeats tell) or cuts (the connection drops, and every reconnection is refused). The
+    clock only moves when the test moves it."""
+    proxy = await proxy_to(redis_url)
+    directory, clock = CountingDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0, long_ttl=60.0)
+    invalidator = RedisInvalidator(
+        resolver, through(redis_url, proxy), channel=f"{redis_prefix}invalidate", clock=clock
+    )
+    listening = asyncio.create_task(invalidator.run())
+    try:
+        secret, _ = await add_tenant(directory)
+        await until_confirmed(resolver, clock())
+        await resolver.resolve(secret)
+        clock.advance(30)
+        await until_confirmed(resolver, clock())
+        assert resolver.cached(secret) is not None and directory.lookups == 1  # 30 s: still warm
+
+        await take_away(proxy, outage, invalidator)  # confirmations stop at the clock's now
+        clock.advance(0.7)
+        assert resolver.cached(secret) is not None  # within the short TTL of the outage's start
+        clock.advance(0.31)
+        assert resolver.cached(secret) is None  # past it: the short TTL applies again
+        await resolver.resolve(secret)
+        clock.advance(1.01)
+        assert resolver.cached(secret) is None  # and to what is loaded during the outage
+        assert directory.lookups == 2
+
+        proxy.blackhole = False
+        proxy.stall(False)
+        await until_confirmed(resolver, clock())
+        if outage == "dropped":
+            assert len(resolver) == 0  # resubscribed: what it may have missed is forgotten
+        await resolver.resolve(secret)
+        clock.advance(30)
+        await until_confirmed(resolver, clock())
+        assert resolver.cached(secret) is not None  # back to the long TTL
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+        await invalidator.close()
+        await proxy.stop()
+
+
+async def take_away(proxy: TcpProxy, outage: str, invalidator: RedisInvalidator) -> None:
+    if outage == "silent":
+        proxy.stall()
+        return
+    proxy.blackhole = True
+    proxy.cut()
+    await until(lambda: not invalidator.ready.is_set(), "the lost subscription went unnoticed")
+
+
+@pytest.mark.parametrize("stores", ["memory", "postgres", "postgres+redis"])
+async def test_the_long_ttl_applies_only_where_every_change_is_heard(
+    stores: str, postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
+) -> None:
+    """A directory in this process's memory changes only here; one in PostgreSQL may be changed
+    by other processes, heard through Redis alone."""
+    clock = FakeClock()
+    gateway = TenantGateway(
+        echo_app(),
+        database_url=None if stores == "memory" else postgres_url,
+        redis_url=redis_url if stores == "postgres+redis" else None,
+        redis_key_prefix=redis_prefix,
+        clock=clock,
+    )
+    client = await client_for(gateway)
+    tenant = await register(client)
+    resolver = gateway.services.resolver
+    if stores == "postgres+redis":
+        await until_confirmed(resolver, clock())
+    assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200
+    clock.advance(30)
+    if stores == "postgres+redis":
+        await until_confirmed(resolver, clock())
+    warm = resolver.cached(tenant["api_key"]) is not None
+    assert warm == (stores != "postgres")
+
+
+async def test_a_subscription_cut_and_restored_at_once_still_empties_the_cache(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Redis answers again straight away: reconnecting is easy, but what was published in
+    between is lost, so the cache must start afresh (redis-py left to itself would resubscribe
+    quietly)."""
+    proxy = await proxy_to(redis_url)
+    directory, clock = CountingDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0, long_ttl=60.0)
+    invalidator = RedisInvalidator(
+        resolver, through(redis_url, proxy), channel=f"{redis_prefix}invalidate", clock=clock
+    )
+    listening = asyncio.create_task(invalidator.run())
+    try:
+        secret, _ = await add_tenant(directory)
+        await until_confirmed(resolver, clock())
+        await resolver.resolve(secret)
+        proxy.cut()
+        await until(lambda: len(resolver) == 0, "the cut went unnoticed: the cache was kept")
+        await until_confirmed(resolver, clock())
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+        await invalidator.close()
+        await proxy.stop()

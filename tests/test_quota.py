@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,21 +21,31 @@ from tenant_gateway.usage import UsageRecorder
 from .conftest import BACKENDS
 from .helpers import proxy_to, through
 
-LEDGER: dict[tuple[str, str], dict[str, int]] = {}
-RESTORES: list[tuple[str, str]] = []
+
+@dataclass
+class FakeLedger:
+    """The counters' hydration source: what a ledger would answer for each key, and which keys
+    were asked for."""
+
+    rows: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    restores: list[tuple[str, str]] = field(default_factory=list)
+
+    async def read(self, key: tuple[str, str]) -> dict[str, int]:
+        self.restores.append(key)
+        return self.rows.get(key, {})
 
 
-async def restore(key: tuple[str, str]) -> dict[str, int]:
-    """The hydration source: what a ledger would answer for ``key``."""
-    RESTORES.append(key)
-    return LEDGER.get(key, {})
+@pytest.fixture
+def ledger() -> FakeLedger:
+    return FakeLedger()
 
 
 COUNTER_BACKENDS = [*BACKENDS, "cluster"]
 """The counter stores: memory, one Redis, and a Redis Cluster of three primaries."""
 
 
-def make_counters(kind: str, request: pytest.FixtureRequest) -> CounterStore:
+def make_counters(kind: str, request: pytest.FixtureRequest, ledger: FakeLedger) -> CounterStore:
+    restore = ledger.read
     if kind == "memory":
         return MemoryCounters(hydrate_from=restore)
     if kind == "cluster":
@@ -47,10 +58,10 @@ def make_counters(kind: str, request: pytest.FixtureRequest) -> CounterStore:
 
 
 @pytest.fixture(params=COUNTER_BACKENDS)
-async def counters(request: pytest.FixtureRequest) -> AsyncIterator[CounterStore]:
-    LEDGER.clear()
-    RESTORES.clear()
-    store = make_counters(request.param, request)
+async def counters(
+    request: pytest.FixtureRequest, ledger: FakeLedger
+) -> AsyncIterator[CounterStore]:
+    store = make_counters(request.param, request, ledger)
     yield store
     await store.close()
 
@@ -109,27 +120,37 @@ async def test_added_tallies_restore_first_and_add_up(counters: CounterStore) ->
     assert await counters.read(("nobody", "2026-11")) == {"hydrated": 1}
 
 
-async def test_a_missing_hash_is_restored_once_before_deciding(counters: CounterStore) -> None:
-    LEDGER[KEY] = {"calls": 95, "refunded": 2, "day:01": 95, "rejected": 4, "route|2xx|GET /a": 90}
+async def test_a_missing_hash_is_restored_once_before_deciding(
+    counters: CounterStore, ledger: FakeLedger
+) -> None:
+    ledger.rows[KEY] = {
+        "calls": 95,
+        "refunded": 2,
+        "day:01": 95,
+        "rejected": 4,
+        "route|2xx|GET /a": 90,
+    }
     results = await asyncio.gather(*(counters.admit(KEY, "02", 100, False) for _ in range(20)))
     # 95 - 2 = 93 billable already: 7 more fit
     assert sum(r.admitted for r in results) == 7
     tallies = await counters.read(KEY)
     assert tallies["calls"] == 102 and tallies["rejected"] == 4 + 13
     assert tallies["route|2xx|GET /a"] == 90 and tallies["day:02"] == 7
-    assert RESTORES.count(KEY) == 1  # 20 calls found it missing at once: one ledger read
+    assert ledger.restores.count(KEY) == 1  # 20 calls found it missing at once: one ledger read
     snapshot = await counters.snapshots([KEY, ("never", "2026-11")])
     assert list(snapshot) == [KEY]
 
 
-async def test_a_tally_added_to_a_lost_hash_restores_it_first(counters: CounterStore) -> None:
-    LEDGER[KEY] = {"route|2xx|GET /a": 10, "calls": 10}
+async def test_a_tally_added_to_a_lost_hash_restores_it_first(
+    counters: CounterStore, ledger: FakeLedger
+) -> None:
+    ledger.rows[KEY] = {"route|2xx|GET /a": 10, "calls": 10}
     await counters.add({KEY: {"route|2xx|GET /a": 1}})  # lands before any decision
     snapshot = await counters.snapshots([KEY])
     assert snapshot[KEY]["route|2xx|GET /a"] == 11 and snapshot[KEY]["calls"] == 10
     decision = await counters.admit(KEY, "01", None, False)
     assert decision.used == 11
-    assert RESTORES.count(KEY) == 1
+    assert ledger.restores.count(KEY) == 1
 
 
 async def test_refunds_free_quota(counters: CounterStore) -> None:
@@ -181,9 +202,9 @@ async def test_out_of_range_amounts_never_reach_a_counter(counters: CounterStore
     assert (await counters.read(KEY))["rejected"] == 1
 
 
-async def test_restored_values_are_bounded(counters: CounterStore) -> None:
+async def test_restored_values_are_bounded(counters: CounterStore, ledger: FakeLedger) -> None:
     """A ledger row no counter could hold (written by an old import, say) is left out."""
-    LEDGER[KEY] = {"calls": 5, "refunded": 1_000_000_000, "route|2xx|GET /a": BIG, "day:01": 5}
+    ledger.rows[KEY] = {"calls": 5, "refunded": 1_000_000_000, "route|2xx|GET /a": BIG, "day:01": 5}
     decision = await counters.admit(KEY, "01", 6, False)
     assert decision.admitted and decision.used == 6  # the refunds cannot lift the quota
     assert not (await counters.admit(KEY, "01", 6, False)).admitted
@@ -192,10 +213,10 @@ async def test_restored_values_are_bounded(counters: CounterStore) -> None:
 
 
 @pytest.fixture(params=["real", "cluster"])
-async def redis_counters(request: pytest.FixtureRequest) -> AsyncIterator[RedisCounters]:
-    LEDGER.clear()
-    RESTORES.clear()
-    store = make_counters(request.param, request)
+async def redis_counters(
+    request: pytest.FixtureRequest, ledger: FakeLedger
+) -> AsyncIterator[RedisCounters]:
+    store = make_counters(request.param, request, ledger)
     assert isinstance(store, RedisCounters)
     yield store
     await store.close()
@@ -220,13 +241,13 @@ def _name(request: pytest.FixtureRequest, key: tuple[str, str]) -> str:
 
 
 async def test_one_refused_increment_fails_only_itself(
-    redis_counters: RedisCounters, request: pytest.FixtureRequest
+    redis_counters: RedisCounters, request: pytest.FixtureRequest, ledger: FakeLedger
 ) -> None:
     """Fields a hostile import (or anything else) left in a hash: one at the top of the
     integer range, one that is not a number. The shared batch applies everything else, once,
     and the breaker (which counts lost connections only) stays closed. The corrupt hash is set
     aside, restored from the ledger, and gets its increments with the next batch."""
-    LEDGER[KEY] = {"rejected": 10}
+    ledger.rows[KEY] = {"rejected": 10}
     raw = _raw(request)
     try:
         await raw.hset(
@@ -286,11 +307,14 @@ POISONS: list[tuple[str, dict[str, object]]] = [
 
 @pytest.mark.parametrize("poison", [fields for _, fields in POISONS], ids=[n for n, _ in POISONS])
 async def test_a_corrupt_hash_fails_no_other_decision(
-    redis_counters: RedisCounters, request: pytest.FixtureRequest, poison: dict[str, object]
+    redis_counters: RedisCounters,
+    request: pytest.FixtureRequest,
+    poison: dict[str, object],
+    ledger: FakeLedger,
 ) -> None:
     """Decisions of one turn share one script call: a hash it cannot use is set aside and
     restored from the ledger; the other tenants' decisions in the same call are taken."""
-    LEDGER[KEY] = {"calls": 4, "day:10": 4}
+    ledger.rows[KEY] = {"calls": 4, "day:10": 4}
     raw = _raw(request)
     try:
         await raw.hset(_name(request, KEY), mapping=poison)  # type: ignore[arg-type]
@@ -311,11 +335,11 @@ async def test_a_corrupt_hash_fails_no_other_decision(
 
 
 async def test_a_corrupt_bucket_of_other_routes_fails_no_other_entry(
-    redis_counters: RedisCounters, request: pytest.FixtureRequest
+    redis_counters: RedisCounters, request: pytest.FixtureRequest, ledger: FakeLedger
 ) -> None:
     """A full hash whose bucket of other routes holds no tally: the route folded into it is
     checked first, so the hash is set aside (not the shared batch failed by Redis)."""
-    LEDGER[KEY] = {"route|2xx|GET /a": 1}
+    ledger.rows[KEY] = {"route|2xx|GET /a": 1}
     raw = _raw(request)
     try:
         fields: dict[str | bytes, str | int] = {"hydrated": 1}
@@ -351,14 +375,14 @@ async def test_a_key_of_another_type_fails_no_other_entry(
 
 
 async def test_a_batch_whose_reply_was_lost_is_applied_once(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, ledger: FakeLedger
 ) -> None:
     """Redis applied the flush, the answer never came back: sending it again must not count
     it twice (nor may redis-py's own retry of the command). The proxy proves the answer was
     lost, and the flush that lost it failed."""
     proxy = await proxy_to(redis_url)
     counters = RedisCounters(
-        through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=restore
+        through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=ledger.read
     )
     recorder = UsageRecorder(counters)
     try:
@@ -381,15 +405,15 @@ async def test_a_batch_whose_reply_was_lost_is_applied_once(
 
 
 async def test_a_set_aside_hash_keeps_its_increments_when_the_reply_was_lost(
-    redis_url: str, redis_prefix: str, request: pytest.FixtureRequest
+    redis_url: str, redis_prefix: str, request: pytest.FixtureRequest, ledger: FakeLedger
 ) -> None:
     """A flush finds a hash it cannot add to, sets it aside, and reports that the hash's
     increments are still owed; that report is lost with the reply. The flush sent again must
     get the same report (not a bare "applied before"), or the increments are never added."""
-    LEDGER[KEY] = {"rejected": 10}
+    ledger.rows[KEY] = {"rejected": 10}
     proxy = await proxy_to(redis_url)
     counters = RedisCounters(
-        through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=restore
+        through(redis_url, proxy), key_prefix=redis_prefix, hydrate_from=ledger.read
     )
     recorder = UsageRecorder(counters)
     raw = _raw(request)

@@ -325,6 +325,9 @@ async def test_the_subscriber_follows_the_channel_when_its_slot_moves(
         def forget_all(self) -> None:
             self.emptied += 1
 
+        def confirm(self, moment: float) -> None:
+            pass  # a cluster subscription sends no heartbeats
+
     channel = f"{cluster_prefix}invalidate"
     caches = [Cache(), Cache()]
     invalidators = [ClusterInvalidator(c, cluster_url, channel=channel) for c in caches]

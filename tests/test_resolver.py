@@ -201,3 +201,82 @@ async def test_an_outage_does_not_bring_back_an_evicted_entry() -> None:
         await during
     with pytest.raises(StoreUnavailable):
         await resolver.resolve(secret)  # nor cached again
+
+
+# -- the long TTL, while every change is confirmed heard (issue 19) ---------------------------
+
+
+async def test_a_confirmed_entry_lives_the_long_ttl_and_no_longer() -> None:
+    directory, clock = CountingDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0, long_ttl=60.0)
+    secret, _ = await add_tenant(directory)
+    await resolver.resolve(secret)
+    for _ in range(59):  # the channel confirms every second, as its heartbeats do
+        clock.advance(1.0)
+        resolver.confirm(clock())
+        assert resolver.cached(secret) is not None
+    assert directory.lookups == 1
+    clock.advance(1.0)
+    resolver.confirm(clock())
+    assert resolver.cached(secret) is None  # 60 s after its load, confirmed or not
+    await resolver.resolve(secret)
+    assert directory.lookups == 2
+
+
+async def test_when_confirmations_stop_every_entry_has_the_short_ttl_left() -> None:
+    """An entry trusted for a minute outlives the last confirmation by the short TTL at most,
+    and one loaded after it lives the short TTL."""
+    directory, clock = CountingDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0, long_ttl=60.0)
+    secret, _ = await add_tenant(directory)
+    other, _ = await add_tenant(directory)
+    await resolver.resolve(secret)
+    clock.advance(30)
+    last = clock()
+    resolver.confirm(last)  # the last one: the subscription is lost after it
+    clock.advance(0.7)  # (not yet in the last quarter second: no refresh ahead)
+    assert resolver.cached(secret) is not None
+    await resolver.resolve(other)  # loaded during the outage
+    clock.advance(0.31)
+    assert resolver.cached(secret) is None  # 1 s past the last confirmation, not 60 s past its load
+    assert resolver.cached(other) is not None
+    clock.advance(0.7)
+    assert resolver.cached(other) is None  # 1 s past its load
+    assert directory.lookups == 2
+    resolver.confirm(last - 5)  # a late answer to an older heartbeat moves nothing back
+    assert resolver.confirmed_at == last
+
+
+async def test_unknown_keys_keep_the_short_ttl_when_confirmed() -> None:
+    """No eviction ever names a miss: only its short TTL bounds it."""
+    directory, clock = CountingDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0, long_ttl=60.0)
+    unknown = generate_api_key()
+    with pytest.raises(InvalidApiKey):
+        await resolver.resolve(unknown)
+    clock.advance(1.01)
+    resolver.confirm(clock())
+    with pytest.raises(InvalidApiKey):
+        await resolver.resolve(unknown)
+    assert directory.lookups == 2
+
+
+async def test_a_confirmed_key_in_use_is_refreshed_ahead_of_its_long_ttl_only() -> None:
+    directory, clock = GatedDirectory(), FakeClock()
+    resolver = KeyResolver(directory, clock, ttl=1.0, long_ttl=60.0)
+    secret, _ = await add_tenant(directory)
+    await resolver.resolve(secret)
+    for _ in range(597):  # a busy key, confirmed every 0.1 s: no reload
+        clock.advance(0.1)
+        resolver.confirm(clock())
+        assert resolver.cached(secret) is not None
+    assert directory.lookups == 1
+    clock.advance(0.1)  # 0.2 s before its 60 s are up: this use reloads it in the background
+    resolver.confirm(clock())
+    assert resolver.cached(secret) is not None
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert directory.lookups == 2
+    clock.advance(0.5)
+    resolver.confirm(clock())
+    assert resolver.cached(secret) is not None  # the reloaded entry: never cold

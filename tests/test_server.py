@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from benchmarks.launch import CLI, Server, free_port, run_cli
+from tenant_gateway import cli
+from tenant_gateway.serve import build_app
 
 from .conftest import JWT_SECRET, operator_headers
 
@@ -191,12 +193,42 @@ def test_bad_plans_file_is_one_clear_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "option", [("--key-cache-ttl", "-1"), ("--key-cache-size", "0"), ("--flush-interval", "0")]
+    ("args", "env", "named"),
+    [
+        (("--key-cache-ttl", "-1"), {}, "--key-cache-ttl"),
+        (("--key-cache-size", "0"), {}, "--key-cache-size"),
+        (("--flush-interval", "0"), {}, "--flush-interval"),
+        (("--key-cache-long-ttl", "-5"), {}, "--key-cache-long-ttl"),
+        (("--key-cache-ttl", "soon"), {}, "--key-cache-ttl"),
+        (("--key-cache-size", "1.5"), {}, "--key-cache-size"),
+        ((), {"TG_KEY_CACHE_LONG_TTL": "a minute"}, "TG_KEY_CACHE_LONG_TTL"),
+        ((), {"TG_KEY_CACHE_TTL": "inf"}, "TG_KEY_CACHE_TTL"),
+        ((), {"TG_KEY_CACHE_SIZE": "-3"}, "TG_KEY_CACHE_SIZE"),
+    ],
 )
-def test_out_of_range_serve_setting_is_one_clear_line(option: tuple[str, str]) -> None:
-    result = run_cli("serve", "--port", str(free_port()), *option)
+def test_out_of_range_serve_setting_is_one_clear_line(
+    args: tuple[str, ...], env: dict[str, str], named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run_cli("serve", "--port", str(free_port()), *args)
     assert result.returncode == 2 and result.stdout == ""  # refused before anything is served
-    assert result.stderr.count("\n") == 1 and option[0] in result.stderr
+    assert result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
+
+
+def test_the_key_cache_settings_come_from_flags_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What ``serve`` reads (a flag, else its TG_ variable) and hands its workers."""
+    monkeypatch.setenv("TG_KEY_CACHE_LONG_TTL", "120")
+    monkeypatch.setenv("TG_KEY_CACHE_SIZE", "5000")
+    args = cli._parser().parse_args(["serve", "--key-cache-ttl", "2"])
+    read = (args.key_cache_ttl, args.key_cache_long_ttl, args.key_cache_size)
+    assert read == ("2", "120", "5000")
+    monkeypatch.setenv("TG_KEY_CACHE_TTL", "2.0")  # as run() hands them on
+    settings = build_app().settings
+    assert (settings.key_cache_ttl, settings.key_cache_long_ttl) == (2.0, 120.0)
+    assert settings.key_cache_size == 5000
 
 
 def test_migrate_is_idempotent(postgres_url: str) -> None:

@@ -1,11 +1,11 @@
 """The tenant directory's API keys in PostgreSQL: lookup by digest, rotation under the key row's
-lock, last use written in batches."""
+lock, last use written in batches (one statement each)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from tenant_gateway.directory import KeyUse
+from tenant_gateway.directory import LAST_USED_GRANULARITY, KeyUse
 from tenant_gateway.models import ApiKeyRecord, AuditEntry, Tenant
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.rows import (
@@ -97,10 +97,29 @@ class KeyRows:
     async def touch_keys(self, used: KeyUse) -> None:
         if not used:
             return
+        ids = list(used)
         async with self._db.gateway_transaction() as conn:
-            await conn.executemany(
-                "UPDATE tg_api_keys SET last_used_at = GREATEST(coalesce(last_used_at, $3), $3)"
-                " WHERE tenant_id = $1 AND id = $2",
-                # one order for every worker, so concurrent batches never deadlock
-                sorted((tenant_id, key_id, moment) for (tenant_id, key_id), moment in used.items()),
+            await conn.execute(
+                _TOUCH_KEYS,
+                [tenant_id for tenant_id, _ in ids],
+                [key_id for _, key_id in ids],
+                [used[key] for key in ids],
+                LAST_USED_GRANULARITY,
             )
+
+
+# One statement for the whole batch. It updates only the rows whose stored last use is a
+# granularity older (so a busy key costs a row version a minute, not a second), and locks them
+# in key order first, so the batches of concurrent workers never deadlock on each other.
+_TOUCH_KEYS = """
+WITH due AS (
+    SELECT k.tenant_id, k.id, u.used_at
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u (tenant_id, id, used_at)
+    JOIN tg_api_keys k ON k.tenant_id = u.tenant_id AND k.id = u.id
+    WHERE k.last_used_at IS NULL OR k.last_used_at <= u.used_at - $4::interval
+    ORDER BY k.tenant_id, k.id
+    FOR UPDATE OF k
+)
+UPDATE tg_api_keys k SET last_used_at = due.used_at
+FROM due WHERE k.tenant_id = due.tenant_id AND k.id = due.id
+"""

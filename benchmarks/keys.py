@@ -1,0 +1,290 @@
+"""Many keys, few queries: 2,000 keys called in turn against one key, under the same load, on
+PostgreSQL + Redis.
+
+Not run in CI. ``.venv/bin/python -m benchmarks.keys [--keys 2000] [--duration 60] [--rounds 1]``
+
+One tenant (a plan with limits no run reaches, and a monthly quota, so every call takes the
+exact decision in Redis) gets ``--keys`` API keys through the admin API. Then, for each variant,
+a fresh gateway process (``benchmarks.apps:gateway_app``: the bare ping app, which queries no
+database itself, behind the gateway; one uvicorn worker, pinned to core 0, the load generator to
+core 1) serves ``benchmarks.load`` with ``--connections`` connections as fast as answers come,
+for ``--duration`` seconds: *one* sends every call with the same key; *many* sends call *i* with
+key *i* mod ``--keys``, so each key comes back only after all the others.
+
+The cache starts cold, and the default minute of load holds what a minute of the steady state
+costs: one load of every key (each is then trusted 60 s, ``key_cache_long_ttl``, while the
+Redis subscription confirms it hears every change) and one ``last_used_at`` write of each.
+
+Per variant it prints requests, req/s, p50 and p99 latency, PostgreSQL transactions per request
+(``xact_commit + xact_rollback`` of the run's database in ``pg_stat_database``, read from another
+database before the server starts and after it has stopped and every connection has gone, so
+they are all the gateway process's, start-up and final flush included; asyncpg's reset of a
+connection going back to its pool counts as one too), ``tg_api_keys`` row updates (the
+``last_used_at`` writes) and the server's CPU time per request; then the ratio many/one. The
+goal: fewer than 0.05 transactions a request and at least 0.9 of one key's throughput. Keep the
+machine otherwise idle; its load average and CPU steal are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from benchmarks.common import (
+    ADMIN,
+    PG_ADMIN_URL,
+    http_json,
+    markdown_table,
+    register,
+    scratch_stores,
+    text_table,
+    verdict,
+)
+from benchmarks.launch import Server
+from benchmarks.load import Load, Request
+from benchmarks.run import cpu_sampler
+
+REDIS_URL = "redis://127.0.0.1:6379/11"
+PING_PATH = "/api/v1/ping"
+SERVER_CORE, LOAD_CORE = "0", 1
+GOAL_XACTS, GOAL_RATIO = 0.05, 0.9
+KEY_UPDATES = "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'tg_api_keys'"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    variant: str
+    requests: int
+    failed: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    transactions: int
+    key_updates: int
+    cpu_us: float
+    steal: float
+    load_average: str
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def per_request(self) -> float:
+        return self.transactions / max(1, self.requests)
+
+
+async def _fetch_row(url: str, sql: str, *args: object) -> asyncpg.Record:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        row = await conn.fetchrow(sql, *args)
+    finally:
+        await conn.close()
+    if row is None:
+        raise RuntimeError(f"no row for {sql!r}")
+    return row
+
+
+def transactions(database: str) -> int:
+    """Transactions the database has run so far (read from another database: not counted)."""
+    row = asyncio.run(
+        _fetch_row(
+            PG_ADMIN_URL,
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+            database,
+        )
+    )
+    return int(row[0])
+
+
+def settled_transactions(database: str) -> int:
+    """The count once no session is left on the database and the statistics have stopped
+    moving (a backend reports its last ones as it exits)."""
+    deadline = time.monotonic() + 60
+    last = -1
+    while time.monotonic() < deadline:
+        sessions = asyncio.run(
+            _fetch_row(
+                PG_ADMIN_URL, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", database
+            )
+        )[0]
+        count = transactions(database)
+        if sessions == 0 and count == last:
+            return count
+        last = count
+        time.sleep(1.0)
+    raise RuntimeError(f"the statistics of {database} did not settle within 60 s")
+
+
+def key_updates(database_url: str) -> int:
+    """Row updates of tg_api_keys so far (its last-use writes)."""
+    return int(asyncio.run(_fetch_row(database_url, KEY_UPDATES))[0] or 0)
+
+
+def create_keys(base: str, tenant: str, admin_key: str, count: int) -> list[str]:
+    keys = [admin_key]
+    while len(keys) < count:
+        created = http_json(
+            "POST", f"{base}{ADMIN}/{tenant}/keys", {"role": "developer"}, admin_key
+        )
+        keys.append(str(created["api_key"]))
+    return keys
+
+
+def gateway(database_url: str, prefix: str, log: Path) -> Server:
+    pin = ("taskset", "-c", SERVER_CORE) if (os.cpu_count() or 1) > 1 else ()
+    return Server(
+        "--workers", "1", "--log-level", "warning", "--no-access-log",
+        command=(sys.executable, "-m", "uvicorn", "benchmarks.apps:gateway_app", "--factory"),
+        prefix=pin,
+        env={
+            "TG_BENCH_DATABASE_URL": database_url,
+            "TG_BENCH_REDIS_URL": REDIS_URL,
+            "TG_BENCH_REDIS_PREFIX": prefix,
+        },
+        log=log,
+    )  # fmt: skip
+
+
+async def _load(base: str, keys: Sequence[str], args: argparse.Namespace) -> Load:
+    calls = [Request("GET", PING_PATH, {"Authorization": f"Bearer {key}"}) for key in keys]
+    turn = itertools.count()
+    load = Load(base, lambda _: calls[next(turn) % len(calls)], connections=args.connections)
+    load.start()
+    await asyncio.sleep(args.duration)
+    await load.stop()
+    return load
+
+
+def measure(
+    variant: str, keys: Sequence[str], database_url: str, prefix: str, args: argparse.Namespace
+) -> Run:
+    database = database_url.rsplit("/", 1)[-1]
+    updates_before = key_updates(database_url)
+    before = settled_transactions(database)
+    load_average = Path("/proc/loadavg").read_text().split()[0]
+    with gateway(database_url, prefix, args.log) as server:
+        with cpu_sampler(server.pid) as cpu:
+            started = time.monotonic()
+            load = asyncio.run(_load(server.base, keys, args))
+            seconds = time.monotonic() - started
+    after = settled_transactions(database)
+    updates_after = key_updates(database_url)
+    answered = len(load.statuses)
+    ok = sum(1 for status in load.statuses if status == 200)
+    return Run(
+        variant=variant,
+        requests=answered,
+        failed=answered - ok + len(load.errors),
+        seconds=seconds,
+        p50_ms=load.summary().percentile_ms(0.50),
+        p99_ms=load.summary().percentile_ms(0.99),
+        transactions=after - before,
+        key_updates=updates_after - updates_before,
+        cpu_us=cpu[0].server_seconds / max(1, answered) * 1e6,
+        steal=cpu[0].steal_share,
+        load_average=load_average,
+    )
+
+
+def row(run: Run) -> list[str]:
+    return [
+        run.variant,
+        f"{run.requests:,}",
+        f"{run.rate:,.0f}",
+        f"{run.p50_ms:.2f}",
+        f"{run.p99_ms:.2f}",
+        f"{run.transactions:,}",
+        f"{run.per_request:.4f}",
+        f"{run.key_updates:,}",
+        f"{run.cpu_us:.0f}",
+    ]
+
+
+HEADERS = (
+    "keys", "requests", "req/s", "p50 ms", "p99 ms", "PG xacts", "xacts/request",
+    "key row updates", "server CPU µs/req",
+)  # fmt: skip
+
+
+def median_run(runs: Sequence[Run]) -> Run:
+    """Each figure's median over the rounds (requests and seconds kept as the median run's)."""
+    middle = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+    return Run(
+        variant=runs[0].variant,
+        requests=middle.requests,
+        failed=sum(r.failed for r in runs),
+        seconds=middle.seconds,
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        transactions=middle.transactions,
+        key_updates=middle.key_updates,
+        cpu_us=statistics.median(r.cpu_us for r in runs),
+        steal=max(r.steal for r in runs),
+        load_average=",".join(r.load_average for r in runs),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=2000)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load a run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (medians)")
+    args = parser.parse_args(argv)
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {LOAD_CORE})
+    print(f"machine load average before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
+    runs: dict[str, list[Run]] = {"one": [], "many": []}
+    with scratch_stores("keys", REDIS_URL) as (database_url, prefix, tmp):
+        args.log = tmp / "server.log"
+        with gateway(database_url, prefix, args.log) as server:
+            tenant, admin_key = register(server.base, "Keys", "bench_quota", "k@keys.io")
+            keys = create_keys(server.base, tenant, admin_key, args.keys)
+        print(f"tenant {tenant}: {len(keys):,} keys", flush=True)
+        for round_number in range(1, args.rounds + 1):
+            for variant, chosen in (("one", keys[:1]), ("many", keys)):
+                run = measure(f"{variant} ({len(chosen):,})", chosen, database_url, prefix, args)
+                runs[variant].append(run)
+                print(
+                    f"round {round_number} {run.variant}: {run.rate:,.0f} req/s,"
+                    f" {run.per_request:.4f} xacts/request, {run.failed} failed,"
+                    f" load average {run.load_average}, steal {run.steal:.1%}",
+                    flush=True,
+                )
+    one, many = median_run(runs["one"]), median_run(runs["many"])
+    ratio = [
+        "many / one", "", f"{many.rate / one.rate:.2f}", f"{many.p50_ms / one.p50_ms:.2f}",
+        f"{many.p99_ms / one.p99_ms:.2f}", "", "", "", f"{many.cpu_us / one.cpu_us:.2f}",
+    ]  # fmt: skip
+    rows = [row(one), row(many), ratio]
+    title = (
+        f"{args.keys:,} keys in turn vs one key: uvicorn 1 worker, {args.connections} connections,"
+        f" {args.duration:g} s x {args.rounds} round(s), PostgreSQL + Redis"
+    )
+    print(f"\n{title}\n{text_table(HEADERS, rows, rule=True)}\n\n{markdown_table(HEADERS, rows)}")
+    print(f"machine load average after: {Path('/proc/loadavg').read_text().strip()}")
+    failures = [f"{r.variant}: {r.failed} calls not 200" for r in (one, many) if r.failed]
+    if many.per_request >= GOAL_XACTS:
+        failures.append(f"{many.per_request:.4f} PostgreSQL transactions a request")
+    if many.rate < GOAL_RATIO * one.rate:
+        failures.append(f"throughput {many.rate / one.rate:.2f} of one key's")
+    return verdict(
+        failures,
+        f"{many.per_request:.4f} transactions a request (< {GOAL_XACTS}),"
+        f" {many.rate / one.rate:.2f} of one key's throughput (>= {GOAL_RATIO})",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
