@@ -184,6 +184,9 @@ class _Evictions:
     def forget_all(self) -> None:
         pass
 
+    def confirm(self, moment: float) -> None:
+        pass
+
 
 async def _resubscribed(invalidator: RedisInvalidator, cache: _Evictions, port: int) -> None:
     """Until a change published on the new primary reaches the cache."""
