@@ -19,6 +19,10 @@ import redis
 from benchmarks.launch import free_port
 
 SERVICE = "svc"
+DOWN_AFTER_MS = 2000
+"""How long the sentinels wait before they call a node down: on a busy machine a shorter wait
+can take a node that is merely slow for dead, and fail over twice (promoting the old primary,
+back empty, and making the new one its replica: every count lost)."""
 T = TypeVar("T")
 
 
@@ -150,7 +154,7 @@ class Sentinel(RedisProcess):
         self.config = self.directory / "sentinel.conf"
         self.config.write_text(
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n"
-            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} 3000\n"
             f"sentinel parallel-syncs {SERVICE} 1\n"
         )
