@@ -223,7 +223,14 @@ class Problem(TenantGatewayError):
 def redact_url(url: str) -> str:
     """The URL without its passwords, fit for logs and error messages: the user's, and query
     values whose name ends in ``password`` (``ssl_password``, libpq's ``sslpassword``)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # beyond urllib (an unclosed IPv6 bracket): hide the whole user part
+        head, _, query = url.partition("?")
+        scheme, sep, rest = head.rpartition("://")
+        user, at, rest = rest.partition("@") if "@" in rest else ("", "", rest)
+        query = "&".join(_redact_parameter(pair) for pair in query.split("&")) if query else ""
+        return f"{scheme}{sep}{'***' if at else ''}{at}{rest}" + (f"?{query}" if query else "")
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@")

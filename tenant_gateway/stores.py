@@ -2,9 +2,9 @@
 
 ``database_url`` (``postgresql://…``) puts the tenant directory, the usage ledger and the
 invoices in PostgreSQL, else they live in process memory; ``redis_url`` (``redis://…``,
-``rediss://…``, or a cluster's ``redis+cluster://…``: ``redis/urls.py``) puts the usage counters
-and the cross-process invalidation in Redis, else they are in process. Each of the two is
-independent of the other.
+``rediss://…``, a cluster's ``redis+cluster://…`` or a Sentinel service's ``redis+sentinel://…``:
+``redis/urls.py``) puts the usage counters and the cross-process invalidation in Redis, else
+they are in process. Each of the two is independent of the other.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 import asyncpg
@@ -27,6 +28,7 @@ from benchmarks.bouncer import PgBouncer, find_pgbouncer
 from tenant_gateway import TenantGateway
 
 from .redis_cluster import cluster_prefix, cluster_url, redis_cluster  # noqa: F401 (fixtures)
+from .sentinels import NoRedisServer, RedisProcess, SentinelGroup
 
 PG_ADMIN_URL = os.environ.get(
     "TG_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -123,6 +125,51 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A primary, its replica and three sentinels of their own (``tests/sentinels.py``), fresh
+    for each test: the tests kill their nodes. Stopped at the end."""
+    group = SentinelGroup(tmp_path / "sentinel")
+    try:
+        group.start()
+    except (NoRedisServer, AssertionError) as exc:
+        group.stop()
+        unavailable("a Redis Sentinel group", exc)
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def tls_sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """The same group speaking TLS only (a private CA's certificates, ``ca.pem``)."""
+    from .test_redis_tls import make_certificates
+
+    certificates = tmp_path / "certificates"
+    certificates.mkdir()
+    make_certificates(certificates)
+    group = SentinelGroup(tmp_path / "sentinel", tls=certificates)
+    try:
+        group.start()
+    except (NoRedisServer, AssertionError) as exc:
+        group.stop()
+        unavailable("a Redis Sentinel group with TLS", exc)
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def lone_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A private redis-server the test may kill and start again; stopped at the end."""
+    server = RedisProcess(tmp_path / "lone", "lone")
+    try:
+        server.start()
+    except (NoRedisServer, AssertionError) as exc:
+        server.stop()
+        unavailable("a private redis-server", exc)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

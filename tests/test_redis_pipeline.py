@@ -186,10 +186,10 @@ def test_a_batch_packs_each_hash_once() -> None:
             )
         sha = "f" * 40
         expected = pack_command(
-            ("EVALSHA", sha, 2, "tg:usage:{a}:2026-11", "tg:usage:{b}:2026-11", 10**15,
+            ("EVALSHA", sha, 2, "tg:usage:{a}:2026-11", "tg:usage:{b}:2026-11", 10**15, 77,
              1, 10, 0, "01", 2, 10, 0, "01", 1, 10, 0, "01")
         )  # fmt: skip
-        assert batch.command(bulk(sha)) == expected
+        assert batch.command(bulk(sha), bulk(77)) == expected
     finally:
         loop.close()
 

@@ -33,8 +33,8 @@ from redis.commands.core import AsyncScript
 
 from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.clock import Clock
-from tenant_gateway.redis.counters import _unreachable
 from tenant_gateway.redis.pipeline import PipelinedRedis, pack_command
+from tenant_gateway.redis.replies import unreachable
 from tenant_gateway.redis.slots import (
     SLOTS,
     Node,
@@ -345,4 +345,4 @@ def _redirection(value: object) -> bool:
 
 def _down(exc: BaseException) -> bool:
     """Does ``exc`` say the node serves nothing now? (``TRYAGAIN`` is about one slot.)"""
-    return not str(exc).startswith("TRYAGAIN") and _unreachable(exc)
+    return not str(exc).startswith("TRYAGAIN") and unreachable(exc)

@@ -24,10 +24,11 @@ import functools
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -37,10 +38,12 @@ from tenant_gateway.exceptions import StoreUnavailable, redact_url
 from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import Admission, HydrateSource
 from tenant_gateway.redis.cluster import ClusterNodes, SlotScript
-from tenant_gateway.redis.counters import RedisCounters, _unreachable
+from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
+from tenant_gateway.redis.identity import UNKNOWN_LINEAGE
 from tenant_gateway.redis.lua import load
 from tenant_gateway.redis.pipeline import pack_command
+from tenant_gateway.redis.replies import unreachable
 from tenant_gateway.redis.slots import Node, node_name, slot_of
 from tenant_gateway.redis.urls import cluster_url
 from tenant_gateway.tallies import HYDRATED
@@ -116,7 +119,7 @@ class ClusterCounters(RedisCounters):
         """A redis-py call failed: tell the breaker of the node it failed on, if it says that
         node serves nothing now. (The decisions' own connections report in ``cluster.py``.)"""
         node = getattr(exc, "connection", None)
-        if isinstance(node, ClusterNode) and _unreachable(exc):
+        if isinstance(node, ClusterNode) and unreachable(exc):
             self.nodes.breaker((node.host, int(node.port))).failed()
 
     # -- decisions ---------------------------------------------------------------------------
@@ -146,7 +149,8 @@ class ClusterCounters(RedisCounters):
     def _send_batch(self) -> None:
         batches, self._slot_batches = self._slot_batches, {}
         for slot, batch in batches.items():
-            reply = self.nodes.send(slot, batch.command(self._packed_sha), ADMIT_SCRIPT)
+            command = batch.command(self._packed_sha, self._server.packed)
+            reply = self.nodes.send(slot, command, ADMIT_SCRIPT)
             reply.add_done_callback(functools.partial(self._slot_replied, batch))
 
     def _slot_replied(self, batch: DecisionBatch, reply: asyncio.Future[Any]) -> None:
@@ -211,7 +215,7 @@ class ClusterCounters(RedisCounters):
         )
         for key, hydrated in zip(keys, present, strict=True):
             if hydrated != 1:  # missing, or not a hash (the restore sets it aside)
-                await self._hydrate(key)
+                await self._hydrate(key, UNKNOWN_LINEAGE)
         # The marker shares the first tenant's hash tag, so its slot: a batch sent again has the
         # same first tenant, and the next batch of the slot is sent only once this one is done.
         marker = f"{self._marker}:{{{keys[0][0]}}}"
@@ -222,6 +226,14 @@ class ClusterCounters(RedisCounters):
         except RedisError as exc:
             raise StoreUnavailable("Redis", redact_url(self._url), str(exc)) from exc
         self._applied(keys, batch, skipped)
+
+    async def _read_stamped(
+        self, queue: Callable[[Pipeline | ClusterPipeline], object]
+    ) -> tuple[int, list[Any]]:
+        """Each node has a lineage of its own, which the decisions do not carry yet: on a
+        cluster, every hash keeps the unknown lineage's stamp (``identity.py``), so one is
+        restored when it is lost but not checked when a node comes back with less."""
+        return UNKNOWN_LINEAGE, await self._read_first(queue)
 
     async def _slot_call(self, slot: int, commands: list[bytes]) -> list[Any]:
         """Commands on one slot's primary, pipelined; their replies (error replies in place)."""

@@ -5,8 +5,14 @@ The hashes, fields and the quota decision are those of ``quota.py``. Hostile or 
 a command Redis refuses for one key (a field that is not a number, a sum past the bound, a key
 of another type) fails that entry only, never the rest of a shared batch, and tells the circuit
 breaker that Redis answered. What counts against it is a lost connection or an error reply by
-which Redis says it serves nothing now (``_unreachable``). A hash a decision cannot use is set
+which Redis says it serves nothing now (``replies.py``). A hash a decision cannot use is set
 aside (``<key>:set-aside``) and restored from the ledger.
+
+Counters never trail the ledger: each hash is stamped with the lineage of the server's data set
+it was last restored or checked on (``identity.py``), which every new pipelined connection
+learns. A hash stamped with another (the server restarted from an older dump, a replica was
+promoted, a primary came back as another's replica) is checked against the ledger, and raised
+to it, before the next decision on it, the next tally added to it, or the next read of it.
 """
 
 from __future__ import annotations
@@ -25,17 +31,19 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.clock import Clock
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
 from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import Admission, DirtyKeys, HydrateSource, refunds_last
+from tenant_gateway.redis.clients import pipelined_redis, redis_client
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
+from tenant_gateway.redis.identity import ServerWatch, lineage_of, refusal_of
 from tenant_gateway.redis.lua import load
-from tenant_gateway.redis.pipeline import PipelinedRedis, bulk
-from tenant_gateway.redis.roles import check_server
+from tenant_gateway.redis.pipeline import bulk
+from tenant_gateway.redis.replies import demoted, unreachable
+from tenant_gateway.redis.roles import WrongServer, check_server
 from tenant_gateway.tallies import (
     HYDRATED,
     MAX_ROUTES,
@@ -51,13 +59,6 @@ logger = logging.getLogger("tenant_gateway.quota")
 _PACKED_CACHE_SIZE = 100_000
 _HISTORY_SECONDS = 400 * 86_400  # keep a period's tallies for 13 months
 _MARKER_SECONDS = 86_400  # how long Redis remembers a writer's last batch (for its retries)
-# Error replies by which Redis says it serves nothing now, whatever the command: loading its
-# data after a restart, a replica after a failover, out of memory or disk, a script running too
-# long, a cluster without quorum, a password changed under us. They count as a lost connection.
-_SERVER_WIDE = frozenset(
-    ("LOADING", "READONLY", "MASTERDOWN", "OOM", "MISCONF", "BUSY", "CLUSTERDOWN", "TRYAGAIN")
-    + ("NOREPLICAS", "NOAUTH", "WRONGPASS")
-)
 
 
 class RedisCounters(DirtyKeys):
@@ -77,6 +78,7 @@ class RedisCounters(DirtyKeys):
         self._url = url
         self.breaker = Breaker("redis", clock)
         self._prefix = key_prefix
+        self._server = ServerWatch()  # which server the decisions' connection reached last
         self._open(url, timeout, max_connections)
         self._packed_sha = bulk(self._redis.register_script(ADMIT_SCRIPT).sha)
         self._hydrate_script = self._redis.register_script(load("hydrate"))
@@ -95,19 +97,21 @@ class RedisCounters(DirtyKeys):
 
     def _open(self, url: str, timeout: float, max_connections: int) -> None:
         """The clients: redis-py's for everything but the decisions, which bypass it on their
-        own pipelined connection (``redis/pipeline.py``). A cluster opens its own
+        own pipelined connection (``redis/pipeline.py``); for a Sentinel service, both follow
+        its primary (``redis/clients.py``). A cluster opens its own
         (``redis/cluster_counters.py``)."""
         # A blocking pool: a burst of requests waits (up to ``timeout``) for a connection
         # instead of failing with "too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(
+        client = redis_client(
             url,
-            max_connections=max_connections,
             timeout=timeout,
+            blocking=True,
+            max_connections=max_connections,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
         )
-        self._redis: aioredis.Redis | RedisCluster = aioredis.Redis(connection_pool=pool)
-        self._pipe = PipelinedRedis(url, timeout=timeout)
+        self._redis: aioredis.Redis | RedisCluster = client
+        self._pipe = pipelined_redis(url, client, timeout=timeout, greet=self._server.greet)
 
     def _key(self, key: UsageKey) -> str:
         return f"{self._prefix}usage:{{{key[0]}}}:{key[1]}"
@@ -118,11 +122,13 @@ class RedisCounters(DirtyKeys):
         return StoreUnavailable("Redis", redact_url(self._url), str(exc) or type(exc).__name__)
 
     def _judge(self, exc: BaseException) -> None:
-        """Report a failed call to the breaker. Redis unreachable (``_unreachable``): a
+        """Report a failed call to the breaker. Redis unreachable (``replies.py``): a
         failure. Any other error reply (a key of another type, a script it does not know):
         Redis answered. Anything else (a cancellation) says nothing about Redis, but frees the
         probe if the call was it."""
-        if _unreachable(exc):
+        if demoted(exc):  # the next connection asks where the primary is now
+            self._pipe.disconnect()
+        if unreachable(exc):
             self.breaker.failed()
         elif isinstance(exc, ResponseError):
             self.breaker.succeeded()
@@ -136,9 +142,11 @@ class RedisCounters(DirtyKeys):
             raise StoreUnavailable("Redis", redact_url(self._url), "circuit open after failures")
         return self.breaker.state is not BreakerState.CLOSED
 
-    async def _hydrate(self, key: UsageKey) -> None:
+    async def _hydrate(self, key: UsageKey, lineage: int) -> None:
+        """Restore the hash, or check it against the ledger (``lua/hydrate.lua``), and stamp
+        it with ``lineage``: the server's, as the call that found it unchecked saw it."""
         restored = await self._restored(key)
-        args: list[int | str] = [MAX_TALLY, _HISTORY_SECONDS]
+        args: list[int | str] = [MAX_TALLY, _HISTORY_SECONDS, lineage]
         for field, amount in restored.items():
             if field != HYDRATED:
                 args += [field, amount]
@@ -150,6 +158,8 @@ class RedisCounters(DirtyKeys):
         self.breaker.succeeded()
         if outcome == 2:
             logger.warning("%s was not a hash: set aside, restored from the ledger", name)
+        elif outcome == 4:
+            logger.warning("%s was behind the ledger (the Redis server changed): raised", name)
 
     def admit(
         self, key: UsageKey, day: str, limit: int | None, allow_overage: bool
@@ -191,7 +201,7 @@ class RedisCounters(DirtyKeys):
     ) -> None:
         """A decision found its hash unrestored: fill it from the ledger, then decide again."""
         try:
-            await self._hydrate(decision[0])
+            await self._hydrate(decision[0], self._server.lineage)
         except Exception as exc:  # the request fails with it, whatever it is
             if not future.done():
                 future.set_exception(exc)
@@ -210,7 +220,7 @@ class RedisCounters(DirtyKeys):
 
     def _write(self, batch: DecisionBatch, *, retried: bool) -> None:
         try:
-            reply = self._pipe.send_packed(batch.command(self._packed_sha))
+            reply = self._pipe.send_packed(batch.command(self._packed_sha, self._server.packed))
         except RedisError as exc:
             self._fail_batch(batch, exc)
             return
@@ -273,10 +283,15 @@ class RedisCounters(DirtyKeys):
         self._write(batch, retried=False)
 
     async def _load_and_write(self, batch: DecisionBatch) -> None:
+        """Load the script on the server the pipelined connection is on (a promoted replica
+        may not have it), then write the batch again."""
         try:
-            await self._redis.script_load(ADMIT_SCRIPT)
+            loaded = await self._pipe.send("SCRIPT", "LOAD", ADMIT_SCRIPT)
         except RedisError as exc:
             self._fail_batch(batch, exc)
+            return
+        if isinstance(loaded, ResponseError):
+            self._fail_batch(batch, loaded)
             return
         if self._pipe.connected:
             self._write(batch, retried=True)
@@ -309,12 +324,13 @@ class RedisCounters(DirtyKeys):
         """One batch, after restoring any hash the ledger must fill first (a tally added to a
         lost hash would otherwise hide the loss from the next decision)."""
         keys = list(batch)
-        present = await self._read_first(
-            lambda pipe: [pipe.hexists(self._key(key), HYDRATED) for key in keys]
+        lineage, stamps = await self._read_stamped(
+            lambda pipe: [pipe.hget(self._key(key), HYDRATED) for key in keys]
         )
-        for key, hydrated in zip(keys, present, strict=True):
-            if hydrated is not True:  # missing, or not a hash (the restore sets it aside)
-                await self._hydrate(key)
+        stamp = str(lineage).encode()
+        for key, stamped in zip(keys, stamps, strict=True):
+            if stamped != stamp:  # not restored, not checked on this lineage, or not a hash
+                await self._hydrate(key, lineage)
         try:
             skipped = await self._add_script(
                 keys=[*(self._key(key) for key in keys), self._marker],
@@ -350,6 +366,19 @@ class RedisCounters(DirtyKeys):
             else:
                 logger.warning("usage increment dropped: %s %s %.80r: %s", *key, field, reason)
 
+    async def _read_stamped(
+        self, queue: Callable[[Pipeline | ClusterPipeline], object]
+    ) -> tuple[int, list[Any]]:
+        """``_read_first``, with the lineage of the server that answered (asked on the same
+        connection: a server that restarted a moment ago is not taken for the one before)."""
+        server, replication, *results = await self._read_first(
+            lambda pipe: (pipe.info("server"), pipe.info("replication"), queue(pipe))
+        )
+        lineage = lineage_of(server, replication)
+        if lineage != self._server.lineage:  # the decisions' connection is elsewhere: drop it
+            self._pipe.disconnect()
+        return lineage, results
+
     async def _read_first(self, queue: Callable[[Pipeline | ClusterPipeline], object]) -> list[Any]:
         """``_read_all`` as the first step of a flush or a read, through the breaker."""
         probe = self._allow()
@@ -363,7 +392,7 @@ class RedisCounters(DirtyKeys):
     async def _read_all(self, queue: Callable[[Pipeline | ClusterPipeline], object]) -> list[Any]:
         """Run read-only commands in one pipeline; a command Redis refuses (a key of another
         type) answers its exception in place, but one by which Redis serves nothing now
-        (``_unreachable``) fails them all. A pooled connection found dead (Redis came back
+        (``replies.py``) fails them all. A pooled connection found dead (Redis came back
         after an outage) is replaced once: redis-py retries single commands, not pipelines,
         and reads are safe to repeat."""
         try:
@@ -372,7 +401,7 @@ class RedisCounters(DirtyKeys):
             except RedisConnectionError:
                 results = await self._pipeline(queue)  # once more, on a fresh connection
             for result in results:
-                if isinstance(result, RedisError) and _unreachable(result):
+                if isinstance(result, RedisError) and unreachable(result):
                     raise result
         except RedisError as exc:
             raise self._unavailable(exc) from exc
@@ -384,21 +413,27 @@ class RedisCounters(DirtyKeys):
             queue(pipe)
             return list(await pipe.execute(raise_on_error=False))
 
-    async def _hgetall(self, keys: list[UsageKey]) -> list[dict[str, int] | None]:
-        """Each hash's sound tallies (see ``tallies.py``), or None for a key of another type."""
-        results = await self._read_first(
+    async def _hgetall(self, keys: list[UsageKey]) -> tuple[int, list[dict[str, int] | None]]:
+        """The server's lineage, and each hash's sound tallies (see ``tallies.py``), or None
+        for a key of another type. ``hydrated`` is there (as 1) only when the hash was restored
+        or checked on that lineage: one that was not is, to its readers, not restored yet."""
+        lineage, results = await self._read_stamped(
             lambda pipe: [pipe.hgetall(self._key(key)) for key in keys]
         )
-        return [
+        hashes = [
             None if isinstance(raw, Exception) else sound_tallies(raw, self._key(key))
             for key, raw in zip(keys, results, strict=True)
         ]
+        for tallies in hashes:
+            if tallies is not None and tallies.pop(HYDRATED, None) == lineage:
+                tallies[HYDRATED] = 1
+        return lineage, hashes
 
     async def read(self, key: UsageKey) -> dict[str, int]:
-        (tallies,) = await self._hgetall([key])
+        lineage, (tallies,) = await self._hgetall([key])
         if tallies is None or HYDRATED not in tallies:
-            await self._hydrate(key)
-            (tallies,) = await self._hgetall([key])
+            await self._hydrate(key, lineage)
+            _, (tallies,) = await self._hgetall([key])
         if tallies is None:  # replaced again since: this read fails, nothing else
             reason = "the usage hash was replaced by another type"
             raise StoreUnavailable("Redis", redact_url(self._url), reason)
@@ -408,7 +443,7 @@ class RedisCounters(DirtyKeys):
         ordered = list(keys)
         if not ordered:
             return {}
-        results = await self._hgetall(ordered)
+        _, results = await self._hgetall(ordered)
         return {
             key: tallies
             for key, tallies in zip(ordered, results, strict=True)
@@ -427,15 +462,20 @@ class RedisCounters(DirtyKeys):
         self.breaker.succeeded()
 
     async def ping(self) -> None:
-        """Redis answers, and is a server that can hold the counters (``roles.py``)."""
+        """Redis answers, and is a server that can hold the counters: a primary, not a replica
+        or a sentinel (``identity.py``), nor one node of a cluster (``roles.py``)."""
+        server, replication = await self._read_all(
+            lambda pipe: (pipe.info("server"), pipe.info("replication"))
+        )
         try:
-            await self._redis.ping()
+            refusal = refusal_of(server, replication)  # None too when INFO is refused (an ACL)
+            if refusal is not None:
+                raise WrongServer(refusal)
             if isinstance(self._redis, aioredis.Redis):
                 where = self._redis.connection_pool.connection_kwargs
                 await check_server(self._redis, f"{where.get('host')}:{where.get('port')}")
         except RedisError as exc:
             raise self._unavailable(exc) from exc
-        self.breaker.succeeded()
 
     async def close(self) -> None:
         """Fail what is still waiting, stop the work in flight, close both clients."""
@@ -447,20 +487,6 @@ class RedisCounters(DirtyKeys):
         await asyncio.gather(*self._inflight, return_exceptions=True)
         await self._pipe.close()
         await self._redis.aclose()
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Does ``exc`` say Redis serves nothing now, rather than that it refused one command?"""
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        return True  # refused, reset, timed out (redis-py files LOADING and NOAUTH here too)
-    if not isinstance(exc, ResponseError):
-        return False
-    # redis-py keeps the reply's code apart; the pipelined connection leaves it first in the
-    # text; a script's failed call (Redis 6) quotes it after a '-'
-    words = str(exc).split()
-    codes = {getattr(exc, "status_code", None), *words[:1]}
-    codes.update(word[1:] for word in words if word.startswith("-"))
-    return not _SERVER_WIDE.isdisjoint(codes)
 
 
 def _text(value: object) -> str:

@@ -68,9 +68,10 @@ class DecisionBatch:
         self.entries.append(entry)
         self.futures.append(future)
 
-    def command(self, packed_sha: bytes) -> bytes:
-        """``EVALSHA sha numkeys KEYS… ARGV…`` as RESP (``packed_sha``: ``bulk(sha)``)."""
+    def command(self, packed_sha: bytes, packed_lineage: bytes) -> bytes:
+        """``EVALSHA sha numkeys KEYS… ARGV…`` as RESP (``packed_sha``: ``bulk(sha)``;
+        ``packed_lineage``: ``bulk`` of the lineage of the server it goes to, ``identity.py``)."""
         hashes = len(self._hashes)
-        words = 4 + hashes + 4 * len(self.futures)
+        words = 5 + hashes + 4 * len(self.futures)
         head = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (words, packed_sha, bulk(hashes))
-        return b"".join((head, *self._hashes, _PACKED_MAX, *self._packed))
+        return b"".join((head, *self._hashes, _PACKED_MAX, packed_lineage, *self._packed))

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -24,6 +23,7 @@ from redis.exceptions import RedisError
 
 from tenant_gateway.clock import Clock, system_clock
 from tenant_gateway.propagation import Invalidator, KeyCache
+from tenant_gateway.redis.clients import redis_client
 
 __all__ = ["SILENCE", "RedisInvalidator"]
 
@@ -45,13 +45,18 @@ class RedisInvalidator(Invalidator):
         timeout: float = 1.0,
     ) -> None:
         super().__init__(resolver)
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout
+        # Subscribed on the primary (redis+sentinel://: wherever it is when resubscribing).
+        self._redis = redis_client(
+            url, timeout=timeout, socket_timeout=None, socket_connect_timeout=timeout
         )
         # No retry for the subscriber: a read that fails must reach run(), which starts afresh,
         # never be retried on a new connection (what was published in between would be lost).
-        self._subscriber = aioredis.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        self._subscriber = redis_client(
+            url,
+            timeout=timeout,
+            socket_timeout=None,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
         )
         self._channel = channel
         self._clock = clock

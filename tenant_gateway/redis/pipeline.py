@@ -12,7 +12,10 @@ Errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``)
 handle one exception tree whichever client took the call. The connection is opened lazily and
 again after any failure; URLs are read by redis-py's ``parse_url`` (``redis://``, ``rediss://``,
 ``unix://``, user, password, database), and a ``rediss://`` URL's ``ssl_*`` options mean what
-they mean to redis-py's ``SSLConnection`` (``_tls_context``).
+they mean to redis-py's ``SSLConnection`` (``_tls_context``). Two hooks make it follow a server
+that moves: ``locate`` gives the address at each connect (the URL's is used otherwise), and
+``greet`` sees each new connection before any command (to learn which server it reached, or
+refuse it).
 """
 
 from __future__ import annotations
@@ -20,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import hiredis
 from redis import exceptions as errors
 from redis.asyncio.connection import SSLConnection, parse_url
 
-__all__ = ["PipelinedRedis", "bulk", "pack_command"]
+__all__ = ["Greet", "PipelinedRedis", "bulk", "pack_command"]
 
 Arg = bytes | str | int
+Greet = Callable[[Callable[..., Awaitable[Any]]], Awaitable[None]]
+"""Called with a new connection's ``send`` (a command's words → its reply; an error reply is
+returned) once it is authenticated; raising a ``RedisError`` refuses the connection."""
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
@@ -130,9 +136,18 @@ class _Connection(asyncio.Protocol):
 
 
 class PipelinedRedis:
-    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 1.0,
+        locate: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+        greet: Greet | None = None,
+    ) -> None:
         self._params = parse_url(url)
         self._timeout = timeout
+        self._locate = locate
+        self._greet = greet
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
         self._tls: ssl.SSLContext | None = None  # built at the first connect, then kept
@@ -165,6 +180,9 @@ class PipelinedRedis:
         params = self._params
         loop = asyncio.get_running_loop()
         connection: _Connection | None = None
+        host, port = str(params.get("host", "localhost")), int(params.get("port", 6379))
+        if self._locate is not None:  # asked at each connect: the server may have moved
+            host, port = await self._locate()
         try:
             async with asyncio.timeout(self._timeout):
                 if "path" in params:
@@ -174,15 +192,15 @@ class PipelinedRedis:
                 else:
                     # With TLS, asyncio sends and checks the URL's host as the server name.
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(self._timeout),
-                        str(params.get("host", "localhost")),
-                        int(params.get("port", 6379)),
-                        ssl=self._ssl_context(),
+                        lambda: _Connection(self._timeout), host, port, ssl=self._ssl_context()
                     )
                 for command in self._handshake():
                     answer = await connection.send(pack_command(command))
                     if isinstance(answer, errors.ResponseError):
                         raise answer
+                if self._greet is not None:
+                    opened = connection
+                    await self._greet(lambda *words: opened.send(pack_command(words)))
         except BaseException as exc:
             if connection is not None:
                 connection.close()
@@ -220,12 +238,16 @@ class PipelinedRedis:
                 raise errors.ConnectionError(f"Cannot set up TLS for Redis: {exc}") from exc
         return self._tls
 
-    async def close(self) -> None:
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
+    def disconnect(self) -> None:
+        """Drop the connection; the next ``connect`` opens another (where ``locate`` says)."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+    async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        self.disconnect()
 
 
 def _tls_context(options: Mapping[str, object]) -> ssl.SSLContext:

@@ -5,6 +5,8 @@ A cluster: ``redis+cluster://[user:password@]host:port[,host:port…][?options]`
 the ``limits`` library), or ``rediss+cluster://`` for TLS to every node; the hosts are where
 discovery starts, any node of the cluster will do. Options are those of a one-server URL, for
 every node; a cluster has one database, so none is named.
+The primary of a Sentinel service: ``redis+sentinel://…/service_name[/db]`` or
+``rediss+sentinel://`` (``sentinel.py``).
 
 A URL that is malformed or names something unsupported (another scheme, a port that is not
 one, a database that is not a number, an option redis-py does not know, TLS options without
@@ -20,6 +22,9 @@ from urllib.parse import parse_qsl, urlsplit
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, SSLConnection, parse_url
 
 from tenant_gateway.exceptions import ConfigurationError, redact_url
+from tenant_gateway.redis.sentinel import SCHEMES as SENTINEL_SCHEMES
+from tenant_gateway.redis.sentinel import SentinelURL
+from tenant_gateway.redis.sentinel import limits_storage as sentinel_storage
 
 __all__ = ["ClusterURL", "check_redis_url", "cluster_url", "limits_storage"]
 
@@ -70,11 +75,11 @@ def _fail(url: str, problem: str) -> ConfigurationError:
 def _scheme(url: str) -> str:
     scheme, separator, _ = url.partition("://")
     scheme = scheme.lower()
-    if not separator or scheme not in _SERVER_SCHEMES + CLUSTER_SCHEMES:
+    if not separator or scheme not in _SERVER_SCHEMES + CLUSTER_SCHEMES + SENTINEL_SCHEMES:
         raise _fail(
             url,
-            "unsupported scheme (use redis://, rediss://, unix://, redis+cluster:// or"
-            " rediss+cluster://)",
+            "unsupported scheme (use redis://, rediss://, unix://, redis+cluster://,"
+            " rediss+cluster://, redis+sentinel:// or rediss+sentinel://)",
         )
     return scheme
 
@@ -102,10 +107,14 @@ def _port(url: str, location: str) -> tuple[str, int]:
 
 
 def check_redis_url(url: str) -> ClusterURL | None:
-    """Check ``url``: a ``ClusterURL`` for a cluster, None for one server."""
+    """Check ``url``: a ``ClusterURL`` for a cluster, None for one server (a Sentinel
+    service's primary included)."""
     scheme = _scheme(url)
     if scheme in CLUSTER_SCHEMES:
         return cluster_url(url)
+    if scheme in SENTINEL_SCHEMES:
+        SentinelURL.parse(url)
+        return None
     parts = urlsplit(url)
     _check_options(url, parts.query, scheme == "rediss")
     if scheme == "unix":
@@ -152,6 +161,9 @@ def limits_storage(url: str) -> tuple[str, dict[str, Any]]:
     (served by redis-py): a cluster's credentials and TLS go as options, which ``limits`` does
     not read from its ``async+redis+cluster://`` URI."""
     found = check_redis_url(url)
+    if url.partition("://")[0].lower() in SENTINEL_SCHEMES:
+        storage, options = sentinel_storage(SentinelURL.parse(url), timeout=1.0)
+        return f"async+{storage}", dict(options)
     if found is None:
         return f"async+{url}", {}
     hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in found.seeds)

@@ -1,9 +1,10 @@
 -- The quota decisions of one event-loop turn (decisions.py), taken in arrival order.
--- KEYS: the distinct usage hashes of the batch. ARGV: max (tally.lua), then four per decision:
--- index into KEYS, limit (-1: none), overage allowed (0/1), day of month. Returns, per decision,
--- admitted (1, 0; -1: the hash is not restored yet; -2: it was corrupt and has been set aside,
--- restore it) and the billable calls after it. A refusal counts under rejected,
--- rejected:quota and rday:<day>.
+-- KEYS: the distinct usage hashes of the batch. ARGV: max (tally.lua), this server's lineage
+-- (identity.py), then four per decision: index into KEYS, limit (-1: none), overage allowed
+-- (0/1), day of month. Returns, per decision, admitted (1, 0; -1: the hash is not restored, or
+-- not checked against the ledger since this server's data set began (its 'hydrated' stamp is
+-- another lineage's); -2: it was corrupt and has been set aside, restore it) and the billable
+-- calls after it. A refusal counts under rejected, rejected:quota and rday:<day>.
 --
 -- Every field a decision may write is read and checked before anything is written, so no
 -- write can fail: one tenant's corrupt hash costs its own decisions a restore, not the batch.
@@ -12,7 +13,7 @@ local days = {}
 for k = 1, #KEYS do
   days[k] = {}
 end
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   days[tonumber(ARGV[i])][ARGV[i + 3]] = true
 end
 
@@ -38,7 +39,7 @@ for k = 1, #KEYS do
   if not sound then
     set_aside(KEYS[k])
     h.state = -2
-  elseif counts[1] ~= false then
+  elseif counts[1] == ARGV[2] then
     h.state = 1
     h.used = tally(counts[2]) - tally(counts[3])
   end
@@ -46,7 +47,7 @@ for k = 1, #KEYS do
 end
 
 local out = {}
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local h = hashes[tonumber(ARGV[i])]
   if h.state ~= 1 then
     out[#out + 1] = h.state
