@@ -69,6 +69,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "accesslog",
         "admin",
         "bodies",
+        "console",
         "demo",
         "exchange",
         "frameworks",

@@ -100,6 +100,7 @@ class TenantGateway:
         transfer_min_rate: int = 1024,
         transfer_max_duration: float = 3600.0,
         admin_tenant_concurrency: int = 4,
+        console_path: str | None = "/console",
         clock: Clock = system_clock,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -144,6 +145,7 @@ class TenantGateway:
             transfer_min_rate=transfer_min_rate,
             transfer_max_duration=transfer_max_duration,
             admin_tenant_concurrency=admin_tenant_concurrency,
+            console_path=console_path,
             clock=clock,
             sleep=sleep,
         )

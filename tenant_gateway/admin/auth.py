@@ -24,6 +24,7 @@ from tenant_gateway.resolver import KeyResolver, Principal
 
 __all__ = [
     "DEFAULT_MAX_LIFETIME",
+    "CALLER_SCOPE_KEY",
     "Caller",
     "OperatorAuth",
     "authenticate",
@@ -126,6 +127,12 @@ class Caller:
         return "anonymous"
 
 
+CALLER_SCOPE_KEY = "tenant_gateway.caller"
+"""The scope key under which in-process code (the console) hands the admin API a caller it
+has already authenticated. Only Python code can put a ``Caller`` in a scope: no server builds
+one from a request."""
+
+
 async def authenticate(
     request: Request,
     resolver: KeyResolver,
@@ -133,6 +140,9 @@ async def authenticate(
     *,
     required: bool = True,
 ) -> Caller:
+    given = request.scope.get(CALLER_SCOPE_KEY)
+    if isinstance(given, Caller):
+        return given
     raw = extract_api_key(request.headers)
     if raw is None:
         if required:
