@@ -16,6 +16,7 @@ from tenant_gateway.settings import Settings
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, ClientFor, FakeClock, auth, operator_headers, register
+from .helpers import QUOTA_PLANS, calls
 
 CONSOLE = "/api/v1/tenants/console"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -305,3 +306,20 @@ async def test_the_console_moves_or_is_off(client_for: ClientFor, clock: FakeClo
             Settings(console_path=bad)
     with pytest.raises(ConfigurationError):
         Settings(console_secret="short")
+
+
+async def test_the_webhook_section_lists_the_last_deliveries(client_for: ClientFor) -> None:
+    """A tenant without a webhook reaches its 80 % mark: the event is listed as such."""
+    gateway = TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, plans=QUOTA_PLANS)
+    client = await client_for(gateway)
+    tenant = await register(client, plan="hundred")
+    page_url = f"{CONSOLE}/tenants/{tenant['id']}"
+    await _signed_in(client, tenant["api_key"])
+    assert "No quota event yet." in (await client.get(page_url)).text
+    assert (await calls(client, tenant, 80)).count(200) == 80
+    await gateway.services.events.drain()
+    page = await client.get(page_url)
+    row = re.search(r'<table id="deliveries">.*?<tbody>\s*<tr>(.*?)</tr>', page.text, re.S)
+    assert row is not None, page.text
+    assert re.findall(r"<td>(.*?)</td>", row.group(1))[0].startswith("80 % of ")
+    assert "no webhook" in row.group(1)

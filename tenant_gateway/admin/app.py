@@ -116,6 +116,7 @@ def build_admin_app(services: Services, operators: OperatorAuth | None = None) -
         Route(tenant + "/webhook", tenants.get_webhook, methods=["GET"]),
         Route(tenant + "/webhook", tenants.set_webhook, methods=["PUT"]),
         Route(tenant + "/webhook", tenants.delete_webhook, methods=["DELETE"]),
+        Route(tenant + "/webhook/deliveries", tenants.webhook_deliveries, methods=["GET"]),
     ]
     if settings.console_path is not None:  # first: "/console" is no tenant id
         # imported here: the console imports the admin API's modules (``admin.auth``)

@@ -167,6 +167,11 @@ class TenantHandlers(AdminHandlers):
         target = await self.services.directory.webhook_target(tenant.id)
         return JSONResponse({"url": target[0] if target else None})
 
+    async def webhook_deliveries(self, request: Request) -> Response:
+        _, tenant = await self._tenant(request, Action.READ_TENANT)
+        events = await self.services.ledger.recent_events(tenant.id)
+        return JSONResponse({"deliveries": [event.to_json() for event in events]})
+
     async def set_webhook(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)
         changes = self.services.events.changes  # each setting resolves a name: not in a loop

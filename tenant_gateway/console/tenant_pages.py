@@ -79,6 +79,7 @@ class TenantPages(ConsoleHandlers):
             sections["draft"] = await self._get(request, visitor, t + "/billing/invoice")
             sections["issued"] = await self._get(request, visitor, t + "/billing/invoices")
         webhook = await self._get(request, visitor, t + "/webhook")
+        deliveries = await self._get(request, visitor, t + "/webhook/deliveries")
         routes = sorted(usage["by_route"], key=lambda route: (-route["calls"], route["route"]))
         users, seats = usage["users"], usage["max_users"]
         return self.render(
@@ -91,6 +92,7 @@ class TenantPages(ConsoleHandlers):
             top_routes=routes[:_TOP_ROUTES],
             seats_left=None if seats is None else max(0, seats - users),
             webhook=webhook,
+            deliveries=deliveries["deliveries"],
             plans=self.services.plans,
             roles=_ROLES,
             notice=DONE.get(request.query_params.get("done", "")),
