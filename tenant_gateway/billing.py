@@ -41,7 +41,7 @@ from fractions import Fraction
 
 from tenant_gateway.clock import Clock, Period, format_timestamp
 from tenant_gateway.directory import TenantDirectory
-from tenant_gateway.exceptions import ConfigurationError
+from tenant_gateway.exceptions import PlanNotConfigured
 from tenant_gateway.invoices import InvoiceStore
 from tenant_gateway.ledger import UsageLedger, period_tallies
 from tenant_gateway.models import PlanChange, Tenant
@@ -83,7 +83,7 @@ class Segment:
 def _plan(plans: PlanCatalog, name: str) -> Plan:
     plan = plans.get(name)
     if plan is None:
-        raise ConfigurationError(f"plan {name!r} is not in the catalogue; cannot price it")
+        raise PlanNotConfigured(name)
     return plan
 
 
@@ -369,7 +369,7 @@ class Billing:
                 if tenant.id not in done and tenant.created_at < period.end:
                     try:
                         _, created = await self._issue(tenant, period)
-                    except ConfigurationError as exc:  # one tenant's bad plan stops no other
+                    except PlanNotConfigured as exc:  # one tenant's bad plan stops no other
                         logger.error("invoice of %s for %s not issued: %s", tenant.id, period, exc)
                         continue
                     issued += created

@@ -334,7 +334,7 @@ class TenantGateway:
                 raise problems.forbidden(f"A {principal.key.role.value} key may not call the API.")
             plan = self._plans.get(tenant.plan)
             if plan is None:
-                raise problems.service_unavailable(f"plan {tenant.plan!r} is not configured")
+                raise problems.plan_not_configured(tenant.plan)
             # Most calls have no body (HTTP/1, neither header): decided here without a call.
             bodiless = length is None and not encoded and scope.get("http_version", "1.1") < "2"
             unframed = not bodiless and not self._framed(length, encoded)

@@ -42,7 +42,9 @@ __all__ = [
     "not_found",
     "not_supported",
     "operator_token_required",
+    "gateway_not_started",
     "payload_too_large",
+    "plan_not_configured",
     "problem_response",
     "quota_exceeded",
     "quota_unavailable",
@@ -298,6 +300,31 @@ def import_rejected(line: int, table: str | None, reason: str) -> Problem:
 def service_unavailable(detail: str) -> Problem:
     return Problem(
         503, "service_unavailable", "Service unavailable", detail, headers={"Retry-After": "1"}
+    )
+
+
+def plan_not_configured(plan: str) -> Problem:
+    """A tenant on a plan the catalogue does not have: the operator's to fix, so no
+    ``Retry-After`` (a client retrying would only meet it again)."""
+    return Problem(
+        503,
+        "plan_not_configured",
+        "Plan not configured",
+        f"The tenant's plan {plan!r} is not in this gateway's plans catalogue. This is a"
+        f" configuration error: the operator must add plan {plan!r} to the plans file (or move"
+        " the tenant to another plan).",
+    )
+
+
+def gateway_not_started(reason: str, *, retry_after: int | None) -> Problem:
+    """The gateway could not start on a request (a server that sends no lifespan events);
+    the next request tries again."""
+    return Problem(
+        503,
+        "gateway_not_started",
+        "Gateway not started",
+        f"The gateway could not start: {reason}",
+        headers={} if retry_after is None else {"Retry-After": str(retry_after)},
     )
 
 
