@@ -37,7 +37,7 @@ from tenant_gateway.exceptions import (
 )
 from tenant_gateway.exchange import BodyTooLarge, Exchange, refuse, refuse_unread, scan_headers
 from tenant_gateway.headers import declared_over
-from tenant_gateway.lifespan import FinalFlush, relay
+from tenant_gateway.lifespan import FinalFlush, StartFailures, relay
 from tenant_gateway.metering import Meter
 from tenant_gateway.metrics import MetricsEndpoint, Sources
 from tenant_gateway.models import Tenant
@@ -201,6 +201,7 @@ class TenantGateway:
         self._final_flush: FinalFlush | None = None
         self._told_no_lifespan = False
         self._outage_logged: dict[str, float] = {}
+        self._start_failures = StartFailures()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -256,8 +257,8 @@ class TenantGateway:
         if not self._started:
             try:
                 await self._start_without_lifespan()
-            except StoreUnavailable as exc:
-                await refuse(problems.service_unavailable(str(exc)), scope, receive, send)
+            except Exception as exc:  # 503; the next request tries again
+                await refuse(self._start_failures.answer(exc), scope, receive, send)
                 return
         path: str = scope["path"]
         if path == self.admin_prefix or path.startswith(self._admin_subpaths):

@@ -316,15 +316,20 @@ def plan_not_configured(plan: str) -> Problem:
     )
 
 
-def gateway_not_started(reason: str, *, retry_after: int | None) -> Problem:
-    """The gateway could not start on a request (a server that sends no lifespan events);
-    the next request tries again."""
+def gateway_not_started(*, transient: bool) -> Problem:
+    """The gateway could not start on a request (a server that sends no lifespan events); the
+    next request tries again. Why is the server log's to say, not the client's to read: a store
+    outage (``transient``: it may pass, ``Retry-After``), or a configuration error."""
+    if transient:
+        detail = "The gateway could not start: a backing store cannot be reached."
+    else:
+        detail = "The gateway could not start: a configuration error the operator must fix."
     return Problem(
         503,
         "gateway_not_started",
         "Gateway not started",
-        f"The gateway could not start: {reason}",
-        headers={} if retry_after is None else {"Retry-After": str(retry_after)},
+        detail + " The server's log says why.",
+        headers={"Retry-After": "5"} if transient else {},
     )
 
 
