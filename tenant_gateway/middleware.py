@@ -90,7 +90,7 @@ class TenantGateway:
         webhook_attempt_timeout: float = 10.0,
         redis_fail_mode: str = "closed",
         health_paths: tuple[str, str] | None = ("/healthz", "/readyz"),
-        metrics_path: str | None = "/metrics",
+        metrics_path: str | None = None,
         metrics_require_operator: bool = False,
         tracer_provider: object | None = None,
         route_of: RouteOf | None = None,
