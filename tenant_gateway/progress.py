@@ -24,12 +24,10 @@ _MEASURABLE = 0.1
 
 def format_bytes(size: float) -> str:
     """``size`` in B, KiB, MiB or GiB: three significant figures, or whole units past 100."""
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            break
-        size /= 1024
-    else:
-        unit = "GiB"
+    units = ["B", "KiB", "MiB", "GiB"]
+    unit = units.pop(0)
+    while size >= 1024 and units:
+        size, unit = size / 1024, units.pop(0)
     return f"{size:,.0f} {unit}" if size >= 100 or unit == "B" else f"{size:.3g} {unit}"
 
 
