@@ -43,15 +43,16 @@ async def relay(
     """Start before the wrapped app does, stop after it has; relay every event."""
     app_answered = app_finished = False
     startup_message = await receive()
+    failure = None
     try:
         await startup()
-        failure = None
-    except Exception as exc:
+    except Exception as exc:  # whatever it is: never read as "no lifespan support", then served
         failure = start_failure(exc)
         if not expected_failure(exc):
             logger.error("the gateway failed to start", exc_info=exc)
-    if failure is not None:  # sent outside the handler: a server that raises on it (hypercorn)
-        # shows its own error, not ours chained to it
+    if failure is not None:
+        # Sent outside the handler: a server that raises on it (hypercorn) then shows its own
+        # error alone, not ours chained to it.
         await send({"type": "lifespan.startup.failed", "message": failure})
         return
     replayed = False

@@ -4,6 +4,7 @@ never a byte of it in the export stream on stdout."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import io
 import json
@@ -14,7 +15,8 @@ import struct
 import subprocess
 import termios
 import threading
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +31,7 @@ from tenant_gateway.demo import build_demo_app, create_projects_table
 from tenant_gateway.progress import Progress, format_bytes
 
 from .conftest import FakeClock
-from .helpers import register_as
+from .helpers import as_admin, register_as
 
 ROWS = 5000
 
@@ -145,8 +147,21 @@ def _lines(terminal: str) -> list[str]:
 
 
 @pytest.fixture
-async def two_tenants(postgres_url: str) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
+def own_database(postgres_url: str) -> Iterator[str]:
+    """A database of this test's own: the shared one holds other tests' tenants, on plans of
+    their own that ``billing close`` would (rightly) complain of on stderr."""
+    name = f"tg_test_progress_{uuid.uuid4().hex[:10]}"
+    asyncio.run(as_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def two_tenants(own_database: str) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
     """A source tenant with ``ROWS`` projects and an empty destination tenant."""
+    postgres_url = own_database
     gateway = TenantGateway(build_demo_app(postgres_url), database_url=postgres_url)
     await gateway.startup()
     try:
@@ -171,8 +186,9 @@ async def two_tenants(postgres_url: str) -> AsyncIterator[tuple[dict[str, Any], 
 
 
 async def test_export_and_import_show_progress_on_a_terminal_only(
-    two_tenants: tuple[dict[str, Any], dict[str, Any]], postgres_url: str
+    two_tenants: tuple[dict[str, Any], dict[str, Any]], own_database: str
 ) -> None:
+    postgres_url = own_database
     source, destination = two_tenants
     export = ["export", "--tenant", source["id"], "--database-url", postgres_url]
     status, stream, stderr = _run(export, terminal=False)
@@ -204,8 +220,9 @@ async def test_export_and_import_show_progress_on_a_terminal_only(
 
 
 async def test_billing_close_shows_tenants_on_a_terminal_only(
-    two_tenants: tuple[dict[str, Any], dict[str, Any]], postgres_url: str
+    two_tenants: tuple[dict[str, Any], dict[str, Any]], own_database: str
 ) -> None:
+    postgres_url = own_database
     period = str(Period.containing(datetime.now(UTC).timestamp()).previous)
     close = ["billing", "close", "--period", period, "--database-url", postgres_url]
     status, out, drawn = _run(close, terminal=True)
