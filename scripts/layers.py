@@ -79,7 +79,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "problems",
         "tracing",
     ),
-    "entry": ("__init__", "cli", "serve"),
+    "entry": ("__init__", "cli", "progress", "serve"),
 }
 """Layer → modules (a package name stands for every module in it), lowest layer first."""
 

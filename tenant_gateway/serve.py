@@ -124,6 +124,8 @@ def _operations(args: argparse.Namespace) -> str | None:
     if args.metrics_path and not args.metrics_path.startswith("/"):
         return f"--metrics-path must start with '/' ('' turns it off), got {args.metrics_path!r}"
     require = args.metrics_require_operator or _env_flag("TG_METRICS_REQUIRE_OPERATOR", "false")
+    if require and not args.metrics_path:
+        return "--metrics-require-operator has no metrics to protect: --metrics-path is ''"
     if require and not os.environ.get("TG_ADMIN_JWT_SECRET"):
         return "--metrics-require-operator needs operator tokens: set TG_ADMIN_JWT_SECRET"
     os.environ["TG_METRICS_PATH"] = args.metrics_path

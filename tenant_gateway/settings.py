@@ -61,8 +61,10 @@ class Settings:
     """Seconds one webhook attempt may take in all (name lookup, connect, send, answer)."""
     redis_fail_mode: str = "closed"
     health_paths: tuple[str, str] | None = ("/healthz", "/readyz")
-    metrics_path: str | None = "/metrics"
-    """Where the gateway answers its Prometheus metrics (None: nowhere); never metered."""
+    metrics_path: str | None = None
+    """Where the gateway answers its Prometheus metrics, never metered, ahead of the wrapped
+    app (e.g. "/metrics"); None, the default: nowhere, every path is the app's. ``serve``,
+    which owns its app, sets "/metrics"."""
     metrics_require_operator: bool = False
     """Whether ``metrics_path`` needs an operator token (``admin_jwt_secret`` or
     ``admin_jwt_public_key`` set)."""
@@ -125,6 +127,10 @@ class Settings:
             )
         if self.metrics_path is not None and not self.metrics_path.startswith("/"):
             raise ConfigurationError("metrics_path must start with '/' (None: no metrics)")
+        if self.metrics_require_operator and self.metrics_path is None:
+            raise ConfigurationError(
+                "metrics_require_operator has no metrics to protect: set metrics_path too"
+            )
         if self.metrics_require_operator and not (
             self.admin_jwt_secret or self.admin_jwt_public_key
         ):

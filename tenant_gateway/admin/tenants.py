@@ -100,7 +100,7 @@ class TenantHandlers(AdminHandlers):
         updated = await self.services.directory.update_tenant(
             tenant.id,
             changes,
-            self._plan(tenant.plan),
+            self._tenant_plan(tenant),
             self._now(),
             audit=self._entry(request, caller, tenant.id, "tenant.update", tenant.id),
         )
