@@ -165,17 +165,7 @@ class TenantGateway:
         self._public_prefixes = tuple(p[:-1] for p in settings.public_paths if p.endswith("*"))
         self._route_of = settings.route_of
         self.max_body_bytes = settings.max_body_bytes
-        operators = (
-            OperatorAuth(
-                secret=settings.admin_jwt_secret,
-                public_key=settings.admin_jwt_public_key,
-                audience=settings.admin_jwt_audience,
-                issuer=settings.admin_jwt_issuer,
-                max_lifetime=settings.admin_jwt_max_lifetime,
-            )
-            if settings.admin_jwt_secret or settings.admin_jwt_public_key
-            else None
-        )
+        operators = OperatorAuth.configured(settings)
         self.services = Services.create(settings)
         self.meter = Meter(
             self.services.counters,
