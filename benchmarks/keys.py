@@ -1,28 +1,31 @@
 """Many keys, few queries: 2,000 keys called in turn against one key, under the same load, on
 PostgreSQL + Redis.
 
-Not run in CI. ``.venv/bin/python -m benchmarks.keys [--keys 2000] [--duration 60] [--rounds 1]``
+Not run in CI. ``.venv/bin/python -m benchmarks.keys [--keys 2000] [--duration 75] [--rounds 3]``
 
 One tenant (a plan with limits no run reaches, and a monthly quota, so every call takes the
 exact decision in Redis) gets ``--keys`` API keys through the admin API. Then, for each variant,
 a fresh gateway process (``benchmarks.apps:gateway_app``: the bare ping app, which queries no
 database itself, behind the gateway; one uvicorn worker, pinned to core 0, the load generator to
-core 1) serves ``benchmarks.load`` with ``--connections`` connections as fast as answers come,
-for ``--duration`` seconds: *one* sends every call with the same key; *many* sends call *i* with
-key *i* mod ``--keys``, so each key comes back only after all the others.
+core 1) serves ``benchmarks.load`` with ``--connections`` connections as fast as answers come:
+*one* sends every call with the same key; *many* sends call *i* with key *i* mod ``--keys``, so
+each key comes back only after all the others. Rounds interleave the variants (medians shown).
 
-The cache starts cold, and the default minute of load holds what a minute of the steady state
-costs: one load of every key (each is then trusted 60 s, ``key_cache_long_ttl``, while the
-Redis subscription confirms it hears every change) and one ``last_used_at`` write of each.
+The cache starts cold. The warm-up calls every key once (each a directory query; its seconds
+are shown), then ``--duration`` seconds are measured alone: requests, req/s, p50 and p99
+latency and the server's CPU time per request. The default 75 s holds what the steady state
+costs beyond the warm-up: each key is trusted 60 s (``key_cache_long_ttl``, while the Redis
+subscription confirms it hears every change) and then reloaded once, in the background, and
+its ``last_used_at`` written at most once a minute, in one statement per flush.
 
-Per variant it prints requests, req/s, p50 and p99 latency, PostgreSQL transactions per request
-(``xact_commit + xact_rollback`` of the run's database in ``pg_stat_database``, read from another
-database before the server starts and after it has stopped and every connection has gone, so
-they are all the gateway process's, start-up and final flush included; asyncpg's reset of a
-connection going back to its pool counts as one too), ``tg_api_keys`` row updates (the
-``last_used_at`` writes) and the server's CPU time per request; then the ratio many/one. The
-goal: fewer than 0.05 transactions a request and at least 0.9 of one key's throughput. Keep the
-machine otherwise idle; its load average and CPU steal are printed.
+PostgreSQL transactions per request are those of the server's whole life (warm-up, start-up and
+final flush included) over every request it answered: ``xact_commit + xact_rollback`` of the
+run's database in ``pg_stat_database``, read from another database before the server starts and
+after it has stopped and every connection has gone (asyncpg's reset of a connection going back
+to its pool counts as one too); ``tg_api_keys`` row updates are the ``last_used_at`` writes.
+The goal: fewer than 0.05 transactions a request and at least 0.9 of one key's throughput. The
+machine's other load moves req/s by tens of percent between runs: keep it otherwise idle (its
+load average and CPU steal are printed) and use several rounds.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import asyncpg
 from benchmarks.common import (
     ADMIN,
     PG_ADMIN_URL,
+    cpu_seconds,
     http_json,
     markdown_table,
     register,
@@ -52,7 +56,7 @@ from benchmarks.common import (
 )
 from benchmarks.launch import Server
 from benchmarks.load import Load, Request
-from benchmarks.run import cpu_sampler
+from benchmarks.run import machine_ticks
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 PING_PATH = "/api/v1/ping"
@@ -65,8 +69,13 @@ KEY_UPDATES = "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'tg_api
 class Run:
     variant: str
     requests: int
+    """Answered in the measured window (after the warm-up)."""
+    all_requests: int
+    """Answered in the server's whole life, warm-up included (what its transactions served)."""
     failed: int
     seconds: float
+    warm_up: float
+    """Seconds until every key had been called once (each of those a cold load)."""
     p50_ms: float
     p99_ms: float
     transactions: int
@@ -81,7 +90,7 @@ class Run:
 
     @property
     def per_request(self) -> float:
-        return self.transactions / max(1, self.requests)
+        return self.transactions / max(1, self.all_requests)
 
 
 async def _fetch_row(url: str, sql: str, *args: object) -> asyncpg.Record:
@@ -156,14 +165,45 @@ def gateway(database_url: str, prefix: str, log: Path) -> Server:
     )  # fmt: skip
 
 
-async def _load(base: str, keys: Sequence[str], args: argparse.Namespace) -> Load:
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The load after its warm-up: the answers from ``mark`` on, and the server's CPU then."""
+
+    load: Load
+    mark: tuple[int, int]
+    warm_up: float
+    seconds: float
+    cpu_seconds: float
+    steal: float
+
+
+def _cpu(pid: int) -> float:
+    user, kernel = cpu_seconds(pid)
+    return user + kernel
+
+
+async def _load(pid: int, base: str, keys: Sequence[str], args: argparse.Namespace) -> Window:
+    """Every key called once (the warm-up: each a cold load), then ``--duration`` seconds of
+    the steady state, measured alone."""
     calls = [Request("GET", PING_PATH, {"Authorization": f"Bearer {key}"}) for key in keys]
     turn = itertools.count()
     load = Load(base, lambda _: calls[next(turn) % len(calls)], connections=args.connections)
     load.start()
+    await load.until(len(calls))
+    mark, started, cpu_before = load.mark(), time.monotonic(), _cpu(pid)
+    ticks_before, steal_before = machine_ticks()
     await asyncio.sleep(args.duration)
+    cpu_after, (ticks, steal) = _cpu(pid), machine_ticks()
+    seconds = time.monotonic() - started
     await load.stop()
-    return load
+    return Window(
+        load,
+        mark,
+        started - load.started_at,
+        seconds,
+        cpu_after - cpu_before,
+        (steal - steal_before) / max(1, ticks - ticks_before),
+    )
 
 
 def measure(
@@ -174,25 +214,30 @@ def measure(
     before = settled_transactions(database)
     load_average = Path("/proc/loadavg").read_text().split()[0]
     with gateway(database_url, prefix, args.log) as server:
-        with cpu_sampler(server.pid) as cpu:
-            started = time.monotonic()
-            load = asyncio.run(_load(server.base, keys, args))
-            seconds = time.monotonic() - started
+        window = asyncio.run(_load(server.pid, server.base, keys, args))
     after = settled_transactions(database)
     updates_after = key_updates(database_url)
-    answered = len(load.statuses)
-    ok = sum(1 for status in load.statuses if status == 200)
+    load, steady = (
+        window.load,
+        window.load.summary(
+            window.mark, end=window.load.started_at + window.warm_up + window.seconds
+        ),
+    )
+    answered = steady.responses
+    ok = steady.statuses[200]
     return Run(
         variant=variant,
         requests=answered,
-        failed=answered - ok + len(load.errors),
-        seconds=seconds,
-        p50_ms=load.summary().percentile_ms(0.50),
-        p99_ms=load.summary().percentile_ms(0.99),
+        all_requests=len(load.statuses),
+        failed=answered - ok + sum(steady.errors.values()),
+        seconds=window.seconds,
+        warm_up=window.warm_up,
+        p50_ms=steady.percentile_ms(0.50),
+        p99_ms=steady.percentile_ms(0.99),
         transactions=after - before,
         key_updates=updates_after - updates_before,
-        cpu_us=cpu[0].server_seconds / max(1, answered) * 1e6,
-        steal=cpu[0].steal_share,
+        cpu_us=window.cpu_seconds / max(1, answered) * 1e6,
+        steal=window.steal,
         load_average=load_average,
     )
 
@@ -208,12 +253,13 @@ def row(run: Run) -> list[str]:
         f"{run.per_request:.4f}",
         f"{run.key_updates:,}",
         f"{run.cpu_us:.0f}",
+        f"{run.warm_up:.2f}",
     ]
 
 
 HEADERS = (
     "keys", "requests", "req/s", "p50 ms", "p99 ms", "PG xacts", "xacts/request",
-    "key row updates", "server CPU µs/req",
+    "key row updates", "server CPU µs/req", "warm-up s",
 )  # fmt: skip
 
 
@@ -223,8 +269,10 @@ def median_run(runs: Sequence[Run]) -> Run:
     return Run(
         variant=runs[0].variant,
         requests=middle.requests,
+        all_requests=middle.all_requests,
         failed=sum(r.failed for r in runs),
         seconds=middle.seconds,
+        warm_up=statistics.median(r.warm_up for r in runs),
         p50_ms=statistics.median(r.p50_ms for r in runs),
         p99_ms=statistics.median(r.p99_ms for r in runs),
         transactions=middle.transactions,
@@ -238,7 +286,9 @@ def median_run(runs: Sequence[Run]) -> Run:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=2000)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load a run")
+    parser.add_argument(
+        "--duration", type=float, default=75.0, help="seconds measured a run, after the warm-up"
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (medians)")
     args = parser.parse_args(argv)
@@ -265,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     one, many = median_run(runs["one"]), median_run(runs["many"])
     ratio = [
         "many / one", "", f"{many.rate / one.rate:.2f}", f"{many.p50_ms / one.p50_ms:.2f}",
-        f"{many.p99_ms / one.p99_ms:.2f}", "", "", "", f"{many.cpu_us / one.cpu_us:.2f}",
+        f"{many.p99_ms / one.p99_ms:.2f}", "", "", "", f"{many.cpu_us / one.cpu_us:.2f}", "",
     ]  # fmt: skip
     rows = [row(one), row(many), ratio]
     title = (
