@@ -2,12 +2,12 @@
 
 Not run in CI. ``.venv/bin/python -m benchmarks.propagation [--rounds 20]``
 
-SPEC §3 bounds it at one second on every worker process. For each cache setting it starts the
-server (a throw-away ``tg_prop_*`` database, a private Redis prefix in db 11), then, each round,
-creates a key, warms it on both workers (40 calls on fresh connections, which the kernel
-spreads over the two processes), revokes it and calls again on fresh connections until every
-call answers 401. The figure is the time from the revocation's 204 to the start of the first
-round of calls that were all refused. Three settings of the key cache:
+The gateway bounds it at one second on every worker process (docs/security.md). For each cache
+setting it starts the server (a throw-away ``tg_prop_*`` database, a private Redis prefix in db
+11), then, each round, creates a key, warms it on both workers (40 calls on fresh connections,
+which the kernel spreads over the two processes), revokes it and calls again on fresh
+connections until every call answers 401. The figure is the time from the revocation's 204 to
+the start of the first round of calls that were all refused. Three settings of the key cache:
 
 - ``ttl=1 long=60`` (the default): a cached key is trusted a minute while the worker's Redis
   subscription is confirmed, so the pub/sub eviction refuses it (the 1 s is the backstop);

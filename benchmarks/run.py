@@ -307,8 +307,9 @@ def check_halt_polling(nanoseconds: int | None) -> None:
     """``--halt-poll-ns NS``: measure with this KVM guest's idle vCPUs polling NS ns before they
     halt. Waking a halted vCPU takes an inter-processor interrupt, which exits to the
     hypervisor: when a slower server leaves wrk's core idle, nearly every response pays for one
-    (``README``, Performance). The script does not change the machine: unless the setting is
-    already NS, it prints the commands that set it and put it back, for root to run, and stops."""
+    (docs/performance.md, Kernel time). The script does not change the machine: unless the
+    setting is already NS, it prints the commands that set it and put it back, for root to run,
+    and stops."""
     if nanoseconds is None:
         return
     try:

@@ -1,4 +1,4 @@
-"""Invoices (SPEC §6): plan segments prorated to the second, overage, extra seats.
+"""Invoices (docs/billing.md): plan segments prorated to the second, overage, extra seats.
 
 Every amount is computed in exact rational arithmetic and rounded once, half-up, at the line
 level; the total is the sum of the lines. No float ever reaches an amount.

@@ -1,4 +1,4 @@
-"""``tenant-gateway serve | migrate | billing | export | import`` (SPEC §8): the command line.
+"""``tenant-gateway serve | migrate | billing | export | import`` (docs/index.md): the command line.
 With ``serve.py``, the only modules that read the environment."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "--plans",
         metavar="FILE",
         default=None,
-        help="the plans file, JSON or TOML (README, Plans; env TG_PLANS); default: free,"
+        help="the plans file, JSON or TOML (docs/plans.md; env TG_PLANS); default: free,"
         " professional, enterprise",
     )
 
@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         " self-hosted receiver); repeatable; default TG_WEBHOOK_ALLOWED_NETWORKS (comma-separated)",
     )
 
-    # Metrics and logs (README, "Operations: metrics, traces, logs").
+    # Metrics and logs (docs/operations.md).
     operations = serving.add_argument_group("metrics and logs")
     operations.add_argument(
         "--metrics-path",

@@ -1,4 +1,4 @@
-"""The demo app that ``tenant-gateway serve`` wraps: tenant-scoped projects (SPEC §8).
+"""The demo app that ``tenant-gateway serve`` wraps: tenant-scoped projects (docs/index.md).
 
 With a database it keeps projects in a ``projects`` table under row-level security and reads
 it only through ``tenant_transaction()``; without one, in process memory keyed by tenant.

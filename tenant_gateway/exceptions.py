@@ -10,7 +10,7 @@ TenantGatewayError
 ├── WebhookTargetRefused      a webhook URL leads to an address the policy refuses
 ├── ImportRejected            an import stream cannot be imported; nothing was written
 ├── BurstRefused              a tenant's burst window is full (the metering step answers 429)
-├── Refusal                   a request refused for the caller's own reason (SPEC §4)
+├── Refusal                   a request refused for the caller's own reason
 │   ├── InvalidApiKey         malformed, unknown, revoked, expired or deleted
 │   ├── TenantSuspended
 │   ├── AmbiguousCredentials  two credentials that differ in one request

@@ -1,4 +1,4 @@
-"""API key format, generation and hashing (SPEC §3).
+"""API key format, generation and hashing (docs/security.md).
 
 A key is ``tk_`` + 32 URL-safe characters (192 random bits) + a 6-character base62 CRC-32
 checksum of what precedes it. The checksum lets the gateway reject a mistyped or invented key

@@ -1,4 +1,4 @@
-"""Plan enforcement for one admitted key: burst rate, then the monthly quota (SPEC §2, §5).
+"""Plan enforcement for one admitted key: burst rate, then the monthly quota (docs/plans.md).
 
 One counter round trip decides the quota and returns the count the ``RateLimit`` header and
 the threshold events need. Refusals raise a ``Refusal`` that already carries its headers.

@@ -1,4 +1,4 @@
-"""``TenantGateway``: the pure-ASGI middleware (SPEC §1).
+"""``TenantGateway``: the pure-ASGI middleware (docs/embedding.md).
 
 For each HTTP or websocket request to the wrapped app:
 key → tenant (cached) → role → body size → burst limit → monthly quota (one atomic counter

@@ -1,4 +1,5 @@
-"""The catalogue of refusals (SPEC §4) and their RFC 9457 rendering: the HTTP layer's.
+"""The catalogue of refusals and their RFC 9457 rendering: the HTTP layer's (every code:
+docs/admin-api.md, Error codes).
 
 Each constructor returns a ``Problem``; raising it anywhere under the gateway or the
 admin app produces the same ``application/problem+json`` body with a stable ``code``.

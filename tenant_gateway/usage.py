@@ -1,4 +1,4 @@
-"""Usage recording off the hot path, and the usage report (SPEC §6).
+"""Usage recording off the hot path, and the usage report (docs/plans.md, Usage).
 
 On a plan with a monthly quota, admitted calls and quota refusals are counted by the quota
 decision itself (``quota.py``). Everything else is tallied here in process memory with no

@@ -1,7 +1,7 @@
-"""The failover drills of issue 19, under load, through a real ``tenant-gateway serve`` on
+"""The failover drills, under load, through a real ``tenant-gateway serve`` on
 PostgreSQL and Redis servers started here (``tests/sentinels.py``).
 
-Each prints its figures (``pytest -s``): the README's "Scaling out" quotes them."""
+Each prints its figures (``pytest -s``): docs/scaling.md quotes them."""
 
 from __future__ import annotations
 

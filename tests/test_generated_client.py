@@ -32,7 +32,7 @@ post_hooks: []
 content_type_overrides:
   application/x-ndjson: application/octet-stream
 """
-"""As the README says to generate it; no formatting hooks (the code is only imported)."""
+"""As docs/admin.md says to generate it; no formatting hooks (the code is only imported)."""
 
 
 @pytest.fixture(scope="session")

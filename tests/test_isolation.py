@@ -1,4 +1,4 @@
-"""Row-level security under attack (SPEC §7): catalogue guard, cross-tenant probes as the
+"""Row-level security under attack (docs/isolation.md): catalogue guard, cross-tenant probes as the
 runtime role, pool hygiene, random interleavings, and the FastAPI dependency example."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Key format, checksum and hashing (SPEC §3)."""
+"""Key format, checksum and hashing (docs/security.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TenantGateway over ASGI: authentication, refusals (SPEC §4), headers (SPEC §5), context."""
+"""TenantGateway over ASGI: authentication, refusals, headers (docs/plans.md), context."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Changes reach every worker process through Redis pub/sub (SPEC §3; the latency, which the
-SPEC bounds at one second, is measured by benchmarks/propagation.py)."""
+"""Changes reach every worker process through Redis pub/sub (docs/security.md, Propagation; the
+latency, bounded at one second, is measured by benchmarks/propagation.py)."""
 
 from __future__ import annotations
 

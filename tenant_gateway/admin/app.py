@@ -1,4 +1,4 @@
-"""The admin sub-app mounted at ``/api/v1/tenants`` (SPEC §6).
+"""The admin sub-app mounted at ``/api/v1/tenants`` (docs/admin.md).
 
 Admin calls are authenticated here (operator JWT or the tenant's own key), are not metered,
 and every change is written to the tenant's audit log by the directory, in the same transaction

@@ -249,7 +249,7 @@ class Database:
     @asynccontextmanager
     async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[PooledConnection]:
         """A transaction as the runtime role with the tenant context set, so the isolation
-        policies filter every statement (see the README for what that does not cover)."""
+        policies filter every statement (docs/isolation.md says what that does not cover)."""
         if not tenant_id:
             raise NoTenantContext("a tenant transaction needs a tenant id")
         async with self.connection() as conn, conn.transaction():
