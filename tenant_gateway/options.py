@@ -124,7 +124,7 @@ OPTIONS: tuple[Option, ...] = (
         name="admin_jwt_max_lifetime",
         group=_ADMIN,
         help="seconds an operator token may live at most, from its `iat` (or now) to its `exp`"
-        " (flag and variable: also `30m`, `12h`, `7d`); None (`none`): no limit",
+        " (flag and variable: also `30m`, `12h`, `7d`); `none` (None): no limit",
         flag="--admin-jwt-max-lifetime",
         env="TG_ADMIN_JWT_MAX_LIFETIME",
         commands=_OPERATORS,
@@ -427,7 +427,7 @@ def add_flags(parser: argparse.ArgumentParser, command: str, environ: Mapping[st
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in for_command(command):
         if option.group not in groups:
-            groups[option.group] = parser.add_argument_group(option.group.lower())
+            groups[option.group] = parser.add_argument_group(option.group)
         option.add_to(groups[option.group], environ)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -204,6 +205,26 @@ def test_operator_tokens_from_the_flag_satisfy_the_metrics_setting(
         main(["serve", "--metrics-require-operator", "--admin-jwt-secret", "s" * 32])
     assert environment[0]["admin_jwt_secret"] == "s" * 32
     assert "serving the demo app" in capsys.readouterr().out
+
+
+def test_serve_takes_its_variables_and_hands_them_to_the_workers(
+    environment: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps({"plans": {"starter": _plan(0)}}))
+    monkeypatch.setenv("TG_PLANS", str(plans))
+    monkeypatch.setenv("TG_FLUSH_INTERVAL", "0.5")
+    with pytest.raises(Served):
+        main(["serve", "--redis-key-prefix", "gw2:"])
+    (settings,) = environment
+    assert settings["plans"] == str(plans) and settings["usage_flush_interval"] == 0.5
+    assert '"plan": "starter"' in capsys.readouterr().out
+    handed = {name: os.environ.get(name) for name in ("TG_PLANS", "TG_FLUSH_INTERVAL")}
+    assert handed == {"TG_PLANS": str(plans), "TG_FLUSH_INTERVAL": "0.5"}
+    assert os.environ["TG_REDIS_KEY_PREFIX"] == "gw2:"
 
 
 def _plan(price: int) -> dict[str, int | None]:
