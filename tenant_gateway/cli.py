@@ -37,9 +37,9 @@ from tenant_gateway.serve import fail, preflight, unreachable
 from tenant_gateway.services import Services
 from tenant_gateway.settings import Settings
 
-__all__ = ["DESCRIPTION", "main"]
+__all__ = ["main"]
 
-DESCRIPTION = (
+_DESCRIPTION = (
     "Run the demo app behind the gateway, apply its schema, close a month's invoices, move a"
     " tenant's data, or mint an operator token. Each setting's flag defaults to its TG_*"
     " variable (docs/configuration.md)."
@@ -50,7 +50,7 @@ def _parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser
     """The command line. Each setting's flag (``options``) defaults to its ``TG_*`` variable in
     ``environ`` (the process's environment; none for the configuration reference)."""
     env = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="tenant-gateway", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="tenant-gateway", description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serving = commands.add_parser("serve", help="run the demo app behind the gateway")
@@ -114,6 +114,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _close_period(args: argparse.Namespace, period: Period) -> int:
+    await preflight(None, args.redis_url)  # read only for tenants with usage: checked first
     services = Services.create(
         Settings(
             database_url=args.database_url,
@@ -123,7 +124,6 @@ async def _close_period(args: argparse.Namespace, period: Period) -> int:
             allow_signup=False,
         )
     )
-    await preflight(None, args.redis_url)  # read only for tenants with usage: checked first
     await services.directory.start()
     try:
         return await services.billing.close_period(period)

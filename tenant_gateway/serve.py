@@ -100,6 +100,27 @@ def build_app() -> TenantGateway:
     return TenantGateway(build_demo_app(settings["database_url"]), **settings)
 
 
+def _unbindable(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on ``host:port`` (as it binds: ``SO_REUSEADDR``), if it
+    could not; checked before the banner says the gateway serves there."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        return f"--host {host!r} is not an address to listen on ({exc.strerror}): fix --host"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return (
+                f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port (or"
+                " --host), or stop what listens there"
+            )
+    return None
+
+
 def _example_plan(catalog: PlanCatalog, offered: list[str] | None) -> str:
     """A plan the banner's sign-up can choose: ``free`` if it may, else the cheapest."""
     names = offered or list(catalog)
@@ -148,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(preflight(database_url, redis_url, demo=True))
     except StoreUnavailable as exc:
         return fail(unreachable(exc, serving=True))
+    taken = _unbindable(settings["host"], settings["port"])
+    if taken:
+        return fail(taken)
     to_environment(args, os.environ)  # workers are processes: they read the environment
     stores = (
         "PostgreSQL + Redis"
@@ -158,12 +182,17 @@ def run(args: argparse.Namespace) -> int:
     register = f"curl -s -X POST {base}/api/v1/tenants/register -H 'Content-Type: application/json'"
     if not settings["allow_signup"]:  # sign-up is the operators'
         register += ' -H "Authorization: Bearer $(tenant-gateway token --sub you)"'
-    body = {"name": "Acme Corp", "plan": _example_plan(catalog, offered)}
-    body["admin_email"] = "admin@acme.com"
+    plan = _example_plan(catalog, offered)
+    body = json.dumps({"name": "Acme Corp", "plan": plan, "admin_email": "admin@acme.com"})
     banner = [
         f"tenant-gateway: serving the demo app on {base} (stores: {stores})",
-        f"register a tenant:\n  {register} -d '{json.dumps(body)}'",
+        f"register a tenant:\n  {register} -d '{body}'",
     ]
+    if not settings["allow_signup"] and not settings["admin_jwt_secret"]:
+        banner.append(
+            "note: sign-up is closed and operator tokens are off, so no tenant can register:"
+            " set TG_ADMIN_JWT_SECRET or --admin-jwt-secret"
+        )
     if bool(database_url) != bool(redis_url):
         banner.append(
             "note: only one of --database-url/--redis-url given; the other store is memory"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -189,6 +190,20 @@ def test_a_bad_serve_setting_names_its_flag_and_variable(
     assert said in err and "short-secret" not in err
 
 
+def test_a_taken_port_or_an_unknown_host_is_refused_before_the_banner(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        err = one_line(capsys, ["serve", "--port", port])
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in err
+    assert "choose another --port" in err
+    err = one_line(capsys, ["serve", "--host", "no-such-host.invalid"])
+    assert "--host 'no-such-host.invalid' is not an address to listen on" in err
+
+
 def test_a_short_secret_is_refused_before_anything_is_printed_as_served() -> None:
     """The whole process: nothing on stdout (the banner comes after every check)."""
     result = run_cli("serve", "--port", str(free_port()), "--admin-jwt-secret", "x" * 31)
@@ -258,12 +273,18 @@ def test_the_banner_suggests_a_plan_sign_up_may_choose(
 
 
 def test_with_sign_up_closed_the_banner_registers_as_an_operator(
-    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(Served):
         main(["serve", "--no-signup", "--admin-jwt-secret", "s" * 32])
     out = capsys.readouterr().out
     assert '-H "Authorization: Bearer $(tenant-gateway token --sub you)"' in out
+    assert "no tenant can register" not in out
+    monkeypatch.delenv("TG_ADMIN_JWT_SECRET")  # serve handed it on to its workers
+    with pytest.raises(Served):
+        main(["serve", "--no-signup"])
+    out = capsys.readouterr().out
+    assert "note: sign-up is closed and operator tokens are off, so no tenant can register" in out
 
 
 def test_export_and_import_of_an_unknown_tenant_say_what_to_do(
