@@ -45,9 +45,9 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]
     """No TG_* variable from outside, every one a test or ``serve`` sets restored after; and
     ``serve`` stops where it would start uvicorn, keeping the settings it would serve with."""
     for option in OPTIONS:
-        if option.env:
-            monkeypatch.delenv(option.env, raising=False)
-    monkeypatch.delenv("TG_DATABASE_URL", raising=False)
+        if option.env:  # set first: monkeypatch restores only what it changed
+            monkeypatch.setenv(option.env, "")
+            monkeypatch.delenv(option.env)
     served: list[dict[str, Any]] = []
 
     def stop(settings: dict[str, Any]) -> None:
