@@ -69,6 +69,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "accesslog",
         "admin",
         "bodies",
+        "console",
         "demo",
         "exchange",
         "frameworks",
@@ -78,7 +79,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "problems",
         "tracing",
     ),
-    "entry": ("__init__", "cli", "option", "options", "reference", "serve"),
+    "entry": ("__init__", "cli", "option", "options", "progress", "reference", "serve"),
 }
 """Layer → modules (a package name stands for every module in it), lowest layer first."""
 

@@ -34,14 +34,14 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 from tenant_gateway.clock import Clock, Period, format_timestamp
 from tenant_gateway.directory import TenantDirectory
-from tenant_gateway.exceptions import ConfigurationError
+from tenant_gateway.exceptions import PlanNotConfigured
 from tenant_gateway.invoices import InvoiceStore
 from tenant_gateway.ledger import UsageLedger, period_tallies
 from tenant_gateway.models import PlanChange, Tenant
@@ -83,7 +83,7 @@ class Segment:
 def _plan(plans: PlanCatalog, name: str) -> Plan:
     plan = plans.get(name)
     if plan is None:
-        raise ConfigurationError(f"plan {name!r} is not in the catalogue; cannot price it")
+        raise PlanNotConfigured(name)
     return plan
 
 
@@ -354,8 +354,11 @@ class Billing:
 
         return await self._invoices.issue(tenant.id, str(period), issued_at, render)
 
-    async def close_period(self, period: Period) -> int:
-        """Issue every live tenant's invoice for an ended period; returns how many were new."""
+    async def close_period(
+        self, period: Period, progress: Callable[[], None] = lambda: None
+    ) -> int:
+        """Issue every live tenant's invoice for an ended period, calling ``progress`` after
+        each tenant; returns how many were new."""
         if self._clock() < period.end.timestamp():
             raise ValueError(f"period {period} has not ended")
         done = await self._invoices.invoiced_tenants(str(period))
@@ -368,11 +371,10 @@ class Billing:
             for tenant in page:
                 if tenant.id not in done and tenant.created_at < period.end:
                     try:
-                        _, created = await self._issue(tenant, period)
-                    except ConfigurationError as exc:  # one tenant's bad plan stops no other
+                        issued += (await self._issue(tenant, period))[1]
+                    except PlanNotConfigured as exc:  # one tenant's bad plan stops no other
                         logger.error("invoice of %s for %s not issued: %s", tenant.id, period, exc)
-                        continue
-                    issued += created
+                progress()
             after = page[-1].id
 
     async def close_due(self) -> int | None:

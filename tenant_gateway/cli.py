@@ -30,8 +30,10 @@ from tenant_gateway.options import add_flags, values
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
+from tenant_gateway.postgres.transfer import header_rows
 from tenant_gateway.postgres.transfer_export import export_tenant
-from tenant_gateway.postgres.transfer_import import import_tenant, numbered_lines
+from tenant_gateway.postgres.transfer_import import MAX_LINE_BYTES, import_tenant, numbered_lines
+from tenant_gateway.progress import Progress
 from tenant_gateway.redis.connect import open_counters
 from tenant_gateway.serve import fail, preflight, unreachable
 from tenant_gateway.services import Services
@@ -44,6 +46,7 @@ _DESCRIPTION = (
     " tenant's data, or mint an operator token. Each setting's flag defaults to its TG_*"
     " variable (docs/configuration.md)."
 )
+QUIET_HELP = "no progress line (shown on stderr only when it is a terminal)"
 
 
 def _parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -61,10 +64,12 @@ def _parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser
     close = billing_commands.add_parser("close", help="issue every tenant's invoice for a month")
     add_flags(close, "billing close", env)
     close.add_argument("--period", required=True, metavar="YYYY-MM", help="the month to close")
+    close.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
 
     export = commands.add_parser("export", help="write a tenant's data as NDJSON to stdout")
     add_flags(export, "export", env)
     export.add_argument("--tenant", required=True, help="the id of the tenant to export")
+    export.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
 
     load = commands.add_parser(
         "import", help="load an export from stdin into a tenant: the app's tables and the users"
@@ -73,6 +78,7 @@ def _parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser
     load.add_argument(
         "--tenant", required=True, help="the id of the tenant to load into (registered already)"
     )
+    load.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
     load.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
     load.add_argument("--app-only", action="store_true", help="skip the gateway's own tables")
     load.add_argument(
@@ -126,7 +132,9 @@ async def _close_period(args: argparse.Namespace, period: Period) -> int:
     )
     await services.directory.start()
     try:
-        return await services.billing.close_period(period)
+        label = f"billing close {period}"
+        with Progress.on_terminal(label, quiet=args.quiet, unit="tenants") as progress:
+            return await services.billing.close_period(period, lambda: progress.add(1))
     finally:
         await services.counters.close()
         await services.directory.close()
@@ -149,9 +157,28 @@ def _billing(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stdin_chunks() -> AsyncIterator[bytes]:
+async def _stdin_chunks(progress: Progress) -> AsyncIterator[bytes]:
+    """Standard input, counted: rows (lines after the header, whose row counts are the
+    total) and bytes."""
+    head: bytes | None = b""  # the header line until it is whole, then None
     while chunk := await asyncio.to_thread(sys.stdin.buffer.read, 1 << 16):
+        rows = chunk.count(b"\n")
+        if head is not None and rows:
+            head += chunk[: chunk.index(b"\n")]
+            progress.total, head, rows = header_rows(head), None, rows - 1
+        elif head is not None and len(head) < MAX_LINE_BYTES:
+            head += chunk
+        progress.add(rows, len(chunk))
         yield chunk
+
+
+def _export_chunk(progress: Progress, chunk: bytes) -> None:
+    """Count a chunk of the export: the header alone first, whole lines after it."""
+    if progress.size == 0:
+        progress.total = header_rows(chunk)
+        progress.add(0, len(chunk))
+    else:
+        progress.add(chunk.count(b"\n"), len(chunk))
 
 
 async def _transfer(args: argparse.Namespace) -> int:
@@ -165,36 +192,41 @@ async def _transfer(args: argparse.Namespace) -> int:
         tenant = await directory.get_tenant(args.tenant)
         if tenant is None:
             return fail(_no_tenant(args))
+        label = f"{args.command} {tenant.id}"
+        progress = Progress.on_terminal(label, quiet=args.quiet)
         if args.command == "export":
             rows = export_tenant(database, tenant.id, datetime.now(UTC))
             async with contextlib.aclosing(rows):  # closed before the pool, even on a broken pipe
                 try:
-                    async for line in rows:
-                        sys.stdout.buffer.write(line)
-                    sys.stdout.buffer.flush()
+                    with progress:
+                        async for chunk in rows:
+                            sys.stdout.buffer.write(chunk)
+                            _export_chunk(progress, chunk)
+                        sys.stdout.buffer.flush()
                 except BrokenPipeError:
                     return 1
             return 0
         plan = plans.get(tenant.plan)
         try:
-            result = await import_tenant(
-                database,
-                tenant.id,
-                numbered_lines(_stdin_chunks()),
-                dry_run=args.dry_run,
-                app_only=args.app_only,
-                seat_limit=effective_seat_limit(plan, tenant) if plan else None,
-                check_user=checked_user,
-                with_usage=args.with_usage,
-                audit=AuditEntry(
-                    tenant_id=tenant.id,
-                    actor="cli",
-                    action="tenant.import",
-                    target=None,
-                    at=datetime.now(UTC),
-                    ip=None,
-                ),
-            )
+            with progress:
+                result = await import_tenant(
+                    database,
+                    tenant.id,
+                    numbered_lines(_stdin_chunks(progress)),
+                    dry_run=args.dry_run,
+                    app_only=args.app_only,
+                    seat_limit=effective_seat_limit(plan, tenant) if plan else None,
+                    check_user=checked_user,
+                    with_usage=args.with_usage,
+                    audit=AuditEntry(
+                        tenant_id=tenant.id,
+                        actor="cli",
+                        action="tenant.import",
+                        target=None,
+                        at=datetime.now(UTC),
+                        ip=None,
+                    ),
+                )
         except ImportRejected as exc:
             return fail(f"nothing was imported: {exc}")
         if args.redis_url and result.ledger_periods:

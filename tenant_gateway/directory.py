@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -75,6 +75,12 @@ class TenantDirectory(Protocol):
 
     async def list_tenants(self, *, limit: int, after: str | None) -> list[Tenant]:
         """Live tenants ordered by id, ``limit`` of them, starting after the id ``after``."""
+
+    async def tenants_on_other_plans(
+        self, plans: Collection[str], *, limit: int
+    ) -> tuple[list[tuple[str, str]], int]:
+        """Live tenants whose plan is not in ``plans``: (tenant id, plan) of the first ``limit``
+        by id, and how many there are in all."""
 
     async def update_tenant(
         self,
@@ -229,6 +235,13 @@ class MemoryDirectory:
             if self._live(tenant_id) and (after is None or tenant_id > after)
         )
         return [self._tenants[tenant_id] for tenant_id in ids[:limit]]
+
+    async def tenants_on_other_plans(
+        self, plans: Collection[str], *, limit: int
+    ) -> tuple[list[tuple[str, str]], int]:
+        found = sorted((t.id, t.plan) for t in self._tenants.values() if t.plan not in plans)
+        live = [pair for pair in found if self._live(pair[0])]
+        return live[:limit], len(live)
 
     def _check_seats(self, tenant: Tenant, plan: Plan) -> None:
         users = len(self._users[tenant.id])

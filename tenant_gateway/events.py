@@ -40,7 +40,7 @@ from tenant_gateway.client_limits import ClientLimiter, limiter_for
 from tenant_gateway.clock import Clock, Sleep, format_timestamp
 from tenant_gateway.directory import TenantDirectory
 from tenant_gateway.exceptions import StoreUnavailable, WebhookTargetRefused
-from tenant_gateway.ledger import UsageLedger
+from tenant_gateway.ledger import DeliveryOutcome, UsageLedger
 from tenant_gateway.netpolicy import TENANT_EXTENSION, PinnedTransport, WebhookPolicy
 
 __all__ = [
@@ -231,6 +231,7 @@ class EventDispatcher:
                 logger.exception("quota hook failed for %s", event.id)
         target = await self._directory.webhook_target(event.tenant_id)
         if target is None:
+            await self._finish(event, "no_webhook", 0, None)
             return
         url, secret = target
         body = json.dumps(event.to_json(), separators=(",", ":")).encode()
@@ -254,11 +255,13 @@ class EventDispatcher:
                         status = response.status_code  # leaving unread closes the connection
                 if status < 300:
                     self.deliveries["delivered"] += 1
+                    await self._finish(event, "delivered", attempt, None)
                     return
                 error = f"HTTP {status}"  # a redirect too: never followed
             except (WebhookTargetRefused, httpx.InvalidURL) as exc:
                 logger.warning("webhook %s dropped: %s", event.id, exc)
                 self.deliveries["dropped"] += 1
+                await self._finish(event, "dropped", attempt, str(exc))
                 return
             except httpx.HTTPError as exc:
                 error = type(exc).__name__
@@ -269,3 +272,20 @@ class EventDispatcher:
                 await self._sleep(delay)
                 delay *= 2
         self.deliveries["failed"] += 1
+        await self._finish(event, "failed", self._attempts, error)
+
+    async def _finish(
+        self, event: QuotaEvent, outcome: DeliveryOutcome, attempts: int, error: str | None
+    ) -> None:
+        """Record the outcome for the tenant's view; an outage loses the record, not the event."""
+        try:
+            await self._ledger.finish_event(
+                (event.tenant_id, event.period),
+                event.threshold,
+                outcome,
+                attempts=attempts,
+                error=error,
+                at=datetime.fromtimestamp(self._clock(), UTC),
+            )
+        except StoreUnavailable as exc:
+            logger.warning("outcome of %s not recorded: %s", event.id, exc)

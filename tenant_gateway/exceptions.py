@@ -2,6 +2,7 @@
 
 TenantGatewayError
 ├── ConfigurationError        bad constructor argument or plans file
+│   └── PlanNotConfigured     a tenant is on a plan the plans catalogue does not have
 ├── StoreUnavailable          Postgres or Redis could not be reached (wraps the driver error)
 │   └── StoreBusy             it answered, but a lock the work needed stayed held too long
 ├── NoTenantContext           a tenant query was attempted outside a resolved request
@@ -38,6 +39,7 @@ __all__ = [
     "ImportRejected",
     "InvalidApiKey",
     "NoTenantContext",
+    "PlanNotConfigured",
     "Problem",
     "QuotaExceeded",
     "Refusal",
@@ -63,6 +65,18 @@ class TenantGatewayError(Exception):
 
 class ConfigurationError(TenantGatewayError):
     """A constructor argument, plans file or URL is not usable."""
+
+
+class PlanNotConfigured(ConfigurationError):
+    """A tenant is on a plan the catalogue does not have (it was removed from the plans file):
+    the operator must add it back, or move the tenant to another plan."""
+
+    def __init__(self, plan: str) -> None:
+        super().__init__(
+            f"plan {plan!r} is not in the plans catalogue: add it to the plans file, or move the"
+            " tenant to another plan"
+        )
+        self.plan = plan
 
 
 class StoreUnavailable(TenantGatewayError):

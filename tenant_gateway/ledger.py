@@ -10,14 +10,52 @@ the written value: retried, duplicated or reordered flushes never double-count o
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
+from tenant_gateway.clock import format_timestamp
 from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import CounterStore
 from tenant_gateway.tallies import HYDRATED, sound_tallies
 
-__all__ = ["MemoryLedger", "UsageLedger", "merge_tallies", "period_tallies"]
+__all__ = [
+    "Delivery",
+    "DeliveryOutcome",
+    "MemoryLedger",
+    "UsageLedger",
+    "merge_tallies",
+    "period_tallies",
+]
+
+DeliveryOutcome = Literal["delivered", "failed", "dropped", "no_webhook"]
+
+RECENT_DELIVERIES = 20
+"""How many of a tenant's latest quota events ``recent_events`` answers at most."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A quota event and how its webhook delivery ended (``outcome`` None: not yet)."""
+
+    period: str
+    threshold: int
+    created_at: datetime
+    outcome: DeliveryOutcome | None = None
+    attempts: int = 0
+    finished_at: datetime | None = None
+    last_error: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "period": self.period,
+            "threshold": self.threshold,
+            "created_at": format_timestamp(self.created_at),
+            "outcome": self.outcome or "pending",
+            "attempts": self.attempts,
+            "finished_at": self.finished_at and format_timestamp(self.finished_at),
+            "last_error": self.last_error,
+        }
 
 
 class UsageLedger(Protocol):
@@ -29,6 +67,21 @@ class UsageLedger(Protocol):
 
     async def claim_event(self, key: UsageKey, threshold: int, at: datetime) -> bool:
         """True for exactly one caller per (tenant, period, threshold), across all workers."""
+
+    async def finish_event(
+        self,
+        key: UsageKey,
+        threshold: int,
+        outcome: DeliveryOutcome,
+        *,
+        attempts: int,
+        error: str | None,
+        at: datetime,
+    ) -> None:
+        """Record how a claimed event's delivery ended."""
+
+    async def recent_events(self, tenant_id: str) -> list[Delivery]:
+        """The tenant's latest quota events (at most ``RECENT_DELIVERIES``), newest first."""
 
 
 def merge_tallies(*tallies: Mapping[str, int]) -> dict[str, int]:
@@ -54,7 +107,7 @@ async def period_tallies(
 class MemoryLedger:
     def __init__(self) -> None:
         self._rows: dict[UsageKey, dict[str, int]] = {}
-        self._events: set[tuple[str, str, int]] = set()
+        self._events: dict[tuple[str, str, int], Delivery] = {}
 
     async def read(self, key: UsageKey) -> dict[str, int]:
         return dict(self._rows.get(key, {}))
@@ -69,5 +122,27 @@ class MemoryLedger:
         event = (key[0], key[1], threshold)
         if event in self._events:
             return False
-        self._events.add(event)
+        self._events[event] = Delivery(key[1], threshold, at)
         return True
+
+    async def finish_event(
+        self,
+        key: UsageKey,
+        threshold: int,
+        outcome: DeliveryOutcome,
+        *,
+        attempts: int,
+        error: str | None,
+        at: datetime,
+    ) -> None:
+        event = (key[0], key[1], threshold)
+        claimed = self._events.get(event)
+        if claimed is not None:
+            self._events[event] = Delivery(
+                claimed.period, threshold, claimed.created_at, outcome, attempts, at, error
+            )
+
+    async def recent_events(self, tenant_id: str) -> list[Delivery]:
+        mine = [d for (t, _, _), d in self._events.items() if t == tenant_id]
+        mine.sort(key=lambda d: (d.created_at, d.threshold), reverse=True)
+        return mine[:RECENT_DELIVERIES]

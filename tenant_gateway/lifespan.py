@@ -2,9 +2,12 @@
 
 A server that sends lifespan events (uvicorn, hypercorn, granian) starts the gateway before
 the first request and stops it — the final usage flush — before it exits; ``relay`` answers
-them for the gateway and the wrapped app together. A server that sends none (daphne, uvicorn
-``--lifespan off``) leaves the gateway to start on its first request; ``FinalFlush`` then stops
-it when the process ends, so the usage of the last flush interval still reaches the stores.
+them for the gateway and the wrapped app together. A gateway that cannot start answers
+``lifespan.startup.failed`` with one line saying why (``start_failure``), so the server exits
+rather than serve errors; the wrapped app is then not started. A server that sends none
+(daphne, uvicorn ``--lifespan off``) leaves the gateway to start on its first request;
+``FinalFlush`` then stops it when the process ends, so the usage of the last flush interval
+still reaches the stores.
 """
 
 from __future__ import annotations
@@ -13,17 +16,20 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import math
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any, TypeAlias
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
+from tenant_gateway import problems
+from tenant_gateway.exceptions import ConfigurationError, Problem, StoreUnavailable
 
-__all__ = ["FinalFlush", "relay"]
+__all__ = ["FinalFlush", "StartFailures", "expected_failure", "relay", "start_failure"]
 
 logger = logging.getLogger("tenant_gateway")
 
@@ -37,10 +43,17 @@ async def relay(
     """Start before the wrapped app does, stop after it has; relay every event."""
     app_answered = app_finished = False
     startup_message = await receive()
+    failure = None
     try:
         await startup()
-    except (StoreUnavailable, ConfigurationError) as exc:
-        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+    except Exception as exc:  # whatever it is: never read as "no lifespan support", then served
+        failure = start_failure(exc)
+        if not expected_failure(exc):
+            logger.error("the gateway failed to start", exc_info=exc)
+    if failure is not None:
+        # Sent outside the handler: a server that raises on it (hypercorn) then shows its own
+        # error alone, not ours chained to it.
+        await send({"type": "lifespan.startup.failed", "message": failure})
         return
     replayed = False
 
@@ -75,6 +88,38 @@ async def relay(
         return
     if not app_finished:
         await shutdown()
+
+
+def expected_failure(exc: Exception) -> bool:
+    """A store that cannot be reached or used, or a configuration the gateway refuses: the
+    operator's to fix, said in one line. Anything else is a fault of the gateway's own, whose
+    traceback is worth logging."""
+    return isinstance(exc, (StoreUnavailable, ConfigurationError))
+
+
+def start_failure(exc: Exception) -> str:
+    """The one line that says why the gateway could not start."""
+    if expected_failure(exc):
+        return " ".join(str(exc).split())
+    return " ".join(f"the gateway failed to start: {type(exc).__name__}: {exc}".split())
+
+
+class StartFailures:
+    """A gateway that starts on its first request (the server sends no lifespan events) and
+    cannot: each request answers 503 ``gateway_not_started`` and tries again; the reason is
+    logged once per 10 s, not once per request."""
+
+    def __init__(self) -> None:
+        self._logged = -math.inf
+
+    def answer(self, exc: Exception) -> Problem:
+        now = time.monotonic()
+        if now - self._logged >= 10.0:
+            self._logged = now
+            trace = None if expected_failure(exc) else exc
+            logger.error("the gateway could not start: %s", start_failure(exc), exc_info=trace)
+        # An outage may pass by the next request (Retry-After); a configuration error stays.
+        return problems.gateway_not_started(transient=isinstance(exc, StoreUnavailable))
 
 
 class FinalFlush:

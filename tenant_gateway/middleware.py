@@ -37,7 +37,7 @@ from tenant_gateway.exceptions import (
 )
 from tenant_gateway.exchange import BodyTooLarge, Exchange, refuse, refuse_unread, scan_headers
 from tenant_gateway.headers import declared_over
-from tenant_gateway.lifespan import FinalFlush, relay
+from tenant_gateway.lifespan import FinalFlush, StartFailures, relay
 from tenant_gateway.metering import Meter
 from tenant_gateway.metrics import MetricsEndpoint, Sources
 from tenant_gateway.models import Tenant
@@ -90,7 +90,7 @@ class TenantGateway:
         webhook_attempt_timeout: float = 10.0,
         redis_fail_mode: str = "closed",
         health_paths: tuple[str, str] | None = ("/healthz", "/readyz"),
-        metrics_path: str | None = "/metrics",
+        metrics_path: str | None = None,
         metrics_require_operator: bool = False,
         tracer_provider: object | None = None,
         route_of: RouteOf | None = None,
@@ -100,6 +100,7 @@ class TenantGateway:
         transfer_min_rate: int = 1024,
         transfer_max_duration: float = 3600.0,
         admin_tenant_concurrency: int = 4,
+        console_path: str | None = "/console",
         clock: Clock = system_clock,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -144,6 +145,7 @@ class TenantGateway:
             transfer_min_rate=transfer_min_rate,
             transfer_max_duration=transfer_max_duration,
             admin_tenant_concurrency=admin_tenant_concurrency,
+            console_path=console_path,
             clock=clock,
             sleep=sleep,
         )
@@ -163,17 +165,7 @@ class TenantGateway:
         self._public_prefixes = tuple(p[:-1] for p in settings.public_paths if p.endswith("*"))
         self._route_of = settings.route_of
         self.max_body_bytes = settings.max_body_bytes
-        operators = (
-            OperatorAuth(
-                secret=settings.admin_jwt_secret,
-                public_key=settings.admin_jwt_public_key,
-                audience=settings.admin_jwt_audience,
-                issuer=settings.admin_jwt_issuer,
-                max_lifetime=settings.admin_jwt_max_lifetime,
-            )
-            if settings.admin_jwt_secret or settings.admin_jwt_public_key
-            else None
-        )
+        operators = OperatorAuth.configured(settings)
         self.services = Services.create(settings)
         self.meter = Meter(
             self.services.counters,
@@ -201,6 +193,7 @@ class TenantGateway:
         self._final_flush: FinalFlush | None = None
         self._told_no_lifespan = False
         self._outage_logged: dict[str, float] = {}
+        self._start_failures = StartFailures()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -256,8 +249,8 @@ class TenantGateway:
         if not self._started:
             try:
                 await self._start_without_lifespan()
-            except StoreUnavailable as exc:
-                await refuse(problems.service_unavailable(str(exc)), scope, receive, send)
+            except Exception as exc:  # 503; the next request tries again
+                await refuse(self._start_failures.answer(exc), scope, receive, send)
                 return
         path: str = scope["path"]
         if path == self.admin_prefix or path.startswith(self._admin_subpaths):
@@ -334,7 +327,7 @@ class TenantGateway:
                 raise problems.forbidden(f"A {principal.key.role.value} key may not call the API.")
             plan = self._plans.get(tenant.plan)
             if plan is None:
-                raise problems.service_unavailable(f"plan {tenant.plan!r} is not configured")
+                raise problems.plan_not_configured(tenant.plan)
             # Most calls have no body (HTTP/1, neither header): decided here without a call.
             bodiless = length is None and not encoded and scope.get("http_version", "1.1") < "2"
             unframed = not bodiless and not self._framed(length, encoded)

@@ -86,6 +86,9 @@ class Option:
     ``Settings`` field alone, or how ``serve`` runs (``--host``)."""
     serve_default: str = ""
     """The text default of a ``serve`` setting (the others have their Python default's)."""
+    flag_default: str | None = None
+    """The flag's and variable's default, where the command line's differs from the keyword
+    argument's (``--metrics-path``: ``serve`` owns its app, so it has metrics)."""
     shown_default: str | None = None
     """How the reference shows the Python default (Markdown), where its ``repr`` will not do."""
 
@@ -100,7 +103,9 @@ class Option:
 
     @property
     def default_text(self) -> str:
-        """The default as the flag or the variable spells it."""
+        """The default of the flag and the variable, as they spell it."""
+        if self.flag_default is not None:
+            return self.flag_default
         return self.serve_default if self.target == "serve" else as_text(self.default)
 
     def environment_text(self, environ: Mapping[str, str]) -> str:

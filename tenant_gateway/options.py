@@ -153,6 +153,24 @@ OPTIONS: tuple[Option, ...] = (
         help="admin requests one tenant may run at once in a process (operators not counted)",
     ),
     Option(
+        name="console_path",
+        group=_ADMIN,
+        help="where the web console is served, under `admin_prefix`; None: no console",
+    ),
+    Option(
+        name="console_secret",
+        group=_ADMIN,
+        help="signs the console's session cookies, the same in every process (unset: derived"
+        " from `admin_jwt_secret` if set, else random per process; `Settings` only)",
+        target="settings",
+    ),
+    Option(
+        name="console_session_lifetime",
+        group=_ADMIN,
+        help="seconds a console session lasts from sign-in, 60 s to 7 days (`Settings` only)",
+        target="settings",
+    ),
+    Option(
         name="allow_signup",
         group=_ABUSE,
         help="whether anyone may register a tenant (`POST /register`); false: operators only",
@@ -339,18 +357,20 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         name="metrics_path",
         group=_OBSERVE,
-        help="where Prometheus scrapes the gateway's metrics (never metered); None (`''`): no"
-        " metrics",
+        help="where Prometheus scrapes the gateway's metrics, never metered, ahead of the app's"
+        " paths (embedded: none unless set; `serve`: `/metrics`); `''` (None): no metrics",
         flag="--metrics-path",
         env="TG_METRICS_PATH",
         parse=parse_path_or_off,
         metavar="PATH",
         blank_is_value=True,
+        flag_default="/metrics",
     ),
     Option(
         name="metrics_require_operator",
         group=_OBSERVE,
-        help="whether the metrics path needs an operator token (operator tokens enabled)",
+        help="whether the metrics path needs an operator token (with `metrics_path` and"
+        " operator tokens set)",
         flag="--metrics-require-operator",
         env="TG_METRICS_REQUIRE_OPERATOR",
         parse=parse_boolean,

@@ -42,7 +42,9 @@ __all__ = [
     "not_found",
     "not_supported",
     "operator_token_required",
+    "gateway_not_started",
     "payload_too_large",
+    "plan_not_configured",
     "problem_response",
     "quota_exceeded",
     "quota_unavailable",
@@ -298,6 +300,36 @@ def import_rejected(line: int, table: str | None, reason: str) -> Problem:
 def service_unavailable(detail: str) -> Problem:
     return Problem(
         503, "service_unavailable", "Service unavailable", detail, headers={"Retry-After": "1"}
+    )
+
+
+def plan_not_configured(plan: str) -> Problem:
+    """A tenant on a plan the catalogue does not have: the operator's to fix, so no
+    ``Retry-After`` (a client retrying would only meet it again)."""
+    return Problem(
+        503,
+        "plan_not_configured",
+        "Plan not configured",
+        f"The tenant's plan {plan!r} is not in this gateway's plans catalogue. This is a"
+        f" configuration error: the operator must add plan {plan!r} to the plans file (or move"
+        " the tenant to another plan).",
+    )
+
+
+def gateway_not_started(*, transient: bool) -> Problem:
+    """The gateway could not start on a request (a server that sends no lifespan events); the
+    next request tries again. Why is the server log's to say, not the client's to read: a store
+    outage (``transient``: it may pass, ``Retry-After``), or a configuration error."""
+    if transient:
+        detail = "The gateway could not start: a backing store cannot be reached."
+    else:
+        detail = "The gateway could not start: a configuration error the operator must fix."
+    return Problem(
+        503,
+        "gateway_not_started",
+        "Gateway not started",
+        detail + " The server's log says why.",
+        headers={"Retry-After": "5"} if transient else {},
     )
 
 

@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     offered = settings["signup_plans"]
     if offered is not None and not set(offered) <= set(catalog):
         return fail(f"--signup-plans must name plans of the catalogue: {', '.join(catalog)}")
+    if settings["metrics_require_operator"] and not settings["metrics_path"]:
+        return fail("--metrics-require-operator has no metrics to protect: --metrics-path is ''")
     if settings["metrics_require_operator"] and not settings["admin_jwt_secret"]:
         return fail(
             "--metrics-require-operator needs operator tokens: set TG_ADMIN_JWT_SECRET or"

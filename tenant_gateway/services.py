@@ -34,9 +34,13 @@ from tenant_gateway.stores import open_invalidator, open_stores
 from tenant_gateway.transfers import TransferSlots
 from tenant_gateway.usage import UsageRecorder
 
-__all__ = ["Services"]
+__all__ = ["MISSING_PLAN_LISTED", "Services"]
 
 logger = logging.getLogger("tenant_gateway")
+
+MISSING_PLAN_LISTED = 20
+"""How many tenants on a plan the catalogue lacks the start-up warning names (and counts the
+rest)."""
 
 
 @dataclass(slots=True)
@@ -121,6 +125,7 @@ class Services:
     async def start(self) -> None:
         """Open pools (applying migrations), check the counters, start the background work."""
         await self.directory.start()
+        await self._warn_of_missing_plans()
         await self.counters.ping()
         self.flushed_at = self.clock()
         self._tasks = [
@@ -140,6 +145,24 @@ class Services:
             asyncio.create_task(self.events.run()),
         ]
         await self.invalidator.listening()  # else the first keys served would load twice
+
+    async def _warn_of_missing_plans(self) -> None:
+        """One warning listing the tenants on plans the catalogue does not have (removed from
+        the plans file): their calls answer 503 ``plan_not_configured`` until it has them."""
+        found, total = await self.directory.tenants_on_other_plans(
+            list(self.plans), limit=MISSING_PLAN_LISTED
+        )
+        if total:
+            listed = ", ".join(f"{tenant_id} ({plan!r})" for tenant_id, plan in found)
+            more = f" and {total - len(found)} more" if total > len(found) else ""
+            logger.warning(
+                "%d tenant(s) are on plans the plans catalogue does not have; their calls answer"
+                " 503 plan_not_configured until those plans are added to the plans file (or the"
+                " tenants moved to another plan): %s%s",
+                total,
+                listed,
+                more,
+            )
 
     async def stop(self) -> None:
         """Stop the background work, flush everything batched, close the connections."""

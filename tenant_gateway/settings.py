@@ -61,8 +61,10 @@ class Settings:
     """Seconds one webhook attempt may take in all (name lookup, connect, send, answer)."""
     redis_fail_mode: str = "closed"
     health_paths: tuple[str, str] | None = ("/healthz", "/readyz")
-    metrics_path: str | None = "/metrics"
-    """Where the gateway answers its Prometheus metrics (None: nowhere); never metered."""
+    metrics_path: str | None = None
+    """Where the gateway answers its Prometheus metrics, never metered, ahead of the wrapped
+    app (e.g. "/metrics"); None, the default: nowhere, every path is the app's. ``serve``,
+    which owns its app, sets "/metrics"."""
     metrics_require_operator: bool = False
     """Whether ``metrics_path`` needs an operator token (``admin_jwt_secret`` or
     ``admin_jwt_public_key`` set)."""
@@ -82,6 +84,13 @@ class Settings:
     transfer_max_duration: float = 3600.0
     """Seconds a transfer may last at most, however fast it moves."""
     admin_tenant_concurrency: int = 4
+    console_path: str | None = "/console"
+    """Where the web console is served, under ``admin_prefix`` (None: no console)."""
+    console_secret: str | None = None
+    """Signs the console's session cookies; every worker needs the same one (None: derived
+    from ``admin_jwt_secret`` when set, else random per process)."""
+    console_session_lifetime: float = 3600.0
+    """Seconds a console session lasts from sign-in (an operator's: never past its token)."""
     clock: Clock = field(default=system_clock)
     sleep: Sleep = field(default=asyncio.sleep)
 
@@ -118,6 +127,10 @@ class Settings:
             )
         if self.metrics_path is not None and not self.metrics_path.startswith("/"):
             raise ConfigurationError("metrics_path must start with '/' (None: no metrics)")
+        if self.metrics_require_operator and self.metrics_path is None:
+            raise ConfigurationError(
+                "metrics_require_operator has no metrics to protect: set metrics_path too"
+            )
         if self.metrics_require_operator and not (
             self.admin_jwt_secret or self.admin_jwt_public_key
         ):
@@ -125,8 +138,32 @@ class Settings:
                 "metrics_require_operator needs operator tokens: set admin_jwt_secret"
                 " (TG_ADMIN_JWT_SECRET) or admin_jwt_public_key"
             )
+        _check_console(self)
         offered = self.signup_plans
         if offered is not None and (not offered or not offered <= set(self.plans)):
             raise ConfigurationError(
                 f"signup_plans must name plans of the catalogue ({', '.join(sorted(self.plans))})"
             )
+
+
+_ADMIN_PATHS = ("/register", "/openapi.json")
+
+
+def _check_console(settings: Settings) -> None:
+    path = settings.console_path
+    if path is not None and (
+        not path.startswith("/")
+        or path.endswith("/")
+        or len(path) < 2
+        or any(c in path for c in "{}?#%")
+        or path.split("/")[1].startswith("tenant_")
+        or path in _ADMIN_PATHS
+    ):
+        raise ConfigurationError(
+            "console_path must start with '/', not end with '/', and name no admin route"
+            " (None: no console)"
+        )
+    if settings.console_secret is not None and len(settings.console_secret) < 32:
+        raise ConfigurationError("console_secret must be at least 32 characters")
+    if not 60 <= settings.console_session_lifetime <= 7 * 24 * 3600:
+        raise ConfigurationError("console_session_lifetime must be from 60 s to 7 days")

@@ -496,3 +496,52 @@ async def test_a_tenant_s_deliveries_run_one_at_a_time_in_order(
 
 
 # -- bounded tallies (issue 17) --------------------------------------------------------------
+
+
+async def test_the_tenant_sees_how_each_delivery_ended(
+    stores: Stores, client_for: ClientFor
+) -> None:
+    """``GET /{id}/webhook/deliveries``: each quota event with its outcome, attempts and last
+    error, newest first, and only the tenant's own."""
+
+    async def sleep(seconds: float) -> None:  # the backoff, without the waiting
+        pass
+
+    gw = gateway(stores, sleep=sleep)
+    client = await client_for(gw)
+    failing, without, dropped = [await register(client, plan="hundred") for _ in range(3)]
+    async with WebhookReceiver(fail_first=5) as receiver:  # the 80 % mark's 5 attempts fail
+        await client.put(
+            f"{T}/{failing['id']}/webhook", json={"url": receiver.url}, headers=auth(failing)
+        )
+        # stored past the policy, as a URL set before the policy refused it would be
+        assert await gw.services.directory.set_webhook(dropped["id"], "http://10.0.0.1/", "s")
+        await calls(client, failing, 80)
+        await gw.services.events.drain()
+        await calls(client, failing, 20)  # the 100 % mark: the receiver answers now
+        await calls(client, without, 80)
+        await calls(client, dropped, 80)
+        await gw.services.events.drain()
+
+    def outcomes(tenant: dict[str, Any]) -> list[tuple[int, str, int, str | None]]:
+        return [
+            (d["threshold"], d["outcome"], d["attempts"], d["last_error"])
+            for d in answers[tenant["id"]]["deliveries"]
+        ]
+
+    answers = {}
+    for tenant in (failing, without, dropped):
+        answer = await client.get(f"{T}/{tenant['id']}/webhook/deliveries", headers=auth(tenant))
+        assert answer.status_code == 200, answer.text
+        answers[tenant["id"]] = answer.json()
+    assert outcomes(failing) == [(100, "delivered", 1, None), (80, "failed", 5, "HTTP 500")]
+    assert outcomes(without) == [(80, "no_webhook", 0, None)]
+    ((threshold, outcome, attempts, error),) = outcomes(dropped)
+    assert (threshold, outcome, attempts) == (80, "dropped", 1)
+    assert error is not None and "10.0.0.1" in error
+    delivered = answers[failing["id"]]["deliveries"][0]
+    assert delivered["period"] == datetime.now(UTC).strftime("%Y-%m")
+    assert delivered["finished_at"] >= delivered["created_at"]
+
+    other = await client.get(f"{T}/{failing['id']}/webhook/deliveries", headers=auth(without))
+    assert other.status_code in (403, 404)

@@ -8,11 +8,16 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from benchmarks.redis_cluster import LocalCluster
 from tenant_gateway import TenantGateway
 from tenant_gateway.exceptions import ConfigurationError, StoreUnavailable
 from tenant_gateway.keys import generate_api_key
+from tenant_gateway.serve import build_app
 
 from .apps import echo_app
 from .conftest import JWT_SECRET, ClientFor, FakeClock, Stores, auth, operator_headers, register
@@ -47,7 +52,9 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def test_counts_after_real_traffic_are_exact(
     stores: Stores, client_for: ClientFor, clock: FakeClock
 ) -> None:
-    gateway = TenantGateway(echo_app(), plans=SEVEN, clock=clock, **stores.kwargs())
+    gateway = TenantGateway(
+        echo_app(), plans=SEVEN, clock=clock, metrics_path="/metrics", **stores.kwargs()
+    )
     client = await client_for(gateway)
     tenant = await register(client, plan="seven")
     statuses = [(await client.get("/whoami", headers=auth(tenant))).status_code for _ in range(10)]
@@ -109,7 +116,9 @@ async def test_a_dead_redis_shows_as_an_open_breaker_and_failed_flushes(
     redis_url: str, redis_prefix: str, redis_proxy: TcpProxy, client_for: ClientFor
 ) -> None:
     clock = FakeClock()
-    gateway = gateway_via(redis_url, redis_proxy, redis_prefix, plans=SEVEN, clock=clock)
+    gateway = gateway_via(
+        redis_url, redis_proxy, redis_prefix, plans=SEVEN, clock=clock, metrics_path="/metrics"
+    )
     client = await client_for(gateway)
     tenant = await register(client, plan="seven")
     assert (await client.get("/whoami", headers=auth(tenant))).status_code == 200  # to flush
@@ -136,7 +145,12 @@ async def test_a_dead_redis_shows_as_an_open_breaker_and_failed_flushes(
 
 
 async def test_metrics_behind_an_operator_token(client_for: ClientFor) -> None:
-    gateway = TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, metrics_require_operator=True)
+    gateway = TenantGateway(
+        echo_app(),
+        admin_jwt_secret=JWT_SECRET,
+        metrics_path="/metrics",
+        metrics_require_operator=True,
+    )
     client = await client_for(gateway)
     tenant = await register(client)
     assert_problem(await client.get("/metrics"), 401, "missing_api_key")
@@ -157,9 +171,38 @@ async def test_metrics_behind_an_operator_token(client_for: ClientFor) -> None:
 
 def test_an_operator_token_needs_operators() -> None:
     with pytest.raises(ConfigurationError, match="admin_jwt_secret"):
-        TenantGateway(echo_app(), metrics_require_operator=True)
+        TenantGateway(echo_app(), metrics_path="/metrics", metrics_require_operator=True)
+    with pytest.raises(ConfigurationError, match="no metrics to protect: set metrics_path"):
+        TenantGateway(echo_app(), admin_jwt_secret=JWT_SECRET, metrics_require_operator=True)
     with pytest.raises(ConfigurationError, match="metrics_path"):
         TenantGateway(echo_app(), metrics_path="metrics")
+
+
+async def test_embedded_the_metrics_are_off_unless_asked_for(client_for: ClientFor) -> None:
+    """Embedded, the gateway takes no path of the wrapped app's by default: the app's own
+    ``/metrics`` answers. Asked for (``metrics_path``), the gateway's metrics answer there,
+    ahead of the app's."""
+
+    async def own_metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("the_apps_own_metric 1\n")
+
+    app = Starlette(routes=[Route("/metrics", own_metrics)])
+    client = await client_for(TenantGateway(app, public_paths=["/metrics"]))
+    assert (await client.get("/metrics")).text == "the_apps_own_metric 1\n"
+    client = await client_for(
+        TenantGateway(app, public_paths=["/metrics"], metrics_path="/metrics")
+    )
+    samples = parse((await client.get("/metrics")).text)
+    assert ("tenant_gateway_calls_admitted_total", frozenset({("plan", "free")})) in samples
+
+
+def test_serve_answers_metrics_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve`` owns the app it runs: its metrics are on at ``/metrics`` unless turned off."""
+    for name in ("TG_METRICS_PATH", "TG_DATABASE_URL", "TG_REDIS_URL", "TG_PLANS"):
+        monkeypatch.delenv(name, raising=False)
+    assert build_app().metrics_path == "/metrics"
+    monkeypatch.setenv("TG_METRICS_PATH", "")  # --metrics-path ''
+    assert build_app().metrics_path == ""
 
 
 @pytest.mark.parametrize("path", [None, "/internal/metrics"])
@@ -180,7 +223,11 @@ async def test_a_breaker_per_cluster_primary(
     redis_cluster: LocalCluster, cluster_url: str, cluster_prefix: str, client_for: ClientFor
 ) -> None:
     gateway = TenantGateway(
-        echo_app(), plans=SEVEN, redis_url=cluster_url, redis_key_prefix=cluster_prefix
+        echo_app(),
+        plans=SEVEN,
+        redis_url=cluster_url,
+        redis_key_prefix=cluster_prefix,
+        metrics_path="/metrics",
     )
     client = await client_for(gateway)
     tenant = await register(client, plan="seven")

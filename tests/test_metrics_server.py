@@ -133,6 +133,10 @@ async def test_json_logs_never_hold_a_key(how: str) -> None:
         (("--log-format", "xml"), "--log-format must be text or json, got 'xml'"),
         (("--metrics-path", "metrics"), "--metrics-path must start with '/'"),
         (("--metrics-require-operator",), "set TG_ADMIN_JWT_SECRET"),
+        (
+            ("--metrics-path", "", "--metrics-require-operator"),
+            "--metrics-require-operator has no metrics to protect",
+        ),
     ],
 )
 def test_bad_operations_flags_are_one_clear_line(args: tuple[str, ...], message: str) -> None:

@@ -171,6 +171,7 @@ async def scenario(client: httpx.AsyncClient, clock: FakeClock) -> None:
     await client.get(f"{base}/audit", params={"limit": "2"}, headers=key)
 
     await client.get(f"{base}/webhook", headers=key)
+    await client.get(f"{base}/webhook/deliveries", headers=key)  # the quota's marks, reached
     await client.put(f"{base}/webhook", json={"url": "https://93.184.216.34/hook"}, headers=key)
     await client.get(f"{base}/webhook", headers=key)
     await client.delete(f"{base}/webhook", headers=key)
@@ -281,6 +282,7 @@ def test_operation_ids_are_stable_snake_case() -> None:
         """add_user change_plan create_key delete_tenant delete_user delete_webhook
         export_tenant get_invoice get_tenant get_usage get_usage_csv get_user get_webhook
         import_tenant list_audit_entries list_invoices list_keys list_tenants list_users
+        list_webhook_deliveries
         register_tenant resume_tenant revoke_key rotate_key set_webhook suspend_tenant
         update_tenant update_user""".split()
     )

@@ -19,6 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from tenant_gateway import problems
 from tenant_gateway.admin.api_keys import KeyHandlers
@@ -86,7 +87,7 @@ def build_admin_app(services: Services, operators: OperatorAuth | None = None) -
     tenant = "/{tenant_id}"
     user = tenant + "/users/{user_id}"
     key = tenant + "/keys/{key_id}"
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/openapi.json", reports.openapi, methods=["GET"]),
         Route("/register", tenants.register, methods=["POST"]),
         Route("/", tenants.list_tenants, methods=["GET"]),
@@ -115,8 +116,19 @@ def build_admin_app(services: Services, operators: OperatorAuth | None = None) -
         Route(tenant + "/webhook", tenants.get_webhook, methods=["GET"]),
         Route(tenant + "/webhook", tenants.set_webhook, methods=["PUT"]),
         Route(tenant + "/webhook", tenants.delete_webhook, methods=["DELETE"]),
+        Route(tenant + "/webhook/deliveries", tenants.webhook_deliveries, methods=["GET"]),
     ]
-    return Starlette(
+    if settings.console_path is not None:  # first: "/console" is no tenant id
+        # imported here: the console imports the admin API's modules (``admin.auth``)
+        from tenant_gateway.console.app import build_console
+
+        async def admin(scope: Scope, receive: Receive, send: Send) -> None:
+            await app(scope, receive, send)  # the console calls the admin API in process
+
+        routes.insert(
+            0, Mount(settings.console_path, app=build_console(services, operators, admin))
+        )
+    app = Starlette(
         routes=[Mount(settings.admin_prefix, routes=routes)],
         middleware=[Middleware(Deadline, timeout=settings.admin_timeout)],
         exception_handlers={
@@ -127,3 +139,4 @@ def build_admin_app(services: Services, operators: OperatorAuth | None = None) -
             Exception: _problem_handler,
         },
     )
+    return app

@@ -21,9 +21,11 @@ from tenant_gateway.exceptions import ConfigurationError
 from tenant_gateway.keys import KEY_PREFIX, extract_api_key
 from tenant_gateway.models import ROLE_ACTIONS, Action
 from tenant_gateway.resolver import KeyResolver, Principal
+from tenant_gateway.settings import Settings
 
 __all__ = [
     "DEFAULT_MAX_LIFETIME",
+    "CALLER_SCOPE_KEY",
     "Caller",
     "OperatorAuth",
     "authenticate",
@@ -56,6 +58,19 @@ class OperatorAuth:
             raise ConfigurationError("admin_jwt_secret must be at least 32 characters")
         if self.max_lifetime is not None and not self.max_lifetime > 0:
             raise ConfigurationError("admin_jwt_max_lifetime must be positive (or None)")
+
+    @classmethod
+    def configured(cls, settings: Settings) -> OperatorAuth | None:
+        """From the settings' ``admin_jwt_*`` options; None when operator tokens are off."""
+        if not (settings.admin_jwt_secret or settings.admin_jwt_public_key):
+            return None
+        return cls(
+            secret=settings.admin_jwt_secret,
+            public_key=settings.admin_jwt_public_key,
+            audience=settings.admin_jwt_audience,
+            issuer=settings.admin_jwt_issuer,
+            max_lifetime=settings.admin_jwt_max_lifetime,
+        )
 
     def verify(self, token: str) -> str:
         """The operator's subject, or a 401 Problem. The algorithm list is fixed by the key
@@ -152,6 +167,12 @@ class Caller:
         return "anonymous"
 
 
+CALLER_SCOPE_KEY = "tenant_gateway.caller"
+"""The scope key under which in-process code (the console) hands the admin API a caller it
+has already authenticated. Only Python code can put a ``Caller`` in a scope: no server builds
+one from a request."""
+
+
 async def authenticate(
     request: Request,
     resolver: KeyResolver,
@@ -159,6 +180,9 @@ async def authenticate(
     *,
     required: bool = True,
 ) -> Caller:
+    given = request.scope.get(CALLER_SCOPE_KEY)
+    if isinstance(given, Caller):
+        return given
     raw = extract_api_key(request.headers)
     if raw is None:
         if required:

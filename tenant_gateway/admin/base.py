@@ -90,9 +90,17 @@ class AdminHandlers:
         return caller, tenant
 
     def _plan(self, name: str) -> Plan:
+        """The plan a request names: 422 unless the catalogue has it."""
         plan = self.services.plans.get(name)
         if plan is None:
             raise field_error("plan", f"must be one of {', '.join(sorted(self.services.plans))}")
+        return plan
+
+    def _tenant_plan(self, tenant: Tenant) -> Plan:
+        """The plan the tenant is on: 503 ``plan_not_configured`` when the catalogue lost it."""
+        plan = self.services.plans.get(tenant.plan)
+        if plan is None:
+            raise problems.plan_not_configured(tenant.plan)
         return plan
 
     def _entry(

@@ -350,6 +350,16 @@ def paths(signup_open: bool) -> dict[str, Any]:
             ),
             delete=_operation("delete_webhook", "webhook", "Remove the webhook", 204, None),
         ),
+        "/{tenant_id}/webhook/deliveries": _on(
+            t,
+            get=_operation(
+                "list_webhook_deliveries",
+                "webhook",
+                "The latest quota events and how their deliveries ended, newest first",
+                200,
+                _json(r.WebhookDeliveryList),
+            ),
+        ),
         "/{tenant_id}/audit": _on(
             t,
             get=_operation(

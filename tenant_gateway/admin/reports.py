@@ -9,7 +9,7 @@ from tenant_gateway import problems
 from tenant_gateway.admin.base import AdminHandlers, ascii_digits, field_error, page_size
 from tenant_gateway.admin.openapi import openapi_document
 from tenant_gateway.clock import Period
-from tenant_gateway.exceptions import ConfigurationError
+from tenant_gateway.exceptions import PlanNotConfigured
 from tenant_gateway.ledger import period_tallies
 from tenant_gateway.models import Action, Tenant, effective_seat_limit
 from tenant_gateway.usage import usage_csv, usage_report
@@ -45,7 +45,7 @@ class ReportHandlers(AdminHandlers):
             tallies = await self.services.counters.read(key)
         else:
             tallies = await period_tallies(self.services.ledger, self.services.counters, key)
-        plan = self._plan(tenant.plan)
+        plan = self._tenant_plan(tenant)
         return usage_report(
             tenant_id=tenant.id,
             period=period,
@@ -79,8 +79,8 @@ class ReportHandlers(AdminHandlers):
             await self.services.recorder.flush()  # refunds of this process, before the draft
         try:
             document = await self.services.billing.invoice(tenant, period)
-        except ConfigurationError as exc:
-            raise problems.service_unavailable(str(exc)) from exc
+        except PlanNotConfigured as exc:
+            raise problems.plan_not_configured(exc.plan) from exc
         return Response(document, media_type="application/json")
 
     async def invoices(self, request: Request) -> Response:

@@ -34,6 +34,8 @@ __all__ = [
     "UsageReport",
     "UsageRoute",
     "User",
+    "WebhookDelivery",
+    "WebhookDeliveryList",
     "WebhookSecret",
     "WebhookTarget",
 ]
@@ -182,6 +184,23 @@ class AuditPage(Answer):
 
 class WebhookTarget(Answer):
     url: str | None
+
+
+class WebhookDelivery(Answer):
+    period: Period
+    threshold: int = Field(description="The quota mark, in percent: 80 or 100")
+    created_at: datetime = Field(description="When the call that reached the mark was made")
+    outcome: Literal["pending", "delivered", "failed", "dropped", "no_webhook"] = Field(
+        description="pending: not finished (or abandoned at a shutdown); failed: every attempt"
+        " failed; dropped: the target was refused; no_webhook: none was set"
+    )
+    attempts: int = Field(ge=0)
+    finished_at: datetime | None
+    last_error: str | None = Field(description="Why the last attempt failed, if it did")
+
+
+class WebhookDeliveryList(Answer):
+    deliveries: list[WebhookDelivery] = Field(description="The latest 20 events, newest first")
 
 
 class WebhookSecret(Answer):

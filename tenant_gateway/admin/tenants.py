@@ -100,7 +100,7 @@ class TenantHandlers(AdminHandlers):
         updated = await self.services.directory.update_tenant(
             tenant.id,
             changes,
-            self._plan(tenant.plan),
+            self._tenant_plan(tenant),
             self._now(),
             audit=self._entry(request, caller, tenant.id, "tenant.update", tenant.id),
         )
@@ -166,6 +166,11 @@ class TenantHandlers(AdminHandlers):
         _, tenant = await self._tenant(request, Action.READ_TENANT)
         target = await self.services.directory.webhook_target(tenant.id)
         return JSONResponse({"url": target[0] if target else None})
+
+    async def webhook_deliveries(self, request: Request) -> Response:
+        _, tenant = await self._tenant(request, Action.READ_TENANT)
+        events = await self.services.ledger.recent_events(tenant.id)
+        return JSONResponse({"deliveries": [event.to_json() for event in events]})
 
     async def set_webhook(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_TENANT)

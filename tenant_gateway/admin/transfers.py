@@ -97,7 +97,7 @@ class TransferHandlers(AdminHandlers):
                 ),
                 dry_run=flags["dry_run"] == "true",
                 app_only=flags["app_only"] == "true",
-                seat_limit=effective_seat_limit(self._plan(tenant.plan), tenant),
+                seat_limit=effective_seat_limit(self._tenant_plan(tenant), tenant),
                 check_user=checked_user,
                 audit=self._entry(request, caller, tenant.id, "tenant.import"),
             )

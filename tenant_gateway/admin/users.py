@@ -21,7 +21,7 @@ class UserHandlers(AdminHandlers):
     async def add_user(self, request: Request) -> Response:
         caller, tenant = await self._tenant(request, Action.MANAGE_USERS)
         body = await parse_body(request, AddUserRequest, self.settings.admin_max_body_bytes)
-        seat_limit = effective_seat_limit(self._plan(tenant.plan), tenant)
+        seat_limit = effective_seat_limit(self._tenant_plan(tenant), tenant)
         user = User(new_id("usr"), tenant.id, body.email, body.role, self._now())
         await self.services.directory.add_user(
             user, seat_limit, audit=self._entry(request, caller, tenant.id, "user.create", user.id)

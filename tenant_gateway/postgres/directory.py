@@ -9,6 +9,7 @@ change's own transaction: if either fails, neither is kept. ``tg_audit`` is appe
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -95,6 +96,18 @@ class PostgresDirectory(UserRows, KeyRows):
                 after,
             )
         return [tenant_of(row) for row in rows]
+
+    async def tenants_on_other_plans(
+        self, plans: Collection[str], *, limit: int
+    ) -> tuple[list[tuple[str, str]], int]:
+        async with self._db.gateway_transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT id, plan, count(*) OVER () AS total FROM tg_tenants"
+                " WHERE status <> 'deleted' AND plan <> ALL($1::text[]) ORDER BY id LIMIT $2",
+                list(plans),
+                limit,
+            )
+        return [(row["id"], row["plan"]) for row in rows], rows[0]["total"] if rows else 0
 
     @staticmethod
     async def _locked_tenant(conn: Any, tenant_id: str) -> Tenant | None:

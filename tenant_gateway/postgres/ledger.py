@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from tenant_gateway.ledger import RECENT_DELIVERIES, Delivery, DeliveryOutcome
 from tenant_gateway.models import UsageKey
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.tallies import HYDRATED, sound_tallies
@@ -99,3 +100,39 @@ class PostgresLedger:
                 at,
             )
         return claimed is not None
+
+    async def finish_event(
+        self,
+        key: UsageKey,
+        threshold: int,
+        outcome: DeliveryOutcome,
+        *,
+        attempts: int,
+        error: str | None,
+        at: datetime,
+    ) -> None:
+        async with self._db.gateway_transaction() as conn:
+            await conn.execute(
+                "UPDATE tg_usage_events SET outcome = $4, attempts = $5, last_error = $6,"
+                " finished_at = $7,"
+                " delivered_at = CASE WHEN $4::text = 'delivered' THEN $7::timestamptz END"
+                " WHERE tenant_id = $1 AND period = $2 AND threshold = $3",
+                key[0],
+                key[1],
+                threshold,
+                outcome,
+                attempts,
+                None if error is None else error[:500],
+                at,
+            )
+
+    async def recent_events(self, tenant_id: str) -> list[Delivery]:
+        async with self._db.gateway_transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT period, threshold, created_at, outcome, attempts, finished_at,"
+                " last_error FROM tg_usage_events WHERE tenant_id = $1"
+                " ORDER BY created_at DESC, threshold DESC LIMIT $2",
+                tenant_id,
+                RECENT_DELIVERIES,
+            )
+        return [Delivery(*row) for row in rows]

@@ -20,13 +20,14 @@ export is ``transfer_export``, the import ``transfer_import``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tenant_gateway.postgres.database import Connection
 
-__all__ = ["FORMAT", "GATEWAY_TABLES", "VERSION", "Table", "describe"]
+__all__ = ["FORMAT", "GATEWAY_TABLES", "VERSION", "Table", "describe", "header_rows"]
 
 FORMAT = "tenant-gateway-export"
 VERSION = 1
@@ -95,3 +96,13 @@ async def describe(conn: Connection, name: str, tenant_column: str) -> Table:
     for fk in await conn.fetch(_FOREIGN_KEYS, name):
         table.parents.append((list(fk["child_columns"]), fk["parent"], list(fk["parent_columns"])))
     return table
+
+
+def header_rows(line: bytes) -> int | None:
+    """The rows a stream's header line announces in all (None: not a header that says)."""
+    try:
+        header = json.loads(line)
+        rows = sum(table["rows"] for table in header["tables"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    return rows if isinstance(rows, int) and header.get("format") == FORMAT else None
