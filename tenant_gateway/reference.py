@@ -114,7 +114,7 @@ def _flag_rows(command: str, parser: argparse.ArgumentParser) -> Iterator[str]:
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction) or not action.option_strings:
             continue
-        flag = action.option_strings[0]
+        flag = ", ".join(action.option_strings)
         spelled = flag if action.nargs == 0 else f"{flag} {action.metavar or action.dest.upper()}"
         option = settings.get(action.dest)
         if option is not None:
