@@ -155,14 +155,23 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         name="console_path",
         group=_ADMIN,
-        help="where the web console is served, under `admin_prefix`; None: no console",
+        help="where the web console is served, under `admin_prefix`; `''` (None): no console",
+        flag="--console-path",
+        env="TG_CONSOLE_PATH",
+        parse=parse_path_or_off,
+        metavar="PATH",
+        blank_is_value=True,
     ),
     Option(
         name="console_secret",
         group=_ADMIN,
-        help="signs the console's session cookies, the same in every process (unset: derived"
-        " from `admin_jwt_secret` if set, else random per process; `Settings` only)",
-        target="settings",
+        help="signs the console's session cookies, at least 32 characters, the same in every"
+        " process (unset: derived from `admin_jwt_secret` if set, else random per process;"
+        " `serve` makes one for all its workers)",
+        flag="--console-secret",
+        env="TG_CONSOLE_SECRET",
+        parse=parse_secret,
+        metavar="SECRET",
     ),
     Option(
         name="console_session_lifetime",

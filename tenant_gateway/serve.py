@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -175,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
     if taken:
         return fail(taken)
     to_environment(args, os.environ)  # workers are processes: they read the environment
+    if not (settings["console_secret"] or settings["admin_jwt_secret"]):
+        # one signing key for every worker, so a console session works on each of them
+        os.environ["TG_CONSOLE_SECRET"] = secrets.token_urlsafe(32)
     stores = (
         "PostgreSQL + Redis"
         if database_url and redis_url

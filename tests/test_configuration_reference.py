@@ -61,6 +61,11 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "TG_TRANSFER_MIN_RATE": ("0", 0),
     "TG_TRANSFER_MAX_DURATION": ("60", 60.0),
     "TG_METRICS_PATH": ("/stats", "/stats"),
+    "TG_CONSOLE_PATH": ("/dashboard", "/dashboard"),
+    "TG_CONSOLE_SECRET": (
+        "console-secret-for-tests-0123456789",
+        "console-secret-for-tests-0123456789",
+    ),
     "TG_METRICS_REQUIRE_OPERATOR": ("yes", True),
     "TG_LOG_FORMAT": ("json", "json"),
 }
