@@ -1,5 +1,5 @@
-"""``tenant-gateway serve | migrate | billing | export | import`` (docs/index.md): the command line.
-With ``serve.py``, the only modules that read the environment."""
+"""``tenant-gateway serve | migrate | billing close | export | import | token``: the command
+line. With ``serve.py``, the only modules that read the environment."""
 
 from __future__ import annotations
 
@@ -9,21 +9,24 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 
 from tenant_gateway import serve
+from tenant_gateway.admin.auth import mint_operator_token
 from tenant_gateway.admin.schemas import checked_user
 from tenant_gateway.clock import Period
 from tenant_gateway.exceptions import (
     ConfigurationError,
     ImportRejected,
-    StoreBusy,
     StoreUnavailable,
     TransferBusy,
     redact_url,
 )
 from tenant_gateway.models import AuditEntry, effective_seat_limit
+from tenant_gateway.option import parse_duration
+from tenant_gateway.options import add_flags, values
 from tenant_gateway.plans import load_plans
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
@@ -32,180 +35,49 @@ from tenant_gateway.postgres.transfer_export import export_tenant
 from tenant_gateway.postgres.transfer_import import MAX_LINE_BYTES, import_tenant, numbered_lines
 from tenant_gateway.progress import Progress
 from tenant_gateway.redis.connect import open_counters
-from tenant_gateway.serve import fail, preflight
+from tenant_gateway.serve import fail, preflight, unreachable
 from tenant_gateway.services import Services
 from tenant_gateway.settings import Settings
 
 __all__ = ["main"]
 
+_DESCRIPTION = (
+    "Run the demo app behind the gateway, apply its schema, close a month's invoices, move a"
+    " tenant's data, or mint an operator token. Each setting's flag defaults to its TG_*"
+    " variable (docs/configuration.md)."
+)
 QUIET_HELP = "no progress line (shown on stderr only when it is a terminal)"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tenant-gateway", description=__doc__)
+def _parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command line. Each setting's flag (``options``) defaults to its ``TG_*`` variable in
+    ``environ`` (the process's environment; none for the configuration reference)."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="tenant-gateway", description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
-    # The stores every command that touches them names the same way (environment as fallback).
-    database = argparse.ArgumentParser(add_help=False)
-    database.add_argument("--database-url", default=os.environ.get("TG_DATABASE_URL") or None)
-    stores = argparse.ArgumentParser(add_help=False, parents=[database])
-    stores.add_argument(
-        "--redis-url",
-        default=os.environ.get("TG_REDIS_URL") or None,
-        help="the servers' Redis (none: the embedded counters)",
-    )
-    stores.add_argument("--redis-key-prefix", default="tg:")
-    stores.add_argument(
-        "--plans",
-        metavar="FILE",
-        default=None,
-        help="the plans file, JSON or TOML (docs/plans.md; env TG_PLANS); default: free,"
-        " professional, enterprise",
-    )
 
-    serving = commands.add_parser(
-        "serve", parents=[stores], help="run the demo app behind the gateway"
-    )
-    serving.add_argument("--host", default="127.0.0.1")
-    serving.add_argument("--port", type=int, default=8000)
-    serving.add_argument("--workers", type=int, default=1)
-    serving.add_argument(
-        "--flush-interval",
-        type=float,
-        default=1.0,
-        help="seconds between usage flushes to the ledger (the loss window on a crash)",
-    )
-    cache = serving.add_argument_group("key cache (admin changes evict it at once, everywhere)")
-    cache.add_argument(
-        "--key-cache-ttl",
-        default=os.environ.get("TG_KEY_CACHE_TTL") or "1",
-        metavar="SECONDS",
-        help="how long a worker trusts a resolved key when it cannot confirm that it hears every"
-        " change: no Redis beside PostgreSQL, or the subscription down (default 1)",
-    )
-    cache.add_argument(
-        "--key-cache-long-ttl",
-        default=os.environ.get("TG_KEY_CACHE_LONG_TTL") or "60",
-        metavar="SECONDS",
-        help="how long it trusts one while the Redis subscription is confirmed, or when the"
-        " directory is in memory (default 60)",
-    )
-    cache.add_argument(
-        "--key-cache-size",
-        default=os.environ.get("TG_KEY_CACHE_SIZE") or "100000",
-        metavar="KEYS",
-        help="resolved keys kept per worker (default 100000)",
-    )
-    signup = serving.add_argument_group("sign-up and client addresses")
-    signup.add_argument(
-        "--no-signup",
-        action="store_true",
-        help="POST /register needs an operator token (env TG_ALLOW_SIGNUP=false)",
-    )
-    signup.add_argument(
-        "--signup-rate",
-        default=os.environ.get("TG_SIGNUP_RATE") or "10/minute",
-        metavar="RATE",
-        help="self-service sign-ups per client address, e.g. 10/minute (the default);"
-        " 'unlimited' turns the limit off",
-    )
-    signup.add_argument(
-        "--signup-plans",
-        default=os.environ.get("TG_SIGNUP_PLANS") or None,
-        metavar="PLAN[,PLAN…]",
-        help="the plans self-service sign-up may choose (default: all; operators: any)",
-    )
-    signup.add_argument(
-        "--auth-failure-rate",
-        default=os.environ.get("TG_AUTH_FAILURE_RATE") or "30/minute",
-        metavar="RATE",
-        help="failed key authentications per client address and worker before 429;"
-        " 'unlimited' turns the limit off",
-    )
-    serving.add_argument(
-        "--plan-change-rate",
-        default=os.environ.get("TG_PLAN_CHANGE_RATE") or "10/hour",
-        metavar="RATE",
-        help="plan changes per tenant (operators are not limited), e.g. 10/hour (the default);"
-        " 'unlimited' turns the limit off",
-    )
-    signup.add_argument(
-        "--forwarded-allow-ips",
-        default=os.environ.get("TG_FORWARDED_ALLOW_IPS") or "",
-        metavar="IP[,IP|CIDR…]",
-        help="proxies whose X-Forwarded-For gives the client address (default: none)",
-    )
-    serving.add_argument(
-        "--transfer-idle-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long an export waits for its client to read, an import for it to send",
-    )
-    serving.add_argument(
-        "--transfer-min-rate",
-        type=int,
-        default=1024,
-        metavar="BYTES_PER_SECOND",
-        help="the slowest pace a transfer's client may keep, averaged over the idle timeout"
-        " (default 1024; 0: any)",
-    )
-    serving.add_argument(
-        "--transfer-max-duration",
-        type=float,
-        default=3600.0,
-        metavar="SECONDS",
-        help="how long an export or import may last at most (default 3600)",
-    )
-    serving.add_argument(
-        "--webhook-allow-network",
-        action="append",
-        metavar="CIDR",
-        dest="webhook_allowed_networks",
-        help="a network webhooks may reach though it is not public (e.g. 10.0.0.0/8 for a"
-        " self-hosted receiver); repeatable; default TG_WEBHOOK_ALLOWED_NETWORKS (comma-separated)",
-    )
-
-    # Metrics and logs (docs/operations.md).
-    operations = serving.add_argument_group("metrics and logs")
-    operations.add_argument(
-        "--metrics-path",
-        default=os.environ.get("TG_METRICS_PATH", "/metrics"),
-        metavar="PATH",
-        help="where Prometheus scrapes the gateway's metrics (default /metrics; '' turns them"
-        " off; env TG_METRICS_PATH)",
-    )
-    operations.add_argument(
-        "--metrics-require-operator",
-        action="store_true",
-        help="the metrics path needs an operator token (env TG_METRICS_REQUIRE_OPERATOR=true)",
-    )
-    operations.add_argument(
-        "--log-format",
-        default=os.environ.get("TG_LOG_FORMAT") or "text",
-        metavar="FORMAT",
-        help="text (the default) or json: one JSON object a line (env TG_LOG_FORMAT)",
-    )
+    serving = commands.add_parser("serve", help="run the demo app behind the gateway")
+    add_flags(serving, "serve", env)
 
     billing = commands.add_parser("billing", help="billing operations")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
-    close = billing_commands.add_parser(
-        "close", parents=[stores], help="issue every tenant's invoice for a month"
-    )
-    close.add_argument("--period", required=True, metavar="YYYY-MM")
+    close = billing_commands.add_parser("close", help="issue every tenant's invoice for a month")
+    add_flags(close, "billing close", env)
+    close.add_argument("--period", required=True, metavar="YYYY-MM", help="the month to close")
     close.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
 
-    export = commands.add_parser(
-        "export", parents=[database], help="write a tenant's data as NDJSON to stdout"
-    )
-    export.add_argument("--tenant", required=True)
+    export = commands.add_parser("export", help="write a tenant's data as NDJSON to stdout")
+    add_flags(export, "export", env)
+    export.add_argument("--tenant", required=True, help="the id of the tenant to export")
     export.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
 
     load = commands.add_parser(
-        "import",
-        parents=[stores],
-        help="load an export from stdin into a tenant: the app's tables and the users",
+        "import", help="load an export from stdin into a tenant: the app's tables and the users"
     )
-    load.add_argument("--tenant", required=True)
+    add_flags(load, "import", env)
+    load.add_argument(
+        "--tenant", required=True, help="the id of the tenant to load into (registered already)"
+    )
     load.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
     load.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
     load.add_argument("--app-only", action="store_true", help="skip the gateway's own tables")
@@ -217,8 +89,21 @@ def _parser() -> argparse.ArgumentParser:
         " with the embedded counters, restart the servers)",
     )
 
-    commands.add_parser(
-        "migrate", parents=[database], help="apply the database schema (idempotent)"
+    migrate = commands.add_parser("migrate", help="apply the database schema (idempotent)")
+    add_flags(migrate, "migrate", env)
+
+    token = commands.add_parser(
+        "token", help="print an operator token for the admin API, signed with the secret"
+    )
+    add_flags(token, "token", env)
+    token.add_argument(
+        "--sub", required=True, metavar="NAME", help="who the token is for (the audit log's actor)"
+    )
+    token.add_argument(
+        "--ttl",
+        default="1h",
+        metavar="DURATION",
+        help="how long the token is valid: 30m, 1h (the default), 7d, or seconds",
     )
     return parser
 
@@ -228,15 +113,14 @@ def _migrate(args: argparse.Namespace) -> int:
         return fail("migrate needs --database-url (or TG_DATABASE_URL)")
     try:
         asyncio.run(preflight(args.database_url, None))
-    except StoreBusy as exc:
-        return fail(str(exc))
     except StoreUnavailable as exc:
-        return fail(f"{exc}. Is PostgreSQL running and the URL right?")
+        return fail(unreachable(exc))
     print(f"tenant-gateway: schema is up to date in {redact_url(args.database_url)}")
     return 0
 
 
 async def _close_period(args: argparse.Namespace, period: Period) -> int:
+    await preflight(None, args.redis_url)  # read only for tenants with usage: checked first
     services = Services.create(
         Settings(
             database_url=args.database_url,
@@ -268,7 +152,7 @@ def _billing(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(str(exc))
     except StoreUnavailable as exc:
-        return fail(f"{exc}. Is the server running and the URL right?")
+        return fail(unreachable(exc))
     print(f"tenant-gateway: {period} closed; {issued} invoice(s) issued now")
     return 0
 
@@ -300,11 +184,14 @@ def _export_chunk(progress: Progress, chunk: bytes) -> None:
 async def _transfer(args: argparse.Namespace) -> int:
     database = Database(args.database_url)
     directory = PostgresDirectory(database)
+    if args.command == "import":  # what the import needs after writing, checked before it
+        plans = load_plans(args.plans)
+        await preflight(None, args.redis_url)
     await database.connect()
     try:
         tenant = await directory.get_tenant(args.tenant)
         if tenant is None:
-            return fail(f"no tenant {args.tenant!r} in {redact_url(args.database_url)}")
+            return fail(_no_tenant(args))
         label = f"{args.command} {tenant.id}"
         progress = Progress.on_terminal(label, quiet=args.quiet)
         if args.command == "export":
@@ -319,7 +206,7 @@ async def _transfer(args: argparse.Namespace) -> int:
                 except BrokenPipeError:
                     return 1
             return 0
-        plan = load_plans(args.plans).get(tenant.plan)
+        plan = plans.get(tenant.plan)
         try:
             with progress:
                 result = await import_tenant(
@@ -354,13 +241,52 @@ async def _transfer(args: argparse.Namespace) -> int:
         await database.close()
 
 
+def _no_tenant(args: argparse.Namespace) -> str:
+    where = redact_url(args.database_url)
+    if args.command == "export":
+        return (
+            f"no tenant {args.tenant!r} in {where}: check --tenant and --database-url (an"
+            " operator lists the tenants: GET /api/v1/tenants/)"
+        )
+    return (
+        f"no tenant {args.tenant!r} in {where}: an import loads into a registered tenant;"
+        " register it there first (POST /api/v1/tenants/register) and pass the id it answers"
+        " as --tenant"
+    )
+
+
+def _token(args: argparse.Namespace) -> int:
+    """An operator token, minted as the admin API verifies them."""
+    secret, most = args.admin_jwt_secret, args.admin_jwt_max_lifetime
+    if secret is None:
+        return fail(
+            "tenant-gateway token needs the gateway's operator secret: set TG_ADMIN_JWT_SECRET"
+            " or --admin-jwt-secret"
+        )
+    subject = args.sub.strip()
+    if not subject:
+        return fail("--sub must name who the token is for, such as --sub alice")
+    try:
+        lifetime = parse_duration(args.ttl)
+    except ValueError as exc:
+        return fail(f"--ttl {exc}")
+    if most is not None and lifetime > most:
+        return fail(
+            f"--ttl {args.ttl} is longer than operator tokens may live ({most:g} s): shorten it,"
+            " or raise --admin-jwt-max-lifetime (TG_ADMIN_JWT_MAX_LIFETIME) here and on the"
+            " gateway"
+        )
+    print(mint_operator_token(secret, subject, lifetime, now=time.time()))
+    return 0
+
+
 def _export_or_import(args: argparse.Namespace) -> int:
     if not args.database_url:
         return fail(f"{args.command} needs --database-url (or TG_DATABASE_URL)")
     try:
         return asyncio.run(_transfer(args))
     except StoreUnavailable as exc:
-        return fail(f"{exc}. Is PostgreSQL running and the URL right?")
+        return fail(unreachable(exc))
     except TransferBusy as exc:  # a server (or another command) is moving this tenant's data
         return fail(f"{exc} Try again once it is over.")
 
@@ -368,12 +294,16 @@ def _export_or_import(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "serve":
+        if args.command == "serve":  # it hands its flags' text on to its workers
             return serve.run(args)
+        command = f"billing {args.billing_command}" if args.command == "billing" else args.command
+        vars(args).update(values(args, command))  # each setting's flag, checked and read
         if args.command == "billing":
             return _billing(args)
         if args.command in ("export", "import"):
             return _export_or_import(args)
+        if args.command == "token":
+            return _token(args)
         return _migrate(args)
     except ConfigurationError as exc:
         return fail(str(exc))

@@ -183,6 +183,14 @@ class TenantDirectory(Protocol):
     async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
         """(url, signing secret) of a live tenant's webhook, if it has one."""
 
+    # console sessions
+    async def end_session(self, nonce: str, expires_at: datetime, now: datetime) -> None:
+        """Refuse the console session ``nonce`` from now on, in every process, until
+        ``expires_at`` (when it would have ended anyway; records past theirs are dropped)."""
+
+    async def session_ended(self, nonce: str) -> bool:
+        """Whether the console session ``nonce`` was signed out of."""
+
     # audit
     async def record_audit(self, entry: AuditEntry) -> None:
         """An entry that records no change of this directory (an export, say)."""
@@ -203,6 +211,7 @@ class MemoryDirectory:
         self._audit: dict[str, list[AuditEntry]] = {}
         self._audit_ids = itertools.count(1)
         self._webhooks: dict[str, tuple[str, str]] = {}
+        self._ended_sessions: dict[str, datetime] = {}
         self.plan_changes: list[tuple[str, str | None, PlanChange]] = []
         """(tenant id, the plan before or None at registration, the change)."""
 
@@ -425,6 +434,15 @@ class MemoryDirectory:
 
     async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
         return self._webhooks.get(tenant_id) if self._live(tenant_id) else None
+
+    async def end_session(self, nonce: str, expires_at: datetime, now: datetime) -> None:
+        ended = self._ended_sessions
+        for stale in [n for n, until in ended.items() if until <= now]:
+            del ended[stale]
+        ended[nonce] = expires_at
+
+    async def session_ended(self, nonce: str) -> bool:
+        return nonce in self._ended_sessions
 
     def _record(self, entry: AuditEntry | None) -> None:
         """Called in the same step as the change it records (no await between them)."""

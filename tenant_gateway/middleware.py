@@ -101,6 +101,7 @@ class TenantGateway:
         transfer_max_duration: float = 3600.0,
         admin_tenant_concurrency: int = 4,
         console_path: str | None = "/console",
+        console_secret: str | None = None,
         clock: Clock = system_clock,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -146,6 +147,7 @@ class TenantGateway:
             transfer_max_duration=transfer_max_duration,
             admin_tenant_concurrency=admin_tenant_concurrency,
             console_path=console_path,
+            console_secret=console_secret,
             clock=clock,
             sleep=sleep,
         )

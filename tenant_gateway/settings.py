@@ -3,7 +3,7 @@
 ``TenantGateway``'s keyword arguments become a ``Settings``; the services, the stores, the
 metering step and the admin API read from it, and the command line builds one for the work it
 does without serving (closing a period). Each field is documented with the keyword argument of
-the same name in docs/embedding.md ("The middleware").
+the same name in ``docs/configuration.md``, generated from ``options.OPTIONS``.
 """
 
 from __future__ import annotations

@@ -159,6 +159,9 @@ async def test_sign_out_and_forged_cookies(gateway: TenantGateway, client_for: C
     out = await client.post(CONSOLE + "/sign-out", data={"csrf": csrf})
     assert out.status_code == 303 and 'tg_console=""' in out.headers["set-cookie"]
     assert (await client.get(page)).status_code == 303
+    copied = await stranger.get(page, headers={"cookie": f"tg_console={body}.{mac}"})
+    assert copied.status_code == 303  # a copy of the cookie ended with the session
+    assert copied.headers["location"].endswith("/sign-in?reason=signed_out")
 
 
 async def test_roles_are_the_admin_apis(gateway: TenantGateway, client_for: ClientFor) -> None:
@@ -323,3 +326,35 @@ async def test_the_webhook_section_lists_the_last_deliveries(client_for: ClientF
     assert row is not None, page.text
     assert re.findall(r"<td>(.*?)</td>", row.group(1))[0].startswith("80 % of ")
     assert "no webhook" in row.group(1)
+
+
+async def test_a_session_works_on_every_process_sharing_the_console_secret(
+    postgres_url: str, redis_url: str, redis_prefix: str, client_for: ClientFor
+) -> None:
+    """Two gateway processes on the same stores (``serve --workers 2``): signed in on one, the
+    session is good on the other when they share ``console_secret``, and only then."""
+    stores: dict[str, Any] = {
+        "database_url": postgres_url,
+        "redis_url": redis_url,
+        "redis_key_prefix": redis_prefix,
+    }
+    secret = "console-secret-for-tests-0123456789"
+    first = TenantGateway(echo_app(), console_secret=secret, **stores)
+    second = TenantGateway(echo_app(), console_secret=secret, **stores)
+    stranger = TenantGateway(echo_app(), **stores)  # its own random key
+    a, b, c = await client_for(first), await client_for(second), await client_for(stranger)
+    tenant = await register(a)
+    await _signed_in(a, tenant["api_key"])
+    page = f"{CONSOLE}/tenants/{tenant['id']}"
+    cookie = a.cookies["tg_console"]
+    for client in (b, c):
+        client.cookies = a.cookies
+    assert (await b.get(page)).status_code == 200
+    refused = await c.get(page)
+    assert refused.status_code == 303
+    csrf = _csrf(await a.get(page))
+    assert (await a.post(CONSOLE + "/sign-out", data={"csrf": csrf})).status_code == 303
+    b.cookies = {}
+    ended = await b.get(page, headers={"cookie": f"tg_console={cookie}"})
+    assert ended.status_code == 303  # signed out on the first process: over on the second
+    assert refused.headers["location"].startswith(CONSOLE + "/sign-in")

@@ -30,6 +30,7 @@ __all__ = [
     "OperatorAuth",
     "authenticate",
     "authorize",
+    "mint_operator_token",
     "require_operator",
 ]
 
@@ -120,6 +121,31 @@ class OperatorAuth:
             )
 
 
+def mint_operator_token(
+    secret: str,
+    subject: str,
+    lifetime: float,
+    *,
+    now: float,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> str:
+    """An HS256 operator token as ``OperatorAuth(secret=…)`` accepts it: ``role: operator``,
+    ``sub``, integer ``iat`` and ``exp`` ``lifetime`` seconds apart (``aud``, ``iss`` if given)."""
+    issued = int(now)
+    claims: dict[str, object] = {
+        "sub": subject,
+        "role": "operator",
+        "iat": issued,
+        "exp": issued + int(lifetime),
+    }
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     operator: str | None = None
@@ -165,7 +191,11 @@ async def authenticate(
     if raw.startswith(KEY_PREFIX):
         return Caller(principal=await resolver.resolve(raw, client_address(request.scope)))
     if operators is None:
-        raise problems.unauthorized("Operator tokens are not enabled on this gateway.")
+        raise problems.unauthorized(
+            "Operator tokens are not enabled on this gateway: its operator enables them with"
+            " admin_jwt_secret (tenant-gateway serve: TG_ADMIN_JWT_SECRET or --admin-jwt-secret)"
+            " and mints one with tenant-gateway token --sub NAME."
+        )
     return Caller(operator=operators.verify(raw))
 
 

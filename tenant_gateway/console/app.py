@@ -11,6 +11,8 @@ any metering: the wrapped API's requests never reach it, and it adds nothing to 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import jwt
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
@@ -165,9 +167,18 @@ class SignIn(ConsoleHandlers):
         form = await read_form(request)
         if session is not None and not self.signer.csrf_valid(session.nonce, form.get("csrf")):
             raise PageError(403, "csrf_failed", "This form is not from your current session.")
+        if session is not None:  # refused from now on, wherever a copy of the cookie is
+            now = self.services.clock()
+            await self.services.directory.end_session(
+                session.nonce, _moment(session.expires), _moment(now)
+            )
         response = self.redirect(request, "/sign-in?reason=signed_out")
         self.clear_cookie(request, response, COOKIE)
         return response
+
+
+def _moment(unix: float) -> datetime:
+    return datetime.fromtimestamp(unix, UTC)
 
 
 def build_console(services: Services, operators: OperatorAuth | None, admin: ASGIApp) -> ASGIApp:

@@ -153,6 +153,8 @@ class ConsoleHandlers:
         session = self.signer.read(request.cookies.get(COOKIE))
         if session is None:
             raise SignInRequired()
+        if await self.services.directory.session_ended(session.nonce):
+            raise SignInRequired("signed_out")
         if session.is_operator:
             if self.operators is None:
                 raise SignInRequired()

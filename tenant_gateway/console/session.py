@@ -4,8 +4,9 @@ Signing in exchanges a credential for a session; the credential itself is never 
 browser or on the server. The session is a cookie whose value is a signed document (HMAC-SHA256
 over its JSON, with ``console_secret``): who signed in (a tenant's key id, or an operator's
 subject), when it expires, and a random nonce. Each request checks the signature and the expiry
-against the injected clock; a tenant's key is looked up again on every page (``pages.py``), so
-revoking it ends the session at once.
+against the injected clock; a tenant's key is looked up again on every page (``base.py``), so
+revoking it ends the session at once, and signing out records the nonce in the directory
+(``end_session``), so a copy of the cookie is refused by every process until it expires.
 
 Every change is a POST carrying a CSRF token: HMAC of the session's nonce, so it is bound to
 the one session and cannot be computed without the secret. The sign-in form, which has no

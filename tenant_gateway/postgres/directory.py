@@ -274,6 +274,21 @@ class PostgresDirectory(UserRows, KeyRows):
         )
         return found is not None
 
+    async def end_session(self, nonce: str, expires_at: datetime, now: datetime) -> None:
+        async with self._db.gateway_transaction() as conn:
+            await conn.execute("DELETE FROM tg_console_signouts WHERE expires_at <= $1", now)
+            await conn.execute(
+                "INSERT INTO tg_console_signouts (nonce, expires_at) VALUES ($1, $2)"
+                " ON CONFLICT (nonce) DO NOTHING",
+                nonce,
+                expires_at,
+            )
+
+    async def session_ended(self, nonce: str) -> bool:
+        async with self._db.gateway_transaction() as conn:
+            found = await conn.fetchval("SELECT 1 FROM tg_console_signouts WHERE nonce = $1", nonce)
+        return found is not None
+
     async def webhook_target(self, tenant_id: str) -> tuple[str, str] | None:
         async with self._db.gateway_transaction() as conn:
             row = await conn.fetchrow(
