@@ -15,6 +15,14 @@ found there (clients are not asked for certificates), and
 ``require_full_coverage=False`` is ``cluster-require-full-coverage no``: the other primaries go
 on serving their slots while one is down. (With Redis's default, ``yes``, a primary lost with no
 replica to promote stops the whole cluster.)
+
+For failover drills: ``add_replica(port)`` gives a primary a replica (its port is in
+``replica_ports``, not in ``ports``, which stay the nodes created as primaries), and the cluster
+promotes it when its primary fails (``node_timeout_ms`` sets how soon); ``cut_off(replica)``
+stops a replica's replication, keeping the data it has (as a partition would, and still
+eligible for promotion); ``save(port)`` writes a node's dump and ``restart(port,
+from_dump=True)`` starts it again from that dump rather than empty; ``role(port)`` and
+``replicas_of(port)`` tell what the cluster says now.
 """
 
 from __future__ import annotations
@@ -73,10 +81,12 @@ class LocalCluster:
         self._options = (
             "--cluster-require-full-coverage", "yes" if require_full_coverage else "no",
             "--cluster-node-timeout", str(node_timeout_ms),
+            "--repl-diskless-sync-delay", "0",  # a new replica's first sync starts at once
         )  # fmt: skip
         self._ready_timeout = ready_timeout
         self._tls = tls
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.replica_ports: list[int] = []
         try:
             for port in self.ports:
                 self._start(port)
@@ -125,7 +135,8 @@ class LocalCluster:
         self.processes[port] = subprocess.Popen(
             ["redis-server", *self._server_tls(port), "--bind", HOST, "--cluster-enabled", "yes"]
             + ["--cluster-config-file", f"nodes-{port}.conf", "--dir", str(self.directory)]
-            + ["--save", "", "--appendonly", "no", *self._options],
+            + ["--save", "", "--appendonly", "no", "--dbfilename", f"dump-{port}.rdb"]
+            + list(self._options),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -161,11 +172,28 @@ class LocalCluster:
     def wait_ok(self, ports: list[int] | None = None) -> None:
         """Until every running node (or those of ``ports``) says ``cluster_state:ok``."""
         deadline = time.monotonic() + self._ready_timeout
-        for port in ports or [p for p in self.ports if self.processes[p].poll() is None]:
+        for port in ports or [p for p, run in self.processes.items() if run.poll() is None]:
             while self.state(port) != "ok":
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"node {port}: cluster_state not ok:\n{self.log(port)}")
                 time.sleep(0.05)
+
+    def wait_settled(self) -> None:
+        """Until every running node says ``cluster_state:ok`` and sees the same primaries."""
+        deadline = time.monotonic() + self._ready_timeout
+        self.wait_ok()
+        running = [port for port, process in self.processes.items() if process.poll() is None]
+        while len({frozenset(self._primary_ids(port)) for port in running}) != 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the nodes never agreed on the primaries")
+            time.sleep(0.05)
+
+    def _primary_ids(self, port: int) -> list[str]:
+        return [
+            fields[0]
+            for fields in self._nodes(port)
+            if len(fields) > 2 and "master" in fields[2] and "fail" not in fields[2]
+        ]
 
     def log(self, port: int) -> str:
         with contextlib.suppress(OSError):
@@ -188,11 +216,86 @@ class LocalCluster:
         process.kill()
         process.wait()
 
-    def restart(self, port: int) -> None:
-        """Start a killed node again (its slots, no data) and wait until it serves them."""
+    def restart(self, port: int, *, from_dump: bool = False) -> None:
+        """Start a killed node again (its slots, no data unless ``from_dump``: the dump
+        ``save`` wrote) and wait until it serves them."""
+        if not from_dump:
+            (self.directory / f"dump-{port}.rdb").unlink(missing_ok=True)
         self._start(port)
         self._wait_answering(port)
         self.wait_ok([port])
+
+    def save(self, port: int) -> None:
+        """Write the node's dump now (``SAVE``)."""
+        if self.cli(port, "SAVE").strip() != "OK":
+            raise RuntimeError(f"node {port}: SAVE failed:\n{self.log(port)}")
+
+    def _node_id(self, port: int) -> str:
+        return self.cli(port, "CLUSTER", "MYID").strip()
+
+    def _nodes(self, port: int) -> list[list[str]]:
+        """``CLUSTER NODES`` as the node sees it: one list of fields per node."""
+        return [line.split() for line in self.cli(port, "CLUSTER", "NODES").splitlines()]
+
+    def role(self, port: int) -> str:
+        """``master`` or ``slave``, as the node says ("" when it does not answer)."""
+        for line in self.cli(port, "INFO", "replication").splitlines():
+            if line.startswith("role:"):
+                return line.split(":", 1)[1].strip()
+        return ""
+
+    def replicas_of(self, port: int) -> list[int]:
+        """The ports of the node's replicas, as the node itself sees them."""
+        mine = self._node_id(port)
+        return [
+            int(fields[1].split("@")[0].rpartition(":")[2])
+            for fields in self._nodes(port)
+            if len(fields) > 3 and fields[3] == mine and "fail" not in fields[2]
+        ]
+
+    def add_replica(self, primary: int) -> int:
+        """Start a node, make it a replica of ``primary`` and wait until it is in sync."""
+        port = next(p for p in cluster_ports(8) if p not in self.processes)
+        self._start(port)
+        self.replica_ports.append(port)
+        self._wait_answering(port)
+        self.cli(port, "CLUSTER", "MEET", HOST, str(primary))
+        primary_id = self._node_id(primary)
+        deadline = time.monotonic() + self._ready_timeout
+        while self.cli(port, "CLUSTER", "REPLICATE", primary_id).strip() != "OK":
+            if time.monotonic() > deadline:  # it does not know the primary yet: gossip
+                raise RuntimeError(f"node {port} never became a replica:\n{self.log(port)}")
+            time.sleep(0.1)
+        while "master_link_status:up" not in self.cli(port, "INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica {port} never synced:\n{self.log(port)}")
+            time.sleep(0.05)
+        # Every primary must know it as the primary's replica, or none would vote for it.
+        mine = self._node_id(port)
+        for other in [p for p, run in self.processes.items() if run.poll() is None]:
+            while not any(
+                fields[0] == mine and fields[3] == primary_id for fields in self._nodes(other)
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {other} never heard of replica {port}")
+                time.sleep(0.05)
+        self.wait_ok([port, primary])
+        return port
+
+    def cut_off(self, replica: int) -> None:
+        """Stop the replica's replication for good, keeping the data it has: it is given a
+        wrong password for its primary (which has none, so refuses it) and disconnected; it
+        stays eligible for promotion however old its data gets."""
+        self.cli(replica, "CONFIG", "SET", "masterauth", "not-the-password")
+        self.cli(replica, "CONFIG", "SET", "cluster-replica-validity-factor", "0")
+        info = self.cli(replica, "INFO", "replication").splitlines()
+        primary = next(line.split(":", 1)[1] for line in info if line.startswith("master_port:"))
+        self.cli(int(primary), "CLIENT", "KILL", "TYPE", "replica")
+        deadline = time.monotonic() + self._ready_timeout
+        while "master_link_status:up" in self.cli(replica, "INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica {replica} still replicating:\n{self.log(replica)}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         for process in self.processes.values():

@@ -18,23 +18,26 @@ Redirections and retries are bounded (``MAX_REDIRECTS``, ``MAX_TRYAGAIN``); past
 is the error. Each primary has a circuit breaker of its own (``breaker.py``): a node that does
 not answer, or says it serves nothing now (``CLUSTERDOWN``, ``LOADING``…), fails the commands
 for its slots only; a redirection or ``TRYAGAIN`` is an answer, about one slot.
+
+A script call that stamps or checks usage hashes carries the lineage of the node it is written
+on (``cluster_lineage.py``): it is given as a function of that lineage (``Command``), packed
+again for the node a redirection sends it to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from redis import exceptions as errors
-from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
 
 from tenant_gateway.breaker import Breaker, BreakerState
 from tenant_gateway.clock import Clock
+from tenant_gateway.redis.cluster_lineage import NodeLineages
 from tenant_gateway.redis.pipeline import PipelinedRedis, pack_command
-from tenant_gateway.redis.replies import unreachable
+from tenant_gateway.redis.replies import demoted, unreachable
 from tenant_gateway.redis.slots import (
     SLOTS,
     Node,
@@ -42,12 +45,11 @@ from tenant_gateway.redis.slots import (
     node_name,
     owners_from_shards,
     owners_from_slots,
-    slot_of,
     text,
 )
 from tenant_gateway.redis.urls import ClusterURL
 
-__all__ = ["ClusterNodes", "SlotScript"]
+__all__ = ["ClusterNodes", "Command"]
 
 MAX_REDIRECTS = 5
 MAX_TRYAGAIN = 10
@@ -56,6 +58,10 @@ REFRESH_INTERVAL = 1.0  # seconds between two refreshes a redirection asks for
 
 _ASKING = pack_command(("ASKING",))
 _REDIRECTIONS = ("MOVED", "ASK", "TRYAGAIN", "NOSCRIPT")
+
+Command = bytes | Callable[[bytes], bytes]
+"""A command as RESP, or a function of the lineage (a RESP bulk string) of the node it is
+written on that packs it."""
 
 
 class ClusterNodes:
@@ -69,6 +75,7 @@ class ClusterNodes:
         self._primaries: list[Node] = []
         self._pipes: dict[Node, PipelinedRedis] = {}
         self._breakers: dict[Node, Breaker] = {}
+        self.lineages = NodeLineages()
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = -REFRESH_INTERVAL
         self._inflight: set[asyncio.Task[None]] = set()
@@ -88,6 +95,11 @@ class ClusterNodes:
         return breaker
 
     def _set_owners(self, owners: list[Node | None]) -> None:
+        """A node given a slot it did not serve is asked its lineage before it is written to
+        again: it may be a replica just promoted, on a connection opened before."""
+        for node in {new for old, new in zip(self._owners, owners, strict=True) if new != old}:
+            if node is not None:
+                self.lineages.doubt(node)
         self._owners = owners
         self._primaries = sorted({node for node in owners if node is not None})
 
@@ -157,16 +169,21 @@ class ClusterNodes:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def send(self, slot: int, command: bytes, script: str | None = None) -> asyncio.Future[Any]:
-        """Send ``command`` (RESP) to the primary of ``slot``, following redirections; the
-        future gets the final reply (an error reply is returned, as ``PipelinedRedis`` does)
-        or raises the connection's error. ``script``: the source to load on ``NOSCRIPT``."""
+    def send(self, slot: int, command: Command, script: str | None = None) -> asyncio.Future[Any]:
+        """Send ``command`` to the primary of ``slot``, following redirections; the future
+        gets the final reply (an error reply is returned, as ``PipelinedRedis`` does) or raises
+        the connection's error. ``script``: the source to load on ``NOSCRIPT``."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         node = self._owners[slot]
         pipe = self._pipes.get(node) if node is not None else None
-        if node is not None and pipe is not None and pipe.connected:
-            reply = pipe.send_packed(command)
+        if (
+            node is not None
+            and pipe is not None
+            and pipe.connected
+            and not self.lineages.doubtful(node)
+        ):
+            reply = pipe.send_packed(self._packed(node, command))
             reply.add_done_callback(
                 functools.partial(self._first_reply, node, slot, command, script, done)
             )
@@ -178,7 +195,7 @@ class ClusterNodes:
         self,
         node: Node,
         slot: int,
-        command: bytes,
+        command: Command,
         script: str | None,
         done: asyncio.Future[Any],
         reply: asyncio.Future[Any],
@@ -196,7 +213,7 @@ class ClusterNodes:
     async def _follow(
         self,
         slot: int,
-        command: bytes,
+        command: Command,
         script: str | None,
         done: asyncio.Future[Any],
         first: tuple[Node, BaseException | None, Any] | None,
@@ -219,7 +236,7 @@ class ClusterNodes:
     async def _route(
         self,
         slot: int,
-        command: bytes,
+        command: Command,
         script: str | None,
         pending: tuple[Node, BaseException | None, Any] | None,
     ) -> Any:
@@ -271,31 +288,57 @@ class ClusterNodes:
             return value
 
     async def _attempt(
-        self, node: Node, command: bytes, *, asked: bool
+        self, node: Node, command: Command, *, asked: bool
     ) -> tuple[Node, BaseException | None, Any]:
         """One try on one node: (node, the connection's error or None, the reply)."""
         try:
             pipe = await self._connected(node)
             if asked:  # ASKING's OK comes first, on the same connection
                 pipe.send_packed(_ASKING).add_done_callback(_retrieved)
-            return node, None, await pipe.send_packed(command)
+            return node, None, await pipe.send_packed(self._packed(node, command))
         except errors.RedisError as exc:
             return node, exc, None
 
+    def _packed(self, node: Node, command: Command) -> bytes:
+        return command if isinstance(command, bytes) else command(self.lineages.packed(node))
+
     async def _connected(self, node: Node) -> PipelinedRedis:
+        """The node's connection, open, and the node's lineage known (``NodeLineages``)."""
         pipe = self._pipes.get(node)
         if pipe is None:
             pipe = self._pipes[node] = PipelinedRedis(
-                self._url.node_url(*node), timeout=self._timeout
+                self._url.node_url(*node),
+                timeout=self._timeout,
+                greet=lambda ask: self.lineages.learn(node, ask),
             )
         await pipe.connect()
+        if self.lineages.doubtful(node):
+            await self.lineages.ask(node, pipe.send)
         return pipe
 
+    def recheck(self) -> None:
+        """Ask each primary's open connection for its lineage again, in the background."""
+        for node in self._primaries:
+            pipe = self._pipes.get(node)
+            if pipe is not None and pipe.connected:
+                self._spawn(self._recheck(node, pipe))
+
+    async def _recheck(self, node: Node, pipe: PipelinedRedis) -> None:
+        try:
+            await self.lineages.ask(node, pipe.send)
+        except errors.RedisError:
+            pass  # the connection's next command meets the trouble, and reports it
+
     def _report(self, node: Node, outcome: object) -> None:
-        """Tell the node's breaker what its answer (or failure) says about the node."""
+        """Tell the node's breaker what its answer (or failure) says about the node. A node
+        that serves nothing now has the map read again (a replica may serve its slots now); a
+        write it refused as ``READONLY`` puts its lineage in doubt too."""
         breaker = self.breaker(node)
         if isinstance(outcome, BaseException) and _down(outcome):
             breaker.failed()
+            if demoted(outcome):
+                self.lineages.doubt(node)
+            self._refresh_soon()
         else:
             breaker.succeeded()
 
@@ -311,26 +354,9 @@ class ClusterNodes:
         if self._refreshing is not None:
             self._refreshing.cancel()
             await asyncio.gather(self._refreshing, return_exceptions=True)
+        await self.lineages.close()
         for pipe in self._pipes.values():
             await pipe.close()
-
-
-class SlotScript(AsyncScript):
-    """A Lua script run on the primary of its keys' slot through ``ClusterNodes`` (pipelined,
-    redirections followed, loaded where a node does not know it), called as redis-py's."""
-
-    def __init__(self, cluster: RedisCluster, nodes: ClusterNodes, script: str) -> None:
-        super().__init__(cluster, script)
-        self._nodes = nodes
-        self._source = script
-
-    async def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
-        names = [str(key) for key in keys or ()]
-        command = pack_command(("EVALSHA", self.sha, len(names), *names, *(args or ())))
-        reply = await self._nodes.send(slot_of(names[0]), command, self._source)
-        if isinstance(reply, errors.ResponseError):
-            raise reply
-        return reply
 
 
 def _retrieved(reply: asyncio.Future[Any]) -> None:

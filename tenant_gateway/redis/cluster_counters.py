@@ -15,6 +15,12 @@ A tenant's hashes share one slot (``{<tenant>}`` in their names), so:
   owed to the ledger).
 - **Breakers.** One per primary (``ClusterNodes``): a decision whose slot's primary has its
   circuit open fails at once; a node that fails opens its own circuit only.
+- **Lineages.** Each primary has its own (``cluster_lineage.py``), and every script call that
+  stamps or checks hashes carries the lineage of the node it runs on: a decision, a restore, the
+  flush's check (``lua/unchecked.lua``) and a read (``lua/read.lua``). So a node that comes back
+  with less (restarted from an older dump, a replica promoted before it had every write) has
+  each of its hashes checked against the ledger, and raised to it, before the next decision on
+  it, the next tally added to it or the next read of it; the other nodes' hashes are not.
 """
 
 from __future__ import annotations
@@ -24,11 +30,10 @@ import functools
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -37,22 +42,23 @@ from tenant_gateway.clock import Clock
 from tenant_gateway.exceptions import StoreUnavailable, redact_url
 from tenant_gateway.models import UsageKey
 from tenant_gateway.quota import Admission, HydrateSource
-from tenant_gateway.redis.cluster import ClusterNodes, SlotScript
+from tenant_gateway.redis.cluster import ClusterNodes
 from tenant_gateway.redis.counters import RedisCounters
 from tenant_gateway.redis.decisions import ADMIT_SCRIPT, Decision, DecisionBatch
 from tenant_gateway.redis.identity import UNKNOWN_LINEAGE
 from tenant_gateway.redis.lua import load
-from tenant_gateway.redis.pipeline import pack_command
 from tenant_gateway.redis.replies import unreachable
+from tenant_gateway.redis.slot_script import SlotScript
 from tenant_gateway.redis.slots import Node, node_name, slot_of
 from tenant_gateway.redis.urls import cluster_url
-from tenant_gateway.tallies import HYDRATED
+from tenant_gateway.tallies import HYDRATED, MAX_TALLY, sound_tallies
 
 __all__ = ["ClusterCounters"]
 
 logger = logging.getLogger("tenant_gateway.quota")
 
 _SLOT_CACHE_SIZE = 100_000
+_ITS_NODE = 0  # a lineage argument the call is given as the lineage of the node it runs on
 
 
 class ClusterCounters(RedisCounters):
@@ -78,9 +84,14 @@ class ClusterCounters(RedisCounters):
             clock=clock,
         )
         self.nodes = ClusterNodes(self._cluster_url, timeout=timeout, clock=clock)
-        # restores and flushes on the nodes' pipelined connections too: no pool to run out of
-        self._hydrate_script = SlotScript(self._cluster, self.nodes, load("hydrate"))
+        # restores, flushes and reads on the nodes' pipelined connections too: no pool to run
+        # out of; the restore's and the reads' lineage argument is the node's they run on
+        self._hydrate_script = SlotScript(self._cluster, self.nodes, load("hydrate"), lineage_at=2)
         self._add_script = SlotScript(self._cluster, self.nodes, load("add"))
+        self._unchecked_script = SlotScript(
+            self._cluster, self.nodes, load("unchecked"), lineage_at=1
+        )
+        self._read_script = SlotScript(self._cluster, self.nodes, load("read"), lineage_at=1)
         self._slot_batches: dict[int, DecisionBatch] = {}
         self._slots: dict[UsageKey, int] = {}
         self._unacked_slots: dict[int, tuple[int, dict[UsageKey, Counter[str]]]] = {}
@@ -149,7 +160,7 @@ class ClusterCounters(RedisCounters):
     def _send_batch(self) -> None:
         batches, self._slot_batches = self._slot_batches, {}
         for slot, batch in batches.items():
-            command = batch.command(self._packed_sha, self._server.packed)
+            command = functools.partial(batch.command, self._packed_sha)  # the node's lineage
             reply = self.nodes.send(slot, command, ADMIT_SCRIPT)
             reply.add_done_callback(functools.partial(self._slot_replied, batch))
 
@@ -172,7 +183,9 @@ class ClusterCounters(RedisCounters):
 
     async def add(self, increments: Mapping[UsageKey, Mapping[str, int]]) -> None:
         """``RedisCounters.add``, slot by slot: each slot's batch is numbered and sent alone,
-        and one that failed goes again first, with its number, at the next call."""
+        and one that failed goes again first, with its number, at the next call. Each call
+        also has every primary asked its lineage again, in the background (``recheck``)."""
+        self.nodes.recheck()
         self._owe(increments)
         async with self._adding:
             owed, self._owed = self._owed, defaultdict(Counter)
@@ -210,12 +223,12 @@ class ClusterCounters(RedisCounters):
         """``RedisCounters._send`` for the hashes of one slot, on that slot's primary."""
         keys = list(batch)
         names = [self._key(key) for key in keys]
-        present = await self._slot_call(
-            slot, [pack_command(("HEXISTS", name, HYDRATED)) for name in names]
-        )
-        for key, hydrated in zip(keys, present, strict=True):
-            if hydrated != 1:  # missing, or not a hash (the restore sets it aside)
-                await self._hydrate(key, UNKNOWN_LINEAGE)
+        try:
+            unchecked = await self._unchecked_script(keys=names, args=[MAX_TALLY, _ITS_NODE])
+        except RedisError as exc:
+            raise StoreUnavailable("Redis", redact_url(self._url), str(exc)) from exc
+        for index in unchecked:  # not restored, not checked on this node's data set, not a hash
+            await self._hydrate(keys[int(index) - 1], UNKNOWN_LINEAGE)
         # The marker shares the first tenant's hash tag, so its slot: a batch sent again has the
         # same first tenant, and the next batch of the slot is sent only once this one is done.
         marker = f"{self._marker}:{{{keys[0][0]}}}"
@@ -227,23 +240,33 @@ class ClusterCounters(RedisCounters):
             raise StoreUnavailable("Redis", redact_url(self._url), str(exc)) from exc
         self._applied(keys, batch, skipped)
 
-    async def _read_stamped(
-        self, queue: Callable[[Pipeline | ClusterPipeline], object]
-    ) -> tuple[int, list[Any]]:
-        """Each node has a lineage of its own, which the decisions do not carry yet: on a
-        cluster, every hash keeps the unknown lineage's stamp (``identity.py``), so one is
-        restored when it is lost but not checked when a node comes back with less."""
-        return UNKNOWN_LINEAGE, await self._read_first(queue)
-
-    async def _slot_call(self, slot: int, commands: list[bytes]) -> list[Any]:
-        """Commands on one slot's primary, pipelined; their replies (error replies in place)."""
-        replies = [self.nodes.send(slot, command) for command in commands]
-        try:
-            return list(await asyncio.gather(*replies))
-        except RedisError as exc:
-            raise StoreUnavailable("Redis", redact_url(self._url), str(exc)) from exc
-
     # -- reads -------------------------------------------------------------------------------
+
+    async def _hgetall(self, keys: list[UsageKey]) -> tuple[int, list[dict[str, int] | None]]:
+        """``RedisCounters._hgetall``, one ``lua/read.lua`` call per slot: ``hydrated`` is
+        there (as 1) only when the hash is stamped with the lineage of the node that holds it.
+        (The lineage returned is unknown: each restore is given its node's own.)"""
+        by_slot: defaultdict[int, list[int]] = defaultdict(list)
+        for index, key in enumerate(keys):
+            by_slot[self._slot(key)].append(index)
+        names = [self._key(key) for key in keys]
+        calls = [
+            self._read_script.send([names[index] for index in indexes], [MAX_TALLY, _ITS_NODE])
+            for indexes in by_slot.values()
+        ]
+        hashes: list[dict[str, int] | None] = [None] * len(keys)
+        for indexes, reply in zip(by_slot.values(), await _replies(calls, self._url), strict=True):
+            for index, found in zip(indexes, reply, strict=True):
+                if found is None:  # a key of another type
+                    continue
+                stamped, raw = found
+                fields = dict(zip(raw[::2], raw[1::2], strict=True))
+                tallies = sound_tallies(fields, names[index])
+                tallies.pop(HYDRATED, None)
+                if stamped == 1:
+                    tallies[HYDRATED] = 1
+                hashes[index] = tallies
+        return UNKNOWN_LINEAGE, hashes
 
     async def snapshots(self, keys: Iterable[UsageKey]) -> dict[UsageKey, dict[str, int]]:
         """Read each primary's keys apart: the keys of a node that does not answer are left
@@ -301,3 +324,14 @@ class ClusterCounters(RedisCounters):
         await asyncio.gather(*self._inflight, return_exceptions=True)
         await self.nodes.close()
         await self._cluster.aclose()
+
+
+async def _replies(calls: list[asyncio.Future[Any]], url: str) -> list[Any]:
+    """The replies of script calls, once all have come; any that failed fails them all."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, RedisError):  # a lost connection, or an error reply
+            raise StoreUnavailable("Redis", redact_url(url), str(outcome)) from outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes

@@ -11,6 +11,7 @@ server changed, whoever was connected when it did.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -91,8 +92,8 @@ class ServerIdentity:
 async def identify(ask: Ask) -> ServerIdentity | None:
     """The identity of the server behind ``ask``, or None when it will not say (an ACL that
     refuses INFO): then nothing can be told apart, and nothing is refused."""
-    asked = ask("INFO", "server"), ask("INFO", "replication")  # both sent before either reply
-    server, replication = await asked[0], await asked[1]
+    # both sent before either reply; gathered, so a lost connection fails both as one
+    server, replication = await asyncio.gather(ask("INFO", "server"), ask("INFO", "replication"))
     if isinstance(server, errors.ResponseError) or isinstance(replication, errors.ResponseError):
         return None
     return ServerIdentity.from_info(parse_info(server), parse_info(replication))
