@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 
 from tenant_gateway.client_limits import ClientLimiter
 from tenant_gateway.clock import Clock
-from tenant_gateway.directory import TenantDirectory
+from tenant_gateway.directory import LAST_USED_GRANULARITY, TenantDirectory
 from tenant_gateway.exceptions import (
     InvalidApiKey,
     StoreUnavailable,
@@ -73,6 +73,8 @@ class Principal:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ids", (self.tenant.id, self.key.id))
 
+
+_GRANULARITY = LAST_USED_GRANULARITY.total_seconds()
 
 REFRESH_AHEAD = 0.25
 """Share of the short TTL, before an entry expires, in which a use starts a background reload."""
@@ -116,6 +118,10 @@ class KeyResolver:
         self._refresh_window = ttl * REFRESH_AHEAD
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._last_used: dict[tuple[str, str], float] = {}
+        self._written: dict[tuple[str, str], float] = {}
+        """Per key, the latest use handed to a write, while it is less than the granularity
+        old: a use sooner after it would not rewrite the row, so it is not sent."""
+        self._written_pruned = -math.inf
         self._loads: Flights[str, _Entry] = Flights("loading a key")
         self._generation = 0
         """Bumped by every eviction: a load that started before one is not cached."""
@@ -215,13 +221,27 @@ class KeyResolver:
         return principal
 
     def drain_last_used(self) -> dict[tuple[str, str], datetime]:
-        """Last-use times gathered since the previous drain, for one batched write."""
+        """Last-use times gathered since the previous drain, for one batched write: of each
+        key, its latest use, unless it is less than ``LAST_USED_GRANULARITY`` after the last
+        one drained (the store rewrites a row only for a use that much newer than the stored
+        one). So a busy key is sent once a minute, not once a flush."""
         used, self._last_used = self._last_used, {}
-        return {ids: datetime.fromtimestamp(moment, UTC) for ids, moment in used.items()}
+        written, granularity = self._written, _GRANULARITY
+        due: dict[tuple[str, str], datetime] = {}
+        for ids, moment in used.items():
+            if moment - written.get(ids, -math.inf) >= granularity:
+                written[ids] = moment
+                due[ids] = datetime.fromtimestamp(moment, UTC)
+        now = self._clock()
+        if now - self._written_pruned >= granularity:  # forget what no longer holds a use back
+            self._written_pruned = now
+            self._written = {ids: at for ids, at in written.items() if at > now - granularity}
+        return due
 
     def keep_last_used(self, used: dict[tuple[str, str], datetime]) -> None:
         """Put back a drained batch whose write failed (newer uses win)."""
         for ids, moment in used.items():
+            self._written.pop(ids, None)
             self._last_used[ids] = max(self._last_used.get(ids, 0.0), moment.timestamp())
 
     def last_used(self, tenant_id: str, key_id: str) -> datetime | None:
