@@ -19,8 +19,10 @@ process that never confirms (a PostgreSQL directory without Redis, shared with o
 keeps the short ``ttl``. Unknown keys are cached too (as misses, for ``ttl`` only), so a flood
 of well-formed fake keys cannot hammer the database.
 
-Loads are single-flight: the requests that find a key cold together share one directory
-query. A key in use is refreshed ahead: a use in the last quarter of ``ttl`` before its entry
+Loads are single-flight: the requests that find a key cold together share one load. The
+loads of different keys asked for at about the same time share one directory query
+(``lookups.py``): a restart with thousands of keys in use, or a minute of keys reaching the
+end of their life together, costs a query per batch, not one per key. A key in use is refreshed ahead: a use in the last quarter of ``ttl`` before its entry
 expires starts a background reload, so a busy key never expires under its traffic (without it,
 every busy key stalls all its concurrent requests on a query each time it expires). An entry is
 never served past its expiry, so refreshing ahead does not stretch the revocation bound; a load
@@ -54,6 +56,7 @@ from tenant_gateway.exceptions import (
 )
 from tenant_gateway.flights import Flights
 from tenant_gateway.keys import hash_api_key, is_well_formed, verify_api_key
+from tenant_gateway.lookups import KeyLookups
 from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus
 
 __all__ = ["KeyResolver", "Principal"]
@@ -106,7 +109,6 @@ class KeyResolver:
         api_roles: frozenset[Role] = frozenset(Role),
         failures: ClientLimiter | None = None,
     ) -> None:
-        self._directory = directory
         self._failures = failures
         self._clock = clock
         self._ttl = ttl
@@ -123,6 +125,7 @@ class KeyResolver:
         old: a use sooner after it would not rewrite the row, so it is not sent."""
         self._written_pruned = -math.inf
         self._loads: Flights[str, _Entry] = Flights("loading a key")
+        self._lookups = KeyLookups(directory)
         self._generation = 0
         """Bumped by every eviction: a load that started before one is not cached."""
         self.hits = 0
@@ -251,7 +254,7 @@ class KeyResolver:
 
     async def _load(self, raw_key: str, now: float) -> _Entry:
         generation = self._generation
-        found = await self._directory.find_key(hash_api_key(raw_key))
+        found = await self._lookups.find(hash_api_key(raw_key))
         entry: _Entry
         if found is None or not verify_api_key(raw_key, found[0].key_hash):
             # a miss: no eviction names it, so only the short TTL bounds it

@@ -9,7 +9,7 @@ process, on the injected clock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -92,23 +92,23 @@ async def tenant_count(client: httpx.AsyncClient, name: str) -> int:
 
 
 def count_lookups(gateway: TenantGateway) -> list[int]:
-    """Count the key lookups the gateway's own directory object answers (on Postgres, each one
-    is a query): the real directory does the work, the count is taken on its way in.
-    [lookups, lookups under way now, most under way at once]."""
+    """Count the keys the gateway's own directory object looks up (on Postgres, the keys
+    looked up together are one query): the real directory does the work, the count is taken
+    on its way in. [keys looked up, keys under lookup now, most under lookup at once]."""
     directory = gateway.services.directory
-    find_key = directory.find_key
+    find_keys = directory.find_keys
     calls = [0, 0, 0]
 
-    async def counted(key_hash: bytes) -> Any:
-        calls[0] += 1
-        calls[1] += 1
+    async def counted(key_hashes: Collection[bytes]) -> Any:
+        calls[0] += len(key_hashes)
+        calls[1] += len(key_hashes)
         calls[2] = max(calls[1], calls[2])
         try:
-            return await find_key(key_hash)
+            return await find_keys(key_hashes)
         finally:
-            calls[1] -= 1
+            calls[1] -= len(key_hashes)
 
-    directory.find_key = counted  # type: ignore[method-assign]
+    directory.find_keys = counted  # type: ignore[method-assign]
     return calls
 
 
