@@ -22,11 +22,12 @@ of well-formed fake keys cannot hammer the database.
 Loads are single-flight: the requests that find a key cold together share one load. The
 loads of different keys asked for at about the same time share one directory query
 (``lookups.py``): a restart with thousands of keys in use, or a minute of keys reaching the
-end of their life together, costs a query per batch, not one per key. A key in use is refreshed ahead: a use in the last quarter of ``ttl`` before its entry
-expires starts a background reload, so a busy key never expires under its traffic (without it,
-every busy key stalls all its concurrent requests on a query each time it expires). An entry is
-never served past its expiry, so refreshing ahead does not stretch the revocation bound; a load
-that overlaps an eviction (``forget_*``) is not cached.
+end of their life together, costs a query per batch, not one per key. A key in use is
+refreshed ahead: a use in the last quarter of ``ttl`` before its entry expires starts a
+background reload, so a busy key never expires under its traffic (without it, every busy key
+stalls all its concurrent requests on a query each time it expires). An entry is never served
+past its expiry, so refreshing ahead does not stretch the revocation bound; a load that
+overlaps an eviction (``forget_*``) is not cached.
 
 Failed authentications that cost a lookup (unknown, revoked or expired keys, deleted tenants)
 are counted per client address when a ``failures`` limiter is given. An address over its limit
@@ -120,10 +121,10 @@ class KeyResolver:
         self._refresh_window = ttl * REFRESH_AHEAD
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._last_used: dict[tuple[str, str], float] = {}
-        self._written: dict[tuple[str, str], float] = {}
-        """Per key, the latest use handed to a write, while it is less than the granularity
-        old: a use sooner after it would not rewrite the row, so it is not sent."""
-        self._written_pruned = -math.inf
+        self._next_use: dict[tuple[str, str], float] = {}
+        """Per key, when a use is next worth writing: ``LAST_USED_GRANULARITY`` after the
+        last one drained (a use sooner would not rewrite the row). Past entries are pruned."""
+        self._next_use_pruned = -math.inf
         self._loads: Flights[str, _Entry] = Flights("loading a key")
         self._lookups = KeyLookups(directory)
         self._generation = 0
@@ -220,35 +221,36 @@ class KeyResolver:
             if status is TenantStatus.SUSPENDED:
                 raise TenantSuspended()
             raise InvalidApiKey()  # deleted
-        self._last_used[principal.ids] = now
+        ids = principal.ids
+        if now >= self._next_use.get(ids, 0.0):
+            self._last_used[ids] = now
         return principal
 
     def drain_last_used(self) -> dict[tuple[str, str], datetime]:
         """Last-use times gathered since the previous drain, for one batched write: of each
-        key, its latest use, unless it is less than ``LAST_USED_GRANULARITY`` after the last
-        one drained (the store rewrites a row only for a use that much newer than the stored
-        one). So a busy key is sent once a minute, not once a flush."""
+        key, its latest use, if it came ``LAST_USED_GRANULARITY`` or more after the last one
+        drained (the store rewrites a row only for a use that much newer than the stored one,
+        so the uses sooner are not even noted). A busy key is sent once a minute, not once a
+        flush, and a flush costs the keys it sends, not the keys in use."""
         used, self._last_used = self._last_used, {}
-        written, granularity = self._written, _GRANULARITY
-        due: dict[tuple[str, str], datetime] = {}
+        next_use, granularity = self._next_use, _GRANULARITY
         for ids, moment in used.items():
-            if moment - written.get(ids, -math.inf) >= granularity:
-                written[ids] = moment
-                due[ids] = datetime.fromtimestamp(moment, UTC)
+            next_use[ids] = moment + granularity
         now = self._clock()
-        if now - self._written_pruned >= granularity:  # forget what no longer holds a use back
-            self._written_pruned = now
-            self._written = {ids: at for ids, at in written.items() if at > now - granularity}
-        return due
+        if now - self._next_use_pruned >= granularity:  # forget what holds no use back
+            self._next_use_pruned = now
+            self._next_use = {ids: at for ids, at in next_use.items() if at > now}
+        return {ids: datetime.fromtimestamp(moment, UTC) for ids, moment in used.items()}
 
     def keep_last_used(self, used: dict[tuple[str, str], datetime]) -> None:
         """Put back a drained batch whose write failed (newer uses win)."""
         for ids, moment in used.items():
-            self._written.pop(ids, None)
+            self._next_use.pop(ids, None)
             self._last_used[ids] = max(self._last_used.get(ids, 0.0), moment.timestamp())
 
     def last_used(self, tenant_id: str, key_id: str) -> datetime | None:
-        """A use this process has seen but not yet written, if any."""
+        """A use this process has noted but not yet written, if any (a use within a minute of
+        the last one drained is not noted)."""
         moment = self._last_used.get((tenant_id, key_id))
         return None if moment is None else datetime.fromtimestamp(moment, UTC)
 

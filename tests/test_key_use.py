@@ -176,7 +176,7 @@ async def test_a_busy_key_is_sent_to_the_store_once_a_minute_not_once_a_flush() 
     """Each flush sent the last use of every key used since the previous one: with 2,000 keys
     in use, 2,000 rows' worth of arrays encoded, sent and joined every second, for the store to
     find them all written within the minute. Now a use less than the granularity after the one
-    last sent for its key stays in process, and one whose write failed is sent again."""
+    last sent for its key is not even noted, and one whose write failed is sent again."""
     directory, clock = CountingDirectory(), FakeClock(START)
     resolver = KeyResolver(directory, clock, ttl=1.0, long_ttl=3600.0)
     secret, tenant = await add_tenant(directory)
