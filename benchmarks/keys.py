@@ -150,18 +150,20 @@ def create_keys(base: str, tenant: str, admin_key: str, count: int) -> list[str]
     return keys
 
 
-def gateway(database_url: str, prefix: str, log: Path) -> Server:
+def gateway(database_url: str, prefix: str, log: Path, wrapper: Sequence[str] = ()) -> Server:
+    """The benchmark's gateway process (``wrapper``: valgrind, for ``keys_instructions``)."""
     pin = ("taskset", "-c", SERVER_CORE) if (os.cpu_count() or 1) > 1 else ()
     return Server(
         "--workers", "1", "--log-level", "warning", "--no-access-log",
         command=(sys.executable, "-m", "uvicorn", "benchmarks.apps:gateway_app", "--factory"),
-        prefix=pin,
+        prefix=(*pin, *wrapper),
         env={
             "TG_BENCH_DATABASE_URL": database_url,
             "TG_BENCH_REDIS_URL": REDIS_URL,
             "TG_BENCH_REDIS_PREFIX": prefix,
         },
         log=log,
+        ready_timeout=300 if wrapper else 60,
     )  # fmt: skip
 
 
@@ -323,6 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {args.duration:g} s x {args.rounds} round(s), PostgreSQL + Redis"
     )
     print(f"\n{title}\n{text_table(HEADERS, rows, rule=True)}\n\n{markdown_table(HEADERS, rows)}")
+    if args.rounds > 1:
+        pairs = [m.rate / o.rate for o, m in zip(runs["one"], runs["many"], strict=True)]
+        print(
+            "many / one req/s round by round: "
+            + ", ".join(f"{ratio:.2f}" for ratio in pairs)
+            + f" (median {statistics.median(pairs):.2f})"
+        )
     print(f"machine load average after: {Path('/proc/loadavg').read_text().strip()}")
     failures = [f"{r.variant}: {r.failed} calls not 200" for r in (one, many) if r.failed]
     if many.per_request >= GOAL_XACTS:

@@ -56,6 +56,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "billing",
         "events",
         "headers",
+        "lookups",
         "metering",
         "netpolicy",
         "resolver",

@@ -133,8 +133,9 @@ class ClientLimiter:
         """Shared window only: addresses refused, until when (the injected clock)."""
         self._running: dict[str, int] = {}
         """Attempts begun and not ended, per address."""
-        self._freed: dict[str, asyncio.Event] = {}
-        """Set when an attempt of the address ends: its waiters look again."""
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        """Attempts waiting for room, per address, first come first: an attempt that ends
+        wakes one of them, not all (thousands may wait behind one address)."""
         self._until_sweep = _SWEEP_EVERY
         self._shared: MovingWindowRateLimiter | None = None
         self._storage: Storage | None = None
@@ -174,28 +175,61 @@ class ClientLimiter:
     async def begin(self, address: str) -> int:
         """Start an attempt that may count: 0 when it may go ahead (then ``hit`` if it failed,
         and ``end`` in any case), else the seconds to wait. Waits while the address has
-        ``in_flight`` attempts under way, or as many as its window has room for."""
+        ``in_flight`` attempts under way, or as many as its window has room for.
+
+        Waiters are woken one at a time, each by the end of an attempt or by the waiter before
+        it that went ahead with room to spare or was refused: one wake-up per waiter, however
+        many wait (waking them all at each end costs a wake-up per waiter per attempt)."""
         while True:
             wait = self.over(address)
             if wait:
+                self._wake(address)  # refused: the next waiter learns it too
                 return wait
             running = self._running.get(address, 0)
-            if running < min(self._in_flight, self._room(address)):
+            room = min(self._in_flight, self._room(address))
+            if running < room:
                 self._running[address] = running + 1
+                if running + 1 < room:
+                    self._wake(address)
                 return 0
-            freed = self._freed.get(address)
-            if freed is None:
-                freed = self._freed[address] = asyncio.Event()
-            await freed.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(address, deque()).append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(address)  # woken, then cancelled: the turn passes on
+                else:
+                    self._forget_waiter(address, waiter)
+                raise
 
     def end(self, address: str) -> None:
         """An attempt ``begin`` let go ahead is decided (and counted by ``hit`` if it failed)."""
         running = self._running.pop(address) - 1
         if running:
             self._running[address] = running
-        freed = self._freed.pop(address, None)
-        if freed is not None:
-            freed.set()  # every waiter looks again; one that must still wait makes a new event
+        self._wake(address)
+
+    def _wake(self, address: str) -> None:
+        """Let the first attempt waiting on ``address`` look again."""
+        waiting = self._waiting.get(address)
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        if waiting is not None and not waiting:
+            del self._waiting[address]
+
+    def _forget_waiter(self, address: str, waiter: asyncio.Future[None]) -> None:
+        waiting = self._waiting.get(address)
+        if waiting is not None:
+            try:
+                waiting.remove(waiter)
+            except ValueError:
+                pass
+            if not waiting:
+                del self._waiting[address]
 
     async def hit(self, address: str) -> int:
         """Count one attempt: 0 when it is within the limit, else the seconds to wait (and the

@@ -143,6 +143,11 @@ class TenantDirectory(Protocol):
     # keys
     async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None: ...
 
+    async def find_keys(
+        self, key_hashes: Collection[bytes]
+    ) -> dict[bytes, tuple[ApiKeyRecord, Tenant]]:
+        """The keys among these digests that exist, by digest, with their tenants: one query."""
+
     async def create_key(self, key: ApiKeyRecord, *, audit: AuditEntry | None = None) -> None: ...
 
     async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]: ...
@@ -363,6 +368,16 @@ class MemoryDirectory:
         if record is None:
             return None
         return record, self._tenants[record.tenant_id]
+
+    async def find_keys(
+        self, key_hashes: Collection[bytes]
+    ) -> dict[bytes, tuple[ApiKeyRecord, Tenant]]:
+        found = {}
+        for key_hash in key_hashes:
+            key = await self.find_key(key_hash)
+            if key is not None:
+                found[key_hash] = key
+        return found
 
     async def create_key(self, key: ApiKeyRecord, *, audit: AuditEntry | None = None) -> None:
         self._keys[key.key_hash] = key

@@ -19,12 +19,15 @@ process that never confirms (a PostgreSQL directory without Redis, shared with o
 keeps the short ``ttl``. Unknown keys are cached too (as misses, for ``ttl`` only), so a flood
 of well-formed fake keys cannot hammer the database.
 
-Loads are single-flight: the requests that find a key cold together share one directory
-query. A key in use is refreshed ahead: a use in the last quarter of ``ttl`` before its entry
-expires starts a background reload, so a busy key never expires under its traffic (without it,
-every busy key stalls all its concurrent requests on a query each time it expires). An entry is
-never served past its expiry, so refreshing ahead does not stretch the revocation bound; a load
-that overlaps an eviction (``forget_*``) is not cached.
+Loads are single-flight: the requests that find a key cold together share one load. The
+loads of different keys asked for at about the same time share one directory query
+(``lookups.py``): a restart with thousands of keys in use, or a minute of keys reaching the
+end of their life together, costs a query per batch, not one per key. A key in use is
+refreshed ahead: a use in the last quarter of ``ttl`` before its entry expires starts a
+background reload, so a busy key never expires under its traffic (without it, every busy key
+stalls all its concurrent requests on a query each time it expires). An entry is never served
+past its expiry, so refreshing ahead does not stretch the revocation bound; a load that
+overlaps an eviction (``forget_*``) is not cached.
 
 Failed authentications that cost a lookup (unknown, revoked or expired keys, deleted tenants)
 are counted per client address when a ``failures`` limiter is given. An address over its limit
@@ -45,7 +48,7 @@ from datetime import UTC, datetime
 
 from tenant_gateway.client_limits import ClientLimiter
 from tenant_gateway.clock import Clock
-from tenant_gateway.directory import TenantDirectory
+from tenant_gateway.directory import LAST_USED_GRANULARITY, TenantDirectory
 from tenant_gateway.exceptions import (
     InvalidApiKey,
     StoreUnavailable,
@@ -54,6 +57,7 @@ from tenant_gateway.exceptions import (
 )
 from tenant_gateway.flights import Flights
 from tenant_gateway.keys import hash_api_key, is_well_formed, verify_api_key
+from tenant_gateway.lookups import KeyLookups
 from tenant_gateway.models import ApiKeyRecord, Role, Tenant, TenantStatus
 
 __all__ = ["KeyResolver", "Principal"]
@@ -73,6 +77,8 @@ class Principal:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ids", (self.tenant.id, self.key.id))
 
+
+_GRANULARITY = LAST_USED_GRANULARITY.total_seconds()
 
 REFRESH_AHEAD = 0.25
 """Share of the short TTL, before an entry expires, in which a use starts a background reload."""
@@ -104,7 +110,6 @@ class KeyResolver:
         api_roles: frozenset[Role] = frozenset(Role),
         failures: ClientLimiter | None = None,
     ) -> None:
-        self._directory = directory
         self._failures = failures
         self._clock = clock
         self._ttl = ttl
@@ -116,7 +121,12 @@ class KeyResolver:
         self._refresh_window = ttl * REFRESH_AHEAD
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._last_used: dict[tuple[str, str], float] = {}
+        self._next_use: dict[tuple[str, str], float] = {}
+        """Per key, when a use is next worth writing: ``LAST_USED_GRANULARITY`` after the
+        last one drained (a use sooner would not rewrite the row). Past entries are pruned."""
+        self._next_use_pruned = -math.inf
         self._loads: Flights[str, _Entry] = Flights("loading a key")
+        self._lookups = KeyLookups(directory)
         self._generation = 0
         """Bumped by every eviction: a load that started before one is not cached."""
         self.hits = 0
@@ -211,27 +221,42 @@ class KeyResolver:
             if status is TenantStatus.SUSPENDED:
                 raise TenantSuspended()
             raise InvalidApiKey()  # deleted
-        self._last_used[principal.ids] = now
+        ids = principal.ids
+        if now >= self._next_use.get(ids, 0.0):
+            self._last_used[ids] = now
         return principal
 
     def drain_last_used(self) -> dict[tuple[str, str], datetime]:
-        """Last-use times gathered since the previous drain, for one batched write."""
+        """Last-use times gathered since the previous drain, for one batched write: of each
+        key, its latest use, if it came ``LAST_USED_GRANULARITY`` or more after the last one
+        drained (the store rewrites a row only for a use that much newer than the stored one,
+        so the uses sooner are not even noted). A busy key is sent once a minute, not once a
+        flush, and a flush costs the keys it sends, not the keys in use."""
         used, self._last_used = self._last_used, {}
+        next_use, granularity = self._next_use, _GRANULARITY
+        for ids, moment in used.items():
+            next_use[ids] = moment + granularity
+        now = self._clock()
+        if now - self._next_use_pruned >= granularity:  # forget what holds no use back
+            self._next_use_pruned = now
+            self._next_use = {ids: at for ids, at in next_use.items() if at > now}
         return {ids: datetime.fromtimestamp(moment, UTC) for ids, moment in used.items()}
 
     def keep_last_used(self, used: dict[tuple[str, str], datetime]) -> None:
         """Put back a drained batch whose write failed (newer uses win)."""
         for ids, moment in used.items():
+            self._next_use.pop(ids, None)
             self._last_used[ids] = max(self._last_used.get(ids, 0.0), moment.timestamp())
 
     def last_used(self, tenant_id: str, key_id: str) -> datetime | None:
-        """A use this process has seen but not yet written, if any."""
+        """A use this process has noted but not yet written, if any (a use within a minute of
+        the last one drained is not noted)."""
         moment = self._last_used.get((tenant_id, key_id))
         return None if moment is None else datetime.fromtimestamp(moment, UTC)
 
     async def _load(self, raw_key: str, now: float) -> _Entry:
         generation = self._generation
-        found = await self._directory.find_key(hash_api_key(raw_key))
+        found = await self._lookups.find(hash_api_key(raw_key))
         entry: _Entry
         if found is None or not verify_api_key(raw_key, found[0].key_hash):
             # a miss: no eviction names it, so only the short TTL bounds it

@@ -9,7 +9,7 @@ process, on the injected clock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -92,23 +92,23 @@ async def tenant_count(client: httpx.AsyncClient, name: str) -> int:
 
 
 def count_lookups(gateway: TenantGateway) -> list[int]:
-    """Count the key lookups the gateway's own directory object answers (on Postgres, each one
-    is a query): the real directory does the work, the count is taken on its way in.
-    [lookups, lookups under way now, most under way at once]."""
+    """Count the keys the gateway's own directory object looks up (on Postgres, the keys
+    looked up together are one query): the real directory does the work, the count is taken
+    on its way in. [keys looked up, keys under lookup now, most under lookup at once]."""
     directory = gateway.services.directory
-    find_key = directory.find_key
+    find_keys = directory.find_keys
     calls = [0, 0, 0]
 
-    async def counted(key_hash: bytes) -> Any:
-        calls[0] += 1
-        calls[1] += 1
+    async def counted(key_hashes: Collection[bytes]) -> Any:
+        calls[0] += len(key_hashes)
+        calls[1] += len(key_hashes)
         calls[2] = max(calls[1], calls[2])
         try:
-            return await find_key(key_hash)
+            return await find_keys(key_hashes)
         finally:
-            calls[1] -= 1
+            calls[1] -= len(key_hashes)
 
-    directory.find_key = counted  # type: ignore[method-assign]
+    directory.find_keys = counted  # type: ignore[method-assign]
     return calls
 
 
@@ -329,6 +329,83 @@ async def test_concurrent_fake_keys_cost_no_more_lookups_than_sequential_ones(
     assert (answers.count(401), answers.count(429)) == (30, 1970)
     assert lookups[0] == 30 + 1 and lookups[2] <= 4 + 1
     assert len(gw.services.resolver._failures._running) == 0  # type: ignore[union-attr]
+
+
+def count_looks(limiter: ClientLimiter) -> list[int]:
+    """Count how often the limiter looks at an address's window (``over``): once per attempt
+    that starts, and once more each time a waiting attempt is woken."""
+    over = limiter.over
+    looks = [0]
+
+    def counted(address: str) -> int:
+        looks[0] += 1
+        return over(address)
+
+    limiter.over = counted  # type: ignore[method-assign]
+    return looks
+
+
+async def test_waiting_attempts_are_woken_one_at_a_time() -> None:
+    """2,000 attempts of one address at once (a proxy's clients presenting keys this process
+    has not seen, after a restart): the end of each attempt woke every waiter, each to look at
+    the window and wait again, ~500,000 looks in all, most of a core for seconds. Now an
+    end wakes one waiter: at most a few looks per attempt, still at most 4 under way at once,
+    and every attempt goes ahead (none failed)."""
+    item = parse_rate("30/minute", "x")
+    assert item is not None
+    limiter = ClientLimiter(item, FakeClock(), name="x")
+    looks = count_looks(limiter)
+    running = [0, 0]
+
+    async def attempt() -> int:
+        wait = await limiter.begin("203.0.113.7")
+        if wait:
+            return wait
+        running[0] += 1
+        running[1] = max(running)
+        try:
+            await asyncio.sleep(0)  # the lookup
+        finally:
+            running[0] -= 1
+            limiter.end("203.0.113.7")
+        return 0
+
+    assert await asyncio.gather(*(attempt() for _ in range(2000))) == [0] * 2000
+    assert running[1] == 4
+    assert looks[0] <= 3 * 2000
+    assert not limiter._waiting and not limiter._running
+
+
+async def test_a_cancelled_waiter_leaves_its_turn_to_the_next() -> None:
+    """Waiters cancelled while waiting, or right after being woken, hold up no one."""
+    item = parse_rate("30/minute", "x")
+    assert item is not None
+    limiter = ClientLimiter(item, FakeClock(), name="x")
+    done = [asyncio.Event() for _ in range(20)]
+
+    async def attempt(number: int) -> int:
+        wait = await limiter.begin("a")
+        if not wait:
+            try:
+                await done[number].wait()
+            finally:
+                limiter.end("a")
+        return wait
+
+    tasks = [asyncio.create_task(attempt(number)) for number in range(20)]
+    await asyncio.sleep(0)
+    assert limiter._running["a"] == 4 and len(limiter._waiting["a"]) == 16
+    for task in tasks[4:10]:  # cancelled while waiting
+        task.cancel()
+    done[0].set()
+    await asyncio.sleep(0)  # the first attempt ends: its turn goes to the first waiter left…
+    tasks[10].cancel()  # …which is cancelled before it runs
+    for event in done:
+        event.set()
+    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(answer, asyncio.CancelledError) for answer in answers[4:11])
+    assert answers[:4] + answers[11:] == [0] * 13
+    assert not limiter._waiting and not limiter._running
 
 
 async def test_fake_key_flood_on_the_admin_api_stops_reaching_the_directory(

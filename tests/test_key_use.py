@@ -17,6 +17,10 @@ from tenant_gateway.keys import mint_key, new_id
 from tenant_gateway.models import Role, Tenant, TenantStatus, User
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.postgres.directory import PostgresDirectory
+from tenant_gateway.resolver import KeyResolver
+
+from .conftest import FakeClock
+from .helpers import CountingDirectory, add_tenant
 
 START = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 KeyIds = list[tuple[str, str]]
@@ -166,3 +170,27 @@ async def test_concurrent_flushes_of_the_same_keys_never_deadlock(postgres_url: 
     finally:
         for worker in workers:
             await worker.close()
+
+
+async def test_a_busy_key_is_sent_to_the_store_once_a_minute_not_once_a_flush() -> None:
+    """Each flush sent the last use of every key used since the previous one: with 2,000 keys
+    in use, 2,000 rows' worth of arrays encoded, sent and joined every second, for the store to
+    find them all written within the minute. Now a use less than the granularity after the one
+    last sent for its key is not even noted, and one whose write failed is sent again."""
+    directory, clock = CountingDirectory(), FakeClock(START)
+    resolver = KeyResolver(directory, clock, ttl=1.0, long_ttl=3600.0)
+    secret, tenant = await add_tenant(directory)
+    ids = (tenant.id, "key_1")
+    sent: list[datetime] = []
+    for _ in range(150):  # a use a second, drained a second later, as the flush does
+        await resolver.resolve(secret)
+        clock.advance(1.0)
+        sent += resolver.drain_last_used().values()
+    assert sent == [START + LAST_USED_GRANULARITY * n for n in range(3)]
+    clock.advance(60.0)
+    await resolver.resolve(secret)
+    failed = resolver.drain_last_used()
+    assert list(failed) == [ids]
+    resolver.keep_last_used(failed)  # the write failed: sent again next flush
+    assert resolver.drain_last_used() == failed
+    assert resolver.drain_last_used() == {}

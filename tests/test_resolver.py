@@ -18,6 +18,13 @@ from .conftest import FakeClock
 from .helpers import CountingDirectory, add_tenant
 
 
+async def turns(count: int = 10) -> None:
+    """Let the event loop run a few turns: a background reload (its lookup is sent at the end
+    of the turn that asked for it) lands within them, no caller waiting for it."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 async def test_a_warm_key_costs_no_lookup_until_the_ttl_passes() -> None:
     directory, clock = CountingDirectory(), FakeClock()
     resolver = KeyResolver(directory, clock, ttl=1.0)
@@ -107,8 +114,7 @@ async def test_a_key_in_use_is_refreshed_ahead_and_never_goes_cold() -> None:
     assert resolver.cached(secret) is not None
     assert resolver.cached(secret) is not None  # the refresh in flight is not started twice
     directory.gate.set()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await turns()
     assert directory.lookups == 2
     clock.advance(0.5)  # past the first entry's expiry, within the refreshed one's
     principal = resolver.cached(secret)
@@ -274,8 +280,7 @@ async def test_a_confirmed_key_in_use_is_refreshed_ahead_of_its_long_ttl_only() 
     clock.advance(0.1)  # 0.2 s before its 60 s are up: this use reloads it in the background
     resolver.confirm(clock())
     assert resolver.cached(secret) is not None
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await turns()
     assert directory.lookups == 2
     clock.advance(0.5)
     resolver.confirm(clock())

@@ -3,6 +3,7 @@ lock, last use written in batches (one statement each)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from tenant_gateway.directory import LAST_USED_GRANULARITY, KeyUse
@@ -27,15 +28,18 @@ class KeyRows:
     _db: Database
 
     async def find_key(self, key_hash: bytes) -> tuple[ApiKeyRecord, Tenant] | None:
-        key_columns = ", ".join(f"k.{c} AS k_{c}" for c in KEY_COLUMNS.split(", "))
-        tenant_columns = ", ".join(f"t.{c}" for c in TENANT_COLUMNS.split(", "))
+        return (await self.find_keys((key_hash,))).get(key_hash)
+
+    async def find_keys(
+        self, key_hashes: Collection[bytes]
+    ) -> dict[bytes, tuple[ApiKeyRecord, Tenant]]:
         async with self._db.gateway_transaction() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {key_columns}, {tenant_columns} FROM tg_api_keys k"
-                " JOIN tg_tenants t ON t.id = k.tenant_id WHERE k.key_hash = $1",
-                key_hash,
-            )
-        return None if row is None else (key_of(row, "k_"), tenant_of(row))
+            rows = await conn.fetch(_FIND_KEYS, list(key_hashes))
+        found = {}
+        for row in rows:
+            key = key_of(row, "k_")
+            found[key.key_hash] = (key, tenant_of(row))
+        return found
 
     async def create_key(self, key: ApiKeyRecord, *, audit: AuditEntry | None = None) -> None:
         async with self._db.gateway_transaction() as conn:
@@ -107,6 +111,16 @@ class KeyRows:
                 LAST_USED_GRANULARITY,
             )
 
+
+_FIND_KEYS = (
+    "SELECT "
+    + ", ".join(f"k.{column} AS k_{column}" for column in KEY_COLUMNS.split(", "))
+    + ", "
+    + ", ".join(f"t.{column}" for column in TENANT_COLUMNS.split(", "))
+    + " FROM tg_api_keys k JOIN tg_tenants t ON t.id = k.tenant_id"
+    " WHERE k.key_hash = ANY($1::bytea[])"
+)
+"""Every key among the digests given, with its tenant: one query however many."""
 
 # One statement for the whole batch. It updates only the rows whose stored last use is a
 # granularity older (so a busy key costs a row version a minute, not a second), and locks them
