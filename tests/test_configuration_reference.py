@@ -81,7 +81,7 @@ def samples(tmp_path: Path) -> dict[str, tuple[str, Any]]:
 
 def test_the_committed_reference_is_the_generated_one() -> None:
     assert DOC.read_text(encoding="utf-8") == render(), (
-        "docs/configuration.md is stale: run .venv/bin/python scripts/docs_configuration.py"
+        "docs/configuration.md is stale: run .venv/bin/python scripts/docs_pages.py"
     )
 
 

@@ -88,7 +88,7 @@ def generator() -> ModuleType:
 def test_the_admin_api_reference_is_what_the_code_produces(generator: ModuleType) -> None:
     committed = (ROOT / "docs" / "admin-api.md").read_text(encoding="utf-8")
     assert committed == generator.render(), (
-        "docs/admin-api.md is stale: run .venv/bin/python scripts/docs_admin_api.py"
+        "docs/admin-api.md is stale: run .venv/bin/python scripts/docs_pages.py"
     )
 
 
