@@ -8,24 +8,34 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 from benchmarks.redis_cluster import LocalCluster
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[LocalCluster]:
+@contextmanager
+def started_cluster(what: str = "Redis Cluster", **options: Any) -> Iterator[LocalCluster]:
+    """Three primaries (``LocalCluster``'s ``options``), stopped at the end; ``unavailable``
+    when they do not come up. Modules that break their cluster start one of their own."""
     from .conftest import unavailable  # here, not at import: conftest imports this module
 
     try:
-        cluster = LocalCluster(primaries=3)
+        cluster = LocalCluster(primaries=3, **options)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        unavailable("Redis Cluster", exc)
+        unavailable(what, exc)
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    with started_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

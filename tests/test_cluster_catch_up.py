@@ -9,7 +9,6 @@ and broken on purpose."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
@@ -23,6 +22,7 @@ from tenant_gateway.redis.slots import slot_of
 from tenant_gateway.tallies import HYDRATED
 
 from .conftest import FakeClock
+from .redis_cluster import started_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +34,8 @@ Key = tuple[str, str]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    from .conftest import unavailable
-
-    try:
-        started = LocalCluster(primaries=3, node_timeout_ms=1000)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        unavailable("Redis Cluster", exc)
-    try:
+    with started_cluster(node_timeout_ms=1000) as started:
         yield started
-    finally:
-        started.stop()
 
 
 class Ledger:

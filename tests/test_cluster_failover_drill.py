@@ -9,7 +9,6 @@ Each prints its figures (``pytest -s``): docs/scaling.md quotes them."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from benchmarks.load import Load, Request
 from benchmarks.redis_cluster import LocalCluster
 from tenant_gateway.redis.slots import slot_of
 
+from .redis_cluster import started_cluster
 from .test_failover_drill import (
     CONNECTIONS,
     FLUSH_INTERVAL,
@@ -40,16 +40,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    from .conftest import unavailable
-
-    try:
-        started = LocalCluster(primaries=3, node_timeout_ms=1000)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        unavailable("Redis Cluster", exc)
-    try:
+    with started_cluster(node_timeout_ms=1000) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @asynccontextmanager

@@ -6,7 +6,6 @@ purpose), with ``cluster-require-full-coverage no`` unless a test says otherwise
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +22,7 @@ from tenant_gateway.redis.slots import slot_of
 
 from .apps import echo_app
 from .conftest import FakeClock, auth, register
+from .redis_cluster import started_cluster
 from .test_redis_cluster import tenants_by_node
 
 T = "/api/v1/tenants"
@@ -40,16 +40,8 @@ PLANS = {
 
 @pytest.fixture(scope="module")
 def fault_cluster() -> Iterator[LocalCluster]:
-    from .conftest import unavailable
-
-    try:
-        cluster = LocalCluster(primaries=3)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        unavailable("Redis Cluster", exc)
-    try:
+    with started_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 async def registered_on_every_node(

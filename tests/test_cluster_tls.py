@@ -4,7 +4,6 @@ redis-py's cluster client and the sharded subscription all verify the nodes' cer
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +15,8 @@ from tenant_gateway.redis.cluster_counters import ClusterCounters
 from tenant_gateway.redis.cluster_invalidation import ClusterInvalidator
 from tenant_gateway.redis.urls import limits_storage
 
-from .conftest import FakeClock, unavailable
+from .conftest import FakeClock
+from .redis_cluster import started_cluster
 from .test_redis_cluster import tenants_by_node, until
 from .test_redis_tls import make_certificates
 
@@ -27,14 +27,8 @@ pytestmark = pytest.mark.slow
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     certs = tmp_path_factory.mktemp("cluster-certs")
     make_certificates(certs)
-    try:
-        cluster = LocalCluster(primaries=3, tls=certs)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        unavailable("Redis Cluster with TLS", exc)
-    try:
+    with started_cluster("Redis Cluster with TLS", tls=certs) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 async def test_counters_on_a_tls_cluster(tls_cluster: LocalCluster) -> None:
