@@ -40,7 +40,7 @@ from tenant_gateway.client_limits import ClientLimiter, limiter_for
 from tenant_gateway.clock import Clock, Sleep, format_timestamp
 from tenant_gateway.directory import TenantDirectory
 from tenant_gateway.exceptions import StoreUnavailable, WebhookTargetRefused
-from tenant_gateway.ledger import DeliveryOutcome, UsageLedger
+from tenant_gateway.ledger import Delivery, DeliveryOutcome, UsageLedger
 from tenant_gateway.netpolicy import TENANT_EXTENSION, PinnedTransport, WebhookPolicy
 
 __all__ = [
@@ -278,14 +278,16 @@ class EventDispatcher:
         self, event: QuotaEvent, outcome: DeliveryOutcome, attempts: int, error: str | None
     ) -> None:
         """Record the outcome for the tenant's view; an outage loses the record, not the event."""
+        delivery = Delivery(
+            event.period,
+            event.threshold,
+            datetime.fromisoformat(event.at),
+            outcome,
+            attempts,
+            datetime.fromtimestamp(self._clock(), UTC),
+            error,
+        )
         try:
-            await self._ledger.finish_event(
-                (event.tenant_id, event.period),
-                event.threshold,
-                outcome,
-                attempts=attempts,
-                error=error,
-                at=datetime.fromtimestamp(self._clock(), UTC),
-            )
+            await self._ledger.finish_event(event.tenant_id, delivery)
         except StoreUnavailable as exc:
             logger.warning("outcome of %s not recorded: %s", event.id, exc)

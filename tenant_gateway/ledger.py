@@ -10,7 +10,7 @@ the written value: retried, duplicated or reordered flushes never double-count o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -68,17 +68,9 @@ class UsageLedger(Protocol):
     async def claim_event(self, key: UsageKey, threshold: int, at: datetime) -> bool:
         """True for exactly one caller per (tenant, period, threshold), across all workers."""
 
-    async def finish_event(
-        self,
-        key: UsageKey,
-        threshold: int,
-        outcome: DeliveryOutcome,
-        *,
-        attempts: int,
-        error: str | None,
-        at: datetime,
-    ) -> None:
-        """Record how a claimed event's delivery ended."""
+    async def finish_event(self, tenant_id: str, delivery: Delivery) -> None:
+        """Record how a claimed event's delivery ended: its outcome, attempts, finish and last
+        error (the claim's ``created_at`` stays)."""
 
     async def recent_events(self, tenant_id: str) -> list[Delivery]:
         """The tenant's latest quota events (at most ``RECENT_DELIVERIES``), newest first."""
@@ -107,7 +99,8 @@ async def period_tallies(
 class MemoryLedger:
     def __init__(self) -> None:
         self._rows: dict[UsageKey, dict[str, int]] = {}
-        self._events: dict[tuple[str, str, int], Delivery] = {}
+        self._events: dict[str, dict[tuple[str, int], Delivery]] = {}
+        """Per tenant, its quota events by (period, threshold)."""
 
     async def read(self, key: UsageKey) -> dict[str, int]:
         return dict(self._rows.get(key, {}))
@@ -119,30 +112,24 @@ class MemoryLedger:
             self._rows[key] = merge_tallies(self._rows.get(key, {}), fields)
 
     async def claim_event(self, key: UsageKey, threshold: int, at: datetime) -> bool:
-        event = (key[0], key[1], threshold)
-        if event in self._events:
+        events = self._events.setdefault(key[0], {})
+        if (key[1], threshold) in events:
             return False
-        self._events[event] = Delivery(key[1], threshold, at)
+        events[key[1], threshold] = Delivery(key[1], threshold, at)
         return True
 
-    async def finish_event(
-        self,
-        key: UsageKey,
-        threshold: int,
-        outcome: DeliveryOutcome,
-        *,
-        attempts: int,
-        error: str | None,
-        at: datetime,
-    ) -> None:
-        event = (key[0], key[1], threshold)
-        claimed = self._events.get(event)
-        if claimed is not None:
-            self._events[event] = Delivery(
-                claimed.period, threshold, claimed.created_at, outcome, attempts, at, error
+    async def finish_event(self, tenant_id: str, delivery: Delivery) -> None:
+        events = self._events.get(tenant_id, {})
+        claimed = events.get((delivery.period, delivery.threshold))
+        if claimed is not None:  # the claim's time stays, as in PostgreSQL's row
+            events[delivery.period, delivery.threshold] = replace(
+                delivery, created_at=claimed.created_at
             )
 
     async def recent_events(self, tenant_id: str) -> list[Delivery]:
-        mine = [d for (t, _, _), d in self._events.items() if t == tenant_id]
-        mine.sort(key=lambda d: (d.created_at, d.threshold), reverse=True)
+        mine = sorted(
+            self._events.get(tenant_id, {}).values(),
+            key=lambda d: (d.created_at, d.threshold),
+            reverse=True,
+        )
         return mine[:RECENT_DELIVERIES]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from tenant_gateway.ledger import RECENT_DELIVERIES, Delivery, DeliveryOutcome
+from tenant_gateway.ledger import RECENT_DELIVERIES, Delivery
 from tenant_gateway.models import UsageKey
 from tenant_gateway.postgres.database import Database
 from tenant_gateway.tallies import HYDRATED, sound_tallies
@@ -101,29 +101,20 @@ class PostgresLedger:
             )
         return claimed is not None
 
-    async def finish_event(
-        self,
-        key: UsageKey,
-        threshold: int,
-        outcome: DeliveryOutcome,
-        *,
-        attempts: int,
-        error: str | None,
-        at: datetime,
-    ) -> None:
+    async def finish_event(self, tenant_id: str, delivery: Delivery) -> None:
         async with self._db.gateway_transaction() as conn:
             await conn.execute(
                 "UPDATE tg_usage_events SET outcome = $4, attempts = $5, last_error = $6,"
                 " finished_at = $7,"
                 " delivered_at = CASE WHEN $4::text = 'delivered' THEN $7::timestamptz END"
                 " WHERE tenant_id = $1 AND period = $2 AND threshold = $3",
-                key[0],
-                key[1],
-                threshold,
-                outcome,
-                attempts,
-                None if error is None else error[:500],
-                at,
+                tenant_id,
+                delivery.period,
+                delivery.threshold,
+                delivery.outcome,
+                delivery.attempts,
+                None if delivery.last_error is None else delivery.last_error[:500],
+                delivery.finished_at,
             )
 
     async def recent_events(self, tenant_id: str) -> list[Delivery]:
